@@ -1,0 +1,13 @@
+//! Everything the Stock Bazaar services share: the wire types, the framed transport with its
+//! hello exchange, the multiplexed RPC client, the generic request server, and the flag and
+//! logging conventions.
+
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod rpc;
+pub mod server;
+pub mod telemetry;
+pub mod wire;
+
+pub use error::Error;

@@ -1,0 +1,409 @@
+//! The multiplexed RPC client: one persistent connection to a peer carries many calls at once,
+//! each paired with its answer by request id. Every call has a deadline; a broken connection
+//! fails the calls in flight (their outcome is unknown, so callers retry with the same request
+//! id) and is re-dialed on the next call, with exponential backoff after failures.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::frame;
+use crate::wire::{Envelope, Hello, Reply};
+use crate::Error;
+
+/// Timings and limits of a client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Who we are, in the hello.
+    pub peer_name: String,
+    /// The cluster token to present, when the cluster uses one.
+    pub cluster_token: Option<String>,
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// Deadline for dialing plus the hello.
+    pub connect_timeout: Duration,
+    /// Deadline of a call made with [`RpcClient::call`].
+    pub call_timeout: Duration,
+    /// Wait before the first re-dial after a failed one; doubles per failure.
+    pub backoff_min: Duration,
+    /// Longest wait between re-dials.
+    pub backoff_max: Duration,
+    /// Frames queued for the writer before callers wait.
+    pub outbound_queue: usize,
+}
+
+impl ClientConfig {
+    /// Defaults suited to one machine.
+    pub fn new(peer_name: impl Into<String>) -> Self {
+        ClientConfig {
+            peer_name: peer_name.into(),
+            cluster_token: None,
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            outbound_queue: 4096,
+        }
+    }
+}
+
+/// A client of one peer, cheap to clone; clones share the connection.
+pub struct RpcClient<Req, Resp> {
+    inner: Arc<Inner<Resp>>,
+    _request: PhantomData<fn(Req)>,
+}
+
+impl<Req, Resp> Clone for RpcClient<Req, Resp> {
+    fn clone(&self) -> Self {
+        RpcClient {
+            inner: self.inner.clone(),
+            _request: PhantomData,
+        }
+    }
+}
+
+struct Inner<Resp> {
+    addr: String,
+    config: ClientConfig,
+    next_id: AtomicU64,
+    current: Mutex<Option<Link<Resp>>>,
+    /// Held across the dial's `.await` so that concurrent callers share one attempt instead of
+    /// each opening a connection; hence an async lock.
+    dial: tokio::sync::Mutex<Backoff>,
+}
+
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One open connection: the writer's queue and the table of calls waiting for answers.
+struct Link<Resp> {
+    outbound: mpsc::Sender<Bytes>,
+    waiting: Arc<Mutex<Waiting<Resp>>>,
+    closed: CancellationToken,
+}
+
+impl<Resp> Clone for Link<Resp> {
+    fn clone(&self) -> Self {
+        Link {
+            outbound: self.outbound.clone(),
+            waiting: self.waiting.clone(),
+            closed: self.closed.clone(),
+        }
+    }
+}
+
+impl<Resp> Drop for Inner<Resp> {
+    fn drop(&mut self) {
+        // The reader task holds only the waiting table; this ends it and closes the socket.
+        if let Some(link) = lock(&self.current).take() {
+            link.closed.cancel();
+        }
+    }
+}
+
+struct Waiting<Resp> {
+    /// Set when the connection is gone; nothing may be added after.
+    closed: bool,
+    calls: HashMap<u64, Waiter<Resp>>,
+}
+
+enum Waiter<Resp> {
+    Once(oneshot::Sender<Result<Resp, Error>>),
+    Stream(mpsc::Sender<Result<Resp, Error>>),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves the data consistent (every
+    // critical section is a single map or slot operation), so poisoning is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<Req, Resp> RpcClient<Req, Resp>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// A client of the peer at `addr`. Nothing is dialed until the first call.
+    pub fn new(addr: impl Into<String>, config: ClientConfig) -> Self {
+        RpcClient {
+            inner: Arc::new(Inner {
+                addr: addr.into(),
+                config,
+                next_id: AtomicU64::new(1),
+                current: Mutex::new(None),
+                dial: tokio::sync::Mutex::new(Backoff {
+                    failures: 0,
+                    retry_at: None,
+                }),
+            }),
+            _request: PhantomData,
+        }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Sends `request` and waits for its answer, at most the configured call timeout.
+    pub async fn call(&self, request: &Req) -> Result<Resp, Error> {
+        self.call_within(request, self.inner.config.call_timeout)
+            .await
+    }
+
+    /// Sends `request` and waits for its answer, at most `timeout` (dialing included).
+    pub async fn call_within(&self, request: &Req, timeout: Duration) -> Result<Resp, Error> {
+        let deadline = Instant::now() + timeout;
+        let (sender, receiver) = oneshot::channel();
+        let (link, id) = self
+            .send(request, Waiter::Once(sender), deadline, timeout)
+            .await?;
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Error::Unavailable("connection lost".into())),
+            Err(_) => {
+                lock(&link.waiting).calls.remove(&id);
+                Err(Error::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// Sends `request` and returns its first answer plus a stream of every later frame the
+    /// peer sends with the same id. The stream ends when the connection does, or when its
+    /// reader falls `capacity` messages behind.
+    pub async fn subscribe(
+        &self,
+        request: &Req,
+        capacity: usize,
+    ) -> Result<(Resp, mpsc::Receiver<Result<Resp, Error>>), Error> {
+        let timeout = self.inner.config.call_timeout;
+        let deadline = Instant::now() + timeout;
+        let (sender, mut receiver) = mpsc::channel(capacity.max(1));
+        let (link, id) = self
+            .send(request, Waiter::Stream(sender), deadline, timeout)
+            .await?;
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(Ok(first))) => Ok((first, receiver)),
+            Ok(Some(Err(e))) => {
+                lock(&link.waiting).calls.remove(&id);
+                Err(e)
+            }
+            Ok(None) => Err(Error::Unavailable("connection lost".into())),
+            Err(_) => {
+                lock(&link.waiting).calls.remove(&id);
+                Err(Error::TimedOut(timeout))
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        request: &Req,
+        waiter: Waiter<Resp>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Link<Resp>, u64), Error> {
+        let link = match tokio::time::timeout_at(deadline, self.link()).await {
+            Ok(link) => link?,
+            Err(_) => return Err(Error::TimedOut(timeout)),
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = frame::encode(&Envelope { id, body: request })?;
+        if bytes.len() > self.inner.config.max_frame_bytes {
+            return Err(Error::Protocol(format!(
+                "request of {} bytes exceeds the frame limit",
+                bytes.len()
+            )));
+        }
+        {
+            let mut waiting = lock(&link.waiting);
+            if waiting.closed {
+                return Err(Error::Unavailable("connection lost".into()));
+            }
+            waiting.calls.insert(id, waiter);
+        }
+        match tokio::time::timeout_at(deadline, link.outbound.send(bytes)).await {
+            Ok(Ok(())) => Ok((link, id)),
+            Ok(Err(_)) => {
+                lock(&link.waiting).calls.remove(&id);
+                Err(Error::Unavailable("connection lost".into()))
+            }
+            Err(_) => {
+                lock(&link.waiting).calls.remove(&id);
+                Err(Error::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// The open connection, dialing one if there is none and the backoff allows.
+    async fn link(&self) -> Result<Link<Resp>, Error> {
+        if let Some(link) = self.open_link() {
+            return Ok(link);
+        }
+        let mut backoff = self.inner.dial.lock().await;
+        if let Some(link) = self.open_link() {
+            return Ok(link);
+        }
+        if let Some(retry_at) = backoff.retry_at {
+            if Instant::now() < retry_at {
+                return Err(Error::Unavailable(format!(
+                    "{} is down; next dial in {:?}",
+                    self.inner.addr,
+                    retry_at - Instant::now()
+                )));
+            }
+        }
+        let config = &self.inner.config;
+        let dialed = tokio::time::timeout(config.connect_timeout, self.dial()).await;
+        match dialed {
+            Ok(Ok(link)) => {
+                backoff.failures = 0;
+                backoff.retry_at = None;
+                *lock(&self.inner.current) = Some(link.clone());
+                Ok(link)
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e,
+                    _ => Error::Unavailable(format!(
+                        "dialing {} took over {:?}",
+                        self.inner.addr, config.connect_timeout
+                    )),
+                };
+                let exponent = backoff.failures.min(16);
+                backoff.failures = backoff.failures.saturating_add(1);
+                let delay = config
+                    .backoff_min
+                    .saturating_mul(1 << exponent)
+                    .min(config.backoff_max);
+                backoff.retry_at = Some(Instant::now() + delay);
+                debug!(addr = %self.inner.addr, error = %error, ?delay, "dial failed");
+                Err(match error {
+                    Error::Io(e) => Error::Unavailable(format!("{}: {e}", self.inner.addr)),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn open_link(&self) -> Option<Link<Resp>> {
+        let current = lock(&self.inner.current);
+        current
+            .as_ref()
+            .filter(|link| !link.closed.is_cancelled())
+            .cloned()
+    }
+
+    async fn dial(&self) -> Result<Link<Resp>, Error> {
+        let config = &self.inner.config;
+        let socket = TcpStream::connect(&self.inner.addr).await?;
+        socket.set_nodelay(true)?;
+        let (read_half, write_half) = socket.into_split();
+        let mut reader = FramedRead::new(read_half, frame::codec(config.max_frame_bytes));
+        let mut writer = FramedWrite::new(write_half, frame::codec(config.max_frame_bytes));
+        let hello = Hello::new(config.peer_name.clone(), config.cluster_token.clone());
+        frame::client_handshake(&mut reader, &mut writer, &hello).await?;
+
+        let (outbound, outbound_rx) = mpsc::channel(config.outbound_queue);
+        let closed = CancellationToken::new();
+        let waiting = Arc::new(Mutex::new(Waiting {
+            closed: false,
+            calls: HashMap::new(),
+        }));
+        let addr = self.inner.addr.clone();
+        tokio::spawn({
+            let closed = closed.clone();
+            async move {
+                if let Err(e) = frame::write_frames(writer, outbound_rx, closed.clone()).await {
+                    debug!(%addr, error = %e, "writer ended");
+                }
+                closed.cancel();
+            }
+        });
+        tokio::spawn(read_answers(
+            reader,
+            waiting.clone(),
+            closed.clone(),
+            self.inner.addr.clone(),
+        ));
+        Ok(Link {
+            outbound,
+            waiting,
+            closed,
+        })
+    }
+}
+
+/// Routes every answer to its waiting call until the connection ends, then fails the calls
+/// still waiting.
+async fn read_answers<Resp: DeserializeOwned>(
+    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+    waiting: Arc<Mutex<Waiting<Resp>>>,
+    closed: CancellationToken,
+    addr: String,
+) {
+    let ending = loop {
+        let frame = tokio::select! {
+            () = closed.cancelled() => break "closed".to_string(),
+            frame = frame::read_frame(&mut reader) => frame,
+        };
+        let bytes = match frame {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => break "peer closed the connection".to_string(),
+            Err(e) => break e.to_string(),
+        };
+        let envelope: Envelope<Reply<Resp>> = match frame::decode(&bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                warn!(%addr, error = %e, "peer sent an undecodable answer; closing");
+                break e.to_string();
+            }
+        };
+        let answer = envelope.body.map_err(Error::Remote);
+        let mut waiting = lock(&waiting);
+        match waiting.calls.remove(&envelope.id) {
+            Some(Waiter::Once(sender)) => {
+                let _ = sender.send(answer);
+            }
+            Some(Waiter::Stream(sender)) => {
+                // A stream whose reader falls behind is ended rather than buffered without
+                // bound; its owner sees the end and knows it missed messages.
+                if sender.try_send(answer).is_ok() {
+                    waiting.calls.insert(envelope.id, Waiter::Stream(sender));
+                }
+            }
+            // The call timed out and gave up; its late answer is dropped.
+            None => {}
+        }
+    };
+    closed.cancel();
+    let calls = {
+        let mut waiting = lock(&waiting);
+        waiting.closed = true;
+        std::mem::take(&mut waiting.calls)
+    };
+    debug!(%addr, reason = %ending, failed_calls = calls.len(), "connection ended");
+    for (_, waiter) in calls {
+        if let Waiter::Once(sender) = waiter {
+            let _ = sender.send(Err(Error::Unavailable(format!(
+                "connection lost: {ending}"
+            ))));
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Wire types: every message that crosses a connection between two Stock Bazaar services.
+//!
+//! A frame's body is one [`Envelope`] encoded with MessagePack. Requests carry an id the caller
+//! chose; the answer echoes it, and so do the frames a subscription pushes later.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the internal protocol; a hello with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest stock name, in bytes.
+pub const MAX_STOCK_NAME_BYTES: usize = 64;
+
+/// Longest request id, in bytes (an HTTP `Idempotency-Key` becomes one).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// One frame's body: a request or response and the id that pairs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the caller, echoed by the answer.
+    pub id: u64,
+    /// The message itself.
+    pub body: T,
+}
+
+/// The first frame on every connection, sent by the side that dialed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The dialer's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The shared cluster token, when the cluster is configured with one.
+    pub token: Option<String>,
+    /// Who is dialing, for the listener's logs (e.g. `frontend`, `order-2`).
+    pub peer: String,
+}
+
+impl Hello {
+    /// A hello at this build's protocol version.
+    pub fn new(peer: impl Into<String>, token: Option<String>) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            token,
+            peer: peer.into(),
+        }
+    }
+}
+
+/// The listener's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// The connection is open for requests.
+    Welcome {
+        /// Name of the service that answered (e.g. `catalog`).
+        service: String,
+    },
+    /// The connection is refused and will be closed.
+    Refused {
+        /// Why, in words meant for an operator.
+        reason: String,
+    },
+}
+
+/// Why a server could not answer a request with a response of its own protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure, so the caller can decide whether to retry.
+    pub kind: RemoteErrorKind,
+    /// A description for logs.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// A request the server will never accept as sent.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        RemoteError {
+            kind: RemoteErrorKind::BadRequest,
+            message: message.into(),
+        }
+    }
+
+    /// A temporary failure: the same request may succeed later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        RemoteError {
+            kind: RemoteErrorKind::Unavailable,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// Classes of [`RemoteError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    /// The request is wrong; retrying it unchanged will fail again.
+    BadRequest,
+    /// The server cannot serve now (shutting down, storage failed, not ready); retry later.
+    Unavailable,
+}
+
+/// What a server sends back for one request.
+pub type Reply<T> = Result<T, RemoteError>;
+
+/// Error from building a validated wire value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+/// The name of a stock: case-sensitive, 1 to [`MAX_STOCK_NAME_BYTES`] bytes, no control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StockName(String);
+
+impl StockName {
+    /// Validates and wraps a name.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
+        let name = name.into();
+        if name.is_empty() || name.len() > MAX_STOCK_NAME_BYTES {
+            return Err(InvalidValue(format!(
+                "stock name must be 1 to {MAX_STOCK_NAME_BYTES} bytes"
+            )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(InvalidValue("stock name has control characters".into()));
+        }
+        Ok(StockName(name))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for StockName {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        StockName::new(value)
+    }
+}
+
+impl From<StockName> for String {
+    fn from(value: StockName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for StockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one logical trade request end to end, across retries and failovers, so that every
+/// tier can apply it once: 1 to [`MAX_REQUEST_ID_BYTES`] visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Validates and wraps an id.
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidValue> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(InvalidValue(format!(
+                "request id must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
+            )));
+        }
+        if !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidValue(
+                "request id must be visible ASCII characters".into(),
+            ));
+        }
+        Ok(RequestId(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RequestId {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RequestId::new(value)
+    }
+}
+
+impl From<RequestId> for String {
+    fn from(value: RequestId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Buy takes stock out of the catalog; sell puts it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TradeKind {
+    /// Take `quantity` out of the remaining stock.
+    Buy,
+    /// Add `quantity` to the remaining stock.
+    Sell,
+}
+
+impl fmt::Display for TradeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TradeKind::Buy => "buy",
+            TradeKind::Sell => "sell",
+        })
+    }
+}
+
+impl std::str::FromStr for TradeKind {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "buy" => Ok(TradeKind::Buy),
+            "sell" => Ok(TradeKind::Sell),
+            other => Err(InvalidValue(format!(
+                "trade type must be buy or sell, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Requests the catalog serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogRequest {
+    /// Current price, quantity, volume and version of one stock.
+    Lookup {
+        /// The stock.
+        name: StockName,
+    },
+    /// Apply one trade, once per request id.
+    Trade(TradeRequest),
+    /// Turn this connection's request into a stream of [`CatalogResponse::Invalidate`].
+    Subscribe,
+}
+
+/// One trade against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeRequest {
+    /// Repeating an id returns the first outcome and trades nothing again.
+    pub request_id: RequestId,
+    /// The stock traded.
+    pub name: StockName,
+    /// How many shares; signed on the wire so that a negative amount is refused by the catalog
+    /// with a clear rejection instead of failing to decode.
+    pub quantity: i64,
+    /// Buy or sell.
+    pub kind: TradeKind,
+}
+
+/// A stock as the catalog holds it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StockQuote {
+    /// The stock.
+    pub name: StockName,
+    /// Price per share.
+    pub price: f64,
+    /// Shares left to buy.
+    pub quantity: u64,
+    /// Shares traded so far, buys and sells together.
+    pub volume: u64,
+    /// Bumped by every change of this stock; never goes back, also across restarts.
+    pub version: u64,
+}
+
+/// The effect of an accepted trade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeReceipt {
+    /// Remaining quantity right after this trade.
+    pub quantity: u64,
+    /// Traded volume right after this trade.
+    pub volume: u64,
+    /// The stock's version this trade created.
+    pub version: u64,
+}
+
+/// Why the catalog did not apply a trade. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TradeRejection {
+    /// No stock has that name.
+    StockNotFound,
+    /// A buy asked for more than is left.
+    NotEnoughStock {
+        /// What is left.
+        available: u64,
+    },
+    /// The quantity is zero or negative.
+    InvalidQuantity,
+    /// Applying the trade would overflow the quantity or the volume.
+    Overflow,
+    /// The request id was used before for a different trade.
+    RequestIdReused,
+}
+
+impl fmt::Display for TradeRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TradeRejection::StockNotFound => f.write_str("stock not found"),
+            TradeRejection::NotEnoughStock { available } => {
+                write!(f, "not enough stock ({available} left)")
+            }
+            TradeRejection::InvalidQuantity => f.write_str("quantity must be a positive integer"),
+            TradeRejection::Overflow => f.write_str("trade would overflow quantity or volume"),
+            TradeRejection::RequestIdReused => {
+                f.write_str("request id was already used for a different trade")
+            }
+        }
+    }
+}
+
+/// Answers of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogResponse {
+    /// Answer to `Lookup`.
+    Stock(StockQuote),
+    /// Answer to `Lookup` of an unknown name.
+    NotFound,
+    /// Answer to an applied (or already applied) `Trade`.
+    Traded(TradeReceipt),
+    /// Answer to a refused `Trade`.
+    Rejected(TradeRejection),
+    /// First answer to `Subscribe`; invalidations follow with the same id.
+    Subscribed,
+    /// Pushed to subscribers after every change, before the trade is answered.
+    Invalidate {
+        /// The stock that changed.
+        name: StockName,
+        /// Its version after the change.
+        version: u64,
+    },
+}
