@@ -1,1 +1,34 @@
-//! x
+//! The catalog service: owns every stock's price, quantity and traded volume, durably, applies
+//! each trade once per request id, and pushes an invalidation to subscribed front ends after
+//! every change.
+//!
+//! Seams: [`book`] is the state machine (no I/O), [`store`] the files and the group-commit
+//! writer, [`service`] the request handlers and the server loop, [`client`] the typed client
+//! other services use.
+
+pub mod book;
+pub mod client;
+pub mod config;
+pub mod service;
+pub mod store;
+
+pub use client::{CatalogClient, Invalidations};
+pub use config::CatalogConfig;
+pub use service::run;
+
+/// What can go wrong in the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The seed file is missing or malformed.
+    #[error("seed catalog: {0}")]
+    Seed(String),
+    /// The state files are damaged beyond a torn log tail.
+    #[error("state is corrupt: {0}")]
+    Corrupt(String),
+    /// Another catalog process holds the state directory.
+    #[error("state directory {0} is in use by another catalog")]
+    Locked(String),
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -7,6 +7,7 @@ pub mod error;
 pub mod frame;
 pub mod rpc;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod wire;
 

@@ -184,9 +184,10 @@ where
         }
     }
 
-    /// Sends `request` and returns its first answer plus a stream of every later frame the
-    /// peer sends with the same id. The stream ends when the connection does, or when its
-    /// reader falls `capacity` messages behind.
+    /// Sends `request` and returns the first frame the peer sends with its id plus a stream of
+    /// every later one. The first frame may be a push rather than the request's own answer
+    /// (a server may register the stream before answering). The stream ends when the
+    /// connection does, or when its reader falls `capacity` messages behind.
     pub async fn subscribe(
         &self,
         request: &Req,
@@ -384,7 +385,8 @@ async fn read_answers<Resp: DeserializeOwned>(
             Some(Waiter::Stream(sender)) => {
                 // A stream whose reader falls behind is ended rather than buffered without
                 // bound; its owner sees the end and knows it missed messages.
-                if sender.try_send(answer).is_ok() {
+                let delivered = sender.try_send(answer).is_ok();
+                if delivered {
                     waiting.calls.insert(envelope.id, Waiter::Stream(sender));
                 }
             }

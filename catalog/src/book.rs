@@ -1,0 +1,479 @@
+//! The catalog's state machine, free of I/O: the stocks, the window of recent request ids that
+//! makes trades exactly-once, and the rules of a trade. The store feeds it recovered records;
+//! the service feeds it requests.
+
+use std::collections::{HashMap, VecDeque};
+
+use common::wire::{
+    RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// One stock as the catalog holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stock {
+    /// The stock.
+    pub name: StockName,
+    /// Price per share; fixed by the seed file.
+    pub price: f64,
+    /// Shares left.
+    pub quantity: u64,
+    /// Shares traded so far.
+    pub volume: u64,
+    /// Bumped by every change.
+    pub version: u64,
+    /// Sequence number of the last record that changed this stock, so that a lookup can wait
+    /// until what it shows is durable.
+    pub last_seq: u64,
+}
+
+impl Stock {
+    /// The stock as answered to a lookup.
+    pub fn quote(&self) -> StockQuote {
+        StockQuote {
+            name: self.name.clone(),
+            price: self.price,
+            quantity: self.quantity,
+            volume: self.volume,
+            version: self.version,
+        }
+    }
+}
+
+/// One applied trade: what the write-ahead log stores and replays. It carries the state after
+/// the trade, so replaying it is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeRecord {
+    /// Position in the catalog's history, from 1, without gaps.
+    pub seq: u64,
+    /// The request that caused it.
+    pub request_id: RequestId,
+    /// The stock traded.
+    pub name: StockName,
+    /// Buy or sell.
+    pub kind: TradeKind,
+    /// Shares traded.
+    pub quantity: u64,
+    /// The stock right after the trade.
+    pub after: TradeReceipt,
+}
+
+/// What a trade request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Applied now; the record must be made durable before answering.
+    Applied(TradeRecord),
+    /// The request id was applied before: the first outcome, from record `seq`, which may
+    /// still be on its way to disk.
+    Repeated {
+        /// The first application's record.
+        seq: u64,
+        /// Its outcome.
+        receipt: TradeReceipt,
+    },
+    /// Refused; nothing changed.
+    Rejected(TradeRejection),
+}
+
+/// A consistent copy of the whole state, as the snapshot file holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Every record up to this one is reflected.
+    pub last_seq: u64,
+    /// All stocks, by name.
+    pub stocks: Vec<Stock>,
+    /// The recent-trade window, oldest first.
+    pub recent: Vec<TradeRecord>,
+}
+
+/// The catalog's state.
+#[derive(Debug, Clone)]
+pub struct Book {
+    stocks: HashMap<StockName, Stock>,
+    /// Recent applied trades by request id, for exactly-once; bounded by `window`.
+    recent: HashMap<RequestId, TradeRecord>,
+    /// Ids in `recent`, oldest first, to evict in order.
+    recent_order: VecDeque<RequestId>,
+    window: usize,
+    last_seq: u64,
+}
+
+impl Book {
+    /// A book of `stocks` that remembers the last `window` request ids.
+    pub fn new(stocks: Vec<Stock>, window: usize) -> Self {
+        Book {
+            stocks: stocks.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            window: window.max(1),
+            last_seq: 0,
+        }
+    }
+
+    /// Parses the seed file: `name,price,quantity` per line, an optional header line, `#`
+    /// comments and blank lines ignored.
+    pub fn parse_seed(text: &str) -> Result<Vec<Stock>, Error> {
+        let mut stocks: Vec<Stock> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if index == 0 && fields.first() == Some(&"name") {
+                continue;
+            }
+            let bad = |why: String| Error::Seed(format!("line {line_no}: {why}"));
+            let [name, price, quantity] = fields[..] else {
+                return Err(bad(format!(
+                    "expected name,price,quantity, found {} fields",
+                    fields.len()
+                )));
+            };
+            let name = StockName::new(name).map_err(|e| bad(e.to_string()))?;
+            let price: f64 = price
+                .parse()
+                .map_err(|_| bad(format!("price {price:?} is not a number")))?;
+            if !price.is_finite() || price < 0.0 {
+                return Err(bad(format!(
+                    "price {price} must be finite and not negative"
+                )));
+            }
+            let quantity: u64 = quantity.parse().map_err(|_| {
+                bad(format!(
+                    "quantity {quantity:?} is not a non-negative integer"
+                ))
+            })?;
+            if stocks.iter().any(|s| s.name == name) {
+                return Err(bad(format!("{name} appears twice")));
+            }
+            stocks.push(Stock {
+                name,
+                price,
+                quantity,
+                volume: 0,
+                version: 0,
+                last_seq: 0,
+            });
+        }
+        if stocks.is_empty() {
+            return Err(Error::Seed("no stocks".into()));
+        }
+        Ok(stocks)
+    }
+
+    /// The newest record reflected.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// A stock by name.
+    pub fn stock(&self, name: &StockName) -> Option<&Stock> {
+        self.stocks.get(name)
+    }
+
+    /// Every stock, sorted by name.
+    pub fn stocks(&self) -> Vec<&Stock> {
+        let mut all: Vec<&Stock> = self.stocks.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Decides and, when accepted, applies one trade.
+    pub fn trade(&mut self, request: &TradeRequest) -> Decision {
+        if let Some(first) = self.recent.get(&request.request_id) {
+            let same = first.name == request.name
+                && first.kind == request.kind
+                && i64::try_from(first.quantity) == Ok(request.quantity);
+            return if same {
+                Decision::Repeated {
+                    seq: first.seq,
+                    receipt: first.after.clone(),
+                }
+            } else {
+                Decision::Rejected(TradeRejection::RequestIdReused)
+            };
+        }
+        let quantity = match u64::try_from(request.quantity) {
+            Ok(q) if q > 0 => q,
+            _ => return Decision::Rejected(TradeRejection::InvalidQuantity),
+        };
+        let Some(stock) = self.stocks.get(&request.name) else {
+            return Decision::Rejected(TradeRejection::StockNotFound);
+        };
+        let left = match request.kind {
+            TradeKind::Buy if stock.quantity < quantity => {
+                return Decision::Rejected(TradeRejection::NotEnoughStock {
+                    available: stock.quantity,
+                })
+            }
+            TradeKind::Buy => stock.quantity - quantity,
+            TradeKind::Sell => match stock.quantity.checked_add(quantity) {
+                Some(left) => left,
+                None => return Decision::Rejected(TradeRejection::Overflow),
+            },
+        };
+        let (Some(volume), Some(version)) = (
+            stock.volume.checked_add(quantity),
+            stock.version.checked_add(1),
+        ) else {
+            return Decision::Rejected(TradeRejection::Overflow);
+        };
+        let record = TradeRecord {
+            seq: self.last_seq + 1,
+            request_id: request.request_id.clone(),
+            name: request.name.clone(),
+            kind: request.kind,
+            quantity,
+            after: TradeReceipt {
+                quantity: left,
+                volume,
+                version,
+            },
+        };
+        self.apply(&record);
+        Decision::Applied(record)
+    }
+
+    /// Applies a record read back from the log. Records at or below [`Book::last_seq`] are
+    /// already reflected (the snapshot covers them) and are skipped; a gap or a record that
+    /// names an unknown stock means the files are damaged.
+    pub fn replay(&mut self, record: &TradeRecord) -> Result<(), Error> {
+        if record.seq <= self.last_seq {
+            return Ok(());
+        }
+        if record.seq != self.last_seq + 1 {
+            return Err(Error::Corrupt(format!(
+                "log jumps from record {} to {}",
+                self.last_seq, record.seq
+            )));
+        }
+        if !self.stocks.contains_key(&record.name) {
+            return Err(Error::Corrupt(format!(
+                "record {} trades unknown stock {}",
+                record.seq, record.name
+            )));
+        }
+        self.apply(record);
+        Ok(())
+    }
+
+    fn apply(&mut self, record: &TradeRecord) {
+        if let Some(stock) = self.stocks.get_mut(&record.name) {
+            stock.quantity = record.after.quantity;
+            stock.volume = record.after.volume;
+            stock.version = record.after.version;
+            stock.last_seq = record.seq;
+        }
+        self.last_seq = record.seq;
+        self.remember(record.clone());
+    }
+
+    fn remember(&mut self, record: TradeRecord) {
+        while self.recent_order.len() >= self.window {
+            if let Some(oldest) = self.recent_order.pop_front() {
+                self.recent.remove(&oldest);
+            }
+        }
+        self.recent_order.push_back(record.request_id.clone());
+        self.recent.insert(record.request_id.clone(), record);
+    }
+
+    /// A consistent copy of the state for the snapshot file.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            last_seq: self.last_seq,
+            stocks: self.stocks().into_iter().cloned().collect(),
+            recent: self
+                .recent_order
+                .iter()
+                .filter_map(|id| self.recent.get(id).cloned())
+                .collect(),
+        }
+    }
+
+    /// Rebuilds the state from a snapshot, keeping at most `window` recent ids.
+    pub fn from_snapshot(snapshot: Snapshot, window: usize) -> Self {
+        let mut book = Book::new(snapshot.stocks, window);
+        for record in snapshot.recent {
+            book.remember(record);
+        }
+        book.last_seq = snapshot.last_seq;
+        book
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> Book {
+        let stocks =
+            Book::parse_seed("name,price,quantity\nGameStart,15.99,100\nBoarCo,2.5,0\n").unwrap();
+        Book::new(stocks, 3)
+    }
+
+    fn request(id: &str, name: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
+        TradeRequest {
+            request_id: RequestId::new(id).unwrap(),
+            name: StockName::new(name).unwrap(),
+            quantity,
+            kind,
+        }
+    }
+
+    fn applied(decision: Decision) -> TradeRecord {
+        match decision {
+            Decision::Applied(record) => record,
+            other => panic!("expected an applied trade, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn buy_and_sell_move_quantity_volume_and_version() {
+        let mut book = book();
+        let buy = applied(book.trade(&request("a", "GameStart", 30, TradeKind::Buy)));
+        assert_eq!(buy.seq, 1);
+        assert_eq!(
+            (buy.after.quantity, buy.after.volume, buy.after.version),
+            (70, 30, 1)
+        );
+        let sell = applied(book.trade(&request("b", "GameStart", 5, TradeKind::Sell)));
+        assert_eq!(
+            (sell.after.quantity, sell.after.volume, sell.after.version),
+            (75, 35, 2)
+        );
+        let exact = applied(book.trade(&request("c", "GameStart", 75, TradeKind::Buy)));
+        assert_eq!(exact.after.quantity, 0);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut book = book();
+        let before = book.snapshot();
+        let cases = [
+            (
+                request("a", "GameStart", 101, TradeKind::Buy),
+                TradeRejection::NotEnoughStock { available: 100 },
+            ),
+            (
+                request("b", "Nope", 1, TradeKind::Buy),
+                TradeRejection::StockNotFound,
+            ),
+            (
+                request("c", "GameStart", 0, TradeKind::Buy),
+                TradeRejection::InvalidQuantity,
+            ),
+            (
+                request("d", "GameStart", -4, TradeKind::Sell),
+                TradeRejection::InvalidQuantity,
+            ),
+            (
+                request("e", "gamestart", 1, TradeKind::Buy),
+                TradeRejection::StockNotFound,
+            ),
+            (
+                request("f", "GameStart", i64::MAX, TradeKind::Buy),
+                TradeRejection::NotEnoughStock { available: 100 },
+            ),
+        ];
+        for (req, expected) in cases {
+            assert_eq!(book.trade(&req), Decision::Rejected(expected));
+        }
+        assert_eq!(book.snapshot(), before);
+    }
+
+    #[test]
+    fn overflow_is_refused() {
+        let mut book = book();
+        let huge = i64::MAX;
+        applied(book.trade(&request("a", "BoarCo", huge, TradeKind::Sell)));
+        applied(book.trade(&request("b", "BoarCo", huge, TradeKind::Sell)));
+        // Quantity is now 2^64 - 2; one more large sell overflows it.
+        assert_eq!(
+            book.trade(&request("c", "BoarCo", 2, TradeKind::Sell)),
+            Decision::Rejected(TradeRejection::Overflow)
+        );
+    }
+
+    #[test]
+    fn a_repeated_request_id_returns_the_first_outcome() {
+        let mut book = book();
+        let first = applied(book.trade(&request("same", "GameStart", 10, TradeKind::Buy)));
+        let again = book.trade(&request("same", "GameStart", 10, TradeKind::Buy));
+        assert_eq!(
+            again,
+            Decision::Repeated {
+                seq: first.seq,
+                receipt: first.after.clone()
+            }
+        );
+        assert_eq!(book.stock(&first.name).unwrap().quantity, 90);
+        assert_eq!(
+            book.trade(&request("same", "GameStart", 11, TradeKind::Buy)),
+            Decision::Rejected(TradeRejection::RequestIdReused)
+        );
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_ids() {
+        let mut book = book();
+        for id in ["a", "b", "c", "d"] {
+            applied(book.trade(&request(id, "GameStart", 1, TradeKind::Buy)));
+        }
+        // Window of 3: "a" is forgotten and would apply again; "b" is remembered.
+        assert!(matches!(
+            book.trade(&request("b", "GameStart", 1, TradeKind::Buy)),
+            Decision::Repeated { .. }
+        ));
+        assert!(matches!(
+            book.trade(&request("a", "GameStart", 1, TradeKind::Buy)),
+            Decision::Applied(_)
+        ));
+    }
+
+    #[test]
+    fn snapshot_plus_replay_rebuilds_the_same_state() {
+        let mut live = book();
+        let mut records = Vec::new();
+        for (i, kind) in [TradeKind::Buy, TradeKind::Sell, TradeKind::Buy]
+            .into_iter()
+            .enumerate()
+        {
+            records.push(applied(live.trade(&request(
+                &format!("r{i}"),
+                "GameStart",
+                7,
+                kind,
+            ))));
+        }
+        let mut recovered = Book::from_snapshot(book().snapshot(), 3);
+        for record in records.iter().chain(records.iter()) {
+            recovered.replay(record).unwrap();
+        }
+        assert_eq!(recovered.snapshot(), live.snapshot());
+        let mut gap = book();
+        assert!(gap.replay(&records[1]).is_err());
+    }
+
+    #[test]
+    fn seed_errors_name_the_line() {
+        for bad in [
+            "GameStart,1.0\n",
+            "GameStart,x,1\n",
+            "GameStart,1,-1\n",
+            "A,1,1\nA,2,2\n",
+            "",
+            "G,NaN,1\n",
+        ] {
+            let err = Book::parse_seed(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("line") || err.contains("no stocks"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+}

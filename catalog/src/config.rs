@@ -1,0 +1,81 @@
+//! The catalog's settings: flags with environment fallbacks, validated once into
+//! [`CatalogConfig`].
+
+use std::path::PathBuf;
+
+use common::config::TransportArgs;
+use common::server::ServerConfig;
+
+/// Flags of the `catalog` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "catalog",
+    about = "Stock Bazaar catalog: durable stocks, exactly-once trades"
+)]
+pub struct CatalogArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CATALOG_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: String,
+
+    /// Directory for the catalog's runtime state (snapshot, write-ahead log).
+    #[arg(long, env = "CATALOG_STATE_DIR", default_value = "state/catalog")]
+    pub state_dir: PathBuf,
+
+    /// Initial catalog (name,price,quantity per line), read only on first start.
+    #[arg(long, env = "CATALOG_SEED", default_value = "data/catalog.csv")]
+    pub seed: PathBuf,
+
+    /// How many recent request ids are remembered (durably) to apply every trade once.
+    #[arg(long, env = "CATALOG_DEDUP_WINDOW", default_value_t = 100_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub dedup_window: usize,
+
+    /// Records between snapshots; each snapshot empties the write-ahead log.
+    #[arg(long, env = "CATALOG_SNAPSHOT_EVERY", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
+
+    /// Internal transport settings.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// Everything a catalog needs to run.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// Where the runtime state lives.
+    pub state_dir: PathBuf,
+    /// The shipped initial catalog; never written.
+    pub seed: PathBuf,
+    /// Recent request ids remembered for exactly-once.
+    pub dedup_window: usize,
+    /// Records between snapshots.
+    pub snapshot_every: u64,
+    /// Subscriber pushes queued per front end before it counts as too slow.
+    pub server: ServerConfig,
+}
+
+impl CatalogConfig {
+    /// Defaults for a state directory and seed file, as tests use them.
+    pub fn new(state_dir: impl Into<PathBuf>, seed: impl Into<PathBuf>) -> Self {
+        CatalogConfig {
+            state_dir: state_dir.into(),
+            seed: seed.into(),
+            dedup_window: 100_000,
+            snapshot_every: 100_000,
+            server: ServerConfig::new("catalog"),
+        }
+    }
+}
+
+impl From<&CatalogArgs> for CatalogConfig {
+    fn from(args: &CatalogArgs) -> Self {
+        CatalogConfig {
+            state_dir: args.state_dir.clone(),
+            seed: args.seed.clone(),
+            dedup_window: args.dedup_window,
+            snapshot_every: args.snapshot_every,
+            server: args.transport.server_config("catalog"),
+        }
+    }
+}
