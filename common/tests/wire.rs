@@ -1,0 +1,148 @@
+//! Every wire message survives encoding and decoding unchanged, and no byte string makes a
+//! decoder panic.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use bytes::BytesMut;
+use common::frame::{codec, decode, encode};
+use common::wire::*;
+use proptest::prelude::*;
+use tokio_util::codec::Decoder;
+
+fn stock_name() -> impl Strategy<Value = StockName> {
+    "[A-Za-z0-9 ._-]{1,64}".prop_map(|s| StockName::new(s).unwrap())
+}
+
+fn request_id() -> impl Strategy<Value = RequestId> {
+    "[!-~]{1,128}".prop_map(|s| RequestId::new(s).unwrap())
+}
+
+fn kind() -> impl Strategy<Value = TradeKind> {
+    prop_oneof![Just(TradeKind::Buy), Just(TradeKind::Sell)]
+}
+
+fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
+    prop_oneof![
+        stock_name().prop_map(|name| CatalogRequest::Lookup { name }),
+        (request_id(), stock_name(), any::<i64>(), kind()).prop_map(
+            |(request_id, name, quantity, kind)| CatalogRequest::Trade(TradeRequest {
+                request_id,
+                name,
+                quantity,
+                kind,
+            })
+        ),
+        Just(CatalogRequest::Subscribe),
+    ]
+}
+
+fn rejection() -> impl Strategy<Value = TradeRejection> {
+    prop_oneof![
+        Just(TradeRejection::StockNotFound),
+        any::<u64>().prop_map(|available| TradeRejection::NotEnoughStock { available }),
+        Just(TradeRejection::InvalidQuantity),
+        Just(TradeRejection::Overflow),
+        Just(TradeRejection::RequestIdReused),
+    ]
+}
+
+fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
+    prop_oneof![
+        (
+            stock_name(),
+            0.0..1e9f64,
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(name, price, quantity, volume, version)| CatalogResponse::Stock(StockQuote {
+                    name,
+                    price,
+                    quantity,
+                    volume,
+                    version,
+                })
+            ),
+        Just(CatalogResponse::NotFound),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(quantity, volume, version)| {
+            CatalogResponse::Traded(TradeReceipt {
+                quantity,
+                volume,
+                version,
+            })
+        }),
+        rejection().prop_map(CatalogResponse::Rejected),
+        Just(CatalogResponse::Subscribed),
+        (stock_name(), any::<u64>())
+            .prop_map(|(name, version)| CatalogResponse::Invalidate { name, version }),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply<CatalogResponse>> {
+    prop_oneof![
+        catalog_response().prop_map(Ok),
+        (".{0,40}", any::<bool>()).prop_map(|(message, bad)| Err(if bad {
+            RemoteError::bad_request(message)
+        } else {
+            RemoteError::unavailable(message)
+        })),
+    ]
+}
+
+fn round_trips<T>(value: T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = encode(&value).unwrap();
+    assert_eq!(decode::<T>(&bytes).unwrap(), value);
+}
+
+proptest! {
+    #[test]
+    fn catalog_requests_round_trip(id in any::<u64>(), body in catalog_request()) {
+        round_trips(Envelope { id, body });
+    }
+
+    #[test]
+    fn catalog_replies_round_trip(id in any::<u64>(), body in reply()) {
+        round_trips(Envelope { id, body });
+    }
+
+    #[test]
+    fn hellos_round_trip(version in any::<u32>(), token in proptest::option::of(".{0,64}"),
+                         peer in ".{0,32}", reason in ".{0,64}") {
+        round_trips(Envelope { id: 0, body: Hello { version, token, peer } });
+        round_trips(Envelope { id: 0, body: HelloReply::Refused { reason } });
+        round_trips(Envelope { id: 0, body: HelloReply::Welcome { service: "catalog".into() } });
+    }
+
+    #[test]
+    fn random_bytes_never_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode::<Envelope<CatalogRequest>>(&bytes);
+        let _ = decode::<Envelope<Reply<CatalogResponse>>>(&bytes);
+        let _ = decode::<Envelope<Hello>>(&bytes);
+        let mut codec = codec(1024);
+        let mut buffer = BytesMut::from(&bytes[..]);
+        // Frames over the limit are errors; shorter input is "need more"; nothing panics.
+        while let Ok(Some(frame)) = codec.decode(&mut buffer) {
+            let _ = decode::<Envelope<CatalogRequest>>(&frame);
+        }
+    }
+}
+
+#[test]
+fn invalid_names_and_ids_do_not_decode() {
+    let long = "x".repeat(MAX_STOCK_NAME_BYTES + 1);
+    assert!(decode::<StockName>(&encode(&long).unwrap()).is_err());
+    assert!(decode::<StockName>(&encode(&"").unwrap()).is_err());
+    assert!(decode::<RequestId>(&encode(&"has space").unwrap()).is_err());
+    assert!(StockName::new("GameStart").is_ok());
+}
+
+#[test]
+fn a_four_gib_length_prefix_is_an_error_not_an_allocation() {
+    let mut codec = codec(1 << 20);
+    let mut buffer = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff, 0][..]);
+    let error = codec.decode(&mut buffer).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+}
