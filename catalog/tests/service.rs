@@ -1,0 +1,320 @@
+//! The catalog started in-process on port 0 and used over real sockets: lookups, trades and
+//! their refusals, exactly-once request ids (also across a restart), and invalidations.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use catalog::{CatalogClient, CatalogConfig};
+use common::rpc::ClientConfig;
+use common::wire::{
+    CatalogResponse, RequestId, StockName, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn seed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/catalog.csv")
+}
+
+struct Running {
+    addr: String,
+    client: CatalogClient,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), catalog::Error>>,
+}
+
+impl Running {
+    fn client_addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start(state: &Path, configure: impl FnOnce(&mut CatalogConfig)) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = CatalogConfig::new(state, seed());
+    configure(&mut config);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(catalog::run(listener, config, shutdown.clone()));
+    Running {
+        addr: addr.to_string(),
+        client: CatalogClient::new(addr.to_string(), ClientConfig::new("test")),
+        shutdown,
+        task,
+    }
+}
+
+fn name(s: &str) -> StockName {
+    StockName::new(s).unwrap()
+}
+
+fn trade(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
+    TradeRequest {
+        request_id: RequestId::new(id).unwrap(),
+        name: name(stock),
+        quantity,
+        kind,
+    }
+}
+
+#[tokio::test]
+async fn lookups_trades_and_refusals() {
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |_| {}).await;
+    let client = &catalog.client;
+
+    let quote = client.lookup(&name("GameStart")).await.unwrap().unwrap();
+    assert_eq!(
+        (quote.price, quote.quantity, quote.volume, quote.version),
+        (15.99, 100_000, 0, 0)
+    );
+    assert_eq!(client.lookup(&name("NoSuchCo")).await.unwrap(), None);
+    assert_eq!(client.lookup(&name("gamestart")).await.unwrap(), None);
+
+    let bought = client
+        .trade(&trade("t1", "GameStart", 40, TradeKind::Buy))
+        .await
+        .unwrap();
+    assert_eq!(
+        bought,
+        Ok(TradeReceipt {
+            quantity: 99_960,
+            volume: 40,
+            version: 1
+        })
+    );
+    let sold = client
+        .trade(&trade("t2", "GameStart", 15, TradeKind::Sell))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((sold.quantity, sold.volume, sold.version), (99_975, 55, 2));
+
+    let refusals = [
+        (
+            trade("t3", "GameStart", 99_976, TradeKind::Buy),
+            TradeRejection::NotEnoughStock { available: 99_975 },
+        ),
+        (
+            trade("t4", "NoSuchCo", 1, TradeKind::Buy),
+            TradeRejection::StockNotFound,
+        ),
+        (
+            trade("t5", "GameStart", 0, TradeKind::Buy),
+            TradeRejection::InvalidQuantity,
+        ),
+        (
+            trade("t6", "GameStart", -5, TradeKind::Sell),
+            TradeRejection::InvalidQuantity,
+        ),
+    ];
+    for (request, expected) in refusals {
+        assert_eq!(client.trade(&request).await.unwrap(), Err(expected));
+    }
+    let all = client
+        .trade(&trade("t7", "GameStart", 99_975, TradeKind::Buy))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.quantity, 0);
+
+    let quote = client.lookup(&name("GameStart")).await.unwrap().unwrap();
+    assert_eq!(
+        (quote.quantity, quote.volume, quote.version),
+        (0, 99_975 + 55, 3)
+    );
+    catalog.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_is_applied_once_also_after_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |_| {}).await;
+    let request = trade("same-id", "BoarCo", 7, TradeKind::Buy);
+    let first = catalog.client.trade(&request).await.unwrap().unwrap();
+    let again = catalog.client.trade(&request).await.unwrap().unwrap();
+    assert_eq!(first, again);
+    let reused = trade("same-id", "BoarCo", 8, TradeKind::Buy);
+    assert_eq!(
+        catalog.client.trade(&reused).await.unwrap(),
+        Err(TradeRejection::RequestIdReused)
+    );
+    catalog.stop().await;
+
+    let catalog = start(state.path(), |_| {}).await;
+    assert_eq!(
+        catalog.client.trade(&request).await.unwrap().unwrap(),
+        first
+    );
+    let quote = catalog
+        .client
+        .lookup(&name("BoarCo"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (quote.quantity, quote.volume, quote.version),
+        (99_993, 7, 1)
+    );
+    catalog.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
+    let state = tempfile::tempdir().unwrap();
+    // Snapshot every 50 records, so the 400 trades below cross several snapshots.
+    let catalog = start(state.path(), |c| c.snapshot_every = 50).await;
+    let tasks = (0..8u64).map(|worker| {
+        let client = catalog.client.clone();
+        tokio::spawn(async move {
+            for i in 0..50u64 {
+                let kind = if (worker + i).is_multiple_of(3) {
+                    TradeKind::Sell
+                } else {
+                    TradeKind::Buy
+                };
+                let request = trade(
+                    &format!("w{worker}-{i}"),
+                    "FishCo",
+                    (i % 5 + 1) as i64,
+                    kind,
+                );
+                client.trade(&request).await.unwrap().unwrap();
+            }
+        })
+    });
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (mut bought, mut sold) = (0u64, 0u64);
+    for worker in 0..8u64 {
+        for i in 0..50u64 {
+            let q = i % 5 + 1;
+            if (worker + i).is_multiple_of(3) {
+                sold += q
+            } else {
+                bought += q
+            }
+        }
+    }
+    let expect = |quote: &common::wire::StockQuote| {
+        assert_eq!(quote.quantity, 100_000 - bought + sold);
+        assert_eq!(quote.volume, bought + sold);
+        assert_eq!(quote.version, 400);
+    };
+    expect(
+        &catalog
+            .client
+            .lookup(&name("FishCo"))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    catalog.stop().await;
+
+    let catalog = start(state.path(), |c| c.snapshot_every = 50).await;
+    expect(
+        &catalog
+            .client
+            .lookup(&name("FishCo"))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // Ids from before the restart are still recognised.
+    let replay = trade("w3-7", "FishCo", 3, TradeKind::Buy);
+    assert!(catalog.client.trade(&replay).await.unwrap().is_ok());
+    expect(
+        &catalog
+            .client
+            .lookup(&name("FishCo"))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    catalog.stop().await;
+}
+
+#[tokio::test]
+async fn subscribers_see_every_change_before_its_trade_is_answered() {
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |_| {}).await;
+    let mut stream = catalog.client.subscribe(64).await.unwrap();
+    // A separate connection for trades, as a front end would have.
+    let trader = CatalogClient::new(catalog.client_addr(), ClientConfig::new("trader"));
+    let mut seen = Vec::new();
+    for i in 1..=5u64 {
+        let receipt = trader
+            .trade(&trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(receipt.version, i);
+        // The invalidation was queued before the answer; it arrives within a short deadline.
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("invalidation did not arrive")
+                .expect("stream ended")
+                .unwrap();
+            match message {
+                CatalogResponse::Subscribed => continue,
+                CatalogResponse::Invalidate { name: n, version } => {
+                    assert_eq!(n, name("StarCo"));
+                    seen.push(version);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+
+    // The stream ends when the catalog goes away, so a subscriber knows to drop its cache.
+    catalog.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "stream outlived the catalog");
+}
+
+#[tokio::test]
+async fn a_second_catalog_on_the_same_state_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |_| {}).await;
+    catalog.client.lookup(&name("GameStart")).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = catalog::run(
+        listener,
+        CatalogConfig::new(state.path(), seed()),
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(
+        matches!(second, Err(catalog::Error::Locked(_))),
+        "{second:?}"
+    );
+    catalog.stop().await;
+}
+
+#[tokio::test]
+async fn the_shipped_seed_file_is_never_written() {
+    let before = std::fs::read(seed()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |_| {}).await;
+    catalog
+        .client
+        .trade(&trade("x", "GameStart", 1, TradeKind::Buy))
+        .await
+        .unwrap()
+        .unwrap();
+    catalog.stop().await;
+    assert_eq!(std::fs::read(seed()).unwrap(), before);
+}
