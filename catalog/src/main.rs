@@ -4,14 +4,15 @@ use anyhow::Context;
 use catalog::config::CatalogArgs;
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let args = CatalogArgs::parse();
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let shutdown = common::shutdown::on_signal();
-    catalog::run(listener, (&args).into(), shutdown).await?;
-    Ok(())
+    common::runtime::block_on(args.transport.worker_threads, async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let shutdown = common::shutdown::on_signal();
+        catalog::run(listener, (&args).into(), shutdown).await?;
+        anyhow::Ok(())
+    })?
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::book::{Book, Decision, TradeRecord};
-use crate::store::{Durable, Store};
+use crate::store::{LogEvent, Store};
 use crate::{CatalogConfig, Error};
 
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
@@ -20,6 +20,15 @@ const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Front ends subscribed to invalidations.
 type Subscribers = Arc<Mutex<Vec<Push>>>;
+
+/// How far the log is known to be on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Durable {
+    /// Every record up to this sequence number is fsynced.
+    seq: u64,
+    /// Set when writing failed; nothing after `seq` will ever become durable.
+    failed: Option<String>,
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the data consistent, so a poisoned lock is still usable.
@@ -162,11 +171,30 @@ pub async fn run(
         failed: None,
     });
     let subscribers: Subscribers = Arc::default();
-    let (log, writer) =
-        store.start_writer(book.clone(), config.snapshot_every, durable_sender, {
-            let subscribers = subscribers.clone();
-            move |batch| notify(&subscribers, batch)
-        })?;
+    let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
+    let (log, writer) = store.start_writer(book.clone(), config.snapshot_every, events)?;
+    // The writer thread wakes this one task per group commit; the trades waiting on the
+    // commit are then woken from inside the runtime, which is far cheaper than a cross-thread
+    // wake-up per trade.
+    let relay = tokio::spawn({
+        let subscribers = subscribers.clone();
+        async move {
+            while let Some(event) = event_stream.recv().await {
+                match event {
+                    LogEvent::Durable(batch) => {
+                        // Invalidations go out before any trade of the batch is answered.
+                        notify(&subscribers, &batch);
+                        if let Some(last) = batch.last() {
+                            durable_sender.send_modify(|d| d.seq = d.seq.max(last.seq));
+                        }
+                    }
+                    LogEvent::Failed(reason) => {
+                        durable_sender.send_modify(|d| d.failed = Some(reason));
+                    }
+                }
+            }
+        }
+    });
     let service = Arc::new(CatalogService {
         book,
         log: Mutex::new(Some(log)),
@@ -181,6 +209,7 @@ pub async fn run(
     if !matches!(joined, Ok(Ok(()))) {
         warn!("log writer did not stop cleanly");
     }
+    let _ = relay.await;
     info!("catalog stopped");
     Ok(())
 }

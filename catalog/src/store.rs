@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::book::{Book, Snapshot, TradeRecord};
@@ -29,13 +28,13 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Most records in one group commit.
 const MAX_BATCH: usize = 4096;
 
-/// How far the log is known to be on disk, published after every group commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Durable {
-    /// Every record up to this sequence number is fsynced.
-    pub seq: u64,
-    /// Set when writing failed; nothing after `seq` will ever become durable.
-    pub failed: Option<String>,
+/// What the log writer reports to the service.
+#[derive(Debug)]
+pub enum LogEvent {
+    /// These records, in order, are now on disk.
+    Durable(Vec<TradeRecord>),
+    /// Writing failed; nothing queued after the last durable record will ever be.
+    Failed(String),
 }
 
 /// Encodes one log record: length, checksum, payload.
@@ -195,15 +194,14 @@ impl Store {
     }
 
     /// Starts the group-commit writer on its own thread. Records sent on the returned channel
-    /// are appended in order and fsynced in batches; after each batch `on_durable` sees the
-    /// batch and then `durable` advances. Every `snapshot_every` records the writer snapshots
-    /// `book` and empties the log.
+    /// are appended in order and fsynced in batches; after each batch the writer reports a
+    /// [`LogEvent::Durable`] (one event per batch, however many trades wait on it). Every
+    /// `snapshot_every` records it snapshots `book` and empties the log.
     pub fn start_writer(
         self,
         book: Arc<Mutex<Book>>,
         snapshot_every: u64,
-        durable: watch::Sender<Durable>,
-        on_durable: impl Fn(&[TradeRecord]) + Send + 'static,
+        events: tokio::sync::mpsc::UnboundedSender<LogEvent>,
     ) -> io::Result<(mpsc::Sender<TradeRecord>, std::thread::JoinHandle<()>)> {
         // Unbounded by type, bounded in fact: each queued record is a trade some connection is
         // waiting on, and connections and requests per connection are capped by the server.
@@ -212,10 +210,9 @@ impl Store {
             .name("catalog-wal".into())
             .spawn(move || {
                 let mut writer = self;
-                if let Err(e) = writer.run(&receiver, &book, snapshot_every, &durable, &on_durable)
-                {
+                if let Err(e) = writer.run(&receiver, &book, snapshot_every, &events) {
                     error!(error = %e, "write-ahead log failed; trades are refused from now on");
-                    durable.send_modify(|d| d.failed = Some(e.to_string()));
+                    let _ = events.send(LogEvent::Failed(e.to_string()));
                 }
             })?;
         Ok((sender, handle))
@@ -226,33 +223,28 @@ impl Store {
         receiver: &mpsc::Receiver<TradeRecord>,
         book: &Mutex<Book>,
         snapshot_every: u64,
-        durable: &watch::Sender<Durable>,
-        on_durable: &dyn Fn(&[TradeRecord]),
+        events: &tokio::sync::mpsc::UnboundedSender<LogEvent>,
     ) -> Result<(), Error> {
         let mut since_snapshot = 0u64;
-        let mut batch = Vec::new();
         let mut bytes = Vec::new();
         // Ends when every sender is gone: the service has shut down.
         while let Ok(first) = receiver.recv() {
-            batch.clear();
-            bytes.clear();
-            batch.push(first);
+            let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
                     Ok(record) => batch.push(record),
                     Err(_) => break,
                 }
             }
+            bytes.clear();
             for record in &batch {
                 bytes.extend_from_slice(&encode_record(record)?);
             }
             self.wal.write_all(&bytes)?;
             self.wal.sync_data()?;
-            on_durable(&batch);
-            if let Some(last) = batch.last() {
-                durable.send_modify(|d| d.seq = d.seq.max(last.seq));
-            }
             since_snapshot += batch.len() as u64;
+            // Nobody listening means the service is gone; the log is still written.
+            let _ = events.send(LogEvent::Durable(batch));
             if since_snapshot >= snapshot_every {
                 self.snapshot(book)?;
                 since_snapshot = 0;

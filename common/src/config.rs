@@ -29,6 +29,12 @@ pub struct TransportArgs {
     #[arg(long, env = "BAZAAR_HELLO_TIMEOUT_MS", default_value_t = 5_000)]
     pub hello_timeout_ms: u64,
 
+    /// Threads serving requests; 1 runs everything on one thread, which measured fastest on
+    /// a 2-core machine shared with its clients.
+    #[arg(long, env = "BAZAAR_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub worker_threads: usize,
+
     /// Milliseconds an internal call may take, dialing included.
     #[arg(long, env = "BAZAAR_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub call_timeout_ms: u64,

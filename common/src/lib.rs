@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod rpc;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
