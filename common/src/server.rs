@@ -160,10 +160,14 @@ pub async fn serve<S: Service>(
         let config = config.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = serve_connection(socket, service, &config, shutdown).await {
-                warn!(service = %config.service, peer = %addr, error = %e, "connection closed on error");
-            } else {
-                debug!(service = %config.service, peer = %addr, "connection closed");
+            match serve_connection(socket, service, &config, shutdown).await {
+                // A peer that hangs up (a port probe, a client going away) is not news.
+                Ok(()) | Err(Error::Unavailable(_)) => {
+                    debug!(service = %config.service, peer = %addr, "connection closed");
+                }
+                Err(e) => {
+                    warn!(service = %config.service, peer = %addr, error = %e, "connection closed on error");
+                }
             }
             drop(permit);
         });
