@@ -1,7 +1,7 @@
 //! The catalog's request handlers and its `run` entry point: lookups that only show durable
 //! state, exactly-once trades answered after their group commit, and the invalidation stream.
 
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::server::{self, Push, RequestContext, Service};
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::book::{Book, Decision, TradeRecord};
-use crate::store::{LogEvent, Store};
+use crate::store::{LogEvent, LogWriter, Store};
 use crate::{CatalogConfig, Error};
 
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
@@ -39,8 +39,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct CatalogService {
     book: Arc<Mutex<Book>>,
-    /// The group-commit writer's queue; taken at shutdown so the writer drains and stops.
-    log: Mutex<Option<mpsc::Sender<TradeRecord>>>,
+    /// The group-commit queue; taken at shutdown so the writer drains and stops.
+    log: Mutex<Option<LogWriter>>,
     durable: watch::Receiver<Durable>,
     subscribers: Subscribers,
 }
@@ -73,7 +73,7 @@ impl CatalogService {
                     // Queued under the book's lock, so the log's order is the book's order.
                     let queued = lock(&self.log)
                         .as_ref()
-                        .is_some_and(|log| log.send(record).is_ok());
+                        .is_some_and(|log| log.append(record).is_ok());
                     if !queued {
                         return Err(RemoteError::unavailable("catalog is shutting down"));
                     }
@@ -172,20 +172,35 @@ pub async fn run(
     });
     let subscribers: Subscribers = Arc::default();
     let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
-    let (log, writer) = store.start_writer(book.clone(), config.snapshot_every, events)?;
-    // The writer thread wakes this one task per group commit; the trades waiting on the
+    let (log, writer) = store.start(events)?;
+    let service = Arc::new(CatalogService {
+        book,
+        log: Mutex::new(Some(log)),
+        durable,
+        subscribers,
+    });
+    // The commit thread wakes this one task per group commit; the trades waiting on the
     // commit are then woken from inside the runtime, which is far cheaper than a cross-thread
-    // wake-up per trade.
+    // wake-up per trade. It ends when the commit thread does.
     let relay = tokio::spawn({
-        let subscribers = subscribers.clone();
+        let service = service.clone();
+        let mut since_snapshot = 0u64;
+        let snapshot_every = config.snapshot_every;
         async move {
             while let Some(event) = event_stream.recv().await {
                 match event {
                     LogEvent::Durable(batch) => {
                         // Invalidations go out before any trade of the batch is answered.
-                        notify(&subscribers, &batch);
+                        notify(&service.subscribers, &batch);
                         if let Some(last) = batch.last() {
                             durable_sender.send_modify(|d| d.seq = d.seq.max(last.seq));
+                        }
+                        since_snapshot += batch.len() as u64;
+                        if since_snapshot >= snapshot_every {
+                            since_snapshot = 0;
+                            if let Some(log) = lock(&service.log).as_ref() {
+                                let _ = log.snapshot(service.book.clone());
+                            }
                         }
                     }
                     LogEvent::Failed(reason) => {
@@ -195,16 +210,13 @@ pub async fn run(
             }
         }
     });
-    let service = Arc::new(CatalogService {
-        book,
-        log: Mutex::new(Some(log)),
-        durable,
-        subscribers,
-    });
     info!(addr = %listener.local_addr()?, state = %config.state_dir.display(), "catalog serving");
-    server::serve(listener, service.clone(), config.server, shutdown).await;
+    server::serve(listener, service.clone(), config.server.clone(), shutdown).await;
 
-    lock(&service.log).take();
+    if let Some(log) = lock(&service.log).take() {
+        // A final snapshot, so the next start replays nothing.
+        let _ = log.snapshot(service.book.clone());
+    }
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;
     if !matches!(joined, Ok(Ok(()))) {
         warn!("log writer did not stop cleanly");

@@ -12,7 +12,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
+
+use common::group_commit::{self, Job};
 
 use tracing::{error, info, warn};
 
@@ -25,8 +28,6 @@ const WAL_FILE: &str = "wal.log";
 const LOCK_FILE: &str = "LOCK";
 /// A record bigger than this cannot be one of ours: its length field is garbage.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
-/// Most records in one group commit.
-const MAX_BATCH: usize = 4096;
 
 /// What the log writer reports to the service.
 #[derive(Debug)]
@@ -193,84 +194,82 @@ impl Store {
         ))
     }
 
-    /// Starts the group-commit writer on its own thread. Records sent on the returned channel
-    /// are appended in order and fsynced in batches; after each batch the writer reports a
-    /// [`LogEvent::Durable`] (one event per batch, however many trades wait on it). Every
-    /// `snapshot_every` records it snapshots `book` and empties the log.
-    pub fn start_writer(
+    /// Starts the group-commit thread. After each batch it reports [`LogEvent::Durable`] on
+    /// `events`, one event per batch however many trades wait on it; on a failed write it
+    /// reports [`LogEvent::Failed`] and stops.
+    pub fn start(
         self,
-        book: Arc<Mutex<Book>>,
-        snapshot_every: u64,
         events: tokio::sync::mpsc::UnboundedSender<LogEvent>,
-    ) -> io::Result<(mpsc::Sender<TradeRecord>, std::thread::JoinHandle<()>)> {
-        // Unbounded by type, bounded in fact: each queued record is a trade some connection is
-        // waiting on, and connections and requests per connection are capped by the server.
-        let (sender, receiver) = mpsc::channel::<TradeRecord>();
-        let handle = std::thread::Builder::new()
-            .name("catalog-wal".into())
-            .spawn(move || {
-                let mut writer = self;
-                if let Err(e) = writer.run(&receiver, &book, snapshot_every, &events) {
-                    error!(error = %e, "write-ahead log failed; trades are refused from now on");
-                    let _ = events.send(LogEvent::Failed(e.to_string()));
-                }
-            })?;
-        Ok((sender, handle))
+    ) -> io::Result<(LogWriter, JoinHandle<()>)> {
+        let failures = events.clone();
+        let (jobs, handle) = group_commit::start(
+            "catalog-wal",
+            self.wal,
+            move |batch| {
+                // Nobody listening means the service is gone; the log is still written.
+                let _ = events.send(LogEvent::Durable(batch));
+            },
+            move |e| {
+                error!(error = %e, "write-ahead log failed; trades are refused from now on");
+                let _ = failures.send(LogEvent::Failed(e.to_string()));
+            },
+        )?;
+        Ok((
+            LogWriter {
+                jobs,
+                dir: Arc::from(self.dir.as_path()),
+                _lock: Arc::new(self._lock),
+            },
+            handle,
+        ))
+    }
+}
+
+/// The queue of the group-commit thread.
+#[derive(Clone)]
+pub struct LogWriter {
+    jobs: mpsc::Sender<Job<TradeRecord>>,
+    dir: Arc<Path>,
+    /// The state directory's lock, held as long as anything can still write.
+    _lock: Arc<File>,
+}
+
+impl LogWriter {
+    /// Queues `record`; it is reported durable after its batch is fsynced. Fails when the
+    /// writer has stopped.
+    pub fn append(&self, record: TradeRecord) -> Result<(), Error> {
+        let bytes = encode_record(&record)?;
+        self.jobs
+            .send(Job::Append {
+                bytes,
+                item: record,
+            })
+            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
-    fn run(
-        &mut self,
-        receiver: &mpsc::Receiver<TradeRecord>,
-        book: &Mutex<Book>,
-        snapshot_every: u64,
-        events: &tokio::sync::mpsc::UnboundedSender<LogEvent>,
-    ) -> Result<(), Error> {
-        let mut since_snapshot = 0u64;
-        let mut bytes = Vec::new();
-        // Ends when every sender is gone: the service has shut down.
-        while let Ok(first) = receiver.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
-            }
-            bytes.clear();
-            for record in &batch {
-                bytes.extend_from_slice(&encode_record(record)?);
-            }
-            self.wal.write_all(&bytes)?;
-            self.wal.sync_data()?;
-            since_snapshot += batch.len() as u64;
-            // Nobody listening means the service is gone; the log is still written.
-            let _ = events.send(LogEvent::Durable(batch));
-            if since_snapshot >= snapshot_every {
-                self.snapshot(book)?;
-                since_snapshot = 0;
-            }
-        }
-        self.snapshot(book)?;
-        Ok(())
-    }
-
-    /// Writes a snapshot of `book` and empties the log. Records still queued may be older
-    /// than the snapshot; they land in the emptied log and are skipped on replay.
-    fn snapshot(&mut self, book: &Mutex<Book>) -> Result<(), Error> {
-        let started = Instant::now();
-        let snapshot = book
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .snapshot();
-        replace_file(&self.dir, SNAPSHOT_FILE, &encode_snapshot(&snapshot)?)?;
-        self.wal.set_len(0)?;
-        self.wal.sync_all()?;
-        info!(
-            last_seq = snapshot.last_seq,
-            took_ms = started.elapsed().as_millis() as u64,
-            "snapshot written; log emptied"
-        );
-        Ok(())
+    /// Queues a snapshot of `book` followed by emptying the log. Records queued before it may
+    /// be older than the snapshot; replay skips them.
+    pub fn snapshot(&self, book: Arc<Mutex<Book>>) -> Result<(), Error> {
+        let dir = self.dir.clone();
+        self.jobs
+            .send(Job::Maintain(Box::new(move |wal| {
+                let started = Instant::now();
+                let snapshot = book
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .snapshot();
+                let bytes = encode_snapshot(&snapshot).map_err(io::Error::other)?;
+                replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
+                wal.set_len(0)?;
+                wal.sync_all()?;
+                info!(
+                    last_seq = snapshot.last_seq,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshot written; log emptied"
+                );
+                Ok(())
+            })))
+            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 }
 

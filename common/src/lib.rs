@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod group_commit;
 pub mod rpc;
 pub mod runtime;
 pub mod server;
