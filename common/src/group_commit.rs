@@ -11,6 +11,9 @@ use std::thread::JoinHandle;
 /// Most appends in one batch.
 const MAX_BATCH: usize = 4096;
 
+/// Maintenance work run on the commit thread with the file (a snapshot, a truncation).
+pub type Maintenance = Box<dyn FnOnce(&mut File) -> io::Result<()> + Send>;
+
 /// Work for the commit thread.
 pub enum Job<T> {
     /// Append `bytes`; `item` is reported once they are on disk.
@@ -22,7 +25,7 @@ pub enum Job<T> {
     },
     /// Runs on the file after everything queued before it is durable and before anything
     /// queued after it is written.
-    Maintain(Box<dyn FnOnce(&mut File) -> io::Result<()> + Send>),
+    Maintain(Maintenance),
 }
 
 /// Starts the commit thread for `file` (opened for appending). After each batch
