@@ -347,3 +347,192 @@ pub enum CatalogResponse {
         version: u64,
     },
 }
+
+/// Identifies an order replica (`order --id N`).
+pub type ReplicaId = u32;
+
+/// A leadership term. Every election uses a larger one; replicas refuse an older leader.
+pub type Epoch = u64;
+
+/// The number of an order: from 0, one more per successful trade, never reused.
+pub type TransactionNumber = u64;
+
+/// A position in the order log: an entry's number and the epoch of the leader that made it.
+/// Two logs holding the same position hold the same entries up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// Epoch of the entry; compared first, so that positions order by recency.
+    pub epoch: Epoch,
+    /// Number of the entry.
+    pub number: TransactionNumber,
+}
+
+impl fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}@{}", self.number, self.epoch)
+    }
+}
+
+/// One order as every replica's log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEntry {
+    /// Its transaction number.
+    pub number: TransactionNumber,
+    /// Epoch of the leader that numbered it.
+    pub epoch: Epoch,
+    /// The request that placed it; a retry with this id gets this entry's number.
+    pub request_id: RequestId,
+    /// The stock traded.
+    pub name: StockName,
+    /// Buy or sell.
+    pub kind: TradeKind,
+    /// Shares traded.
+    pub quantity: u64,
+}
+
+impl OrderEntry {
+    /// The entry's position in the log.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            epoch: self.epoch,
+            number: self.number,
+        }
+    }
+}
+
+/// A trade placed through the order leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    /// Carried to the catalog unchanged; a retry with the same id trades nothing again.
+    pub request_id: RequestId,
+    /// The stock.
+    pub name: StockName,
+    /// Shares; signed so that a negative amount is refused with a clear rejection.
+    pub quantity: i64,
+    /// Buy or sell.
+    pub kind: TradeKind,
+}
+
+/// Requests the order replicas serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderRequest {
+    /// Trade and record an order (leader only).
+    PlaceOrder(PlaceOrder),
+    /// One recorded order, by number.
+    GetOrder {
+        /// The order's number.
+        number: TransactionNumber,
+    },
+    /// Liveness, role and log position.
+    Status,
+    /// Names the leader of `epoch` (sent by the front end to every live replica).
+    SetLeader {
+        /// Larger than any epoch before (or equal, to tell a restarted replica the current one).
+        epoch: Epoch,
+        /// The new leader.
+        leader_id: ReplicaId,
+    },
+    /// Leader to follower: append `entries`, which follow `prev` in the leader's log.
+    Replicate {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// Who sends it.
+        leader_id: ReplicaId,
+        /// The entry right before `entries[0]`; `None` when they start the log.
+        prev: Option<LogPosition>,
+        /// Consecutive entries.
+        entries: Vec<OrderEntry>,
+    },
+    /// Follower to leader: the entries after the newest of `known` that the leader also
+    /// holds.
+    SyncUp {
+        /// The follower's epoch.
+        epoch: Epoch,
+        /// Who asks.
+        follower_id: ReplicaId,
+        /// The last entry of each epoch in the follower's log, oldest first.
+        known: Vec<LogPosition>,
+    },
+}
+
+/// What a replica is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// It numbers and records orders.
+    Leader,
+    /// It is caught up with the leader and follows it.
+    Follower,
+    /// It is fetching what it missed from the leader and serves nothing yet.
+    Syncing,
+    /// It knows of no leader.
+    Idle,
+}
+
+/// Answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica.
+    pub id: ReplicaId,
+    /// What it is doing.
+    pub role: Role,
+    /// The highest epoch it has seen.
+    pub epoch: Epoch,
+    /// Who it believes leads.
+    pub leader_id: Option<ReplicaId>,
+    /// Its last durable entry.
+    pub last: Option<LogPosition>,
+}
+
+/// Answers of the order replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrderResponse {
+    /// The order is recorded with this number (now, or by an earlier try of the same id).
+    Placed {
+        /// Its transaction number.
+        number: TransactionNumber,
+    },
+    /// The catalog refused the trade; no number was used.
+    Rejected(TradeRejection),
+    /// Answer to `GetOrder`.
+    Order(OrderEntry),
+    /// No order has that number.
+    OrderNotFound,
+    /// Answer to `Status`.
+    Status(ReplicaStatus),
+    /// `SetLeader` accepted.
+    LeaderSet,
+    /// `Replicate` accepted: everything up to `last` is durable here.
+    Replicated {
+        /// The follower's last durable entry.
+        last: Option<LogPosition>,
+    },
+    /// `Replicate` does not follow this replica's log (a gap or a different history); it is
+    /// syncing up with the leader.
+    Behind {
+        /// This replica's last entry.
+        last: Option<LogPosition>,
+    },
+    /// Answer to `SyncUp`: the entries to adopt, starting right after `from`.
+    Entries {
+        /// The newest position both logs share (`None`: start of the log).
+        from: Option<LogPosition>,
+        /// Consecutive entries after `from`, at most a batch.
+        entries: Vec<OrderEntry>,
+        /// The leader's last entry, so the follower knows when it has everything.
+        leader_last: Option<LogPosition>,
+    },
+    /// This replica does not lead; retry at the one named.
+    NotLeader {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Who it believes leads.
+        leader_id: Option<ReplicaId>,
+    },
+    /// The sender's epoch is older than this replica's; it must not act as leader.
+    StaleEpoch {
+        /// This replica's epoch.
+        epoch: Epoch,
+        /// Who it believes leads.
+        leader_id: Option<ReplicaId>,
+    },
+}
