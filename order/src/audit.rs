@@ -1,0 +1,233 @@
+//! The audit: reads the replicas' order logs, reports whether they are identical and where
+//! they differ, and checks the catalog's quantities and volumes against the log (guarantee 4:
+//! quantity = initial - buys + sells, volume = all traded shares, per stock).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use catalog::book::Book;
+use catalog::CatalogClient;
+use common::rpc::ClientConfig;
+use common::wire::{OrderEntry, StockName, TradeKind};
+
+use crate::log::read_entries;
+
+/// Flags of `order audit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// A replica's state directory; give one per replica.
+    #[arg(long = "state-dir", required = true)]
+    pub state_dirs: Vec<PathBuf>,
+    /// The catalog to check against; without it only the logs are compared.
+    #[arg(long)]
+    pub catalog: Option<String>,
+    /// The catalog's initial stock (for initial quantities).
+    #[arg(long, default_value = "data/catalog.csv")]
+    pub seed: PathBuf,
+    /// Cluster token, if the catalog requires one.
+    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+}
+
+/// What the audit found.
+#[derive(Debug, Default)]
+pub struct AuditReport {
+    /// Human-readable findings, one per line.
+    pub lines: Vec<String>,
+    /// True when every check passed.
+    pub clean: bool,
+}
+
+/// Where each log differs from the longest one; empty when all are identical.
+pub fn compare_logs(logs: &[(String, Vec<OrderEntry>)]) -> Vec<String> {
+    let Some((reference_name, reference)) = logs.iter().max_by_key(|(_, entries)| entries.len())
+    else {
+        return Vec::new();
+    };
+    let mut differences = Vec::new();
+    for (name, entries) in logs {
+        if let Some(at) = entries
+            .iter()
+            .zip(reference)
+            .position(|(ours, theirs)| ours != theirs)
+        {
+            differences.push(format!(
+                "{name} differs from {reference_name} at order #{at}: {:?} vs {:?}",
+                entries[at], reference[at]
+            ));
+        } else if entries.len() != reference.len() {
+            differences.push(format!(
+                "{name} has {} orders, {reference_name} has {} (missing #{}..)",
+                entries.len(),
+                reference.len(),
+                entries.len()
+            ));
+        }
+    }
+    differences
+}
+
+/// Expected (quantity, volume) of every stock after `entries`, from the initial quantities;
+/// an error when the log buys more than there is or overflows.
+pub fn expected_stock(
+    initial: &BTreeMap<StockName, u64>,
+    entries: &[OrderEntry],
+) -> Result<BTreeMap<StockName, (u64, u64)>, String> {
+    let mut stock: BTreeMap<StockName, (u64, u64)> = initial
+        .iter()
+        .map(|(name, &q)| (name.clone(), (q, 0)))
+        .collect();
+    for entry in entries {
+        let (quantity, volume) = stock.get_mut(&entry.name).ok_or_else(|| {
+            format!(
+                "order #{} trades unknown stock {}",
+                entry.number, entry.name
+            )
+        })?;
+        *quantity = match entry.kind {
+            TradeKind::Buy => quantity.checked_sub(entry.quantity),
+            TradeKind::Sell => quantity.checked_add(entry.quantity),
+        }
+        .ok_or_else(|| format!("order #{} takes {} out of range", entry.number, entry.name))?;
+        *volume = volume.checked_add(entry.quantity).ok_or_else(|| {
+            format!(
+                "order #{} overflows the volume of {}",
+                entry.number, entry.name
+            )
+        })?;
+    }
+    Ok(stock)
+}
+
+/// Runs the audit.
+pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let mut report = AuditReport {
+        clean: true,
+        ..AuditReport::default()
+    };
+    let mut logs = Vec::new();
+    for dir in &args.state_dirs {
+        let (entries, _) = read_entries(&dir.join("orders.log"))?;
+        report
+            .lines
+            .push(format!("{}: {} orders", dir.display(), entries.len()));
+        logs.push((dir.display().to_string(), entries));
+        let side = dir.join("diverged.log");
+        if let Ok(text) = std::fs::read_to_string(&side) {
+            let set_aside = text.lines().filter(|l| !l.starts_with('#')).count();
+            report.lines.push(format!(
+                "{}: {set_aside} orders set aside in {}",
+                dir.display(),
+                side.display()
+            ));
+        }
+    }
+    let differences = compare_logs(&logs);
+    if differences.is_empty() {
+        report.lines.push("order logs: identical".into());
+    } else {
+        report.clean = false;
+        report.lines.extend(differences);
+    }
+    let Some(addr) = &args.catalog else {
+        return Ok(report);
+    };
+    let longest = logs
+        .iter()
+        .max_by_key(|(_, entries)| entries.len())
+        .map(|(_, entries)| entries.as_slice())
+        .unwrap_or_default();
+    let seed = std::fs::read_to_string(&args.seed)?;
+    let initial: BTreeMap<StockName, u64> = Book::parse_seed(&seed)?
+        .into_iter()
+        .map(|s| (s.name, s.quantity))
+        .collect();
+    let expected = match expected_stock(&initial, longest) {
+        Ok(expected) => expected,
+        Err(problem) => {
+            report.clean = false;
+            report.lines.push(problem);
+            return Ok(report);
+        }
+    };
+    let config = ClientConfig {
+        cluster_token: args.cluster_token.clone(),
+        ..ClientConfig::new("audit")
+    };
+    let catalog = CatalogClient::new(addr.clone(), config);
+    let mut mismatches = 0;
+    for (name, (quantity, volume)) in &expected {
+        let Some(quote) = catalog.lookup(name).await? else {
+            report.clean = false;
+            report.lines.push(format!("catalog lacks {name}"));
+            continue;
+        };
+        if (quote.quantity, quote.volume) != (*quantity, *volume) {
+            mismatches += 1;
+            report.clean = false;
+            let mut line = String::new();
+            let _ = write!(
+                line,
+                "{name}: catalog has quantity {} volume {}, the log implies {quantity} and {volume}",
+                quote.quantity, quote.volume
+            );
+            report.lines.push(line);
+        }
+    }
+    if mismatches == 0 {
+        report.lines.push(format!(
+            "catalog: all {} stocks agree with the order log",
+            expected.len()
+        ));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::wire::RequestId;
+
+    fn entry(number: u64, name: &str, kind: TradeKind, quantity: u64) -> OrderEntry {
+        OrderEntry {
+            number,
+            epoch: 1,
+            request_id: RequestId::new(format!("r{number}")).unwrap(),
+            name: StockName::new(name).unwrap(),
+            kind,
+            quantity,
+        }
+    }
+
+    #[test]
+    fn identical_logs_report_nothing_and_differences_are_located() {
+        let a = vec![
+            entry(0, "A", TradeKind::Buy, 1),
+            entry(1, "A", TradeKind::Sell, 2),
+        ];
+        let mut b = a.clone();
+        assert!(compare_logs(&[("a".into(), a.clone()), ("b".into(), b.clone())]).is_empty());
+        b[1].quantity = 3;
+        let found = compare_logs(&[("a".into(), a.clone()), ("b".into(), b)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("#1"));
+        let short = compare_logs(&[("a".into(), a.clone()), ("c".into(), a[..1].to_vec())]);
+        assert_eq!(short.len(), 1);
+        assert!(short[0].contains("missing #1"), "{short:?}");
+    }
+
+    #[test]
+    fn conservation_from_the_log() {
+        let initial = BTreeMap::from([(StockName::new("A").unwrap(), 10)]);
+        let log = [
+            entry(0, "A", TradeKind::Buy, 4),
+            entry(1, "A", TradeKind::Sell, 1),
+            entry(2, "A", TradeKind::Buy, 7),
+        ];
+        let expected = expected_stock(&initial, &log).unwrap();
+        assert_eq!(expected[&StockName::new("A").unwrap()], (0, 12));
+        assert!(expected_stock(&initial, &[entry(0, "A", TradeKind::Buy, 11)]).is_err());
+        assert!(expected_stock(&initial, &[entry(0, "B", TradeKind::Buy, 1)]).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! A replica's settings: flags with environment fallbacks, validated once into
+//! [`ReplicaConfig`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::config::TransportArgs;
+use common::rpc::ClientConfig;
+use common::server::ServerConfig;
+use common::wire::ReplicaId;
+
+use crate::{Error, WriteQuorum};
+
+/// Flags of `order` when it runs a replica.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicaArgs {
+    /// This replica's id; it must appear in `--peers`.
+    #[arg(long, env = "ORDER_ID")]
+    pub id: ReplicaId,
+
+    /// Every replica's address, this one's included: `1=host:port,2=host:port,3=host:port`.
+    #[arg(
+        long,
+        env = "ORDER_PEERS",
+        default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+    )]
+    pub peers: String,
+
+    /// Address to listen on; defaults to this replica's entry in `--peers`.
+    #[arg(long, env = "ORDER_LISTEN")]
+    pub listen: Option<String>,
+
+    /// The catalog's address.
+    #[arg(long, env = "CATALOG_ADDR", default_value = "127.0.0.1:7000")]
+    pub catalog: String,
+
+    /// Directory for this replica's order log; defaults to `state/order-<id>`.
+    #[arg(long, env = "ORDER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// `all`: acknowledge once every live follower has the order; `majority`: also require a
+    /// majority of the replicas.
+    #[arg(long, env = "WRITE_QUORUM", value_enum, default_value = "all")]
+    pub write_quorum: WriteQuorum,
+
+    /// Milliseconds a follower has to persist replicated orders before it is marked behind.
+    #[arg(long, env = "ORDER_REPLICATE_TIMEOUT_MS", default_value_t = 500)]
+    pub replicate_timeout_ms: u64,
+
+    /// Milliseconds an order may wait for its write quorum before the leader gives up on
+    /// answering (the order stays in the log; a retry with the same id finds it).
+    #[arg(long, env = "ORDER_COMMIT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub commit_timeout_ms: u64,
+
+    /// Recent request ids remembered for exactly-once.
+    #[arg(long, env = "ORDER_DEDUP_WINDOW", default_value_t = 1_000_000)]
+    pub dedup_window: usize,
+
+    /// Internal transport settings.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<ReplicaId, String>, Error> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("peer {part:?} is not id=host:port")))?;
+        let id: ReplicaId = id
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("peer id {id:?} is not a number")))?;
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(Error::Config(format!("peer {id} listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+/// Everything a replica needs to run.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica.
+    pub id: ReplicaId,
+    /// The other replicas' addresses.
+    pub peers: BTreeMap<ReplicaId, String>,
+    /// The catalog's address.
+    pub catalog: String,
+    /// Where the order log lives.
+    pub state_dir: PathBuf,
+    /// When an order counts as committed.
+    pub write_quorum: WriteQuorum,
+    /// How long a follower has to answer a `Replicate`.
+    pub replicate_timeout: Duration,
+    /// How long an order waits for its quorum before `Unavailable`.
+    pub commit_timeout: Duration,
+    /// Recent request ids remembered.
+    pub dedup_window: usize,
+    /// Server limits.
+    pub server: ServerConfig,
+    /// Settings of the clients to the catalog and the other replicas.
+    pub client: ClientConfig,
+}
+
+impl ReplicaConfig {
+    /// Defaults for replica `id` among `peers` (the others), as tests use them.
+    pub fn new(
+        id: ReplicaId,
+        peers: BTreeMap<ReplicaId, String>,
+        catalog: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        ReplicaConfig {
+            id,
+            peers,
+            catalog: catalog.into(),
+            state_dir: state_dir.into(),
+            write_quorum: WriteQuorum::All,
+            replicate_timeout: Duration::from_millis(500),
+            commit_timeout: Duration::from_secs(5),
+            dedup_window: 1_000_000,
+            server: ServerConfig::new(format!("order-{id}")),
+            client: ClientConfig::new(format!("order-{id}")),
+        }
+    }
+
+    /// Validates the flags. Returns the config and the address to listen on.
+    pub fn from_args(args: &ReplicaArgs) -> Result<(ReplicaConfig, String), Error> {
+        let mut peers = parse_peers(&args.peers)?;
+        let own = peers.remove(&args.id);
+        let listen = match (&args.listen, own) {
+            (Some(listen), _) => listen.clone(),
+            (None, Some(own)) => own,
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "replica {} is not in --peers and --listen is not given",
+                    args.id
+                )))
+            }
+        };
+        let config = ReplicaConfig {
+            id: args.id,
+            peers,
+            catalog: args.catalog.clone(),
+            state_dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("state/order-{}", args.id))),
+            write_quorum: args.write_quorum,
+            replicate_timeout: Duration::from_millis(args.replicate_timeout_ms),
+            commit_timeout: Duration::from_millis(args.commit_timeout_ms),
+            dedup_window: args.dedup_window.max(1),
+            server: args.transport.server_config(&format!("order-{}", args.id)),
+            client: args.transport.client_config(&format!("order-{}", args.id)),
+        };
+        Ok((config, listen))
+    }
+
+    /// How many replicas the cluster has, this one included.
+    pub fn replicas(&self) -> usize {
+        self.peers.len() + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_errors_are_clear() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=h:2").unwrap();
+        assert_eq!(peers[&1], "127.0.0.1:7001");
+        assert_eq!(peers[&2], "h:2");
+        assert!(parse_peers("1=a,1=b").is_err());
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("1:a").is_err());
+    }
+}

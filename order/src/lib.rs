@@ -1,0 +1,35 @@
+//! The order service: three replicas keep one history of trades. The leader (chosen by the
+//! front end with an epoch) trades through the catalog with the request's id, numbers the
+//! order, records it durably and replicates it; followers persist what the leader sends and
+//! catch up with `SyncUp` after a restart or a gap.
+//!
+//! Seams: [`log`] is the storage (append, cut, read), [`replication`] the decisions (pure),
+//! [`replica`] the network and the state machine that ties them together, [`audit`] the
+//! consistency check across replicas and the catalog.
+
+pub mod audit;
+pub mod config;
+pub mod log;
+pub mod replica;
+pub mod replication;
+
+pub use config::ReplicaConfig;
+pub use replica::run;
+pub use replication::WriteQuorum;
+
+/// What can go wrong in an order replica.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state files are damaged beyond a torn last line.
+    #[error("order log is corrupt: {0}")]
+    Corrupt(String),
+    /// Another replica process holds the state directory.
+    #[error("state directory {0} is in use by another replica")]
+    Locked(String),
+    /// A setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,555 @@
+//! The order log on disk, and the only code that knows its files:
+//!
+//! - `orders.log`: one order per line, tab-separated, so that replicas can be compared with
+//!   `diff`: `number  name  type  quantity  epoch  request_id  crc32`, the checksum (8 hex
+//!   digits) covering everything before it. Lines are appended by the group-commit thread; a
+//!   torn last line after a crash fails its checksum (or lacks its newline) and is dropped.
+//! - `epoch`: the highest epoch seen and its leader, replaced atomically.
+//! - `diverged.log`: entries set aside because the leader's history replaced them.
+//!
+//! In memory it keeps, per entry, only its epoch and file offset, plus the most recent
+//! entries and request ids in bounded windows; older entries are read back from the file.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::group_commit::Maintenance;
+use common::wire::{
+    Epoch, LogPosition, OrderEntry, ReplicaId, RequestId, StockName, TradeKind, TransactionNumber,
+};
+use tracing::{error, warn};
+
+use crate::Error;
+
+const LOG_FILE: &str = "orders.log";
+const EPOCH_FILE: &str = "epoch";
+const SIDE_FILE: &str = "diverged.log";
+const LOCK_FILE: &str = "LOCK";
+/// Entries kept in memory for replication and lookups; older ones are read from the file.
+const TAIL_CAPACITY: usize = 65_536;
+/// Longest line we accept; anything longer is damage.
+const MAX_LINE_BYTES: usize = 1024;
+
+/// Formats an entry as its line, newline included.
+pub fn format_line(entry: &OrderEntry) -> String {
+    let body = format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        entry.number, entry.name, entry.kind, entry.quantity, entry.epoch, entry.request_id
+    );
+    format!("{body}\t{:08x}\n", crc32fast::hash(body.as_bytes()))
+}
+
+/// Parses one line (without its newline); `None` if it is not an intact entry.
+pub fn parse_line(line: &str) -> Option<OrderEntry> {
+    let (body, crc) = line.rsplit_once('\t')?;
+    if crc.len() != 8 || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+        return None;
+    }
+    let mut fields = body.split('\t');
+    let entry = OrderEntry {
+        number: fields.next()?.parse().ok()?,
+        name: StockName::new(fields.next()?).ok()?,
+        kind: fields.next()?.parse::<TradeKind>().ok()?,
+        quantity: fields.next()?.parse().ok()?,
+        epoch: fields.next()?.parse().ok()?,
+        request_id: RequestId::new(fields.next()?).ok()?,
+    };
+    fields.next().is_none().then_some(entry)
+}
+
+/// Reads every intact entry of a log file, stopping at a torn tail. Returns the entries and
+/// the byte length of the intact prefix. Damage followed by intact lines is corruption.
+pub fn read_entries(path: &Path) -> Result<(Vec<OrderEntry>, u64), Error> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e.into()),
+    };
+    let mut reader = BufReader::new(file);
+    let mut entries = Vec::new();
+    let mut intact = 0u64;
+    let mut damaged_at: Option<u64> = None;
+    let mut offset = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
+        }
+        let complete = line.last() == Some(&b'\n') && line.len() <= MAX_LINE_BYTES;
+        let entry = complete
+            .then(|| std::str::from_utf8(&line[..line.len() - 1]).ok())
+            .flatten()
+            .and_then(parse_line)
+            .filter(|e| e.number == entries.len() as u64);
+        match (entry, damaged_at) {
+            (Some(_), Some(at)) => {
+                return Err(Error::Corrupt(format!(
+                    "{}: damaged line at byte {at} is followed by intact entries",
+                    path.display()
+                )))
+            }
+            (Some(entry), None) => {
+                entries.push(entry);
+                intact = offset + read as u64;
+            }
+            (None, None) => damaged_at = Some(offset),
+            (None, Some(_)) => {}
+        }
+        offset += read as u64;
+    }
+    Ok((entries, intact))
+}
+
+/// Per-entry bookkeeping kept for every entry.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    epoch: Epoch,
+    offset: u64,
+}
+
+/// The highest epoch a replica has seen and whom it names leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EpochRecord {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Its leader, when known.
+    pub leader: Option<ReplicaId>,
+}
+
+/// A replica's order log.
+pub struct OrderLog {
+    dir: PathBuf,
+    reader: File,
+    slots: Vec<Slot>,
+    /// Where the next line goes.
+    end: u64,
+    /// The most recent entries, up to `TAIL_CAPACITY`.
+    tail: VecDeque<OrderEntry>,
+    /// Request id of each of the most recent `window` entries, for exactly-once.
+    ids: HashMap<RequestId, TransactionNumber>,
+    id_order: VecDeque<RequestId>,
+    window: usize,
+    /// The last entry of each epoch, oldest first.
+    boundaries: Vec<LogPosition>,
+    _lock: File,
+}
+
+impl OrderLog {
+    /// Opens the log in `dir` (creating it), cutting a torn last line. Returns the log, the
+    /// file handle the group-commit thread appends with, and the stored epoch.
+    pub fn open(dir: &Path, window: usize) -> Result<(OrderLog, File, EpochRecord), Error> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        lock.try_lock()
+            .map_err(|_| Error::Locked(dir.display().to_string()))?;
+        let path = dir.join(LOG_FILE);
+        let (entries, intact) = read_entries(&path)?;
+        let append = OpenOptions::new().create(true).append(true).open(&path)?;
+        let length = append.metadata()?.len();
+        if intact < length {
+            warn!(
+                dropped_bytes = length - intact,
+                offset = intact,
+                "order log has a torn last line; dropping it"
+            );
+            append.set_len(intact)?;
+            append.sync_all()?;
+        }
+        File::open(dir)?.sync_all()?;
+        let mut log = OrderLog {
+            dir: dir.to_path_buf(),
+            reader: File::open(&path)?,
+            slots: Vec::with_capacity(entries.len()),
+            end: 0,
+            tail: VecDeque::new(),
+            ids: HashMap::new(),
+            id_order: VecDeque::new(),
+            window: window.max(1),
+            boundaries: Vec::new(),
+            _lock: lock,
+        };
+        for entry in entries {
+            log.index(entry);
+        }
+        let epoch = read_epoch(dir)?;
+        Ok((log, append, epoch))
+    }
+
+    /// Records `entry` in the in-memory index and returns its line to append.
+    fn index(&mut self, entry: OrderEntry) -> String {
+        let line = format_line(&entry);
+        self.slots.push(Slot {
+            epoch: entry.epoch,
+            offset: self.end,
+        });
+        self.end += line.len() as u64;
+        match self.boundaries.last_mut() {
+            Some(last) if last.epoch == entry.epoch => *last = entry.position(),
+            _ => self.boundaries.push(entry.position()),
+        }
+        while self.id_order.len() >= self.window {
+            if let Some(oldest) = self.id_order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+        self.id_order.push_back(entry.request_id.clone());
+        self.ids.insert(entry.request_id.clone(), entry.number);
+        if self.tail.len() == TAIL_CAPACITY {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(entry);
+        line
+    }
+
+    /// Number the next entry gets.
+    pub fn next_number(&self) -> TransactionNumber {
+        self.slots.len() as u64
+    }
+
+    /// The last entry's position.
+    pub fn last(&self) -> Option<LogPosition> {
+        self.position(self.slots.len().checked_sub(1)? as u64)
+    }
+
+    /// The position of entry `number`, if the log has it.
+    pub fn position(&self, number: TransactionNumber) -> Option<LogPosition> {
+        let slot = self.slots.get(usize::try_from(number).ok()?)?;
+        Some(LogPosition {
+            epoch: slot.epoch,
+            number,
+        })
+    }
+
+    /// The last entry of each epoch, oldest first.
+    pub fn boundaries(&self) -> &[LogPosition] {
+        &self.boundaries
+    }
+
+    /// The number of the entry placed by `request_id`, if it is among the recent ones.
+    pub fn number_of(&self, request_id: &RequestId) -> Option<TransactionNumber> {
+        self.ids.get(request_id).copied()
+    }
+
+    /// Appends `entry`, which must be the next number; returns the bytes for the commit thread.
+    pub fn append(&mut self, entry: OrderEntry) -> Result<Vec<u8>, Error> {
+        if entry.number != self.next_number() {
+            return Err(Error::Corrupt(format!(
+                "entry {} appended where {} belongs",
+                entry.number,
+                self.next_number()
+            )));
+        }
+        Ok(self.index(entry).into_bytes())
+    }
+
+    /// Up to `max` entries from `from` on.
+    pub fn entries(&self, from: TransactionNumber, max: usize) -> Result<Vec<OrderEntry>, Error> {
+        let end = (self.next_number()).min(from.saturating_add(max as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        for number in from..end {
+            out.push(self.get(number)?.ok_or_else(|| {
+                Error::Corrupt(format!("entry {number} is indexed but unreadable"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Entry `number`: from memory when recent, else read back from the file.
+    pub fn get(&self, number: TransactionNumber) -> Result<Option<OrderEntry>, Error> {
+        let Ok(index) = usize::try_from(number) else {
+            return Ok(None);
+        };
+        let Some(slot) = self.slots.get(index) else {
+            return Ok(None);
+        };
+        let tail_start = self.slots.len() - self.tail.len();
+        if index >= tail_start {
+            return Ok(self.tail.get(index - tail_start).cloned());
+        }
+        let end = self
+            .slots
+            .get(index + 1)
+            .map_or(self.end, |next| next.offset);
+        let mut line = vec![0u8; (end - slot.offset) as usize];
+        self.reader.read_exact_at(&mut line, slot.offset)?;
+        let text = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|t| t.strip_suffix('\n'))
+            .and_then(parse_line);
+        match text {
+            Some(entry) if entry.number == number => Ok(Some(entry)),
+            _ => Err(Error::Corrupt(format!("entry {number} is damaged on disk"))),
+        }
+    }
+
+    /// Removes every entry from `from` on from the index and returns them with the work that
+    /// sets them aside in the side file and cuts them off the log. Run the work on the commit
+    /// thread once everything appended before is durable.
+    pub fn cut_from(
+        &mut self,
+        from: TransactionNumber,
+        reason: String,
+    ) -> Result<(Vec<OrderEntry>, Maintenance), Error> {
+        let removed = self.entries(from, usize::MAX)?;
+        let Some(first) = self.slots.get(from as usize).copied() else {
+            return Ok((removed, Box::new(|_| Ok(()))));
+        };
+        self.slots.truncate(from as usize);
+        self.end = first.offset;
+        let tail_start = self.slots.len() + removed.len() - self.tail.len();
+        let keep = (from as usize).saturating_sub(tail_start);
+        self.tail.truncate(keep);
+        for entry in &removed {
+            if self.ids.get(&entry.request_id) == Some(&entry.number) {
+                self.ids.remove(&entry.request_id);
+            }
+        }
+        self.id_order.retain(|id| self.ids.contains_key(id));
+        self.boundaries.retain(|b| b.number < from);
+        if let Some(last) = self.last() {
+            match self.boundaries.last_mut() {
+                Some(b) if b.epoch == last.epoch => *b = last,
+                _ => self.boundaries.push(last),
+            }
+        }
+        let side = self.dir.join(SIDE_FILE);
+        let mut text = format!(
+            "# set aside {} entries from #{from}: {reason}\n",
+            removed.len()
+        );
+        for entry in &removed {
+            text.push_str(&format_line(entry));
+        }
+        error!(
+            from,
+            count = removed.len(),
+            side_file = %side.display(),
+            %reason,
+            "order log diverged from the leader; suffix set aside"
+        );
+        let cut_at = first.offset;
+        let work: Maintenance = Box::new(move |log| {
+            let mut file = OpenOptions::new().create(true).append(true).open(&side)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            log.set_len(cut_at)?;
+            log.sync_all()
+        });
+        Ok((removed, work))
+    }
+
+    /// Stores the highest epoch seen, atomically and durably.
+    pub fn store_epoch(&self, record: EpochRecord) -> Result<(), Error> {
+        let text = match record.leader {
+            Some(leader) => format!("{} {leader}\n", record.epoch),
+            None => format!("{} -\n", record.epoch),
+        };
+        let tmp = self.dir.join(format!("{EPOCH_FILE}.tmp"));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(EPOCH_FILE))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+fn read_epoch(dir: &Path) -> Result<EpochRecord, Error> {
+    let text = match fs::read_to_string(dir.join(EPOCH_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EpochRecord::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut fields = text.split_whitespace();
+    let epoch = fields.next().and_then(|e| e.parse().ok());
+    let leader = fields.next();
+    match (epoch, leader) {
+        (Some(epoch), Some("-")) => Ok(EpochRecord {
+            epoch,
+            leader: None,
+        }),
+        (Some(epoch), Some(leader)) => Ok(EpochRecord {
+            epoch,
+            leader: Some(
+                leader
+                    .parse()
+                    .map_err(|_| Error::Corrupt(format!("epoch file: bad leader {leader:?}")))?,
+            ),
+        }),
+        _ => Err(Error::Corrupt(format!("epoch file: {text:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(number: u64, epoch: u64) -> OrderEntry {
+        OrderEntry {
+            number,
+            epoch,
+            request_id: RequestId::new(format!("r{number}-{epoch}")).unwrap(),
+            name: StockName::new("Game Start").unwrap(),
+            kind: if number.is_multiple_of(2) {
+                TradeKind::Buy
+            } else {
+                TradeKind::Sell
+            },
+            quantity: number + 1,
+        }
+    }
+
+    #[test]
+    fn lines_round_trip_and_damage_is_detected() {
+        let e = entry(7, 3);
+        let line = format_line(&e);
+        assert!(line.starts_with("7\tGame Start\tsell\t8\t3\tr7-3\t"));
+        assert_eq!(parse_line(line.trim_end_matches('\n')), Some(e));
+        let flipped = line.replace("sell", "buy");
+        assert_eq!(parse_line(flipped.trim_end_matches('\n')), None);
+        assert_eq!(parse_line(&line[..line.len() - 4]), None);
+    }
+
+    fn write_log(dir: &Path, text: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join(LOG_FILE), text).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_damage_in_the_middle_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good: String = (0..3).map(|n| format_line(&entry(n, 1))).collect();
+        let torn = format_line(&entry(3, 1));
+        write_log(dir.path(), &format!("{good}{}", &torn[..torn.len() - 5]));
+        let (log, _, _) = OrderLog::open(dir.path(), 10).unwrap();
+        assert_eq!(
+            log.last(),
+            Some(LogPosition {
+                epoch: 1,
+                number: 2
+            })
+        );
+        assert_eq!(fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), good);
+        drop(log);
+
+        let broken = dir.path().join("broken");
+        let mut bad = good.clone();
+        bad.insert_str(format_line(&entry(0, 1)).len(), "garbage\n");
+        write_log(&broken, &bad);
+        assert!(matches!(
+            OrderLog::open(&broken, 10),
+            Err(Error::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn append_read_cut_and_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut file, epoch) = OrderLog::open(dir.path(), 3).unwrap();
+        assert_eq!(epoch, EpochRecord::default());
+        for (n, e) in [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)] {
+            file.write_all(&log.append(entry(n, e)).unwrap()).unwrap();
+        }
+        assert!(log.append(entry(9, 2)).is_err());
+        assert_eq!(
+            log.boundaries(),
+            &[
+                LogPosition {
+                    epoch: 1,
+                    number: 1
+                },
+                LogPosition {
+                    epoch: 2,
+                    number: 4
+                }
+            ]
+        );
+        assert_eq!(log.get(3).unwrap(), Some(entry(3, 2)));
+        assert_eq!(log.entries(1, 2).unwrap(), vec![entry(1, 1), entry(2, 2)]);
+        // Window of 3 request ids.
+        assert_eq!(log.number_of(&entry(4, 2).request_id), Some(4));
+        assert_eq!(log.number_of(&entry(0, 1).request_id), None);
+
+        let (removed, work) = log.cut_from(3, "test".into()).unwrap();
+        assert_eq!(removed, vec![entry(3, 2), entry(4, 2)]);
+        work(&mut file).unwrap();
+        assert_eq!(
+            log.last(),
+            Some(LogPosition {
+                epoch: 2,
+                number: 2
+            })
+        );
+        assert_eq!(log.number_of(&entry(4, 2).request_id), None);
+        file.write_all(&log.append(entry(3, 5)).unwrap()).unwrap();
+        assert_eq!(
+            log.boundaries(),
+            &[
+                LogPosition {
+                    epoch: 1,
+                    number: 1
+                },
+                LogPosition {
+                    epoch: 2,
+                    number: 2
+                },
+                LogPosition {
+                    epoch: 5,
+                    number: 3
+                }
+            ]
+        );
+        let side = fs::read_to_string(dir.path().join(SIDE_FILE)).unwrap();
+        assert!(side.contains(&format_line(&entry(4, 2))), "{side}");
+        drop(log);
+        let (reopened, _, _) = OrderLog::open(dir.path(), 3).unwrap();
+        assert_eq!(reopened.entries(0, 10).unwrap().len(), 4);
+        assert_eq!(reopened.get(3).unwrap(), Some(entry(3, 5)));
+
+        reopened
+            .store_epoch(EpochRecord {
+                epoch: 9,
+                leader: Some(2),
+            })
+            .unwrap();
+        assert_eq!(
+            read_epoch(dir.path()).unwrap(),
+            EpochRecord {
+                epoch: 9,
+                leader: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = OrderLog::open(dir.path(), 3).unwrap();
+        assert!(matches!(
+            OrderLog::open(dir.path(), 3),
+            Err(Error::Locked(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn random_lines_never_panic(line in ".{0,200}") {
+            let _ = parse_line(&line);
+        }
+    }
+}

@@ -1,0 +1,936 @@
+//! One order replica: its state machine (idle, syncing, follower, leader), the request
+//! handlers, the leader's replication task per follower, and the follower's catch-up task.
+//!
+//! Locks: `state` is a std mutex for short sections and is never held across `.await`;
+//! `apply` serialises the follower-side changes to the log, and is async because a cut of a
+//! divergent suffix waits for the disk while holding it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use catalog::CatalogClient;
+use common::group_commit::{self, Job};
+use common::rpc::RpcClient;
+use common::server::{self, RequestContext, Service};
+use common::wire::{
+    Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, PlaceOrder, RemoteError,
+    ReplicaId, ReplicaStatus, Reply, RequestId, Role, TradeRejection, TradeRequest,
+    TransactionNumber,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::log::{EpochRecord, OrderLog};
+use crate::replication::{self, commit_point, Fit, FollowerProgress, WriteQuorum};
+use crate::{Error, ReplicaConfig};
+
+/// Most entries in one `Replicate` or `SyncUp` answer (well under the frame limit).
+const MAX_BATCH: usize = 1_000;
+/// Most epoch boundaries a follower sends in `SyncUp`.
+const MAX_KNOWN: usize = 64;
+/// Shortest and longest wait before retrying a follower or the leader.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait for the local disk before a request is answered `Unavailable`.
+const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+type PeerClient = RpcClient<OrderRequest, OrderResponse>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent, so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::unavailable(e.to_string())
+}
+
+/// What waiters watch: one value, republished after every change that matters to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    epoch: Epoch,
+    role: Role,
+    /// Newest entry appended (leader: what replication tasks may send).
+    last: Option<TransactionNumber>,
+    /// Newest entry on the local disk.
+    durable: Option<TransactionNumber>,
+    /// Newest committed entry (leader only).
+    commit: Option<TransactionNumber>,
+    /// The log writer failed; nothing will become durable.
+    failed: bool,
+}
+
+struct State {
+    log: OrderLog,
+    epoch: Epoch,
+    leader: Option<ReplicaId>,
+    role: Role,
+    durable: Option<TransactionNumber>,
+    failed: bool,
+    /// Leader only: what each follower has persisted and whether it is waited for.
+    followers: BTreeMap<ReplicaId, FollowerProgress>,
+    /// Leader only: never goes back within a term.
+    commit: Option<TransactionNumber>,
+    /// Cancels the replication tasks (leader) or the catch-up task (follower) of this term.
+    term: CancellationToken,
+}
+
+/// The outcome of an order attempt, shared with duplicates that arrive meanwhile.
+type Outcome = Option<Reply<OrderResponse>>;
+
+struct Replica {
+    id: ReplicaId,
+    config: ReplicaConfig,
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+    /// The group-commit queue; taken at shutdown so the writer drains and stops.
+    jobs: Mutex<Option<mpsc::Sender<Job<TransactionNumber>>>>,
+    /// Held across `.await` while the follower side changes the log (see the module docs).
+    apply: tokio::sync::Mutex<()>,
+    /// Request ids being placed right now, so that a duplicate waits for the first.
+    in_flight: Mutex<HashMap<RequestId, watch::Receiver<Outcome>>>,
+    catalog: CatalogClient,
+    peers: BTreeMap<ReplicaId, PeerClient>,
+    shutdown: CancellationToken,
+}
+
+/// Removes a request id from `in_flight` and publishes its outcome, also if the attempt is
+/// dropped half-way.
+struct Claim<'a> {
+    replica: &'a Replica,
+    request_id: RequestId,
+    outcome: watch::Sender<Outcome>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.replica.in_flight).remove(&self.request_id);
+        self.outcome.send_if_modified(|outcome| {
+            if outcome.is_none() {
+                *outcome = Some(Err(RemoteError::unavailable("order attempt interrupted")));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl Replica {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Recomputes the commit point (leader) and republishes the progress.
+    fn publish(&self, st: &mut State) {
+        if st.role == Role::Leader {
+            let followers: Vec<FollowerProgress> = st.followers.values().copied().collect();
+            let point = commit_point(
+                st.durable,
+                &followers,
+                self.config.write_quorum,
+                self.config.replicas(),
+            );
+            st.commit = st.commit.max(point);
+        }
+        let progress = Progress {
+            epoch: st.epoch,
+            role: st.role,
+            last: st.log.last().map(|p| p.number),
+            durable: st.durable,
+            commit: st.commit,
+            failed: st.failed,
+        };
+        self.progress.send_if_modified(|current| {
+            let changed = *current != progress;
+            *current = progress;
+            changed
+        });
+    }
+
+    fn not_leader(st: &State) -> OrderResponse {
+        OrderResponse::NotLeader {
+            epoch: st.epoch,
+            leader_id: st.leader,
+        }
+    }
+
+    fn queue(&self, job: Job<TransactionNumber>) -> Result<(), RemoteError> {
+        lock(&self.jobs)
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| RemoteError::unavailable("replica is shutting down"))
+    }
+
+    /// Appends `entries` (which must follow the log) and queues them for the disk.
+    fn append(&self, st: &mut State, entries: &[OrderEntry]) -> Result<(), RemoteError> {
+        if st.failed {
+            return Err(RemoteError::unavailable("order log failed"));
+        }
+        for entry in entries {
+            let bytes = st.log.append(entry.clone()).map_err(internal)?;
+            self.queue(Job::Append {
+                bytes,
+                item: entry.number,
+            })?;
+        }
+        self.publish(st);
+        Ok(())
+    }
+
+    /// Waits until entry `number` is on the local disk.
+    async fn wait_durable(&self, number: TransactionNumber) -> Result<(), RemoteError> {
+        let mut progress = self.progress.subscribe();
+        let reached = tokio::time::timeout(
+            DURABILITY_TIMEOUT,
+            progress.wait_for(|p| p.durable >= Some(number) || p.failed),
+        )
+        .await;
+        match reached {
+            Ok(Ok(p)) if !p.failed => Ok(()),
+            Ok(Ok(_)) => Err(RemoteError::unavailable("order log failed")),
+            Ok(Err(_)) => Err(RemoteError::unavailable("replica is shutting down")),
+            Err(_) => Err(RemoteError::unavailable("order log is not keeping up")),
+        }
+    }
+
+    /// Sets aside every entry from `from` on (after what is queued has reached the disk).
+    /// Callers hold `apply`.
+    async fn cut_from(&self, from: TransactionNumber, reason: String) -> Result<(), RemoteError> {
+        let last = self.state().log.last();
+        if let Some(last) = last {
+            self.wait_durable(last.number).await?;
+        }
+        let (done, finished) = tokio::sync::oneshot::channel();
+        {
+            let mut st = self.state();
+            let (_, work) = st.log.cut_from(from, reason).map_err(internal)?;
+            self.queue(Job::Maintain(Box::new(move |file| {
+                let result = work(file);
+                let _ = done.send(());
+                result
+            })))?;
+            st.durable = from.checked_sub(1).min(st.durable);
+            self.publish(&mut st);
+        }
+        finished
+            .await
+            .map_err(|_| RemoteError::unavailable("order log failed while cutting"))
+    }
+
+    /// Records a newer epoch and its leader, and takes up the role it gives this replica.
+    fn adopt(
+        self: &Arc<Self>,
+        st: &mut State,
+        epoch: Epoch,
+        leader: ReplicaId,
+    ) -> Result<(), RemoteError> {
+        st.log
+            .store_epoch(EpochRecord {
+                epoch,
+                leader: Some(leader),
+            })
+            .map_err(internal)?;
+        let was_leader = st.role == Role::Leader;
+        st.term.cancel();
+        st.term = self.shutdown.child_token();
+        st.epoch = epoch;
+        st.leader = Some(leader);
+        st.followers.clear();
+        st.commit = None;
+        if leader == self.id {
+            st.role = Role::Leader;
+            st.followers = self
+                .peers
+                .keys()
+                .map(|&id| {
+                    (
+                        id,
+                        // Waited for until it answers or times out: a new leader cannot know
+                        // which followers are up, and must not acknowledge without them.
+                        FollowerProgress {
+                            up: true,
+                            persisted: None,
+                        },
+                    )
+                })
+                .collect();
+            for &peer in self.peers.keys() {
+                tokio::spawn(self.clone().replicate_to(peer, epoch, st.term.clone()));
+            }
+            info!(epoch, last = ?st.log.last(), "leading");
+        } else {
+            if was_leader {
+                warn!(epoch, leader, "stepping down");
+            }
+            st.role = Role::Syncing;
+            tokio::spawn(self.clone().catch_up(epoch, leader, st.term.clone()));
+            info!(epoch, leader, "following; catching up first");
+        }
+        self.publish(st);
+        Ok(())
+    }
+
+    fn set_leader(self: &Arc<Self>, epoch: Epoch, leader: ReplicaId) -> Reply<OrderResponse> {
+        if leader != self.id && !self.peers.contains_key(&leader) {
+            return Err(RemoteError::bad_request(format!(
+                "unknown replica {leader}"
+            )));
+        }
+        let mut st = self.state();
+        if epoch < st.epoch {
+            return Ok(OrderResponse::StaleEpoch {
+                epoch: st.epoch,
+                leader_id: st.leader,
+            });
+        }
+        if epoch == st.epoch && st.leader.is_some() {
+            if st.leader != Some(leader) {
+                return Err(RemoteError::bad_request(format!(
+                    "epoch {epoch} already has leader {:?}",
+                    st.leader
+                )));
+            }
+            // The same term again (a front end re-announcing it): nothing changes, but a
+            // replica that knew the term without a task for it (after a restart) starts one.
+            if st.role == Role::Idle {
+                self.adopt(&mut st, epoch, leader)?;
+            }
+            return Ok(OrderResponse::LeaderSet);
+        }
+        self.adopt(&mut st, epoch, leader)?;
+        Ok(OrderResponse::LeaderSet)
+    }
+
+    /// Leader: trade through the catalog, number, record, replicate, answer once committed.
+    async fn place(&self, order: PlaceOrder) -> Reply<OrderResponse> {
+        if order.quantity <= 0 {
+            return Ok(OrderResponse::Rejected(TradeRejection::InvalidQuantity));
+        }
+        let (epoch, recorded) = {
+            let st = self.state();
+            if st.role != Role::Leader {
+                return Ok(Self::not_leader(&st));
+            }
+            let recorded = st.log.number_of(&order.request_id);
+            if self.config.write_quorum == WriteQuorum::Majority {
+                let up = st.followers.values().filter(|f| f.up).count() + 1;
+                let needed = self.config.replicas() / 2 + 1;
+                if up < needed {
+                    return Err(RemoteError::unavailable(format!(
+                        "write quorum majority needs {needed} replicas; {up} up"
+                    )));
+                }
+            }
+            (st.epoch, recorded)
+        };
+        if let Some(number) = recorded {
+            return self.answer_when_committed(number, epoch).await;
+        }
+        // One attempt per request id at a time; a duplicate shares the first one's outcome.
+        let claim = {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(outcome) = in_flight.get(&order.request_id) {
+                Err(outcome.clone())
+            } else {
+                let (sender, receiver) = watch::channel(None);
+                in_flight.insert(order.request_id.clone(), receiver);
+                Ok(Claim {
+                    replica: self,
+                    request_id: order.request_id.clone(),
+                    outcome: sender,
+                })
+            }
+        };
+        match claim {
+            Ok(claim) => {
+                let outcome = self.place_claimed(order, epoch).await;
+                claim.outcome.send_replace(Some(outcome.clone()));
+                outcome
+            }
+            Err(mut first) => match first.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome
+                    .clone()
+                    .unwrap_or_else(|| Err(RemoteError::unavailable("order attempt interrupted"))),
+                Err(_) => Err(RemoteError::unavailable("order attempt interrupted")),
+            },
+        }
+    }
+
+    async fn place_claimed(&self, order: PlaceOrder, epoch: Epoch) -> Reply<OrderResponse> {
+        // An earlier attempt may have finished between the first check and the claim.
+        let recorded = self.state().log.number_of(&order.request_id);
+        if let Some(number) = recorded {
+            return self.answer_when_committed(number, epoch).await;
+        }
+        let trade = TradeRequest {
+            request_id: order.request_id.clone(),
+            name: order.name.clone(),
+            quantity: order.quantity,
+            kind: order.kind,
+        };
+        match self.catalog.trade(&trade).await {
+            Ok(Ok(_receipt)) => {}
+            Ok(Err(rejection)) => return Ok(OrderResponse::Rejected(rejection)),
+            Err(e) => return Err(RemoteError::unavailable(format!("catalog: {e}"))),
+        }
+        let number = {
+            let mut st = self.state();
+            if st.role != Role::Leader || st.epoch != epoch {
+                // Traded but not recorded here. A retry at the new leader records it once:
+                // the catalog remembers the request id and does not trade again.
+                return Ok(Self::not_leader(&st));
+            }
+            let number = st.log.next_number();
+            let entry = OrderEntry {
+                number,
+                epoch,
+                request_id: order.request_id,
+                name: order.name,
+                kind: order.kind,
+                quantity: order.quantity.unsigned_abs(),
+            };
+            self.append(&mut st, std::slice::from_ref(&entry))?;
+            number
+        };
+        self.answer_when_committed(number, epoch).await
+    }
+
+    async fn answer_when_committed(
+        &self,
+        number: TransactionNumber,
+        epoch: Epoch,
+    ) -> Reply<OrderResponse> {
+        let mut progress = self.progress.subscribe();
+        let settled = tokio::time::timeout(
+            self.config.commit_timeout,
+            progress.wait_for(|p| {
+                p.commit >= Some(number) || p.epoch != epoch || p.role != Role::Leader || p.failed
+            }),
+        )
+        .await;
+        match settled {
+            Ok(Ok(p)) if p.epoch == epoch && p.role == Role::Leader && p.commit >= Some(number) => {
+                Ok(OrderResponse::Placed { number })
+            }
+            Ok(Ok(p)) if p.failed => Err(RemoteError::unavailable("order log failed")),
+            Ok(Ok(p)) => Ok(OrderResponse::NotLeader {
+                epoch: p.epoch,
+                leader_id: self.state().leader,
+            }),
+            Ok(Err(_)) => Err(RemoteError::unavailable("replica is shutting down")),
+            Err(_) => Err(RemoteError::unavailable(format!(
+                "order {number} did not reach its write quorum within {:?}",
+                self.config.commit_timeout
+            ))),
+        }
+    }
+
+    fn get_order(&self, number: TransactionNumber) -> Reply<OrderResponse> {
+        let st = self.state();
+        let visible = match st.role {
+            Role::Leader => st.commit,
+            Role::Follower => st.durable,
+            Role::Syncing | Role::Idle => {
+                return Err(RemoteError::unavailable(
+                    "replica is not caught up with a leader",
+                ))
+            }
+        };
+        if Some(number) > visible {
+            return Ok(OrderResponse::OrderNotFound);
+        }
+        match st.log.get(number).map_err(internal)? {
+            Some(entry) => Ok(OrderResponse::Order(entry)),
+            None => Ok(OrderResponse::OrderNotFound),
+        }
+    }
+
+    fn status(&self) -> ReplicaStatus {
+        let st = self.state();
+        ReplicaStatus {
+            id: self.id,
+            role: st.role,
+            epoch: st.epoch,
+            leader_id: st.leader,
+            last: st.durable.and_then(|n| st.log.position(n)),
+        }
+    }
+
+    /// Follower: persist entries the leader sent, or say where this log stands.
+    async fn replicate(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        leader: ReplicaId,
+        prev: Option<LogPosition>,
+        entries: Vec<OrderEntry>,
+    ) -> Reply<OrderResponse> {
+        if let Some(refusal) = self.check_leader(epoch, leader)? {
+            return Ok(refusal);
+        }
+        let applied = {
+            let _apply = self.apply.lock().await;
+            if let Some(refusal) = self.check_leader(epoch, leader)? {
+                return Ok(refusal);
+            }
+            self.apply_entries(prev, &entries, "replaced by the leader's entries")
+                .await?
+        };
+        match applied {
+            Some(through) => {
+                if let Some(through) = through {
+                    self.wait_durable(through.number).await?;
+                }
+                Ok(OrderResponse::Replicated { last: through })
+            }
+            None => {
+                let mut st = self.state();
+                let last = st.log.last();
+                if st.role == Role::Follower {
+                    // A gap or another history: catch up before following again.
+                    st.role = Role::Syncing;
+                    st.term.cancel();
+                    st.term = self.shutdown.child_token();
+                    tokio::spawn(self.clone().catch_up(epoch, leader, st.term.clone()));
+                    self.publish(&mut st);
+                    info!(
+                        epoch,
+                        leader,
+                        ?last,
+                        ?prev,
+                        "behind the leader; catching up"
+                    );
+                }
+                Ok(OrderResponse::Behind { last })
+            }
+        }
+    }
+
+    /// Refuses an older leader; adopts a newer one announced by its first `Replicate`.
+    fn check_leader(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        leader: ReplicaId,
+    ) -> Result<Option<OrderResponse>, RemoteError> {
+        let mut st = self.state();
+        if epoch < st.epoch || (epoch == st.epoch && st.leader.is_some_and(|l| l != leader)) {
+            return Ok(Some(OrderResponse::StaleEpoch {
+                epoch: st.epoch,
+                leader_id: st.leader,
+            }));
+        }
+        if epoch > st.epoch || st.leader.is_none() {
+            if leader == self.id {
+                return Err(RemoteError::bad_request("a replica cannot follow itself"));
+            }
+            self.adopt(&mut st, epoch, leader)?;
+        }
+        Ok(None)
+    }
+
+    /// Applies entries that follow `prev` in the leader's log. Returns the leader position
+    /// this log now matches through, or `None` when they do not fit (gap or mismatch).
+    /// Callers hold `apply`.
+    async fn apply_entries(
+        &self,
+        prev: Option<LogPosition>,
+        entries: &[OrderEntry],
+        reason: &str,
+    ) -> Result<Option<Option<LogPosition>>, RemoteError> {
+        let fit = {
+            let st = self.state();
+            replication::fit(|n| st.log.position(n), prev, entries)
+        };
+        let skip = match fit {
+            Fit::Gap | Fit::Mismatch => return Ok(None),
+            Fit::Append { skip } => skip,
+            Fit::Replace { from, skip } => {
+                self.cut_from(from, reason.to_owned()).await?;
+                skip
+            }
+        };
+        let mut st = self.state();
+        self.append(&mut st, &entries[skip..])?;
+        Ok(Some(entries.last().map(OrderEntry::position).or(prev)))
+    }
+
+    /// Leader: the entries after where the follower's history meets ours.
+    fn sync_up(
+        &self,
+        epoch: Epoch,
+        follower: ReplicaId,
+        known: &[LogPosition],
+    ) -> Reply<OrderResponse> {
+        let st = self.state();
+        if st.role != Role::Leader || epoch > st.epoch {
+            return Ok(Self::not_leader(&st));
+        }
+        let from = replication::meeting_point(known, st.log.boundaries());
+        let start = from.map_or(0, |p| p.number + 1);
+        let entries = st.log.entries(start, MAX_BATCH).map_err(internal)?;
+        debug!(follower, ?from, count = entries.len(), "sync-up batch");
+        Ok(OrderResponse::Entries {
+            from,
+            entries,
+            leader_last: st.log.last(),
+        })
+    }
+
+    /// Follower: fetch from the leader everything this log lacks, then follow.
+    async fn catch_up(self: Arc<Self>, epoch: Epoch, leader: ReplicaId, term: CancellationToken) {
+        let Some(rpc) = self.peers.get(&leader).cloned() else {
+            error!(leader, "leader is not among the configured peers");
+            return;
+        };
+        let mut backoff = MIN_BACKOFF;
+        let mut fetched = 0usize;
+        while !term.is_cancelled() {
+            let known = {
+                let st = self.state();
+                let boundaries = st.log.boundaries();
+                boundaries[boundaries.len().saturating_sub(MAX_KNOWN)..].to_vec()
+            };
+            let request = OrderRequest::SyncUp {
+                epoch,
+                follower_id: self.id,
+                known,
+            };
+            let answer = tokio::select! {
+                () = term.cancelled() => return,
+                answer = rpc.call(&request) => answer,
+            };
+            match answer {
+                Ok(OrderResponse::Entries {
+                    from,
+                    entries,
+                    leader_last,
+                }) => {
+                    backoff = MIN_BACKOFF;
+                    fetched += entries.len();
+                    match self.adopt_batch(from, &entries, leader_last, &term).await {
+                        Ok(true) => {
+                            info!(epoch, leader, fetched, last = ?leader_last, "caught up with the leader");
+                            return;
+                        }
+                        Ok(false) => continue,
+                        Err(e) => warn!(error = %e, "sync-up batch not applied; retrying"),
+                    }
+                }
+                Ok(other) => debug!(?other, "leader not ready for sync-up"),
+                Err(e) => debug!(error = %e, "sync-up failed"),
+            }
+            tokio::select! {
+                () = term.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Applies one sync-up batch; true once the log equals the leader's as of the answer.
+    async fn adopt_batch(
+        &self,
+        from: Option<LogPosition>,
+        entries: &[OrderEntry],
+        leader_last: Option<LogPosition>,
+        term: &CancellationToken,
+    ) -> Result<bool, RemoteError> {
+        let _apply = self.apply.lock().await;
+        if term.is_cancelled() {
+            return Ok(false);
+        }
+        let Some(through) = self
+            .apply_entries(from, entries, "not in the leader's history")
+            .await?
+        else {
+            return Err(RemoteError::unavailable("sync-up batch does not fit"));
+        };
+        if through != leader_last {
+            return Ok(false);
+        }
+        // Everything the leader has is here; anything beyond it is a suffix the leader never
+        // had, set aside rather than kept.
+        let beyond = leader_last.map_or(0, |p| p.number + 1);
+        if self.state().log.next_number() > beyond {
+            self.cut_from(beyond, "beyond the leader's last entry".to_owned())
+                .await?;
+        }
+        let last = self.state().log.last();
+        if let Some(last) = last {
+            self.wait_durable(last.number).await?;
+        }
+        let mut st = self.state();
+        if term.is_cancelled() || st.role != Role::Syncing {
+            return Ok(false);
+        }
+        st.role = Role::Follower;
+        self.publish(&mut st);
+        Ok(true)
+    }
+
+    /// Leader: keep one follower supplied with entries, in order, one batch in flight.
+    async fn replicate_to(self: Arc<Self>, peer: ReplicaId, epoch: Epoch, term: CancellationToken) {
+        let Some(rpc) = self.peers.get(&peer).cloned() else {
+            return;
+        };
+        let mut progress = self.progress.subscribe();
+        let mut next = self.state().log.next_number();
+        // The first message probes where the follower stands, even with nothing to send.
+        let mut probe = true;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if !probe {
+                let ready = tokio::select! {
+                    () = term.cancelled() => return,
+                    ready = progress.wait_for(|p| p.last.is_some_and(|last| last >= next)) => ready,
+                };
+                if ready.is_err() {
+                    return;
+                }
+            }
+            let request = {
+                let st = self.state();
+                next = next.min(st.log.next_number());
+                let prev = next.checked_sub(1).and_then(|n| st.log.position(n));
+                match st.log.entries(next, MAX_BATCH) {
+                    Ok(entries) => OrderRequest::Replicate {
+                        epoch,
+                        leader_id: self.id,
+                        prev,
+                        entries,
+                    },
+                    Err(e) => {
+                        error!(error = %e, peer, "cannot read entries to replicate");
+                        return;
+                    }
+                }
+            };
+            let answer = tokio::select! {
+                () = term.cancelled() => return,
+                answer = rpc.call_within(&request, self.config.replicate_timeout) => answer,
+            };
+            match answer {
+                Ok(OrderResponse::Replicated { last }) => {
+                    next = last.map_or(0, |p| p.number + 1);
+                    self.record_follower(peer, epoch, true, last.map(|p| p.number));
+                    probe = false;
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+                Ok(OrderResponse::StaleEpoch {
+                    epoch: theirs,
+                    leader_id,
+                }) => {
+                    warn!(
+                        peer,
+                        ours = epoch,
+                        theirs,
+                        ?leader_id,
+                        "a follower knows a newer epoch"
+                    );
+                    self.record_follower(peer, epoch, false, None);
+                }
+                Ok(OrderResponse::Behind { last }) => {
+                    // It is catching up; offer the entries after its last one next time.
+                    if let Some(last) = last {
+                        next = next.min(last.number + 1);
+                    }
+                    self.record_follower(peer, epoch, false, None);
+                }
+                Ok(other) => {
+                    warn!(peer, ?other, "unexpected answer to replicate");
+                    self.record_follower(peer, epoch, false, None);
+                }
+                Err(e) => {
+                    debug!(peer, error = %e, "replicate failed");
+                    self.record_follower(peer, epoch, false, None);
+                }
+            }
+            probe = true;
+            tokio::select! {
+                () = term.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn record_follower(
+        &self,
+        peer: ReplicaId,
+        epoch: Epoch,
+        up: bool,
+        persisted: Option<TransactionNumber>,
+    ) {
+        let mut st = self.state();
+        if st.role != Role::Leader || st.epoch != epoch {
+            return;
+        }
+        let Some(follower) = st.followers.get_mut(&peer) else {
+            return;
+        };
+        if follower.up != up {
+            if up {
+                info!(peer, "follower up");
+            } else {
+                warn!(
+                    peer,
+                    "follower behind; not waiting for it until it catches up"
+                );
+            }
+        }
+        follower.up = up;
+        if up {
+            follower.persisted = persisted;
+        }
+        self.publish(&mut st);
+    }
+}
+
+/// The replica as a [`Service`].
+struct ReplicaService(Arc<Replica>);
+
+impl Service for ReplicaService {
+    type Request = OrderRequest;
+    type Response = OrderResponse;
+
+    async fn call(&self, request: OrderRequest, _context: RequestContext) -> Reply<OrderResponse> {
+        let replica = &self.0;
+        match request {
+            OrderRequest::PlaceOrder(order) => replica.place(order).await,
+            OrderRequest::GetOrder { number } => replica.get_order(number),
+            OrderRequest::Status => Ok(OrderResponse::Status(replica.status())),
+            OrderRequest::SetLeader { epoch, leader_id } => replica.set_leader(epoch, leader_id),
+            OrderRequest::Replicate {
+                epoch,
+                leader_id,
+                prev,
+                entries,
+            } => replica.replicate(epoch, leader_id, prev, entries).await,
+            OrderRequest::SyncUp {
+                epoch,
+                follower_id,
+                known,
+            } => replica.sync_up(epoch, follower_id, &known),
+        }
+    }
+}
+
+/// Opens the order log in `config.state_dir`, serves order requests on `listener` until
+/// `shutdown` fires, then finishes the requests in flight and flushes the log.
+pub async fn run(
+    listener: TcpListener,
+    config: ReplicaConfig,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let (dir, window) = (config.state_dir.clone(), config.dedup_window);
+    let (log, file, stored) = tokio::task::spawn_blocking(move || OrderLog::open(&dir, window))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let (events, mut durable_events) =
+        tokio::sync::mpsc::unbounded_channel::<Option<TransactionNumber>>();
+    let failures = events.clone();
+    let (jobs, writer) = group_commit::start(
+        &format!("order-{}-log", config.id),
+        file,
+        move |batch: Vec<TransactionNumber>| {
+            let _ = events.send(batch.last().copied());
+        },
+        move |e| {
+            error!(error = %e, "order log failed; refusing orders from now on");
+            let _ = failures.send(None);
+        },
+    )?;
+    let durable = log.last().map(|p| p.number);
+    let initial = Progress {
+        epoch: stored.epoch,
+        role: Role::Idle,
+        last: durable,
+        durable,
+        commit: None,
+        failed: false,
+    };
+    let peers = config
+        .peers
+        .iter()
+        .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), config.client.clone())))
+        .collect();
+    let replica = Arc::new(Replica {
+        id: config.id,
+        catalog: CatalogClient::new(config.catalog.clone(), config.client.clone()),
+        peers,
+        state: Mutex::new(State {
+            log,
+            epoch: stored.epoch,
+            leader: stored.leader,
+            role: Role::Idle,
+            durable,
+            failed: false,
+            followers: BTreeMap::new(),
+            commit: None,
+            term: shutdown.child_token(),
+        }),
+        progress: watch::channel(initial).0,
+        jobs: Mutex::new(Some(jobs)),
+        apply: tokio::sync::Mutex::new(()),
+        in_flight: Mutex::new(HashMap::new()),
+        shutdown: shutdown.clone(),
+        config,
+    });
+    // One wake-up per group commit; waiters are woken from inside the runtime.
+    let relay = tokio::spawn({
+        let replica = replica.clone();
+        async move {
+            while let Some(event) = durable_events.recv().await {
+                let mut st = replica.state();
+                match event {
+                    Some(number) => st.durable = st.durable.max(Some(number)),
+                    None => st.failed = true,
+                }
+                replica.publish(&mut st);
+            }
+        }
+    });
+    {
+        // A replica that knew another leader before it stopped catches up with it at once;
+        // one that led waits for the front end to elect again.
+        let mut st = replica.state();
+        match stored.leader {
+            Some(leader) if leader != replica.id && replica.peers.contains_key(&leader) => {
+                replica
+                    .adopt(&mut st, stored.epoch, leader)
+                    .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+            }
+            _ => {}
+        }
+    }
+    info!(
+        addr = %listener.local_addr()?,
+        id = replica.id,
+        epoch = stored.epoch,
+        last = ?replica.state().log.last(),
+        "order serving"
+    );
+    server::serve(
+        listener,
+        Arc::new(ReplicaService(replica.clone())),
+        replica.config.server.clone(),
+        shutdown,
+    )
+    .await;
+
+    replica.state().term.cancel();
+    lock(&replica.jobs).take();
+    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        warn!("order log writer did not stop cleanly");
+    }
+    let _ = relay.await;
+    info!("order replica stopped");
+    Ok(())
+}
