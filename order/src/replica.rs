@@ -96,6 +96,8 @@ struct Replica {
     in_flight: Mutex<HashMap<RequestId, watch::Receiver<Outcome>>>,
     catalog: CatalogClient,
     peers: BTreeMap<ReplicaId, PeerClient>,
+    /// Wakes a follower's replication task early (it caught up; retry now).
+    nudges: BTreeMap<ReplicaId, Arc<tokio::sync::Notify>>,
     shutdown: CancellationToken,
 }
 
@@ -566,18 +568,38 @@ impl Replica {
         follower: ReplicaId,
         known: &[LogPosition],
     ) -> Reply<OrderResponse> {
-        let st = self.state();
+        let mut st = self.state();
         if st.role != Role::Leader || epoch > st.epoch {
             return Ok(Self::not_leader(&st));
         }
         let from = replication::meeting_point(known, st.log.boundaries());
         let start = from.map_or(0, |p| p.number + 1);
         let entries = st.log.entries(start, MAX_BATCH).map_err(internal)?;
+        let leader_last = st.log.last();
         debug!(follower, ?from, count = entries.len(), "sync-up batch");
+        let completes = entries.last().map(OrderEntry::position).or(from) == leader_last;
+        if completes {
+            // It will hold everything we have: wait for it again from the next order on. What
+            // it has persisted is learnt from its next acknowledgement, and the commit point
+            // never moves back meanwhile.
+            if let Some(progress) = st.followers.get_mut(&follower) {
+                if !progress.up {
+                    info!(follower, "follower caught up; waiting for it again");
+                }
+                *progress = FollowerProgress {
+                    up: true,
+                    persisted: None,
+                };
+                self.publish(&mut st);
+            }
+            if let Some(nudge) = self.nudges.get(&follower) {
+                nudge.notify_one();
+            }
+        }
         Ok(OrderResponse::Entries {
             from,
             entries,
-            leader_last: st.log.last(),
+            leader_last,
         })
     }
 
@@ -675,7 +697,10 @@ impl Replica {
 
     /// Leader: keep one follower supplied with entries, in order, one batch in flight.
     async fn replicate_to(self: Arc<Self>, peer: ReplicaId, epoch: Epoch, term: CancellationToken) {
-        let Some(rpc) = self.peers.get(&peer).cloned() else {
+        let (Some(rpc), Some(nudge)) = (
+            self.peers.get(&peer).cloned(),
+            self.nudges.get(&peer).cloned(),
+        ) else {
             return;
         };
         let mut progress = self.progress.subscribe();
@@ -754,9 +779,9 @@ impl Replica {
             probe = true;
             tokio::select! {
                 () = term.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = nudge.notified() => backoff = MIN_BACKOFF,
+                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -860,10 +885,16 @@ pub async fn run(
         .iter()
         .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), config.client.clone())))
         .collect();
+    let nudges = config
+        .peers
+        .keys()
+        .map(|&id| (id, Arc::default()))
+        .collect();
     let replica = Arc::new(Replica {
         id: config.id,
         catalog: CatalogClient::new(config.catalog.clone(), config.client.clone()),
         peers,
+        nudges,
         state: Mutex::new(State {
             log,
             epoch: stored.epoch,

@@ -1,0 +1,406 @@
+//! The catalog and three order replicas started in-process on port 0 and used over real
+//! sockets: numbering, replication, restarts, catch-up, divergence, stale leaders, quorum.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::wire::{OrderRequest, OrderResponse, Role, TradeKind, TradeRejection};
+use order::WriteQuorum;
+use support::*;
+
+async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
+    let target = cluster.status(leader).await.last;
+    eventually(
+        &format!("replica {id} to catch up"),
+        Duration::from_secs(20),
+        || async {
+            let status = cluster.status(id).await;
+            (status.role == Role::Follower && status.last == target).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_orders_are_numbered_without_gaps_and_every_follower_holds_them() {
+    let cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    let leader = cluster.client(1);
+    let tasks: Vec<_> = (0..8)
+        .map(|worker| {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                let mut numbers = Vec::new();
+                for i in 0..40 {
+                    let kind = if (worker + i) % 3 == 0 {
+                        TradeKind::Sell
+                    } else {
+                        TradeKind::Buy
+                    };
+                    let request = order(&format!("c-{worker}-{i}"), "GameStart", 2, kind);
+                    numbers.push(placed(leader.call(&request).await.unwrap()));
+                }
+                numbers
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.extend(task.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (0..320).collect::<Vec<u64>>(),
+        "numbers unique and gap-free"
+    );
+
+    // Acknowledged means persisted on every follower: their files hold every order now.
+    let leader_log = cluster.log(1);
+    assert_eq!(leader_log.len(), 320);
+    assert_eq!(cluster.log(2), leader_log);
+    assert_eq!(cluster.log(3), leader_log);
+
+    // Followers serve the same orders.
+    for number in [0, 157, 319] {
+        let answer = cluster
+            .client(3)
+            .call(&OrderRequest::GetOrder { number })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            OrderResponse::Order(leader_log[number as usize].clone())
+        );
+    }
+    assert_eq!(
+        leader
+            .call(&OrderRequest::GetOrder { number: 320 })
+            .await
+            .unwrap(),
+        OrderResponse::OrderNotFound
+    );
+
+    // The catalog agrees with the log.
+    let quote = cluster
+        .catalog
+        .client
+        .lookup(&common::wire::StockName::new("GameStart").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let sold: u64 = leader_log
+        .iter()
+        .filter(|e| e.kind == TradeKind::Sell)
+        .map(|e| e.quantity)
+        .sum();
+    let bought: u64 = leader_log
+        .iter()
+        .filter(|e| e.kind == TradeKind::Buy)
+        .map(|e| e.quantity)
+        .sum();
+    assert_eq!(quote.quantity, 100_000 - bought + sold);
+    assert_eq!(quote.volume, bought + sold);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_refusals_and_non_leaders() {
+    let cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 2).await;
+    let leader = cluster.client(2);
+    let request = order("same", "BoarCo", 5, TradeKind::Buy);
+    let first = placed(leader.call(&request).await.unwrap());
+    // The same id again, also concurrently: one order, one trade.
+    let (a, b) = tokio::join!(leader.call(&request), leader.call(&request));
+    assert_eq!((placed(a.unwrap()), placed(b.unwrap())), (first, first));
+    let quote = cluster
+        .catalog
+        .client
+        .lookup(&common::wire::StockName::new("BoarCo").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(quote.quantity, 99_995);
+
+    let refusals = [
+        (
+            order("r1", "NoSuchCo", 1, TradeKind::Buy),
+            TradeRejection::StockNotFound,
+        ),
+        (
+            order("r2", "BoarCo", 0, TradeKind::Buy),
+            TradeRejection::InvalidQuantity,
+        ),
+        (
+            order("r3", "BoarCo", -3, TradeKind::Sell),
+            TradeRejection::InvalidQuantity,
+        ),
+        (
+            order("r4", "BoarCo", 99_996, TradeKind::Buy),
+            TradeRejection::NotEnoughStock { available: 99_995 },
+        ),
+    ];
+    for (request, expected) in refusals {
+        assert_eq!(
+            leader.call(&request).await.unwrap(),
+            OrderResponse::Rejected(expected)
+        );
+    }
+    // Refusals use no numbers.
+    assert_eq!(
+        placed(
+            leader
+                .call(&order("next", "BoarCo", 1, TradeKind::Sell))
+                .await
+                .unwrap()
+        ),
+        first + 1
+    );
+    match cluster.client(1).call(&request).await.unwrap() {
+        OrderResponse::NotLeader {
+            epoch: 1,
+            leader_id: Some(2),
+        } => {}
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
+    let mut cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    for i in 0..5 {
+        placed(
+            cluster
+                .client(1)
+                .call(&order(&format!("o{i}"), "FishCo", 1, TradeKind::Buy))
+                .await
+                .unwrap(),
+        );
+    }
+    let before = cluster.log(1);
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    cluster.set_leader(2, 3).await;
+    for id in [1, 2] {
+        wait_caught_up(&cluster, id, 3).await;
+    }
+    for id in 1..=3 {
+        let answer = cluster
+            .client(id)
+            .call(&OrderRequest::GetOrder { number: 2 })
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            OrderResponse::Order(before[2].clone()),
+            "replica {id}"
+        );
+    }
+    // Numbering goes on after the restart.
+    assert_eq!(
+        placed(
+            cluster
+                .client(3)
+                .call(&order("after", "FishCo", 1, TradeKind::Sell))
+                .await
+                .unwrap()
+        ),
+        5
+    );
+
+    // Replica 1 led epoch 1; its messages are now refused.
+    let stale = OrderRequest::Replicate {
+        epoch: 1,
+        leader_id: 1,
+        prev: None,
+        entries: vec![],
+    };
+    match cluster.client(2).call(&stale).await.unwrap() {
+        OrderResponse::StaleEpoch {
+            epoch: 2,
+            leader_id: Some(3),
+        } => {}
+        other => panic!("expected StaleEpoch, got {other:?}"),
+    }
+    let old_election = OrderRequest::SetLeader {
+        epoch: 1,
+        leader_id: 1,
+    };
+    assert!(matches!(
+        cluster.client(2).call(&old_election).await.unwrap(),
+        OrderResponse::StaleEpoch { epoch: 2, .. }
+    ));
+    // The epoch survives a restart.
+    cluster.stop(2).await;
+    cluster.restart(2).await;
+    assert!(matches!(
+        cluster.client(2).call(&stale).await.unwrap(),
+        OrderResponse::StaleEpoch { epoch: 2, .. }
+    ));
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
+    let mut cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    placed(
+        cluster
+            .client(1)
+            .call(&order("warm", "StarCo", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    cluster.stop(3).await;
+    let leader = cluster.client(1);
+    let tasks: Vec<_> = (0..10)
+        .map(|worker| {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let request = order(&format!("d-{worker}-{i}"), "StarCo", 1, TradeKind::Sell);
+                    placed(leader.call(&request).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(cluster.log(3).len(), 1);
+    cluster.restart(3).await;
+    wait_caught_up(&cluster, 3, 1).await;
+    assert_eq!(cluster.log(3), cluster.log(1));
+    assert_eq!(cluster.log(1).len(), 1_001);
+    // Back in the fold: new orders reach it before they are acknowledged.
+    placed(
+        leader
+            .call(&order("after", "StarCo", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(cluster.log(3).len(), 1_002);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergent_tail_is_set_aside_and_the_leaders_history_adopted() {
+    let mut cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    for i in 0..3 {
+        placed(
+            cluster
+                .client(1)
+                .call(&order(&format!("shared{i}"), "IronLeaf", 1, TradeKind::Buy))
+                .await
+                .unwrap(),
+        );
+    }
+    // Only replica 1 records these: its followers are down.
+    cluster.stop(2).await;
+    cluster.stop(3).await;
+    for i in 0..2 {
+        placed(
+            cluster
+                .client(1)
+                .call(&order(&format!("lonely{i}"), "IronLeaf", 1, TradeKind::Buy))
+                .await
+                .unwrap(),
+        );
+    }
+    cluster.stop(1).await;
+
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+    cluster.set_leader(2, 2).await;
+    wait_caught_up(&cluster, 3, 2).await;
+    for i in 0..3 {
+        placed(
+            cluster
+                .client(2)
+                .call(&order(&format!("new{i}"), "IronLeaf", 1, TradeKind::Sell))
+                .await
+                .unwrap(),
+        );
+    }
+
+    cluster.restart(1).await;
+    cluster.set_leader(2, 2).await;
+    wait_caught_up(&cluster, 1, 2).await;
+    let log = cluster.log(2);
+    assert_eq!(cluster.log(1), log);
+    assert_eq!(cluster.log(3), log);
+    let ids: BTreeSet<String> = log.iter().map(|e| e.request_id.to_string()).collect();
+    assert!(!ids.contains("lonely0") && ids.contains("new2"), "{ids:?}");
+    let side = std::fs::read_to_string(cluster.dirs[&1].join("diverged.log")).unwrap();
+    assert!(
+        side.contains("\tlonely0\t") && side.contains("\tlonely1\t"),
+        "{side}"
+    );
+    assert!(
+        !side.contains("shared"),
+        "shared entries were set aside: {side}"
+    );
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
+    let mut cluster = Cluster::start(WriteQuorum::Majority).await;
+    cluster.set_leader(1, 1).await;
+    placed(
+        cluster
+            .client(1)
+            .call(&order("m0", "SkyRoute", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    cluster.stop(3).await;
+    // One follower left: a majority still holds every order.
+    placed(
+        cluster
+            .client(1)
+            .call(&order("m1", "SkyRoute", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    cluster.stop(2).await;
+    for i in 2..5 {
+        match cluster
+            .client(1)
+            .call(&order(&format!("m{i}"), "SkyRoute", 1, TradeKind::Buy))
+            .await
+        {
+            Err(common::Error::Remote(e)) => {
+                assert_eq!(e.kind, common::wire::RemoteErrorKind::Unavailable, "{e}");
+            }
+            other => panic!("acknowledged without a majority: {other:?}"),
+        }
+    }
+    // A follower comes back: the order waiting in the log commits, and a retry finds it.
+    cluster.restart(2).await;
+    cluster.set_leader(1, 1).await;
+    let number = eventually("a majority again", Duration::from_secs(20), || async {
+        match cluster
+            .client(1)
+            .call(&order("m2", "SkyRoute", 1, TradeKind::Buy))
+            .await
+        {
+            Ok(OrderResponse::Placed { number }) => Some(number),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(number, 2);
+    cluster.stop_all().await;
+}

@@ -1,0 +1,220 @@
+//! Starting a catalog and order replicas for tests: in-process on ports bound at 0, or as
+//! binaries; a polling helper with a deadline.
+#![allow(clippy::unwrap_used, dead_code, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use catalog::{CatalogClient, CatalogConfig};
+use common::rpc::{ClientConfig, RpcClient};
+use common::wire::{
+    OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId, StockName, TradeKind,
+};
+use order::{ReplicaConfig, WriteQuorum};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub type OrderClient = RpcClient<OrderRequest, OrderResponse>;
+
+pub fn seed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/catalog.csv")
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct RunningCatalog {
+    pub addr: String,
+    pub client: CatalogClient,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), catalog::Error>>,
+    _state: tempfile::TempDir,
+}
+
+impl RunningCatalog {
+    pub async fn start() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(catalog::run(
+            listener,
+            CatalogConfig::new(state.path().join("catalog"), seed()),
+            shutdown.clone(),
+        ));
+        RunningCatalog {
+            client: CatalogClient::new(addr.clone(), ClientConfig::new("test")),
+            addr,
+            shutdown,
+            task,
+            _state: state,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), order::Error>>,
+}
+
+/// Three replicas in-process, each on a port bound at 0 and kept across restarts.
+pub struct Cluster {
+    pub catalog: RunningCatalog,
+    pub addrs: BTreeMap<ReplicaId, String>,
+    pub dirs: BTreeMap<ReplicaId, PathBuf>,
+    running: BTreeMap<ReplicaId, Running>,
+    quorum: WriteQuorum,
+    _state: tempfile::TempDir,
+}
+
+pub fn fast_client(name: &str) -> ClientConfig {
+    ClientConfig {
+        call_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        ..ClientConfig::new(name)
+    }
+}
+
+impl Cluster {
+    pub async fn start(quorum: WriteQuorum) -> Self {
+        let catalog = RunningCatalog::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        for id in 1..=3 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.insert(id, listener.local_addr().unwrap().to_string());
+            dirs.insert(id, state.path().join(format!("order-{id}")));
+            listeners.insert(id, listener);
+        }
+        let mut cluster = Cluster {
+            catalog,
+            addrs,
+            dirs,
+            running: BTreeMap::new(),
+            quorum,
+            _state: state,
+        };
+        for (id, listener) in listeners {
+            cluster.launch(id, listener);
+        }
+        cluster
+    }
+
+    fn config(&self, id: ReplicaId) -> ReplicaConfig {
+        let peers = self
+            .addrs
+            .iter()
+            .filter(|(&p, _)| p != id)
+            .map(|(&p, a)| (p, a.clone()))
+            .collect();
+        ReplicaConfig {
+            write_quorum: self.quorum,
+            replicate_timeout: Duration::from_millis(300),
+            commit_timeout: Duration::from_secs(2),
+            client: fast_client(&format!("order-{id}")),
+            ..ReplicaConfig::new(id, peers, self.catalog.addr.clone(), self.dirs[&id].clone())
+        }
+    }
+
+    fn launch(&mut self, id: ReplicaId, listener: TcpListener) {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(order::run(listener, self.config(id), shutdown.clone()));
+        self.running.insert(id, Running { shutdown, task });
+    }
+
+    /// Stops replica `id` (its requests in flight finish; its log is flushed).
+    pub async fn stop(&mut self, id: ReplicaId) {
+        let running = self.running.remove(&id).unwrap();
+        running.shutdown.cancel();
+        running.task.await.unwrap().unwrap();
+    }
+
+    /// Starts replica `id` again on its old port and state.
+    pub async fn restart(&mut self, id: ReplicaId) {
+        let listener = TcpListener::bind(&self.addrs[&id]).await.unwrap();
+        self.launch(id, listener);
+    }
+
+    pub fn client(&self, id: ReplicaId) -> OrderClient {
+        RpcClient::new(self.addrs[&id].clone(), fast_client("test"))
+    }
+
+    /// Announces `leader` for `epoch` to every running replica.
+    pub async fn set_leader(&self, epoch: u64, leader: ReplicaId) {
+        for &id in self.running.keys() {
+            let answer = self
+                .client(id)
+                .call(&OrderRequest::SetLeader {
+                    epoch,
+                    leader_id: leader,
+                })
+                .await
+                .unwrap();
+            assert_eq!(answer, OrderResponse::LeaderSet, "replica {id}");
+        }
+    }
+
+    pub async fn status(&self, id: ReplicaId) -> common::wire::ReplicaStatus {
+        match self.client(id).call(&OrderRequest::Status).await.unwrap() {
+            OrderResponse::Status(status) => status,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn log(&self, id: ReplicaId) -> Vec<common::wire::OrderEntry> {
+        order::log::read_entries(&self.dirs[&id].join("orders.log"))
+            .unwrap()
+            .0
+    }
+
+    pub async fn stop_all(mut self) {
+        let ids: Vec<ReplicaId> = self.running.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+        self.catalog.stop().await;
+    }
+}
+
+pub fn order(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> OrderRequest {
+    OrderRequest::PlaceOrder(PlaceOrder {
+        request_id: RequestId::new(id).unwrap(),
+        name: StockName::new(stock).unwrap(),
+        quantity,
+        kind,
+    })
+}
+
+pub fn placed(answer: OrderResponse) -> u64 {
+    match answer {
+        OrderResponse::Placed { number } => number,
+        other => panic!("expected a placed order, got {other:?}"),
+    }
+}
