@@ -108,6 +108,13 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     };
     let mut logs = Vec::new();
     for dir in &args.state_dirs {
+        if !dir.is_dir() {
+            report.clean = false;
+            report
+                .lines
+                .push(format!("{}: no such state directory", dir.display()));
+            continue;
+        }
         let (entries, _) = read_entries(&dir.join("orders.log"))?;
         report
             .lines

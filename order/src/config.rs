@@ -16,8 +16,8 @@ use crate::{Error, WriteQuorum};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplicaArgs {
     /// This replica's id; it must appear in `--peers`.
-    #[arg(long, env = "ORDER_ID")]
-    pub id: ReplicaId,
+    #[arg(long, env = "ORDER_ID", required = true)]
+    pub id: Option<ReplicaId>,
 
     /// Every replica's address, this one's included: `1=host:port,2=host:port,3=host:port`.
     #[arg(
@@ -129,32 +129,35 @@ impl ReplicaConfig {
 
     /// Validates the flags. Returns the config and the address to listen on.
     pub fn from_args(args: &ReplicaArgs) -> Result<(ReplicaConfig, String), Error> {
+        let id = args
+            .id
+            .ok_or_else(|| Error::Config("--id is required".into()))?;
         let mut peers = parse_peers(&args.peers)?;
-        let own = peers.remove(&args.id);
+        let own = peers.remove(&id);
         let listen = match (&args.listen, own) {
             (Some(listen), _) => listen.clone(),
             (None, Some(own)) => own,
             (None, None) => {
                 return Err(Error::Config(format!(
                     "replica {} is not in --peers and --listen is not given",
-                    args.id
+                    id
                 )))
             }
         };
         let config = ReplicaConfig {
-            id: args.id,
+            id,
             peers,
             catalog: args.catalog.clone(),
             state_dir: args
                 .state_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("state/order-{}", args.id))),
+                .unwrap_or_else(|| PathBuf::from(format!("state/order-{}", id))),
             write_quorum: args.write_quorum,
             replicate_timeout: Duration::from_millis(args.replicate_timeout_ms),
             commit_timeout: Duration::from_millis(args.commit_timeout_ms),
             dedup_window: args.dedup_window.max(1),
-            server: args.transport.server_config(&format!("order-{}", args.id)),
-            client: args.transport.client_config(&format!("order-{}", args.id)),
+            server: args.transport.server_config(&format!("order-{}", id)),
+            client: args.transport.client_config(&format!("order-{}", id)),
         };
         Ok((config, listen))
     }

@@ -17,7 +17,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    replica: Option<ReplicaArgs>,
+    replica: ReplicaArgs,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::FAILURE
             })
         }
-        (None, Some(args)) => {
+        (None, args) => {
             let (config, listen) = order::ReplicaConfig::from_args(&args)?;
             common::runtime::block_on(args.transport.worker_threads, async move {
                 let listener = tokio::net::TcpListener::bind(&listen)
@@ -64,6 +64,5 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             })??;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        (None, None) => anyhow::bail!("give --id N to run a replica, or the audit subcommand"),
     }
 }

@@ -1,0 +1,290 @@
+//! The order replicas as binaries: the leader killed with SIGKILL in the middle of a load, a
+//! new leader elected with a higher epoch, every request retried with its id. Each trade is
+//! applied to the catalog once, numbers are unique and gap-free, the old leader rejoins and
+//! the audit command finds the replicas identical and the catalog consistent.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::wire::{OrderRequest, OrderResponse, ReplicaId, Role, StockName, TradeKind};
+use support::*;
+
+const STOCKS: [&str; 3] = ["GameStart", "MenhirCo", "QuillWorks"];
+
+struct Replicas {
+    addrs: BTreeMap<ReplicaId, String>,
+    catalog: String,
+    root: tempfile::TempDir,
+    children: BTreeMap<ReplicaId, Child>,
+}
+
+impl Replicas {
+    fn dir(&self, id: ReplicaId) -> std::path::PathBuf {
+        self.root.path().join(format!("order-{id}"))
+    }
+
+    fn spawn(&mut self, id: ReplicaId) {
+        let peers: Vec<String> = self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect();
+        std::fs::create_dir_all(self.root.path()).unwrap();
+        let log =
+            std::fs::File::create(self.root.path().join(format!("order-{id}.stderr"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_order"))
+            .args([
+                "--id",
+                &id.to_string(),
+                "--peers",
+                &peers.join(","),
+                "--catalog",
+                &self.catalog,
+            ])
+            .arg("--state-dir")
+            .arg(self.dir(id))
+            .args([
+                "--replicate-timeout-ms",
+                "300",
+                "--commit-timeout-ms",
+                "3000",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.insert(id, child);
+    }
+
+    fn kill(&mut self, id: ReplicaId) {
+        let mut child = self.children.remove(&id).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn client(&self, id: ReplicaId) -> OrderClient {
+        OrderClient::new(self.addrs[&id].clone(), fast_client("failover-test"))
+    }
+
+    async fn status(&self, id: ReplicaId) -> Option<common::wire::ReplicaStatus> {
+        match self.client(id).call(&OrderRequest::Status).await {
+            Ok(OrderResponse::Status(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    async fn set_leader(&self, ids: &[ReplicaId], epoch: u64, leader: ReplicaId) {
+        for &id in ids {
+            let answer = self
+                .client(id)
+                .call(&OrderRequest::SetLeader {
+                    epoch,
+                    leader_id: leader,
+                })
+                .await
+                .unwrap();
+            assert_eq!(answer, OrderResponse::LeaderSet);
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Ports for binaries that must know each other's addresses before they start: bound at 0,
+/// read, released.
+fn reserve_ports(count: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+fn request(worker: usize, i: usize) -> OrderRequest {
+    let kind = if (worker + i) % 4 == 0 {
+        TradeKind::Sell
+    } else {
+        TradeKind::Buy
+    };
+    order(
+        &format!("f-{worker}-{i}"),
+        STOCKS[(worker + i) % STOCKS.len()],
+        (i % 3 + 1) as i64,
+        kind,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
+    let catalog = RunningCatalog::start().await;
+    let addrs: BTreeMap<ReplicaId, String> = (1..=3).zip(reserve_ports(3)).collect();
+    let mut replicas = Replicas {
+        addrs,
+        catalog: catalog.addr.clone(),
+        root: tempfile::tempdir().unwrap(),
+        children: BTreeMap::new(),
+    };
+    for id in 1..=3 {
+        replicas.spawn(id);
+    }
+    for id in 1..=3 {
+        eventually("replica up", Duration::from_secs(30), || {
+            replicas.status(id)
+        })
+        .await;
+    }
+    replicas.set_leader(&[1, 2, 3], 1, 1).await;
+
+    // Load through the leader until it dies; every acknowledgement is kept.
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let leader = replicas.client(1);
+    let workers: Vec<_> = (0..6)
+        .map(|worker| {
+            let (leader, acked) = (leader.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut attempted = Vec::new();
+                for i in 0..2_000 {
+                    let request = request(worker, i);
+                    attempted.push(request.clone());
+                    match leader.call(&request).await {
+                        Ok(OrderResponse::Placed { number }) => {
+                            let OrderRequest::PlaceOrder(order) = &request else {
+                                unreachable!()
+                            };
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(order.request_id.to_string(), number);
+                        }
+                        _ => break,
+                    }
+                }
+                attempted
+            })
+        })
+        .collect();
+    eventually("orders acknowledged", Duration::from_secs(60), || async {
+        (acked.lock().unwrap().len() >= 400).then_some(())
+    })
+    .await;
+    replicas.kill(1);
+    let mut attempted = Vec::new();
+    for worker in workers {
+        attempted.extend(worker.await.unwrap());
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        attempted.len() > acked.len(),
+        "the kill landed after the load"
+    );
+
+    // Elect the most up-to-date survivor (highest id on ties) with a larger epoch.
+    let mut best = None;
+    for id in [2, 3] {
+        let status = replicas.status(id).await.unwrap();
+        if best.is_none_or(|(last, _)| (status.last, id) > (last, 0)) {
+            best = Some((status.last, id));
+        }
+    }
+    let new_leader = best.unwrap().1;
+    replicas.set_leader(&[2, 3], 2, new_leader).await;
+
+    // Every request again, same ids: acknowledged ones keep their numbers, the rest land once.
+    let client = replicas.client(new_leader);
+    let mut numbers = BTreeSet::new();
+    for request in &attempted {
+        let number = placed(client.call(request).await.unwrap());
+        let OrderRequest::PlaceOrder(order) = request else {
+            unreachable!()
+        };
+        if let Some(&first) = acked.get(order.request_id.as_str()) {
+            assert_eq!(number, first, "{} changed its number", order.request_id);
+        }
+        assert!(numbers.insert(number), "number {number} given twice");
+    }
+    assert_eq!(
+        numbers,
+        (0..attempted.len() as u64).collect::<BTreeSet<u64>>()
+    );
+
+    // The old leader comes back, learns the new epoch, sets aside what only it had.
+    replicas.spawn(1);
+    eventually("old leader up", Duration::from_secs(30), || {
+        replicas.status(1)
+    })
+    .await;
+    replicas.set_leader(&[1], 2, new_leader).await;
+    let target = replicas.status(new_leader).await.unwrap().last;
+    eventually("old leader caught up", Duration::from_secs(30), || async {
+        let status = replicas.status(1).await?;
+        (status.role == Role::Follower && status.last == target).then_some(())
+    })
+    .await;
+    let reference = order::log::read_entries(&replicas.dir(new_leader).join("orders.log"))
+        .unwrap()
+        .0;
+    for id in 1..=3 {
+        let log = order::log::read_entries(&replicas.dir(id).join("orders.log"))
+            .unwrap()
+            .0;
+        assert_eq!(log, reference, "replica {id} differs");
+    }
+
+    // Each trade reached the catalog once: its stock is what the log implies.
+    let initial: BTreeMap<StockName, u64> = STOCKS
+        .iter()
+        .map(|s| (StockName::new(*s).unwrap(), 100_000))
+        .collect();
+    let expected = order::audit::expected_stock(&initial, &reference).unwrap();
+    for (name, (quantity, volume)) in &expected {
+        let quote = catalog.client.lookup(name).await.unwrap().unwrap();
+        assert_eq!(
+            (quote.quantity, quote.volume),
+            (*quantity, *volume),
+            "{name}"
+        );
+    }
+
+    // The audit command agrees.
+    let dir_args: Vec<String> = (1..=3)
+        .flat_map(|id| {
+            [
+                "--state-dir".to_string(),
+                replicas.dir(id).display().to_string(),
+            ]
+        })
+        .collect();
+    let audit = tokio::task::spawn_blocking({
+        let catalog = catalog.addr.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_order"))
+                .arg("audit")
+                .args(&dir_args)
+                .args(["--catalog", &catalog, "--seed"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/catalog.csv"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success() && report.contains("audit: clean"),
+        "{report}"
+    );
+    drop(replicas);
+    catalog.stop().await;
+}
