@@ -113,7 +113,7 @@ fn reserve_ports(count: usize) -> Vec<String> {
 }
 
 fn request(worker: usize, i: usize) -> OrderRequest {
-    let kind = if (worker + i) % 4 == 0 {
+    let kind = if (worker + i).is_multiple_of(4) {
         TradeKind::Sell
     } else {
         TradeKind::Buy
