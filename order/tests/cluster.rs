@@ -35,7 +35,7 @@ async fn concurrent_orders_are_numbered_without_gaps_and_every_follower_holds_th
             tokio::spawn(async move {
                 let mut numbers = Vec::new();
                 for i in 0..40 {
-                    let kind = if (worker + i).is_multiple_of(3) {
+                    let kind = if (worker + i) % 3 == 0 {
                         TradeKind::Sell
                     } else {
                         TradeKind::Buy
