@@ -76,6 +76,9 @@ struct State {
     followers: BTreeMap<ReplicaId, FollowerProgress>,
     /// Leader only: never goes back within a term.
     commit: Option<TransactionNumber>,
+    /// Leader only: its last entry when the term began. The front end elects a replica that
+    /// holds every acknowledged order, so these are served before followers confirm them.
+    inherited: Option<TransactionNumber>,
     /// Cancels the replication tasks (leader) or the catch-up task (follower) of this term.
     term: CancellationToken,
 }
@@ -245,6 +248,7 @@ impl Replica {
         st.leader = Some(leader);
         st.followers.clear();
         st.commit = None;
+        st.inherited = st.log.last().map(|p| p.number);
         if leader == self.id {
             st.role = Role::Leader;
             st.followers = self
@@ -436,7 +440,7 @@ impl Replica {
     fn get_order(&self, number: TransactionNumber) -> Reply<OrderResponse> {
         let st = self.state();
         let visible = match st.role {
-            Role::Leader => st.commit,
+            Role::Leader => st.commit.max(st.inherited),
             Role::Follower => st.durable,
             Role::Syncing | Role::Idle => {
                 return Err(RemoteError::unavailable(
@@ -756,9 +760,10 @@ impl Replica {
                         ours = epoch,
                         theirs,
                         ?leader_id,
-                        "a follower knows a newer epoch"
+                        "a follower knows a newer epoch; stepping down"
                     );
-                    self.record_follower(peer, epoch, false, None);
+                    self.step_down(epoch, theirs, leader_id);
+                    return;
                 }
                 Ok(OrderResponse::Behind { last }) => {
                     // It is catching up; offer the entries after its last one next time.
@@ -781,6 +786,29 @@ impl Replica {
                 () = term.cancelled() => return,
                 () = nudge.notified() => backoff = MIN_BACKOFF,
                 () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            }
+        }
+    }
+
+    /// A newer epoch exists: stop leading `epoch`. Orders waiting for their quorum are told
+    /// this replica no longer leads, so that they are retried at the new leader.
+    fn step_down(self: &Arc<Self>, epoch: Epoch, newer: Epoch, leader: Option<ReplicaId>) {
+        let mut st = self.state();
+        if st.epoch != epoch || st.role != Role::Leader || newer <= epoch {
+            return;
+        }
+        match leader {
+            Some(leader) if leader != self.id && self.peers.contains_key(&leader) => {
+                if let Err(e) = self.adopt(&mut st, newer, leader) {
+                    error!(error = %e, "cannot record the newer epoch");
+                }
+            }
+            _ => {
+                st.term.cancel();
+                st.role = Role::Idle;
+                st.followers.clear();
+                st.commit = None;
+                self.publish(&mut st);
             }
         }
     }
@@ -904,6 +932,7 @@ pub async fn run(
             failed: false,
             followers: BTreeMap::new(),
             commit: None,
+            inherited: None,
             term: shutdown.child_token(),
         }),
         progress: watch::channel(initial).0,

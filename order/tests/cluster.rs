@@ -404,3 +404,64 @@ async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
     assert_eq!(number, 2);
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_steps_down_instead_of_acknowledging_alone() {
+    let cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    placed(
+        cluster
+            .client(1)
+            .call(&order("d0", "BlueOtter", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    // Replicas 2 and 3 learn of epoch 2; replica 1 does not.
+    for id in [2, 3] {
+        let answer = cluster
+            .client(id)
+            .call(&OrderRequest::SetLeader {
+                epoch: 2,
+                leader_id: 3,
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, OrderResponse::LeaderSet);
+    }
+    match cluster
+        .client(1)
+        .call(&order("d1", "BlueOtter", 1, TradeKind::Buy))
+        .await
+        .unwrap()
+    {
+        OrderResponse::NotLeader {
+            epoch: 2,
+            leader_id: Some(3),
+        } => {}
+        other => panic!("a deposed leader answered {other:?}"),
+    }
+    // The retry at the new leader records the order once; the catalog traded it once.
+    let number = placed(
+        cluster
+            .client(3)
+            .call(&order("d1", "BlueOtter", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(number, 1);
+    let quote = cluster
+        .catalog
+        .client
+        .lookup(&common::wire::StockName::new("BlueOtter").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((quote.quantity, quote.volume), (99_998, 2));
+    eventually("old leader following", Duration::from_secs(20), || async {
+        let status = cluster.status(1).await;
+        (status.role == Role::Follower && status.last == cluster.status(3).await.last).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.log(1), cluster.log(3));
+    cluster.stop_all().await;
+}
