@@ -50,20 +50,24 @@ fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::unavailable(e.to_string())
 }
 
-/// What waiters watch: one value, republished after every change that matters to them.
+/// What the replication tasks and the disk waiters watch, republished when it changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Progress {
-    epoch: Epoch,
-    role: Role,
     /// Newest entry appended (leader: what replication tasks may send).
     last: Option<TransactionNumber>,
     /// Newest entry on the local disk.
     durable: Option<TransactionNumber>,
-    /// Newest committed entry (leader only).
-    commit: Option<TransactionNumber>,
     /// The log writer failed; nothing will become durable.
     failed: bool,
 }
+
+/// Orders waiting for their write quorum, by number; each is woken alone when the commit
+/// point passes it, instead of every waiter re-checking on every acknowledgement.
+type Committing =
+    BTreeMap<TransactionNumber, Vec<tokio::sync::oneshot::Sender<Reply<OrderResponse>>>>;
+
+/// Above this many waiting numbers, abandoned waiters (timed out) are pruned on insert.
+const PRUNE_COMMITTING_ABOVE: usize = 10_000;
 
 struct State {
     log: OrderLog,
@@ -76,6 +80,8 @@ struct State {
     followers: BTreeMap<ReplicaId, FollowerProgress>,
     /// Leader only: never goes back within a term.
     commit: Option<TransactionNumber>,
+    /// Leader only: orders waiting for `commit` to reach them.
+    committing: Committing,
     /// Leader only: its last entry when the term began. The front end elects a replica that
     /// holds every acknowledged order, so these are served before followers confirm them.
     inherited: Option<TransactionNumber>,
@@ -143,12 +149,28 @@ impl Replica {
             );
             st.commit = st.commit.max(point);
         }
+        if st.role == Role::Leader && !st.failed {
+            if let Some(commit) = st.commit {
+                let later = st.committing.split_off(&(commit + 1));
+                for (number, waiters) in std::mem::replace(&mut st.committing, later) {
+                    for waiter in waiters {
+                        let _ = waiter.send(Ok(OrderResponse::Placed { number }));
+                    }
+                }
+            }
+        } else if !st.committing.is_empty() {
+            let answer = if st.failed {
+                Err(RemoteError::unavailable("order log failed"))
+            } else {
+                Ok(Self::not_leader(st))
+            };
+            for waiter in std::mem::take(&mut st.committing).into_values().flatten() {
+                let _ = waiter.send(answer.clone());
+            }
+        }
         let progress = Progress {
-            epoch: st.epoch,
-            role: st.role,
             last: st.log.last().map(|p| p.number),
             durable: st.durable,
-            commit: st.commit,
             failed: st.failed,
         };
         self.progress.send_if_modified(|current| {
@@ -412,23 +434,26 @@ impl Replica {
         number: TransactionNumber,
         epoch: Epoch,
     ) -> Reply<OrderResponse> {
-        let mut progress = self.progress.subscribe();
-        let settled = tokio::time::timeout(
-            self.config.commit_timeout,
-            progress.wait_for(|p| {
-                p.commit >= Some(number) || p.epoch != epoch || p.role != Role::Leader || p.failed
-            }),
-        )
-        .await;
-        match settled {
-            Ok(Ok(p)) if p.epoch == epoch && p.role == Role::Leader && p.commit >= Some(number) => {
-                Ok(OrderResponse::Placed { number })
+        let answer = {
+            let mut st = self.state();
+            if st.role != Role::Leader || st.epoch != epoch {
+                return Ok(Self::not_leader(&st));
             }
-            Ok(Ok(p)) if p.failed => Err(RemoteError::unavailable("order log failed")),
-            Ok(Ok(p)) => Ok(OrderResponse::NotLeader {
-                epoch: p.epoch,
-                leader_id: self.state().leader,
-            }),
+            if st.commit >= Some(number) {
+                return Ok(OrderResponse::Placed { number });
+            }
+            if st.committing.len() > PRUNE_COMMITTING_ABOVE {
+                st.committing.retain(|_, waiters| {
+                    waiters.retain(|w| !w.is_closed());
+                    !waiters.is_empty()
+                });
+            }
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            st.committing.entry(number).or_default().push(sender);
+            receiver
+        };
+        match tokio::time::timeout(self.config.commit_timeout, answer).await {
+            Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(RemoteError::unavailable("replica is shutting down")),
             Err(_) => Err(RemoteError::unavailable(format!(
                 "order {number} did not reach its write quorum within {:?}",
@@ -901,11 +926,8 @@ pub async fn run(
     )?;
     let durable = log.last().map(|p| p.number);
     let initial = Progress {
-        epoch: stored.epoch,
-        role: Role::Idle,
         last: durable,
         durable,
-        commit: None,
         failed: false,
     };
     let peers = config
@@ -932,6 +954,7 @@ pub async fn run(
             failed: false,
             followers: BTreeMap::new(),
             commit: None,
+            committing: BTreeMap::new(),
             inherited: None,
             term: shutdown.child_token(),
         }),

@@ -1,0 +1,121 @@
+//! `order_bench`: measures a running order leader (with its followers and the catalog) from a
+//! separate process over loopback: sequential `PlaceOrder` round trips on one connection
+//! (p50/p99), and throughput with many orders in flight on one connection. Prints each round
+//! and the median of the rounds.
+
+use anyhow::{bail, Context};
+use bench::median;
+use clap::Parser;
+use common::rpc::{ClientConfig, RpcClient};
+use common::wire::{OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind};
+
+type OrderClient = RpcClient<OrderRequest, OrderResponse>;
+
+#[derive(Parser)]
+#[command(about = "Measure a running order leader")]
+struct Args {
+    /// The leader's address.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    addr: String,
+    /// Stock to trade.
+    #[arg(long, default_value = "GameStart")]
+    stock: String,
+    /// Sequential orders per round.
+    #[arg(long, default_value_t = 5_000)]
+    sequential: u64,
+    /// Orders per round with many in flight.
+    #[arg(long, default_value_t = 50_000)]
+    orders: u64,
+    /// Orders in flight at once, all on one connection.
+    #[arg(long, default_value_t = 64)]
+    in_flight: u64,
+    /// Rounds; the median of each figure is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Before measuring, announce the replica at `--addr` as leader of epoch 1 to every
+    /// replica listed here (`id=host:port,...`); `--leader-id` names it.
+    #[arg(long)]
+    elect: Option<String>,
+    /// Id of the replica at `--addr`, with `--elect`.
+    #[arg(long, default_value_t = 1)]
+    leader_id: u32,
+}
+
+async fn place(client: &OrderClient, stock: &StockName, id: String, i: u64) -> anyhow::Result<()> {
+    // Alternate buy and sell of one share so the stock never runs out.
+    let request = OrderRequest::PlaceOrder(PlaceOrder {
+        request_id: RequestId::new(id)?,
+        name: stock.clone(),
+        quantity: 1,
+        kind: if i % 2 == 0 {
+            TradeKind::Buy
+        } else {
+            TradeKind::Sell
+        },
+    });
+    match client.call(&request).await? {
+        OrderResponse::Placed { .. } => Ok(()),
+        other => bail!("order not placed: {other:?}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stock = StockName::new(args.stock.clone())?;
+    let client = OrderClient::new(args.addr.clone(), ClientConfig::new("order-bench"));
+    let run = std::process::id();
+    if let Some(replicas) = &args.elect {
+        for part in replicas.split(',') {
+            let (_, addr) = part
+                .split_once('=')
+                .context("--elect wants id=host:port,...")?;
+            let replica = OrderClient::new(addr.to_owned(), ClientConfig::new("order-bench"));
+            let election = OrderRequest::SetLeader {
+                epoch: 1,
+                leader_id: args.leader_id,
+            };
+            match replica.call(&election).await? {
+                OrderResponse::LeaderSet => {}
+                other => bail!("{addr} refused the election: {other:?}"),
+            }
+        }
+    }
+    place(&client, &stock, format!("warm-{run}"), 0)
+        .await
+        .with_context(|| format!("leader at {} not placing orders", args.addr))?;
+
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let sequential = bench::sequential(args.sequential, |i| {
+            place(&client, &stock, format!("seq-{run}-{round}-{i}"), i)
+        })
+        .await?;
+        let (elapsed, parallel) = bench::in_flight(args.orders, args.in_flight, {
+            let (client, stock) = (client.clone(), stock.clone());
+            move |i| {
+                let (client, stock) = (client.clone(), stock.clone());
+                async move { place(&client, &stock, format!("par-{run}-{round}-{i}"), i).await }
+            }
+        })
+        .await?;
+        let figures = [
+            sequential.value_at_quantile(0.50) as f64,
+            sequential.value_at_quantile(0.99) as f64,
+            args.orders as f64 / elapsed.as_secs_f64(),
+            parallel.value_at_quantile(0.50) as f64,
+            parallel.value_at_quantile(0.99) as f64,
+        ];
+        println!(
+            "round {}: sequential p50 {:>5.0} us  p99 {:>5.0} us | {:>7.0} orders/s with {} in flight (p50 {:.0} us, p99 {:.0} us)",
+            round + 1, figures[0], figures[1], figures[2], args.in_flight, figures[3], figures[4],
+        );
+        rounds.push(figures);
+    }
+    let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    println!(
+        "median of {} rounds: sequential p50 {:.0} us, p99 {:.0} us; {:.0} orders/s (p50 {:.0} us, p99 {:.0} us)",
+        rounds.len(), column(0), column(1), column(2), column(3), column(4),
+    );
+    Ok(())
+}
