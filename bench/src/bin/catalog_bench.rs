@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
                         request_id: RequestId::new(format!("bench-{run}-{i}"))?,
                         name: stock,
                         quantity: 1,
-                        kind: if i % 2 == 0 {
+                        kind: if i.is_multiple_of(2) {
                             TradeKind::Buy
                         } else {
                             TradeKind::Sell

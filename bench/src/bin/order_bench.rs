@@ -47,7 +47,7 @@ async fn place(client: &OrderClient, stock: &StockName, id: String, i: u64) -> a
         request_id: RequestId::new(id)?,
         name: stock.clone(),
         quantity: 1,
-        kind: if i % 2 == 0 {
+        kind: if i.is_multiple_of(2) {
             TradeKind::Buy
         } else {
             TradeKind::Sell
