@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod election;
 pub mod log;
 pub mod replica;
 pub mod replication;

@@ -22,6 +22,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Elect a leader among the replicas in `--peers` (most up to date, highest id on ties)
+    /// with an epoch larger than any they have seen.
+    Elect {
+        /// Every replica's address: `1=host:port,2=host:port,3=host:port`.
+        #[arg(
+            long,
+            env = "ORDER_PEERS",
+            default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+        )]
+        peers: String,
+        /// Cluster token, if the replicas require one.
+        #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
+        cluster_token: Option<String>,
+    },
     /// Compare the replicas' logs and check the catalog against them; exits 1 on any finding.
     Audit(AuditArgs),
 }
@@ -30,6 +44,33 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     common::telemetry::init();
     let cli = Cli::parse();
     match (cli.command, cli.replica) {
+        (
+            Some(Command::Elect {
+                peers,
+                cluster_token,
+            }),
+            _,
+        ) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let elected = runtime.block_on(async {
+                let config = common::rpc::ClientConfig {
+                    cluster_token,
+                    ..common::rpc::ClientConfig::new("elect")
+                };
+                let replicas = order::config::parse_peers(&peers)?
+                    .into_iter()
+                    .map(|(id, addr)| (id, common::rpc::RpcClient::new(addr, config.clone())))
+                    .collect();
+                anyhow::Ok(order::election::elect(&replicas, None).await?)
+            })?;
+            println!(
+                "replica {} leads epoch {} (informed: {:?})",
+                elected.leader, elected.epoch, elected.informed
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         (Some(Command::Audit(args)), _) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

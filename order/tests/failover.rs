@@ -191,15 +191,15 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
     );
 
     // Elect the most up-to-date survivor (highest id on ties) with a larger epoch.
-    let mut best = None;
-    for id in [2, 3] {
-        let status = replicas.status(id).await.unwrap();
-        if best.is_none_or(|(last, _)| (status.last, id) > (last, 0)) {
-            best = Some((status.last, id));
-        }
-    }
-    let new_leader = best.unwrap().1;
-    replicas.set_leader(&[2, 3], 2, new_leader).await;
+    let survivors = [2, 3]
+        .into_iter()
+        .map(|id| (id, replicas.client(id)))
+        .collect();
+    let elected = order::election::elect(&survivors, acked.values().max().copied())
+        .await
+        .unwrap();
+    assert_eq!(elected.epoch, 2);
+    let new_leader = elected.leader;
 
     // Every request again, same ids: acknowledged ones keep their numbers, the rest land once.
     let client = replicas.client(new_leader);
