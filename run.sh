@@ -2,48 +2,78 @@
 # Starts Stock Bazaar on this machine, in the background; `./run.sh stop` stops it and
 # `./run.sh status` shows what runs.
 #
-# Services started: the catalog (the order replicas and the front end are not built yet).
+# Services started: the catalog and three order replicas, then a leader is elected
+# (`order elect`). The front end is not built yet.
 #
 # Environment:
 #   CATALOG_PORT   catalog port (7000)
+#   ORDER_PORTS    ports of order replicas 1,2,3 (7001,7002,7003)
+#   WRITE_QUORUM   all | majority (all)
 #   STATE_DIR      runtime state, logs and pid files (./state)
 #   RUST_LOG       log filter (info)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 CATALOG_PORT="${CATALOG_PORT:-7000}"
+ORDER_PORTS="${ORDER_PORTS:-7001,7002,7003}"
+WRITE_QUORUM="${WRITE_QUORUM:-all}"
 STATE_DIR="${STATE_DIR:-$PWD/state}"
 mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 BIN="$PWD/target/release"
+export RUST_LOG="${RUST_LOG:-info}"
+
+IFS=, read -r -a order_ports <<<"$ORDER_PORTS"
+if ((${#order_ports[@]} != 3)); then
+    echo "error: ORDER_PORTS must name three ports, e.g. 7001,7002,7003" >&2
+    exit 2
+fi
+PEERS="1=127.0.0.1:${order_ports[0]},2=127.0.0.1:${order_ports[1]},3=127.0.0.1:${order_ports[2]}"
+SERVICES=(catalog order-1 order-2 order-3)
 
 pid_of() { cat "$STATE_DIR/$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-start_catalog() {
-    if alive catalog; then
-        echo "catalog already running (pid $(pid_of catalog))"
-        return
-    fi
-    RUST_LOG="${RUST_LOG:-info}" "$BIN/catalog" \
-        --listen "127.0.0.1:$CATALOG_PORT" \
-        --state-dir "$STATE_DIR/catalog" \
-        --seed "$PWD/data/catalog.csv" \
-        >>"$STATE_DIR/catalog.log" 2>&1 &
-    echo $! >"$STATE_DIR/catalog.pid"
+port_of() {
+    case "$1" in
+    catalog) echo "$CATALOG_PORT" ;;
+    order-*) echo "${order_ports[$((${1#order-} - 1))]}" ;;
+    esac
 }
 
-wait_for() { # name port
-    local deadline=$((SECONDS + 30))
-    until port_open "$2"; do
+launch() { # name command...
+    local name="$1"
+    shift
+    if alive "$name"; then
+        echo "$name already running (pid $(pid_of "$name"))"
+        return
+    fi
+    "$@" >>"$STATE_DIR/$name.log" 2>&1 &
+    echo $! >"$STATE_DIR/$name.pid"
+}
+
+start_catalog() {
+    launch catalog "$BIN/catalog" --listen "127.0.0.1:$CATALOG_PORT" \
+        --state-dir "$STATE_DIR/catalog" --seed "$PWD/data/catalog.csv"
+}
+
+start_order() { # id
+    launch "order-$1" "$BIN/order" --id "$1" --peers "$PEERS" \
+        --catalog "127.0.0.1:$CATALOG_PORT" --state-dir "$STATE_DIR/order-$1" \
+        --write-quorum "$WRITE_QUORUM"
+}
+
+wait_for() { # name
+    local port deadline=$((SECONDS + 30))
+    port="$(port_of "$1")"
+    until port_open "$port"; do
         if ! alive "$1"; then
             echo "error: $1 exited during start-up; see $STATE_DIR/$1.log" >&2
             tail -n 20 "$STATE_DIR/$1.log" >&2 || true
             exit 1
         fi
         if ((SECONDS >= deadline)); then
-            echo "error: $1 did not start listening on port $2 within 30 s; see $STATE_DIR/$1.log" >&2
+            echo "error: $1 did not start listening on port $port within 30 s; see $STATE_DIR/$1.log" >&2
             exit 1
         fi
         sleep 0.1
@@ -73,25 +103,38 @@ stop_one() { # name
 
 case "${1:-start}" in
 start)
-    cargo build --release --quiet -p catalog
+    cargo build --release --quiet -p catalog -p order
     start_catalog
-    wait_for catalog "$CATALOG_PORT"
-    echo "catalog  listening on 127.0.0.1:$CATALOG_PORT  (pid $(pid_of catalog))"
-    echo "         state $STATE_DIR/catalog, log $STATE_DIR/catalog.log"
-    echo "stop with: ./run.sh stop"
+    wait_for catalog
+    for id in 1 2 3; do start_order "$id"; done
+    for id in 1 2 3; do wait_for "order-$id"; done
+    "$BIN/order" elect --peers "$PEERS" | tee -a "$STATE_DIR/elections.log"
+    echo "catalog  127.0.0.1:$CATALOG_PORT  (pid $(pid_of catalog)), state $STATE_DIR/catalog"
+    for id in 1 2 3; do
+        echo "order-$id  127.0.0.1:${order_ports[$((id - 1))]}  (pid $(pid_of "order-$id")), state $STATE_DIR/order-$id"
+    done
+    echo "logs: $STATE_DIR/<service>.log; stop with: ./run.sh stop"
     ;;
 stop)
-    stop_one catalog
+    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${SERVICES[$i]}"; done
+    ;;
+start-order)
+    # Used by simulate_crashes.sh to bring a replica back with the same settings.
+    start_order "${2:?replica id}"
+    wait_for "order-$2"
+    echo "order-$2 restarted (pid $(pid_of "order-$2"))"
     ;;
 status)
-    if alive catalog; then
-        echo "catalog  running, pid $(pid_of catalog), port $CATALOG_PORT"
-    else
-        echo "catalog  not running"
-    fi
+    for name in "${SERVICES[@]}"; do
+        if alive "$name"; then
+            echo "$name  running, pid $(pid_of "$name"), port $(port_of "$name")"
+        else
+            echo "$name  not running"
+        fi
+    done
     ;;
 *)
-    echo "usage: $0 [start|stop|status]" >&2
+    echo "usage: $0 [start|stop|status|start-order ID]" >&2
     exit 2
     ;;
 esac
