@@ -2,8 +2,9 @@
 //! makes trades exactly-once, and the rules of a trade. The store feeds it recovered records;
 //! the service feeds it requests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+use common::window::RecentWindow;
 use common::wire::{
     RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
 };
@@ -92,11 +93,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Book {
     stocks: HashMap<StockName, Stock>,
-    /// Recent applied trades by request id, for exactly-once; bounded by `window`.
-    recent: HashMap<RequestId, TradeRecord>,
-    /// Ids in `recent`, oldest first, to evict in order.
-    recent_order: VecDeque<RequestId>,
-    window: usize,
+    /// Recent applied trades by request id, for exactly-once.
+    recent: RecentWindow<RequestId, TradeRecord>,
     last_seq: u64,
 }
 
@@ -105,9 +103,7 @@ impl Book {
     pub fn new(stocks: Vec<Stock>, window: usize) -> Self {
         Book {
             stocks: stocks.into_iter().map(|s| (s.name.clone(), s)).collect(),
-            recent: HashMap::new(),
-            recent_order: VecDeque::new(),
-            window: window.max(1),
+            recent: RecentWindow::new(window),
             last_seq: 0,
         }
     }
@@ -273,12 +269,6 @@ impl Book {
     }
 
     fn remember(&mut self, record: TradeRecord) {
-        while self.recent_order.len() >= self.window {
-            if let Some(oldest) = self.recent_order.pop_front() {
-                self.recent.remove(&oldest);
-            }
-        }
-        self.recent_order.push_back(record.request_id.clone());
         self.recent.insert(record.request_id.clone(), record);
     }
 
@@ -287,11 +277,7 @@ impl Book {
         Snapshot {
             last_seq: self.last_seq,
             stocks: self.stocks().into_iter().cloned().collect(),
-            recent: self
-                .recent_order
-                .iter()
-                .filter_map(|id| self.recent.get(id).cloned())
-                .collect(),
+            recent: self.recent.values().cloned().collect(),
         }
     }
 

@@ -1,10 +1,11 @@
 //! The catalog's request handlers and its `run` entry point: lookups that only show durable
 //! state, exactly-once trades answered after their group commit, and the invalidation stream.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{self, Push, RequestContext, Service};
+use common::sync::lock;
 use common::wire::{CatalogRequest, CatalogResponse, RemoteError, Reply, StockName, TradeRequest};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,13 +29,6 @@ struct Durable {
     seq: u64,
     /// Set when writing failed; nothing after `seq` will ever become durable.
     failed: Option<String>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent, so a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct CatalogService {

@@ -9,13 +9,15 @@
 //! - `LOCK`: held while a catalog runs, so two processes never share a state directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use common::files;
 use common::group_commit::{self, Job};
+use common::sync::lock;
 
 use tracing::{error, info, warn};
 
@@ -25,7 +27,6 @@ use crate::Error;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SBSNAP01";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const WAL_FILE: &str = "wal.log";
-const LOCK_FILE: &str = "LOCK";
 /// A record bigger than this cannot be one of ours: its length field is garbage.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -100,22 +101,6 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
     rmp_serde::from_slice(payload).map_err(|e| corrupt(&e.to_string()))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The opened state directory: recovered state and the log to append to.
 pub struct Store {
     dir: PathBuf,
@@ -128,14 +113,7 @@ impl Store {
     /// Opens (or, on first start, creates from `seed`) the state in `dir`, replays the log,
     /// and cuts a torn tail off it.
     pub fn open(dir: &Path, seed: &Path, window: usize) -> Result<(Store, Book), Error> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
-        lock.try_lock()
-            .map_err(|_| Error::Locked(dir.display().to_string()))?;
+        let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let wal_path = dir.join(WAL_FILE);
@@ -152,7 +130,7 @@ impl Store {
             let text = fs::read_to_string(seed)
                 .map_err(|e| Error::Seed(format!("{}: {e}", seed.display())))?;
             let book = Book::new(Book::parse_seed(&text)?, window);
-            replace_file(dir, SNAPSHOT_FILE, &encode_snapshot(&book.snapshot())?)?;
+            files::replace_file(dir, SNAPSHOT_FILE, &encode_snapshot(&book.snapshot())?)?;
             info!(seed = %seed.display(), stocks = book.stocks().len(), "catalog seeded");
             book
         };
@@ -177,7 +155,7 @@ impl Store {
             wal.set_len(intact as u64)?;
             wal.sync_all()?;
         }
-        sync_dir(dir)?;
+        files::sync_dir(dir)?;
         info!(
             dir = %dir.display(),
             replayed = records.len(),
@@ -254,12 +232,9 @@ impl LogWriter {
         self.jobs
             .send(Job::Maintain(Box::new(move |wal| {
                 let started = Instant::now();
-                let snapshot = book
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .snapshot();
+                let snapshot = lock(&book).snapshot();
                 let bytes = encode_snapshot(&snapshot).map_err(io::Error::other)?;
-                replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
+                files::replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
                 wal.set_len(0)?;
                 wal.sync_all()?;
                 info!(

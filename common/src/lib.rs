@@ -4,13 +4,16 @@
 
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod frame;
 pub mod group_commit;
 pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod sync;
 pub mod telemetry;
+pub mod window;
 pub mod wire;
 
 pub use error::Error;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::frame;
+use crate::sync::lock;
 use crate::wire::{Envelope, Hello, Reply};
 use crate::Error;
 
@@ -124,14 +125,6 @@ struct Waiting<Resp> {
 enum Waiter<Resp> {
     Once(oneshot::Sender<Result<Resp, Error>>),
     Stream(mpsc::Sender<Result<Resp, Error>>),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these short locks leaves the data consistent (every
-    // critical section is a single map or slot operation), so poisoning is ignored.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<Req, Resp> RpcClient<Req, Resp>

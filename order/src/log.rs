@@ -10,13 +10,15 @@
 //! In memory it keeps, per entry, only its epoch and file offset, plus the most recent
 //! entries and request ids in bounded windows; older entries are read back from the file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use common::files;
 use common::group_commit::Maintenance;
+use common::window::RecentWindow;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, ReplicaId, RequestId, StockName, TradeKind, TransactionNumber,
 };
@@ -27,7 +29,6 @@ use crate::Error;
 const LOG_FILE: &str = "orders.log";
 const EPOCH_FILE: &str = "epoch";
 const SIDE_FILE: &str = "diverged.log";
-const LOCK_FILE: &str = "LOCK";
 /// Entries kept in memory for replication and lookups; older ones are read from the file.
 const TAIL_CAPACITY: usize = 65_536;
 /// Longest line we accept; anything longer is damage.
@@ -133,10 +134,8 @@ pub struct OrderLog {
     end: u64,
     /// The most recent entries, up to `TAIL_CAPACITY`.
     tail: VecDeque<OrderEntry>,
-    /// Request id of each of the most recent `window` entries, for exactly-once.
-    ids: HashMap<RequestId, TransactionNumber>,
-    id_order: VecDeque<RequestId>,
-    window: usize,
+    /// Request id of each of the most recent entries, for exactly-once.
+    ids: RecentWindow<RequestId, TransactionNumber>,
     /// The last entry of each epoch, oldest first.
     boundaries: Vec<LogPosition>,
     _lock: File,
@@ -146,14 +145,7 @@ impl OrderLog {
     /// Opens the log in `dir` (creating it), cutting a torn last line. Returns the log, the
     /// file handle the group-commit thread appends with, and the stored epoch.
     pub fn open(dir: &Path, window: usize) -> Result<(OrderLog, File, EpochRecord), Error> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
-        lock.try_lock()
-            .map_err(|_| Error::Locked(dir.display().to_string()))?;
+        let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
         let path = dir.join(LOG_FILE);
         let (entries, intact) = read_entries(&path)?;
         let append = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -167,16 +159,14 @@ impl OrderLog {
             append.set_len(intact)?;
             append.sync_all()?;
         }
-        File::open(dir)?.sync_all()?;
+        files::sync_dir(dir)?;
         let mut log = OrderLog {
             dir: dir.to_path_buf(),
             reader: File::open(&path)?,
             slots: Vec::with_capacity(entries.len()),
             end: 0,
             tail: VecDeque::new(),
-            ids: HashMap::new(),
-            id_order: VecDeque::new(),
-            window: window.max(1),
+            ids: RecentWindow::new(window),
             boundaries: Vec::new(),
             _lock: lock,
         };
@@ -199,12 +189,6 @@ impl OrderLog {
             Some(last) if last.epoch == entry.epoch => *last = entry.position(),
             _ => self.boundaries.push(entry.position()),
         }
-        while self.id_order.len() >= self.window {
-            if let Some(oldest) = self.id_order.pop_front() {
-                self.ids.remove(&oldest);
-            }
-        }
-        self.id_order.push_back(entry.request_id.clone());
         self.ids.insert(entry.request_id.clone(), entry.number);
         if self.tail.len() == TAIL_CAPACITY {
             self.tail.pop_front();
@@ -311,12 +295,7 @@ impl OrderLog {
         let tail_start = self.slots.len() + removed.len() - self.tail.len();
         let keep = (from as usize).saturating_sub(tail_start);
         self.tail.truncate(keep);
-        for entry in &removed {
-            if self.ids.get(&entry.request_id) == Some(&entry.number) {
-                self.ids.remove(&entry.request_id);
-            }
-        }
-        self.id_order.retain(|id| self.ids.contains_key(id));
+        self.ids.retain(|_, &number| number < from);
         self.boundaries.retain(|b| b.number < from);
         if let Some(last) = self.last() {
             match self.boundaries.last_mut() {
@@ -356,14 +335,7 @@ impl OrderLog {
             Some(leader) => format!("{} {leader}\n", record.epoch),
             None => format!("{} -\n", record.epoch),
         };
-        let tmp = self.dir.join(format!("{EPOCH_FILE}.tmp"));
-        {
-            let mut file = File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(EPOCH_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
+        files::replace_file(&self.dir, EPOCH_FILE, text.as_bytes())?;
         Ok(())
     }
 }

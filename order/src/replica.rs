@@ -13,6 +13,7 @@ use catalog::CatalogClient;
 use common::group_commit::{self, Job};
 use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
+use common::sync::lock;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, PlaceOrder, RemoteError,
     ReplicaId, ReplicaStatus, Reply, RequestId, Role, TradeRejection, TradeRequest,
@@ -38,13 +39,6 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type PeerClient = RpcClient<OrderRequest, OrderResponse>;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the state consistent, so a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::unavailable(e.to_string())

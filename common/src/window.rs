@@ -1,0 +1,86 @@
+//! A bounded window of recent request ids and what each one came to: the memory behind
+//! exactly-once, kept to a fixed number of entries by forgetting the oldest.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// The last `capacity` keys inserted, each with its value.
+#[derive(Debug, Clone)]
+pub struct RecentWindow<K, V> {
+    values: HashMap<K, V>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
+    /// An empty window holding at most `capacity` keys (at least one).
+    pub fn new(capacity: usize) -> Self {
+        RecentWindow {
+            values: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Remembers `key`, forgetting the oldest keys beyond the capacity. A key inserted again
+    /// takes the new value and the newest place.
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.values.insert(key.clone(), value).is_some() {
+            self.order.retain(|k| k != &key);
+        }
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.values.remove(&oldest);
+            }
+        }
+    }
+
+    /// The value of `key`, if it is still remembered.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.values.get(key)
+    }
+
+    /// Forgets the keys for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.values.retain(|k, v| keep(k, v));
+        let values = &self.values;
+        self.order.retain(|k| values.contains_key(k));
+    }
+
+    /// The remembered values, oldest first.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.order.iter().filter_map(|k| self.values.get(k))
+    }
+
+    /// How many keys are remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_keys() {
+        let mut window = RecentWindow::new(2);
+        window.insert("a", 1);
+        window.insert("b", 2);
+        window.insert("c", 3);
+        assert_eq!(window.get(&"a"), None);
+        assert_eq!(window.values().copied().collect::<Vec<_>>(), vec![2, 3]);
+        window.insert("b", 4);
+        window.insert("d", 5);
+        assert_eq!(window.get(&"c"), None);
+        assert_eq!(window.values().copied().collect::<Vec<_>>(), vec![4, 5]);
+        window.retain(|_, v| *v != 4);
+        assert_eq!(window.len(), 1);
+    }
+}
