@@ -18,6 +18,19 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The per-column medians of rounds of figures.
+pub fn medians<const N: usize>(rounds: &[[f64; N]]) -> [f64; N] {
+    std::array::from_fn(|column| median(rounds.iter().map(|round| round[column]).collect()))
+}
+
+/// p50 and p99 of a latency histogram, in microseconds.
+pub fn p50_p99(latencies: &Histogram<u64>) -> (f64, f64) {
+    (
+        latencies.value_at_quantile(0.50) as f64,
+        latencies.value_at_quantile(0.99) as f64,
+    )
+}
+
 /// Times `count` calls of `call`, one after another.
 pub async fn sequential<F, Fut>(count: u64, mut call: F) -> anyhow::Result<Histogram<u64>>
 where

@@ -89,6 +89,124 @@ fn reply() -> impl Strategy<Value = Reply<CatalogResponse>> {
     ]
 }
 
+fn position() -> impl Strategy<Value = LogPosition> {
+    (any::<u64>(), any::<u64>()).prop_map(|(epoch, number)| LogPosition { epoch, number })
+}
+
+fn order_entry() -> impl Strategy<Value = OrderEntry> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        request_id(),
+        stock_name(),
+        kind(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(number, epoch, request_id, name, kind, quantity)| OrderEntry {
+                number,
+                epoch,
+                request_id,
+                name,
+                kind,
+                quantity,
+            },
+        )
+}
+
+fn order_request() -> impl Strategy<Value = OrderRequest> {
+    prop_oneof![
+        (request_id(), stock_name(), any::<i64>(), kind()).prop_map(
+            |(request_id, name, quantity, kind)| OrderRequest::PlaceOrder(PlaceOrder {
+                request_id,
+                name,
+                quantity,
+                kind,
+            })
+        ),
+        any::<u64>().prop_map(|number| OrderRequest::GetOrder { number }),
+        Just(OrderRequest::Status),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(epoch, leader_id)| OrderRequest::SetLeader { epoch, leader_id }),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            proptest::option::of(position()),
+            proptest::collection::vec(order_entry(), 0..4)
+        )
+            .prop_map(
+                |(epoch, leader_id, prev, entries)| OrderRequest::Replicate {
+                    epoch,
+                    leader_id,
+                    prev,
+                    entries,
+                }
+            ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec(position(), 0..4)
+        )
+            .prop_map(|(epoch, follower_id, known)| OrderRequest::SyncUp {
+                epoch,
+                follower_id,
+                known,
+            }),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Leader),
+        Just(Role::Follower),
+        Just(Role::Syncing),
+        Just(Role::Idle)
+    ]
+}
+
+fn order_response() -> impl Strategy<Value = OrderResponse> {
+    let leader = proptest::option::of(any::<u32>());
+    prop_oneof![
+        any::<u64>().prop_map(|number| OrderResponse::Placed { number }),
+        rejection().prop_map(OrderResponse::Rejected),
+        order_entry().prop_map(OrderResponse::Order),
+        Just(OrderResponse::OrderNotFound),
+        (
+            any::<u32>(),
+            role(),
+            any::<u64>(),
+            leader.clone(),
+            proptest::option::of(position())
+        )
+            .prop_map(|(id, role, epoch, leader_id, last)| {
+                OrderResponse::Status(ReplicaStatus {
+                    id,
+                    role,
+                    epoch,
+                    leader_id,
+                    last,
+                })
+            }),
+        Just(OrderResponse::LeaderSet),
+        proptest::option::of(position()).prop_map(|last| OrderResponse::Replicated { last }),
+        proptest::option::of(position()).prop_map(|last| OrderResponse::Behind { last }),
+        (
+            proptest::option::of(position()),
+            proptest::collection::vec(order_entry(), 0..4),
+            proptest::option::of(position())
+        )
+            .prop_map(|(from, entries, leader_last)| OrderResponse::Entries {
+                from,
+                entries,
+                leader_last,
+            }),
+        (any::<u64>(), leader.clone())
+            .prop_map(|(epoch, leader_id)| OrderResponse::NotLeader { epoch, leader_id }),
+        (any::<u64>(), leader)
+            .prop_map(|(epoch, leader_id)| OrderResponse::StaleEpoch { epoch, leader_id }),
+    ]
+}
+
 fn round_trips<T>(value: T)
 where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
@@ -109,6 +227,16 @@ proptest! {
     }
 
     #[test]
+    fn order_requests_round_trip(id in any::<u64>(), body in order_request()) {
+        round_trips(Envelope { id, body });
+    }
+
+    #[test]
+    fn order_replies_round_trip(id in any::<u64>(), body in order_response()) {
+        round_trips(Envelope { id, body: Reply::Ok(body) });
+    }
+
+    #[test]
     fn hellos_round_trip(version in any::<u32>(), token in proptest::option::of(".{0,64}"),
                          peer in ".{0,32}", reason in ".{0,64}") {
         round_trips(Envelope { id: 0, body: Hello { version, token, peer } });
@@ -121,6 +249,8 @@ proptest! {
         let _ = decode::<Envelope<CatalogRequest>>(&bytes);
         let _ = decode::<Envelope<Reply<CatalogResponse>>>(&bytes);
         let _ = decode::<Envelope<Hello>>(&bytes);
+        let _ = decode::<Envelope<OrderRequest>>(&bytes);
+        let _ = decode::<Envelope<Reply<OrderResponse>>>(&bytes);
         let mut codec = codec(1024);
         let mut buffer = BytesMut::from(&bytes[..]);
         // Frames over the limit are errors; shorter input is "need more"; nothing panics.

@@ -4,7 +4,6 @@
 //! median of the rounds.
 
 use anyhow::{bail, Context};
-use bench::median;
 use catalog::CatalogClient;
 use clap::Parser;
 use common::rpc::ClientConfig;
@@ -79,23 +78,20 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-        let figures = [
-            lookups.value_at_quantile(0.50) as f64,
-            lookups.value_at_quantile(0.99) as f64,
-            args.trades as f64 / elapsed.as_secs_f64(),
-            trades.value_at_quantile(0.50) as f64,
-            trades.value_at_quantile(0.99) as f64,
-        ];
+        let (lookups_p50, lookups_p99) = bench::p50_p99(&lookups);
+        let (trades_p50, trades_p99) = bench::p50_p99(&trades);
+        let throughput = args.trades as f64 / elapsed.as_secs_f64();
+        let figures = [lookups_p50, lookups_p99, throughput, trades_p50, trades_p99];
         println!(
             "round {}: lookup p50 {:>5.0} us  p99 {:>5.0} us | trades {:>8.0}/s with {} in flight (p50 {:.0} us, p99 {:.0} us)",
             round + 1, figures[0], figures[1], figures[2], args.in_flight, figures[3], figures[4],
         );
         rounds.push(figures);
     }
-    let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    let column = bench::medians(&rounds);
     println!(
         "median of {} rounds: lookup p50 {:.0} us, p99 {:.0} us; trades {:.0}/s (p50 {:.0} us, p99 {:.0} us)",
-        rounds.len(), column(0), column(1), column(2), column(3), column(4),
+        rounds.len(), column[0], column[1], column[2], column[3], column[4],
     );
     Ok(())
 }

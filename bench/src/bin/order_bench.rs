@@ -4,7 +4,6 @@
 //! and the median of the rounds.
 
 use anyhow::{bail, Context};
-use bench::median;
 use clap::Parser;
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind};
@@ -99,12 +98,15 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
+        let (sequential_p50, sequential_p99) = bench::p50_p99(&sequential);
+        let (parallel_p50, parallel_p99) = bench::p50_p99(&parallel);
+        let throughput = args.orders as f64 / elapsed.as_secs_f64();
         let figures = [
-            sequential.value_at_quantile(0.50) as f64,
-            sequential.value_at_quantile(0.99) as f64,
-            args.orders as f64 / elapsed.as_secs_f64(),
-            parallel.value_at_quantile(0.50) as f64,
-            parallel.value_at_quantile(0.99) as f64,
+            sequential_p50,
+            sequential_p99,
+            throughput,
+            parallel_p50,
+            parallel_p99,
         ];
         println!(
             "round {}: sequential p50 {:>5.0} us  p99 {:>5.0} us | {:>7.0} orders/s with {} in flight (p50 {:.0} us, p99 {:.0} us)",
@@ -112,10 +114,10 @@ async fn main() -> anyhow::Result<()> {
         );
         rounds.push(figures);
     }
-    let column = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+    let column = bench::medians(&rounds);
     println!(
         "median of {} rounds: sequential p50 {:.0} us, p99 {:.0} us; {:.0} orders/s (p50 {:.0} us, p99 {:.0} us)",
-        rounds.len(), column(0), column(1), column(2), column(3), column(4),
+        rounds.len(), column[0], column[1], column[2], column[3], column[4],
     );
     Ok(())
 }
