@@ -2,6 +2,10 @@
 //! live one (last entry's epoch, then number; highest id on ties) that holds every order the
 //! caller has acknowledged, and announce it with an epoch larger than any seen. The front end
 //! runs this; so does `order elect` for operators.
+//!
+//! Two elections must never share an epoch, even when the replica that saw the newest one is
+//! unreachable: the epoch is at least the wall clock in milliseconds, and above both the
+//! highest epoch any reachable replica reports and the caller's own last one.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +65,7 @@ pub struct Elected {
 pub async fn elect(
     replicas: &BTreeMap<ReplicaId, ReplicaClient>,
     acknowledged: Option<TransactionNumber>,
+    last_epoch: Epoch,
 ) -> Result<Elected, ElectionError> {
     let asks = replicas.iter().map(|(&id, client)| async move {
         match client.call(&OrderRequest::Status).await {
@@ -82,7 +87,13 @@ pub async fn elect(
         .flatten()
         .collect();
     let leader = choose_leader(&live, acknowledged)?;
-    let epoch = live.iter().map(|s| s.epoch).max().unwrap_or(0) + 1;
+    let epoch = next_epoch(
+        live.iter()
+            .map(|s| s.epoch)
+            .max()
+            .unwrap_or(0)
+            .max(last_epoch),
+    );
     let mut informed = Vec::new();
     // The leader first, so that followers asking it for a sync-up find it leading.
     let order = std::iter::once(leader).chain(live.iter().map(|s| s.id).filter(|&id| id != leader));
@@ -105,6 +116,14 @@ pub async fn elect(
         leader,
         informed,
     })
+}
+
+/// An epoch above `highest` and not below the wall clock in milliseconds.
+pub fn next_epoch(highest: Epoch) -> Epoch {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    highest.saturating_add(1).max(now)
 }
 
 #[cfg(test)]
@@ -135,6 +154,15 @@ mod tests {
         let empty = [status(1, None), status(2, None)];
         assert_eq!(choose_leader(&empty, None), Ok(2));
         assert_eq!(choose_leader(&[], None), Err(ElectionError::NoneReachable));
+    }
+
+    #[test]
+    fn epochs_only_grow() {
+        let now = next_epoch(0);
+        assert!(now > 1_700_000_000_000, "{now}");
+        assert_eq!(next_epoch(u64::MAX - 1), u64::MAX);
+        let later = now + 1_000_000;
+        assert_eq!(next_epoch(later), later + 1);
     }
 
     #[test]

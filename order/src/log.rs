@@ -85,16 +85,25 @@ pub fn read_entries(path: &Path) -> Result<(Vec<OrderEntry>, u64), Error> {
             break;
         }
         let complete = line.last() == Some(&b'\n') && line.len() <= MAX_LINE_BYTES;
+        // Intact means its checksum holds; an intact line out of sequence, or after damage,
+        // is corruption to report, not a torn tail to cut.
         let entry = complete
             .then(|| std::str::from_utf8(&line[..line.len() - 1]).ok())
             .flatten()
-            .and_then(parse_line)
-            .filter(|e| e.number == entries.len() as u64);
+            .and_then(parse_line);
         match (entry, damaged_at) {
             (Some(_), Some(at)) => {
                 return Err(Error::Corrupt(format!(
                     "{}: damaged line at byte {at} is followed by intact entries",
                     path.display()
+                )))
+            }
+            (Some(entry), None) if entry.number != entries.len() as u64 => {
+                return Err(Error::Corrupt(format!(
+                    "{}: entry {} at byte {offset} where {} belongs",
+                    path.display(),
+                    entry.number,
+                    entries.len()
                 )))
             }
             (Some(entry), None) => {
@@ -319,10 +328,12 @@ impl OrderLog {
             "order log diverged from the leader; suffix set aside"
         );
         let cut_at = first.offset;
+        let dir = self.dir.clone();
         let work: Maintenance = Box::new(move |log| {
             let mut file = OpenOptions::new().create(true).append(true).open(&side)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
+            files::sync_dir(&dir)?;
             log.set_len(cut_at)?;
             log.sync_all()
         });
@@ -427,6 +438,20 @@ mod tests {
             OrderLog::open(&broken, 10),
             Err(Error::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_line_in_the_middle_is_reported_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text: String = (0..5).map(|n| format_line(&entry(n, 1))).collect();
+        let second = format_line(&entry(0, 1)).len() + 3;
+        text.replace_range(second..second + 1, "X");
+        write_log(dir.path(), &text);
+        assert!(matches!(
+            OrderLog::open(dir.path(), 10),
+            Err(Error::Corrupt(_))
+        ));
+        assert_eq!(fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), text);
     }
 
     #[test]

@@ -233,15 +233,19 @@ impl Replica {
             let (_, work) = st.log.cut_from(from, reason).map_err(internal)?;
             self.queue(Job::Maintain(Box::new(move |file| {
                 let result = work(file);
-                let _ = done.send(());
+                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 result
             })))?;
             st.durable = from.checked_sub(1).min(st.durable);
             self.publish(&mut st);
         }
-        finished
-            .await
-            .map_err(|_| RemoteError::unavailable("order log failed while cutting"))
+        match finished.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RemoteError::unavailable(format!(
+                "cutting the order log: {e}"
+            ))),
+            Err(_) => Err(RemoteError::unavailable("order log failed while cutting")),
+        }
     }
 
     /// Records a newer epoch and its leader, and takes up the role it gives this replica.
@@ -298,12 +302,14 @@ impl Replica {
         Ok(())
     }
 
-    fn set_leader(self: &Arc<Self>, epoch: Epoch, leader: ReplicaId) -> Reply<OrderResponse> {
+    async fn set_leader(self: &Arc<Self>, epoch: Epoch, leader: ReplicaId) -> Reply<OrderResponse> {
         if leader != self.id && !self.peers.contains_key(&leader) {
             return Err(RemoteError::bad_request(format!(
                 "unknown replica {leader}"
             )));
         }
+        // A change of role waits for any change to the log in progress (see the module docs).
+        let _apply = self.apply.lock().await;
         let mut st = self.state();
         if epoch < st.epoch {
             return Ok(OrderResponse::StaleEpoch {
@@ -318,11 +324,20 @@ impl Replica {
                     st.leader
                 )));
             }
-            // The same term again (a front end re-announcing it): nothing changes, but a
-            // replica that knew the term without a task for it (after a restart) starts one.
             if st.role == Role::Idle {
+                if leader == self.id {
+                    // Entries this replica sent before it stopped may be on followers without
+                    // being here; leading the same epoch again could number another order
+                    // at the same position. A new term is needed.
+                    return Err(RemoteError::bad_request(format!(
+                        "replica {} already led epoch {epoch}; elect it with a larger epoch",
+                        self.id
+                    )));
+                }
+                // A follower that knew the term before it restarted starts catching up.
                 self.adopt(&mut st, epoch, leader)?;
             }
+            // Otherwise the same term announced again: nothing changes.
             return Ok(OrderResponse::LeaderSet);
         }
         self.adopt(&mut st, epoch, leader)?;
@@ -495,53 +510,64 @@ impl Replica {
         prev: Option<LogPosition>,
         entries: Vec<OrderEntry>,
     ) -> Reply<OrderResponse> {
-        if let Some(refusal) = self.check_leader(epoch, leader)? {
-            return Ok(refusal);
+        let first = prev.map_or(0, |p| p.number.saturating_add(1));
+        let consecutive = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| Some(e.number) == first.checked_add(i as u64));
+        if !consecutive {
+            return Err(RemoteError::bad_request(
+                "replicated entries must follow prev without gaps",
+            ));
         }
-        let applied = {
+        let through = {
             let _apply = self.apply.lock().await;
             if let Some(refusal) = self.check_leader(epoch, leader)? {
                 return Ok(refusal);
             }
-            self.apply_entries(prev, &entries, "replaced by the leader's entries")
+            match self
+                .apply_entries(prev, &entries, "replaced by the leader's entries")
                 .await?
+            {
+                Some(through) => through,
+                None => {
+                    let mut st = self.state();
+                    let last = st.log.last();
+                    if st.role == Role::Follower {
+                        // A gap or another history: catch up before following again.
+                        st.role = Role::Syncing;
+                        st.term.cancel();
+                        st.term = self.shutdown.child_token();
+                        tokio::spawn(self.clone().catch_up(epoch, leader, st.term.clone()));
+                        self.publish(&mut st);
+                        info!(
+                            epoch,
+                            leader,
+                            ?last,
+                            ?prev,
+                            "behind the leader; catching up"
+                        );
+                    }
+                    return Ok(OrderResponse::Behind { last });
+                }
+            }
         };
-        match applied {
-            Some(through) => {
-                if let Some(through) = through {
-                    self.wait_durable(through.number).await?;
-                }
-                Ok(OrderResponse::Replicated { last: through })
-            }
-            None => {
-                let mut st = self.state();
-                let last = st.log.last();
-                if st.role == Role::Follower {
-                    // A gap or another history: catch up before following again.
-                    st.role = Role::Syncing;
-                    st.term.cancel();
-                    st.term = self.shutdown.child_token();
-                    tokio::spawn(self.clone().catch_up(epoch, leader, st.term.clone()));
-                    self.publish(&mut st);
-                    info!(
-                        epoch,
-                        leader,
-                        ?last,
-                        ?prev,
-                        "behind the leader; catching up"
-                    );
-                }
-                Ok(OrderResponse::Behind { last })
-            }
+        if let Some(through) = through {
+            self.wait_durable(through.number).await?;
         }
+        Ok(OrderResponse::Replicated { last: through })
     }
 
     /// Refuses an older leader; adopts a newer one announced by its first `Replicate`.
+    /// Callers hold `apply`.
     fn check_leader(
         self: &Arc<Self>,
         epoch: Epoch,
         leader: ReplicaId,
     ) -> Result<Option<OrderResponse>, RemoteError> {
+        if leader == self.id {
+            return Err(RemoteError::bad_request("a replica cannot follow itself"));
+        }
         let mut st = self.state();
         if epoch < st.epoch || (epoch == st.epoch && st.leader.is_some_and(|l| l != leader)) {
             return Ok(Some(OrderResponse::StaleEpoch {
@@ -549,10 +575,7 @@ impl Replica {
                 leader_id: st.leader,
             }));
         }
-        if epoch > st.epoch || st.leader.is_none() {
-            if leader == self.id {
-                return Err(RemoteError::bad_request("a replica cannot follow itself"));
-            }
+        if epoch > st.epoch || st.leader.is_none() || st.role == Role::Idle {
             self.adopt(&mut st, epoch, leader)?;
         }
         Ok(None)
@@ -657,7 +680,10 @@ impl Replica {
                 }) => {
                     backoff = MIN_BACKOFF;
                     fetched += entries.len();
-                    match self.adopt_batch(from, &entries, leader_last, &term).await {
+                    match self
+                        .adopt_batch(epoch, from, &entries, leader_last, &term)
+                        .await
+                    {
                         Ok(true) => {
                             info!(epoch, leader, fetched, last = ?leader_last, "caught up with the leader");
                             return;
@@ -680,6 +706,7 @@ impl Replica {
     /// Applies one sync-up batch; true once the log equals the leader's as of the answer.
     async fn adopt_batch(
         &self,
+        epoch: Epoch,
         from: Option<LogPosition>,
         entries: &[OrderEntry],
         leader_last: Option<LogPosition>,
@@ -698,10 +725,16 @@ impl Replica {
         if through != leader_last {
             return Ok(false);
         }
-        // Everything the leader has is here; anything beyond it is a suffix the leader never
-        // had, set aside rather than kept.
-        let beyond = leader_last.map_or(0, |p| p.number + 1);
-        if self.state().log.next_number() > beyond {
+        // Everything the leader had when it answered is here. Entries beyond it from an
+        // older epoch are a suffix the leader never had: set aside. Entries of this epoch
+        // came from the leader itself by `Replicate` after it answered, and stay.
+        let beyond = leader_last.map_or(0, |p| p.number.saturating_add(1));
+        let stale_suffix = self
+            .state()
+            .log
+            .position(beyond)
+            .is_some_and(|p| p.epoch < epoch);
+        if stale_suffix {
             self.cut_from(beyond, "beyond the leader's last entry".to_owned())
                 .await?;
         }
@@ -764,7 +797,7 @@ impl Replica {
             };
             match answer {
                 Ok(OrderResponse::Replicated { last }) => {
-                    next = last.map_or(0, |p| p.number + 1);
+                    next = last.map_or(0, |p| p.number.saturating_add(1));
                     self.record_follower(peer, epoch, true, last.map(|p| p.number));
                     probe = false;
                     backoff = MIN_BACKOFF;
@@ -781,15 +814,16 @@ impl Replica {
                         ?leader_id,
                         "a follower knows a newer epoch; stepping down"
                     );
-                    self.step_down(epoch, theirs, leader_id);
+                    self.step_down(epoch, theirs, leader_id).await;
                     return;
                 }
                 Ok(OrderResponse::Behind { last }) => {
-                    // It is catching up; offer the entries after its last one next time.
+                    // It is catching up and may set entries aside: forget what it had
+                    // persisted, and offer the entries after its last one next time.
                     if let Some(last) = last {
-                        next = next.min(last.number + 1);
+                        next = next.min(last.number.saturating_add(1));
                     }
-                    self.record_follower(peer, epoch, false, None);
+                    self.forget_follower(peer, epoch);
                 }
                 Ok(other) => {
                     warn!(peer, ?other, "unexpected answer to replicate");
@@ -811,7 +845,8 @@ impl Replica {
 
     /// A newer epoch exists: stop leading `epoch`. Orders waiting for their quorum are told
     /// this replica no longer leads, so that they are retried at the new leader.
-    fn step_down(self: &Arc<Self>, epoch: Epoch, newer: Epoch, leader: Option<ReplicaId>) {
+    async fn step_down(self: &Arc<Self>, epoch: Epoch, newer: Epoch, leader: Option<ReplicaId>) {
+        let _apply = self.apply.lock().await;
         let mut st = self.state();
         if st.epoch != epoch || st.role != Role::Leader || newer <= epoch {
             return;
@@ -823,11 +858,31 @@ impl Replica {
                 }
             }
             _ => {
+                // The newer epoch is taken as this replica's, so it never leads the old one
+                // again.
+                if let Err(e) = st.log.store_epoch(EpochRecord {
+                    epoch: newer,
+                    leader: None,
+                }) {
+                    error!(error = %e, "cannot record the newer epoch");
+                }
                 st.term.cancel();
+                st.epoch = newer;
+                st.leader = None;
                 st.role = Role::Idle;
                 st.followers.clear();
                 st.commit = None;
                 self.publish(&mut st);
+            }
+        }
+    }
+
+    fn forget_follower(&self, peer: ReplicaId, epoch: Epoch) {
+        self.record_follower(peer, epoch, false, None);
+        let mut st = self.state();
+        if st.role == Role::Leader && st.epoch == epoch {
+            if let Some(follower) = st.followers.get_mut(&peer) {
+                follower.persisted = None;
             }
         }
     }
@@ -877,7 +932,9 @@ impl Service for ReplicaService {
             OrderRequest::PlaceOrder(order) => replica.place(order).await,
             OrderRequest::GetOrder { number } => replica.get_order(number),
             OrderRequest::Status => Ok(OrderResponse::Status(replica.status())),
-            OrderRequest::SetLeader { epoch, leader_id } => replica.set_leader(epoch, leader_id),
+            OrderRequest::SetLeader { epoch, leader_id } => {
+                replica.set_leader(epoch, leader_id).await
+            }
             OrderRequest::Replicate {
                 epoch,
                 leader_id,

@@ -279,9 +279,28 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
     }
     assert_eq!(cluster.log(3).len(), 1);
     cluster.restart(3).await;
+    // Orders keep coming while it catches up; none it acknowledges may be set aside.
+    let during: Vec<_> = (0..4)
+        .map(|worker| {
+            let leader = leader.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let request = order(&format!("s-{worker}-{i}"), "StarCo", 1, TradeKind::Buy);
+                    placed(leader.call(&request).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in during {
+        task.await.unwrap();
+    }
     wait_caught_up(&cluster, 3, 1).await;
     assert_eq!(cluster.log(3), cluster.log(1));
-    assert_eq!(cluster.log(1).len(), 1_001);
+    assert_eq!(cluster.log(1).len(), 1_201);
+    assert!(
+        !cluster.dirs[&3].join("diverged.log").exists(),
+        "a catching-up follower set aside entries it had acknowledged"
+    );
     // Back in the fold: new orders reach it before they are acknowledged.
     placed(
         leader
@@ -289,7 +308,7 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
             .await
             .unwrap(),
     );
-    assert_eq!(cluster.log(3).len(), 1_002);
+    assert_eq!(cluster.log(3).len(), 1_202);
     cluster.stop_all().await;
 }
 
@@ -463,5 +482,40 @@ async fn a_deposed_leader_steps_down_instead_of_acknowledging_alone() {
     })
     .await;
     assert_eq!(cluster.log(1), cluster.log(3));
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_never_leads_its_old_epoch_again() {
+    let mut cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.set_leader(1, 1).await;
+    placed(
+        cluster
+            .client(1)
+            .call(&order("e0", "FishCo", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    cluster.stop(1).await;
+    cluster.restart(1).await;
+    let again = OrderRequest::SetLeader {
+        epoch: 1,
+        leader_id: 1,
+    };
+    match cluster.client(1).call(&again).await {
+        Err(common::Error::Remote(e)) => assert!(e.message.contains("larger epoch"), "{e}"),
+        other => panic!("a restarted leader took its old epoch again: {other:?}"),
+    }
+    cluster.set_leader(2, 1).await;
+    assert_eq!(
+        placed(
+            cluster
+                .client(1)
+                .call(&order("e1", "FishCo", 1, TradeKind::Buy))
+                .await
+                .unwrap()
+        ),
+        1
+    );
     cluster.stop_all().await;
 }
