@@ -1,0 +1,365 @@
+//! HTTP/1.1 framing, free of I/O: parsing one request from the front of a buffer (head with
+//! httparse, then exactly Content-Length bytes of body) under explicit limits, and encoding
+//! responses. Every refusal carries the status a client should see.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Size limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest head (request line and headers), in bytes.
+    pub max_head_bytes: usize,
+    /// Most headers.
+    pub max_headers: usize,
+    /// Longest request target, in bytes.
+    pub max_uri_bytes: usize,
+    /// Largest body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 8 * 1024,
+            max_headers: 32,
+            max_uri_bytes: 1024,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The method, as sent.
+    pub method: String,
+    /// The request target, as sent.
+    pub target: String,
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
+    /// `HTTP/1.0` rather than `HTTP/1.1`.
+    pub http10: bool,
+    /// The `Idempotency-Key` header, if any.
+    pub idempotency_key: Option<String>,
+    /// Exactly Content-Length bytes.
+    pub body: Bytes,
+}
+
+/// A request that cannot be served; the connection is answered with `status` and closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: u16,
+    /// Why, for the error body.
+    pub message: &'static str,
+}
+
+const fn refuse(status: u16, message: &'static str) -> Refusal {
+    Refusal { status, message }
+}
+
+/// What the front of a buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a whole request yet; read more.
+    Partial,
+    /// A whole request, which used the first `consumed` bytes.
+    Complete {
+        /// The request.
+        request: Request,
+        /// Bytes to drop from the buffer.
+        consumed: usize,
+    },
+}
+
+/// Parses the request at the front of `buffer`.
+pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut head = httparse::Request::new(&mut headers);
+    let head_len = match head.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buffer.len() > limits.max_head_bytes {
+                Err(refuse(431, "request head too large"))
+            } else {
+                Ok(Parsed::Partial)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(refuse(431, "too many headers")),
+        Err(httparse::Error::Version) => return Err(refuse(505, "HTTP version not supported")),
+        Err(_) => return Err(refuse(400, "malformed request")),
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(refuse(431, "request head too large"));
+    }
+    let (Some(method), Some(target), Some(version)) = (head.method, head.path, head.version) else {
+        return Err(refuse(400, "malformed request"));
+    };
+    if target.len() > limits.max_uri_bytes {
+        return Err(refuse(414, "URI too long"));
+    }
+    let http10 = version == 0;
+    let mut content_length: Option<usize> = None;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut idempotency_key = None;
+    for header in head.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or(refuse(400, "invalid Content-Length"))?;
+            if content_length.is_some_and(|seen| seen != value) {
+                return Err(refuse(400, "conflicting Content-Length headers"));
+            }
+            content_length = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(refuse(
+                501,
+                "Transfer-Encoding is not supported; send Content-Length",
+            ));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in String::from_utf8_lossy(header.value).split(',') {
+                let token = token.trim();
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            let value = std::str::from_utf8(header.value)
+                .map_err(|_| refuse(400, "invalid Idempotency-Key"))?;
+            idempotency_key = Some(value.trim().to_owned());
+        }
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > limits.max_body_bytes {
+        return Err(refuse(413, "request body too large"));
+    }
+    let total = head_len + body_len;
+    if buffer.len() < total {
+        return Ok(Parsed::Partial);
+    }
+    let keep_alive = if http10 {
+        keep_alive_token && !close
+    } else {
+        !close
+    };
+    Ok(Parsed::Complete {
+        request: Request {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            keep_alive,
+            http10,
+            idempotency_key,
+            body: Bytes::copy_from_slice(&buffer[head_len..total]),
+        },
+        consumed: total,
+    })
+}
+
+/// The reason phrase of the statuses we send.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        422 => "Unprocessable Entity",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A response ready to encode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: u16,
+    /// `Content-Type` value.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+
+    /// The JSON error shape: `{"error":{"code":status,"message":...}}`.
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": { "code": status, "message": message } });
+        Response::json(status, body.to_string())
+    }
+
+    /// Appends the encoded response to `out`. `keep_alive` false adds `Connection: close`;
+    /// an HTTP/1.0 client that asked to keep alive is told so.
+    pub fn encode(&self, out: &mut BytesMut, keep_alive: bool, http10: bool) {
+        out.reserve(self.body.len() + 128);
+        out.put_slice(b"HTTP/1.1 ");
+        out.put_slice(self.status.to_string().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(reason(self.status).as_bytes());
+        out.put_slice(b"\r\nContent-Type: ");
+        out.put_slice(self.content_type.as_bytes());
+        out.put_slice(b"\r\nContent-Length: ");
+        out.put_slice(self.body.len().to_string().as_bytes());
+        if !keep_alive {
+            out.put_slice(b"\r\nConnection: close");
+        } else if http10 {
+            out.put_slice(b"\r\nConnection: keep-alive");
+        }
+        out.put_slice(b"\r\n\r\n");
+        out.put_slice(&self.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn complete(input: &str) -> (Request, usize) {
+        match parse(input.as_bytes(), &Limits::default()) {
+            Ok(Parsed::Complete { request, consumed }) => (request, consumed),
+            other => panic!("{input:?}: {other:?}"),
+        }
+    }
+
+    fn refused(input: &[u8], limits: &Limits) -> u16 {
+        match parse(input, limits) {
+            Err(refusal) => refusal.status,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn parses_heads_bodies_and_keep_alive() {
+        let head = "GET /stocks/GameStart HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (get, used) = complete(&format!("{head}GET /next"));
+        assert_eq!(
+            (get.method.as_str(), get.target.as_str()),
+            ("GET", "/stocks/GameStart")
+        );
+        assert!(get.keep_alive && !get.http10);
+        assert_eq!(used, head.len());
+        let (post, _) = complete(
+            "POST /orders HTTP/1.1\r\nContent-Length: 4\r\nIdempotency-Key: k1\r\nConnection: close\r\n\r\nbody",
+        );
+        assert_eq!(&post.body[..], b"body");
+        assert_eq!(post.idempotency_key.as_deref(), Some("k1"));
+        assert!(!post.keep_alive);
+        let (old, _) = complete("GET / HTTP/1.0\r\n\r\n");
+        assert!(!old.keep_alive && old.http10);
+        let (old_kept, _) = complete("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(old_kept.keep_alive);
+        let (same_twice, _) =
+            complete("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx");
+        assert_eq!(&same_twice.body[..], b"x");
+    }
+
+    #[test]
+    fn partial_input_asks_for_more() {
+        let limits = Limits::default();
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHo", &limits), Ok(Parsed::Partial));
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", &limits),
+            Ok(Parsed::Partial)
+        );
+        assert_eq!(parse(b"", &limits), Ok(Parsed::Partial));
+    }
+
+    #[test]
+    fn limits_and_bad_framing_get_their_statuses() {
+        let limits = Limits::default();
+        let big_head = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(refused(big_head.as_bytes(), &limits), 431);
+        let unfinished = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(9000));
+        assert_eq!(refused(unfinished.as_bytes(), &limits), 431);
+        let many: String = (0..40).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(
+            refused(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(), &limits),
+            431
+        );
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2000));
+        assert_eq!(refused(long_uri.as_bytes(), &limits), 414);
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n", &limits),
+            413
+        );
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", &limits),
+            400
+        );
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", &limits),
+            400
+        );
+        assert_eq!(
+            refused(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+                &limits
+            ),
+            400
+        );
+        assert_eq!(
+            refused(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &limits
+            ),
+            501
+        );
+        assert_eq!(refused(b"\x00\x01garbage\r\n\r\n", &limits), 400);
+        assert_eq!(refused(b"GET / HTTP/2.0\r\n\r\n", &limits), 505);
+    }
+
+    #[test]
+    fn responses_encode_with_length_and_connection() {
+        let mut out = BytesMut::new();
+        Response::error(404, "stock not found").encode(&mut out, false, false);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("Content-Type: application/json\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        let body = r#"{"error":{"code":404,"message":"stock not found"}}"#;
+        assert!(text.ends_with(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn a_request_split_anywhere_parses_the_same(split in 0usize..60) {
+            let whole = b"POST /orders HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+            let split = split.min(whole.len());
+            let first = parse(&whole[..split], &Limits::default()).unwrap();
+            if split < whole.len() {
+                prop_assert_eq!(first, Parsed::Partial);
+            }
+            let (request, used) = complete(std::str::from_utf8(whole).unwrap());
+            prop_assert_eq!(used, whole.len());
+            prop_assert_eq!(&request.body[..], b"hello");
+        }
+    }
+}
