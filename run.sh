@@ -2,10 +2,12 @@
 # Starts Stock Bazaar on this machine, in the background; `./run.sh stop` stops it and
 # `./run.sh status` shows what runs.
 #
-# Services started: the catalog and three order replicas, then a leader is elected
-# (`order elect`). The front end is not built yet.
+# Services started: the catalog, three order replicas and the front end, which elects the
+# order leader; the script waits until the front end's /health is 200.
 #
 # Environment:
+#   FRONTEND_PORT  front end (HTTP) port (8080)
+#   CACHE_SIZE     front-end lookup cache size, 0 = off (5)
 #   CATALOG_PORT   catalog port (7000)
 #   ORDER_PORTS    ports of order replicas 1,2,3 (7001,7002,7003)
 #   WRITE_QUORUM   all | majority (all)
@@ -14,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+FRONTEND_PORT="${FRONTEND_PORT:-8080}"
+CACHE_SIZE="${CACHE_SIZE:-5}"
 CATALOG_PORT="${CATALOG_PORT:-7000}"
 ORDER_PORTS="${ORDER_PORTS:-7001,7002,7003}"
 WRITE_QUORUM="${WRITE_QUORUM:-all}"
@@ -29,7 +33,7 @@ if ((${#order_ports[@]} != 3)); then
     exit 2
 fi
 PEERS="1=127.0.0.1:${order_ports[0]},2=127.0.0.1:${order_ports[1]},3=127.0.0.1:${order_ports[2]}"
-SERVICES=(catalog order-1 order-2 order-3)
+SERVICES=(catalog order-1 order-2 order-3 frontend)
 
 pid_of() { cat "$STATE_DIR/$1.pid" 2>/dev/null || true; }
 alive() { local pid; pid="$(pid_of "$1")"; [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; }
@@ -37,6 +41,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_of() {
     case "$1" in
     catalog) echo "$CATALOG_PORT" ;;
+    frontend) echo "$FRONTEND_PORT" ;;
     order-*) echo "${order_ports[$((${1#order-} - 1))]}" ;;
     esac
 }
@@ -61,6 +66,18 @@ start_order() { # id
     launch "order-$1" "$BIN/order" --id "$1" --peers "$PEERS" \
         --catalog "127.0.0.1:$CATALOG_PORT" --state-dir "$STATE_DIR/order-$1" \
         --write-quorum "$WRITE_QUORUM"
+}
+
+start_frontend() {
+    launch frontend "$BIN/frontend" --listen "127.0.0.1:$FRONTEND_PORT" \
+        --catalog "127.0.0.1:$CATALOG_PORT" --order-peers "$PEERS" --cache-size "$CACHE_SIZE"
+}
+
+health() { # prints the status code of GET /health
+    exec 3<>"/dev/tcp/127.0.0.1/$FRONTEND_PORT" || return 1
+    printf 'GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+    head -n 1 <&3 | cut -d' ' -f2
+    exec 3<&-
 }
 
 wait_for() { # name
@@ -103,12 +120,22 @@ stop_one() { # name
 
 case "${1:-start}" in
 start)
-    cargo build --release --quiet -p catalog -p order
+    cargo build --release --quiet -p catalog -p order -p frontend
     start_catalog
     wait_for catalog
     for id in 1 2 3; do start_order "$id"; done
     for id in 1 2 3; do wait_for "order-$id"; done
-    "$BIN/order" elect --peers "$PEERS" | tee -a "$STATE_DIR/elections.log"
+    start_frontend
+    wait_for frontend
+    deadline=$((SECONDS + 30))
+    until [[ "$(health 2>/dev/null)" == 200 ]]; do
+        if ((SECONDS >= deadline)); then
+            echo "error: the front end's /health did not turn 200 within 30 s; see $STATE_DIR/frontend.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "frontend http://127.0.0.1:$FRONTEND_PORT  (pid $(pid_of frontend)), cache size $CACHE_SIZE"
     echo "catalog  127.0.0.1:$CATALOG_PORT  (pid $(pid_of catalog)), state $STATE_DIR/catalog"
     for id in 1 2 3; do
         echo "order-$id  127.0.0.1:${order_ports[$((id - 1))]}  (pid $(pid_of "order-$id")), state $STATE_DIR/order-$id"

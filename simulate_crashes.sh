@@ -6,8 +6,7 @@
 #   ./simulate_crashes.sh <id> --restart-after SECS  ... and start it again SECS later; it
 #                                                    catches up with the leader on its own
 #
-# Killing the leader stops trading until a new leader is elected (`target/release/order
-# elect`); the front end, which will do this on its own, is not built yet.
+# Killing the leader costs a latency blip: the front end notices and elects a new one.
 set -euo pipefail
 cd "$(dirname "$0")"
 STATE_DIR="${STATE_DIR:-$PWD/state}"

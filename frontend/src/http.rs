@@ -203,8 +203,23 @@ impl Response {
 
     /// The JSON error shape: `{"error":{"code":status,"message":...}}`.
     pub fn error(status: u16, message: &str) -> Self {
-        let body = serde_json::json!({ "error": { "code": status, "message": message } });
-        Response::json(status, body.to_string())
+        #[derive(serde::Serialize)]
+        struct Error<'a> {
+            code: u16,
+            message: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Error<'a>,
+        }
+        let body = Body {
+            error: Error {
+                code: status,
+                message,
+            },
+        };
+        // Serializing a number and a string cannot fail.
+        Response::json(status, serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// Appends the encoded response to `out`. `keep_alive` false adds `Connection: close`;

@@ -1,0 +1,352 @@
+//! The REST API (SPEC §2): routing, validation, and the answers with their exact bodies and
+//! statuses. Lookups go through the cache; trades and order lookups go to the order leader,
+//! retried across failovers under one request id.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use catalog::CatalogClient;
+use common::sync::lock;
+use common::wire::{
+    OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind, TradeRejection,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cache::StockCache;
+use crate::http::{Request, Response};
+use crate::leader::{OrderError, OrderLeader};
+use crate::metrics::{Metrics, Route};
+
+/// Everything the handlers share.
+pub struct App {
+    /// The catalog, for lookups.
+    pub catalog: CatalogClient,
+    /// Lookup answers.
+    pub cache: Mutex<StockCache>,
+    /// The order service.
+    pub orders: Arc<OrderLeader>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Largest quantity one trade may ask for.
+    pub max_trade: u64,
+    /// Whether the catalog's invalidation stream is up (the catalog is reachable).
+    pub catalog_up: AtomicBool,
+    /// Makes request ids unique across front-end restarts.
+    pub nonce: String,
+    next_request: AtomicU64,
+}
+
+impl App {
+    /// Handlers over these clients.
+    pub fn new(
+        catalog: CatalogClient,
+        cache: StockCache,
+        orders: Arc<OrderLeader>,
+        metrics: Arc<Metrics>,
+        max_trade: u64,
+    ) -> Self {
+        App {
+            catalog,
+            cache: Mutex::new(cache),
+            orders,
+            metrics,
+            max_trade,
+            catalog_up: AtomicBool::new(false),
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            next_request: AtomicU64::new(0),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: &Request) -> (Route, Response) {
+        let path = request.target.split('?').next().unwrap_or("");
+        let method = request.method.as_str();
+        if let Some(name) = path.strip_prefix("/stocks/") {
+            return (
+                Route::Lookup,
+                match method {
+                    "GET" => self.lookup(name).await,
+                    _ => not_allowed(),
+                },
+            );
+        }
+        if path == "/orders" || path == "/orders/" {
+            return (
+                Route::Trade,
+                match method {
+                    "POST" => self.trade(request).await,
+                    _ => not_allowed(),
+                },
+            );
+        }
+        if let Some(number) = path.strip_prefix("/orders/") {
+            return (
+                Route::Order,
+                match method {
+                    "GET" => self.order(number).await,
+                    _ => not_allowed(),
+                },
+            );
+        }
+        match path {
+            "/health" => (
+                Route::Health,
+                match method {
+                    "GET" => self.health(),
+                    _ => not_allowed(),
+                },
+            ),
+            "/metrics" => (
+                Route::Metrics,
+                match method {
+                    "GET" => self.metrics_page(),
+                    _ => not_allowed(),
+                },
+            ),
+            _ => (Route::Other, Response::error(404, "not found")),
+        }
+    }
+
+    async fn lookup(&self, raw_name: &str) -> Response {
+        let Some(name) = percent_decode(raw_name).and_then(|n| StockName::new(n).ok()) else {
+            return Response::error(404, "stock not found");
+        };
+        let ticket = {
+            let mut cache = lock(&self.cache);
+            if let Some(body) = cache.get(&name) {
+                return Response::json(200, body);
+            }
+            cache.ticket(&name)
+        };
+        match self.catalog.lookup(&name).await {
+            Ok(Some(quote)) => {
+                let body = data(&StockBody {
+                    name: quote.name.as_str(),
+                    price: quote.price,
+                    quantity: quote.quantity,
+                });
+                lock(&self.cache).fill(&name, quote.version, body.clone(), ticket);
+                Response::json(200, body)
+            }
+            Ok(None) => Response::error(404, "stock not found"),
+            Err(e) => Response::error(503, &format!("catalog unavailable: {e}")),
+        }
+    }
+
+    async fn trade(&self, request: &Request) -> Response {
+        let order = match self.parse_order(request) {
+            Ok(order) => order,
+            Err(response) => return response,
+        };
+        let name = order.name.clone();
+        match self.orders.call(&OrderRequest::PlaceOrder(order)).await {
+            Ok(OrderResponse::Placed { number }) => {
+                // Read-your-writes: the next lookup through this front end shows the trade.
+                lock(&self.cache).forget(&name);
+                Response::json(
+                    200,
+                    data(&TradeBody {
+                        transaction_number: number,
+                    }),
+                )
+            }
+            Ok(OrderResponse::Rejected(rejection)) => match rejection {
+                TradeRejection::StockNotFound => Response::error(404, "stock not found"),
+                TradeRejection::NotEnoughStock { .. } => Response::error(409, "not enough stock"),
+                TradeRejection::InvalidQuantity => {
+                    Response::error(400, "quantity must be a positive integer")
+                }
+                TradeRejection::Overflow => Response::error(
+                    400,
+                    "quantity would overflow the stock's quantity or volume",
+                ),
+                TradeRejection::RequestIdReused => Response::error(
+                    409,
+                    "Idempotency-Key was already used for a different order",
+                ),
+            },
+            Ok(other) => Response::error(503, &format!("unexpected answer {other:?}")),
+            Err(OrderError::BadRequest(message)) => Response::error(400, &message),
+            Err(OrderError::Unavailable(message)) => Response::error(503, &message),
+        }
+    }
+
+    /// Validates a trade's body and picks its request id.
+    fn parse_order(&self, request: &Request) -> Result<PlaceOrder, Response> {
+        let bad = |message: &str| Response::error(400, message);
+        let value: Value =
+            serde_json::from_slice(&request.body).map_err(|_| bad("malformed JSON"))?;
+        let fields = value
+            .as_object()
+            .ok_or_else(|| bad("body must be a JSON object"))?;
+        let name = fields
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("name must be a string"))?;
+        let quantity = match fields.get("quantity") {
+            Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or(0),
+            Some(Value::Number(n)) if n.is_i64() => 0,
+            _ => return Err(bad("quantity must be a positive integer")),
+        };
+        if quantity == 0 {
+            return Err(bad("quantity must be a positive integer"));
+        }
+        if quantity > self.max_trade {
+            return Err(bad(&format!(
+                "quantity is above the per-trade cap of {}",
+                self.max_trade
+            )));
+        }
+        let kind = match fields.get("type").and_then(Value::as_str) {
+            Some("buy") => TradeKind::Buy,
+            Some("sell") => TradeKind::Sell,
+            _ => return Err(bad("type must be \"buy\" or \"sell\"")),
+        };
+        let name = StockName::new(name).map_err(|_| Response::error(404, "stock not found"))?;
+        let request_id = match &request.idempotency_key {
+            Some(key) => RequestId::new(format!("key-{key}"))
+                .map_err(|e| bad(&format!("invalid Idempotency-Key: {e}")))?,
+            None => {
+                let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+                RequestId::new(format!("fe-{}-{n}", self.nonce))
+                    .map_err(|e| Response::error(500, &e.to_string()))?
+            }
+        };
+        Ok(PlaceOrder {
+            request_id,
+            name,
+            quantity: i64::try_from(quantity).map_err(|_| bad("quantity too large"))?,
+            kind,
+        })
+    }
+
+    async fn order(&self, raw: &str) -> Response {
+        let number = match raw.parse::<u64>() {
+            Ok(n) if raw.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Response::error(400, "order number must be a non-negative integer"),
+        };
+        match self.orders.call(&OrderRequest::GetOrder { number }).await {
+            Ok(OrderResponse::Order(entry)) => Response::json(
+                200,
+                data(&OrderBody {
+                    number: entry.number,
+                    name: entry.name.as_str(),
+                    kind: entry.kind,
+                    quantity: entry.quantity,
+                }),
+            ),
+            Ok(OrderResponse::OrderNotFound) => Response::error(404, "order not found"),
+            Ok(other) => Response::error(503, &format!("unexpected answer {other:?}")),
+            Err(OrderError::BadRequest(message)) => Response::error(400, &message),
+            Err(OrderError::Unavailable(message)) => Response::error(503, &message),
+        }
+    }
+
+    fn health(&self) -> Response {
+        let catalog_up = self.catalog_up.load(Ordering::Relaxed);
+        match (catalog_up, self.orders.current()) {
+            (true, Some((leader, epoch))) => Response::json(
+                200,
+                data(&HealthBody {
+                    status: "ok",
+                    leader,
+                    epoch,
+                }),
+            ),
+            (false, _) => Response::error(503, "catalog unreachable (invalidation stream down)"),
+            (true, None) => Response::error(503, "no order leader elected"),
+        }
+    }
+
+    fn metrics_page(&self) -> Response {
+        let cache = lock(&self.cache).stats();
+        let (leader, epoch) = self
+            .orders
+            .current()
+            .map_or((None, 0), |(l, e)| (Some(l), e));
+        Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: Bytes::from(self.metrics.render(cache, leader, epoch)),
+        }
+    }
+}
+
+/// `{"data": ...}` with the fields in the documented order.
+fn data<T: Serialize>(body: &T) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a, T> {
+        data: &'a T,
+    }
+    // Serializing plain structs of numbers and strings cannot fail.
+    Bytes::from(serde_json::to_vec(&Data { data: body }).unwrap_or_default())
+}
+
+#[derive(Serialize)]
+struct StockBody<'a> {
+    name: &'a str,
+    price: f64,
+    quantity: u64,
+}
+
+#[derive(Serialize)]
+struct TradeBody {
+    transaction_number: u64,
+}
+
+#[derive(Serialize)]
+struct OrderBody<'a> {
+    number: u64,
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: TradeKind,
+    quantity: u64,
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    leader: u32,
+    epoch: u64,
+}
+
+fn not_allowed() -> Response {
+    Response::error(405, "method not allowed")
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` if malformed or not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("Game%20Start").as_deref(),
+            Some("Game Start")
+        );
+        assert_eq!(percent_decode("GameStart").as_deref(), Some("GameStart"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
