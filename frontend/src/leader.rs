@@ -167,6 +167,45 @@ impl OrderLeader {
         }
     }
 
+    /// One round of the health check: the leader must answer as the leader of its epoch;
+    /// a replica that missed the election (it was down) is told who leads.
+    async fn check(&self, leader: ReplicaId, epoch: Epoch, interval: Duration) {
+        let limit = interval.max(Duration::from_millis(100));
+        let statuses =
+            futures::future::join_all(self.replicas.iter().map(|(&id, client)| async move {
+                (id, client.call_within(&OrderRequest::Status, limit).await)
+            }))
+            .await;
+        for (id, status) in statuses {
+            match (id == leader, status) {
+                (true, Ok(OrderResponse::Status(s)))
+                    if s.role == Role::Leader && s.epoch == epoch => {}
+                (true, Ok(other)) => self.suspect(leader, epoch, &format!("status {other:?}")),
+                (true, Err(e)) => self.suspect(leader, epoch, &e.to_string()),
+                (false, Ok(OrderResponse::Status(s)))
+                    if s.epoch < epoch || (s.epoch == epoch && s.leader_id != Some(leader)) =>
+                {
+                    let announce = OrderRequest::SetLeader {
+                        epoch,
+                        leader_id: leader,
+                    };
+                    match self.replicas[&id].call_within(&announce, limit).await {
+                        Ok(OrderResponse::LeaderSet) => {
+                            info!(
+                                replica = id,
+                                leader, epoch, "told a returning replica who leads"
+                            );
+                        }
+                        other => {
+                            warn!(replica = id, answer = ?other, "replica refused the current leader")
+                        }
+                    }
+                }
+                (false, _) => {}
+            }
+        }
+    }
+
     async fn pause(&self, deadline: Instant) {
         tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_PAUSE)).await;
     }
@@ -181,20 +220,7 @@ impl OrderLeader {
                         warn!(error = %e, "no order leader");
                     }
                 }
-                Some((leader, epoch)) => {
-                    let status = self.replicas[&leader]
-                        .call_within(
-                            &OrderRequest::Status,
-                            interval.max(Duration::from_millis(100)),
-                        )
-                        .await;
-                    match status {
-                        Ok(OrderResponse::Status(s))
-                            if s.role == Role::Leader && s.epoch == epoch => {}
-                        Ok(other) => self.suspect(leader, epoch, &format!("status {other:?}")),
-                        Err(e) => self.suspect(leader, epoch, &e.to_string()),
-                    }
-                }
+                Some((leader, epoch)) => self.check(leader, epoch, interval).await,
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
