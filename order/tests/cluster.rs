@@ -2,14 +2,12 @@
 //! sockets: numbering, replication, restarts, catch-up, divergence, stale leaders, quorum.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::wire::{OrderRequest, OrderResponse, Role, TradeKind, TradeRejection};
 use order::WriteQuorum;
-use support::*;
+use testkit::*;
 
 async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
     let target = cluster.status(leader).await.last;

@@ -4,8 +4,6 @@
 //! the audit command finds the replicas identical and the catalog consistent.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::wire::{OrderRequest, OrderResponse, ReplicaId, Role, StockName, TradeKind};
-use support::*;
+use testkit::*;
 
 const STOCKS: [&str; 3] = ["GameStart", "MenhirCo", "QuillWorks"];
 
@@ -128,7 +126,7 @@ fn request(worker: usize, i: usize) -> OrderRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
-    let catalog = RunningCatalog::start().await;
+    let mut catalog = RunningCatalog::start().await;
     let addrs: BTreeMap<ReplicaId, String> = (1..=3).zip(reserve_ports(3)).collect();
     let mut replicas = Replicas {
         addrs,

@@ -2,8 +2,6 @@
 //! `Replicate` that arrives while the replica's own sync-up answer is still on its way.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use common::wire::{
     TradeKind,
 };
 use order::ReplicaConfig;
-use support::*;
+use testkit::*;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,6 @@
-//! Starting a catalog and order replicas for tests: in-process on ports bound at 0, or as
-//! binaries; a polling helper with a deadline.
-#![allow(clippy::unwrap_used, dead_code, missing_docs)]
+//! Starting a catalog and three order replicas in-process for integration tests, on ports
+//! bound at 0 and kept across restarts, and a polling helper with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -44,34 +44,53 @@ where
 pub struct RunningCatalog {
     pub addr: String,
     pub client: CatalogClient,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), catalog::Error>>,
-    _state: tempfile::TempDir,
+    dir: PathBuf,
+    running: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), catalog::Error>>,
+    )>,
+    _state: Option<tempfile::TempDir>,
 }
 
 impl RunningCatalog {
+    /// A catalog with fresh state, on a port bound at 0.
     pub async fn start() -> Self {
         let state = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let mut catalog = RunningCatalog {
+            client: CatalogClient::new(addr.clone(), ClientConfig::new("test")),
+            addr,
+            dir: state.path().join("catalog"),
+            running: None,
+            _state: Some(state),
+        };
+        catalog.launch(listener);
+        catalog
+    }
+
+    fn launch(&mut self, listener: TcpListener) {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(catalog::run(
             listener,
-            CatalogConfig::new(state.path().join("catalog"), seed()),
+            CatalogConfig::new(self.dir.clone(), seed()),
             shutdown.clone(),
         ));
-        RunningCatalog {
-            client: CatalogClient::new(addr.clone(), ClientConfig::new("test")),
-            addr,
-            shutdown,
-            task,
-            _state: state,
+        self.running = Some((shutdown, task));
+    }
+
+    /// Stops it; its state and port are kept for [`RunningCatalog::restart`].
+    pub async fn stop(&mut self) {
+        if let Some((shutdown, task)) = self.running.take() {
+            shutdown.cancel();
+            task.await.unwrap().unwrap();
         }
     }
 
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+    /// Starts it again on the same port and state.
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(&self.addr).await.unwrap();
+        self.launch(listener);
     }
 }
 
