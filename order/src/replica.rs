@@ -354,7 +354,10 @@ impl Replica {
             if st.role != Role::Leader {
                 return Ok(Self::not_leader(&st));
             }
-            let recorded = st.log.number_of(&order.request_id);
+            let recorded = match Self::recorded(&st, &order) {
+                Ok(recorded) => recorded,
+                Err(answer) => return answer,
+            };
             if self.config.write_quorum == WriteQuorum::Majority {
                 let up = st.followers.values().filter(|f| f.up).count() + 1;
                 let needed = self.config.replicas() / 2 + 1;
@@ -399,9 +402,35 @@ impl Replica {
         }
     }
 
+    /// The number of the order `order`'s request id already placed, if any. An id placed for
+    /// another trade is refused, as the catalog would.
+    /// `Err` carries the answer to give instead of placing.
+    fn recorded(
+        st: &State,
+        order: &PlaceOrder,
+    ) -> Result<Option<TransactionNumber>, Reply<OrderResponse>> {
+        let Some(number) = st.log.number_of(&order.request_id) else {
+            return Ok(None);
+        };
+        match st.log.get(number) {
+            Ok(Some(e))
+                if e.name == order.name
+                    && e.kind == order.kind
+                    && i64::try_from(e.quantity) == Ok(order.quantity) =>
+            {
+                Ok(Some(number))
+            }
+            Ok(_) => Err(Ok(OrderResponse::Rejected(TradeRejection::RequestIdReused))),
+            Err(e) => Err(Err(internal(e))),
+        }
+    }
+
     async fn place_claimed(&self, order: PlaceOrder, epoch: Epoch) -> Reply<OrderResponse> {
         // An earlier attempt may have finished between the first check and the claim.
-        let recorded = self.state().log.number_of(&order.request_id);
+        let recorded = match Self::recorded(&self.state(), &order) {
+            Ok(recorded) => recorded,
+            Err(answer) => return answer,
+        };
         if let Some(number) = recorded {
             return self.answer_when_committed(number, epoch).await;
         }

@@ -12,7 +12,8 @@ use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
     OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId, StockName, TradeKind,
 };
-use order::{ReplicaConfig, WriteQuorum};
+use order::ReplicaConfig;
+pub use order::WriteQuorum;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
