@@ -87,7 +87,14 @@ impl Conn {
 
     /// The next response; `None` if the server closed the connection first.
     pub async fn read(&mut self) -> Option<Reply> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.read_within(Duration::from_secs(10))
+            .await
+            .expect("no response within 10 s")
+    }
+
+    /// The next response, or `Err` if none arrived within `limit`.
+    pub async fn read_within(&mut self, limit: Duration) -> Result<Option<Reply>, ()> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
@@ -115,15 +122,16 @@ impl Conn {
                             .into_owned(),
                     };
                     self.buffer.drain(..head + length);
-                    return Some(reply);
+                    return Ok(Some(reply));
                 }
             }
             let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .expect("no response within 10 s");
+            let Ok(read) = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await
+            else {
+                return Err(());
+            };
             match read {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
             }
         }
