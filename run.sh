@@ -120,7 +120,7 @@ stop_one() { # name
 
 case "${1:-start}" in
 start)
-    cargo build --release --quiet -p catalog -p order -p frontend
+    cargo build --release --quiet -p catalog -p order -p frontend -p client
     start_catalog
     wait_for catalog
     for id in 1 2 3; do start_order "$id"; done
