@@ -61,7 +61,7 @@ pub fn plot(points: &[Point], title: &str, path: &Path) -> anyhow::Result<()> {
         .iter()
         .flat_map(|(_, v)| v.iter().map(|(_, y)| *y))
         .fold(0.1f64, f64::max)
-        * 1.15;
+        * 1.5;
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
@@ -96,6 +96,7 @@ pub fn plot(points: &[Point], title: &str, path: &Path) -> anyhow::Result<()> {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
