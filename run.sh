@@ -53,6 +53,10 @@ launch() { # name command...
         echo "$name already running (pid $(pid_of "$name"))"
         return
     fi
+    if port_open "$(port_of "$name")"; then
+        echo "error: port $(port_of "$name") for $name is already in use by another process" >&2
+        exit 1
+    fi
     "$@" >>"$STATE_DIR/$name.log" 2>&1 &
     echo $! >"$STATE_DIR/$name.pid"
 }
@@ -159,6 +163,18 @@ status)
             echo "$name  not running"
         fi
     done
+    if alive frontend && exec 3<>"/dev/tcp/127.0.0.1/$FRONTEND_PORT"; then
+        printf 'GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+        reply="$(cat <&3)"
+        exec 3<&-
+        leader="$(sed -n 's/.*"leader":\([0-9]*\).*/\1/p' <<<"$reply")"
+        epoch="$(sed -n 's/.*"epoch":\([0-9]*\).*/\1/p' <<<"$reply")"
+        if [[ -n "$leader" ]]; then
+            echo "order leader: replica $leader (epoch $epoch)"
+        else
+            echo "order leader: none ($(tail -n 1 <<<"$reply"))"
+        fi
+    fi
     ;;
 *)
     echo "usage: $0 [start|stop|status|start-order ID]" >&2
