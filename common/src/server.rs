@@ -3,6 +3,7 @@
 //! sends garbage loses its own connection and nothing else.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,14 +133,43 @@ pub async fn serve<S: Service>(
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    let tracker = TaskTracker::new();
+    accept_loop(&listener, config.max_connections, &shutdown, |socket, addr| {
+        let (service, config, shutdown) = (service.clone(), config.clone(), shutdown.clone());
+        async move {
+            match serve_connection(socket, service, &config, shutdown).await {
+                // A peer that hangs up (a port probe, a client going away) is not news.
+                Ok(()) | Err(Error::Unavailable(_)) => {
+                    debug!(service = %config.service, peer = %addr, "connection closed");
+                }
+                Err(e) => {
+                    warn!(service = %config.service, peer = %addr, error = %e, "connection closed on error");
+                }
+            }
+        }
+    })
+    .await;
+    info!(service = %config.service, "stopped; connections drained");
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, each handled by its own task,
+/// at most `max_connections` at once; then waits for those tasks to finish. The permit is
+/// taken before accepting, so that a full server leaves new clients in the listen backlog
+/// instead of accepting sockets it cannot serve.
+pub async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    max_connections: usize,
+    shutdown: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let tasks = TaskTracker::new();
     loop {
-        // The permit is taken before accepting, so that a full server leaves new dialers in the
-        // backlog instead of accepting sockets it cannot serve.
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
-            permit = connections.clone().acquire_owned() => match permit {
+            permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
@@ -156,25 +186,14 @@ pub async fn serve<S: Service>(
                 }
             },
         };
-        let service = service.clone();
-        let config = config.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            match serve_connection(socket, service, &config, shutdown).await {
-                // A peer that hangs up (a port probe, a client going away) is not news.
-                Ok(()) | Err(Error::Unavailable(_)) => {
-                    debug!(service = %config.service, peer = %addr, "connection closed");
-                }
-                Err(e) => {
-                    warn!(service = %config.service, peer = %addr, error = %e, "connection closed on error");
-                }
-            }
+        let connection = handle(socket, addr);
+        tasks.spawn(async move {
+            connection.await;
             drop(permit);
         });
     }
-    info!(service = %config.service, "stopped accepting; draining connections");
-    tracker.close();
-    tracker.wait().await;
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn serve_connection<S: Service>(

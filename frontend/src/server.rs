@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use common::server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::api::App;
 use crate::http::{self, Limits, Parsed, Response};
@@ -55,39 +54,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let config = Arc::new(config);
-    let permits = Arc::new(Semaphore::new(config.max_connections));
-    let connections = TaskTracker::new();
-    loop {
-        // Taken before accepting: a full server leaves new clients in the backlog.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (socket, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    server::accept_loop(
+        &listener,
+        config.max_connections,
+        &shutdown,
+        |socket, peer| {
+            let (app, config, shutdown) = (app.clone(), config.clone(), shutdown.clone());
+            async move {
+                if let Err(e) = session(socket, &app, &config, &shutdown).await {
+                    debug!(%peer, error = %e, "session ended on error");
                 }
-            },
-        };
-        let (app, config, shutdown) = (app.clone(), config.clone(), shutdown.clone());
-        connections.spawn(async move {
-            if let Err(e) = session(socket, &app, &config, &shutdown).await {
-                debug!(%peer, error = %e, "session ended on error");
             }
-            drop(permit);
-        });
-    }
-    info!("front end stopped accepting; finishing sessions");
-    connections.close();
-    connections.wait().await;
+        },
+    )
+    .await;
+    info!("front end stopped; sessions finished");
 }
 
 /// One client connection.

@@ -98,18 +98,6 @@ impl Drop for Replicas {
     }
 }
 
-/// Ports for binaries that must know each other's addresses before they start: bound at 0,
-/// read, released.
-fn reserve_ports(count: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
 fn request(worker: usize, i: usize) -> OrderRequest {
     let kind = if (worker + i).is_multiple_of(4) {
         TradeKind::Sell
@@ -127,7 +115,10 @@ fn request(worker: usize, i: usize) -> OrderRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
     let mut catalog = RunningCatalog::start().await;
-    let addrs: BTreeMap<ReplicaId, String> = (1..=3).zip(reserve_ports(3)).collect();
+    let addrs: BTreeMap<ReplicaId, String> = (1..=3)
+        .zip(spare_ports(3))
+        .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
+        .collect();
     let mut replicas = Replicas {
         addrs,
         catalog: catalog.addr.clone(),

@@ -19,6 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 pub type OrderClient = RpcClient<OrderRequest, OrderResponse>;
 
+/// Ports for processes that must know their addresses before they start (binaries, scripts):
+/// bound at 0, read, released.
+pub fn spare_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 pub fn seed() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/catalog.csv")
 }
