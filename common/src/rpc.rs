@@ -308,6 +308,7 @@ where
         let config = &self.inner.config;
         let socket = TcpStream::connect(&self.inner.addr).await?;
         socket.set_nodelay(true)?;
+        frame::keep_alive(&socket)?;
         let (read_half, write_half) = socket.into_split();
         let mut reader = FramedRead::new(read_half, frame::codec(config.max_frame_bytes));
         let mut writer = FramedWrite::new(write_half, frame::codec(config.max_frame_bytes));

@@ -203,6 +203,7 @@ async fn serve_connection<S: Service>(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     socket.set_nodelay(true)?;
+    frame::keep_alive(&socket)?;
     let (read_half, write_half) = socket.into_split();
     let mut reader = FramedRead::new(read_half, frame::codec(config.max_frame_bytes));
     let mut writer = FramedWrite::new(write_half, frame::codec(config.max_frame_bytes));

@@ -490,6 +490,8 @@ pub enum OrderResponse {
     Placed {
         /// Its transaction number.
         number: TransactionNumber,
+        /// The epoch that numbered it, so that a front end can tell which replicas hold it.
+        epoch: Epoch,
     },
     /// The catalog refused the trade; no number was used.
     Rejected(TradeRejection),

@@ -167,7 +167,8 @@ fn role() -> impl Strategy<Value = Role> {
 fn order_response() -> impl Strategy<Value = OrderResponse> {
     let leader = proptest::option::of(any::<u32>());
     prop_oneof![
-        any::<u64>().prop_map(|number| OrderResponse::Placed { number }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(number, epoch)| OrderResponse::Placed { number, epoch }),
         rejection().prop_map(OrderResponse::Rejected),
         order_entry().prop_map(OrderResponse::Order),
         Just(OrderResponse::OrderNotFound),

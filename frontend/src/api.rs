@@ -62,7 +62,11 @@ impl App {
     /// Answers one request.
     pub async fn handle(&self, request: &Request) -> (Route, Response) {
         let path = request.target.split('?').next().unwrap_or("");
-        let method = request.method.as_str();
+        // HEAD is answered as GET; the server leaves the body out.
+        let method = match request.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
         if let Some(name) = path.strip_prefix("/stocks/") {
             return (
                 Route::Lookup,
@@ -142,7 +146,7 @@ impl App {
         };
         let name = order.name.clone();
         match self.orders.call(&OrderRequest::PlaceOrder(order)).await {
-            Ok(OrderResponse::Placed { number }) => {
+            Ok(OrderResponse::Placed { number, .. }) => {
                 // Read-your-writes: the next lookup through this front end shows the trade.
                 lock(&self.cache).forget(&name);
                 Response::json(

@@ -47,6 +47,12 @@ pub struct FrontendArgs {
     #[arg(long, env = "FAILOVER_DEADLINE_MS", default_value_t = 5_000)]
     pub failover_deadline_ms: u64,
 
+    /// Milliseconds one attempt at the order leader (and each call of an election) may take
+    /// before the leader is suspected and the request retried elsewhere.
+    #[arg(long, env = "ATTEMPT_TIMEOUT_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub attempt_timeout_ms: u64,
+
     /// Milliseconds between health checks of the order leader.
     #[arg(long, env = "HEALTH_INTERVAL_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..))]
@@ -93,6 +99,8 @@ pub struct FrontendConfig {
     pub max_trade: u64,
     /// How long requests are retried across failovers.
     pub failover_deadline: Duration,
+    /// How long one attempt at the leader may take.
+    pub attempt_timeout: Duration,
     /// How often the leader is checked.
     pub health_interval: Duration,
     /// The HTTP server's limits.
@@ -110,6 +118,7 @@ impl FrontendConfig {
             cache_size: 5,
             max_trade: 1_000_000,
             failover_deadline: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
             health_interval: Duration::from_millis(500),
             http: HttpConfig::default(),
             client: ClientConfig::new("frontend"),
@@ -131,6 +140,7 @@ impl FrontendConfig {
             cache_size: args.cache_size,
             max_trade: args.max_trade,
             failover_deadline: Duration::from_millis(args.failover_deadline_ms),
+            attempt_timeout: Duration::from_millis(args.attempt_timeout_ms),
             health_interval: Duration::from_millis(args.health_interval_ms),
             http: HttpConfig {
                 limits: Limits {

@@ -223,8 +223,9 @@ impl Response {
     }
 
     /// Appends the encoded response to `out`. `keep_alive` false adds `Connection: close`;
-    /// an HTTP/1.0 client that asked to keep alive is told so.
-    pub fn encode(&self, out: &mut BytesMut, keep_alive: bool, http10: bool) {
+    /// an HTTP/1.0 client that asked to keep alive is told so; `head_only` (a HEAD request)
+    /// leaves the body out but keeps its length.
+    pub fn encode(&self, out: &mut BytesMut, keep_alive: bool, http10: bool, head_only: bool) {
         out.reserve(self.body.len() + 128);
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(self.status.to_string().as_bytes());
@@ -240,7 +241,9 @@ impl Response {
             out.put_slice(b"\r\nConnection: keep-alive");
         }
         out.put_slice(b"\r\n\r\n");
-        out.put_slice(&self.body);
+        if !head_only {
+            out.put_slice(&self.body);
+        }
     }
 }
 
@@ -346,7 +349,7 @@ mod tests {
     #[test]
     fn responses_encode_with_length_and_connection() {
         let mut out = BytesMut::new();
-        Response::error(404, "stock not found").encode(&mut out, false, false);
+        Response::error(404, "stock not found").encode(&mut out, false, false, false);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("Content-Type: application/json\r\n"));

@@ -53,6 +53,7 @@ pub async fn run(
         &config.order_peers,
         &config.client,
         config.failover_deadline,
+        config.attempt_timeout,
         metrics.clone(),
     ));
     let app = Arc::new(api::App::new(

@@ -18,6 +18,9 @@ use crate::api::App;
 use crate::http::{self, Limits, Parsed, Response};
 use crate::metrics::Route;
 
+/// Answers are written out once this much is buffered, whatever is still pipelined.
+const FLUSH_AT: usize = 64 * 1024;
+
 /// Limits and timings of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -81,8 +84,10 @@ async fn session(
     socket.set_nodelay(true)?;
     let mut input = BytesMut::with_capacity(4096);
     let mut output = BytesMut::with_capacity(4096);
-    // When the request now in the buffer began; `None` between requests.
-    let mut started: Option<Instant> = None;
+    // When the request now in the buffer began; `None` between requests. A new connection
+    // counts as a begun request, so a client that connects and stays silent gets the
+    // request timeout, not the idle one.
+    let mut started: Option<Instant> = Some(Instant::now());
     let most_buffered = config.limits.max_head_bytes + config.limits.max_body_bytes;
     loop {
         let mut close = false;
@@ -91,15 +96,21 @@ async fn session(
             match http::parse(&input, &config.limits) {
                 Ok(Parsed::Complete { request, consumed }) => {
                     input.advance(consumed);
-                    started = (!input.is_empty()).then(Instant::now);
                     let begun = std::time::Instant::now();
                     let (route, response) = app.handle(&request).await;
                     app.metrics.record(route, response.status, begun.elapsed());
+                    started = (!input.is_empty()).then(Instant::now);
                     let keep_alive = request.keep_alive && !shutdown.is_cancelled();
-                    response.encode(&mut output, keep_alive, request.http10);
+                    let head_only = request.method == "HEAD";
+                    response.encode(&mut output, keep_alive, request.http10, head_only);
                     if !keep_alive {
                         close = true;
                         break;
+                    }
+                    if output.len() >= FLUSH_AT {
+                        // Many pipelined requests: send what is ready rather than buffer it.
+                        write_all(&mut socket, &output, config.write_timeout).await?;
+                        output.clear();
                     }
                 }
                 Ok(Parsed::Partial) => break,
@@ -115,6 +126,7 @@ async fn session(
                         &mut output,
                         false,
                         false,
+                        false,
                     );
                     close = true;
                     break;
@@ -126,6 +138,8 @@ async fn session(
             output.clear();
         }
         if close || shutdown.is_cancelled() {
+            // A clean end of our side, so the last answer is not lost to a reset.
+            let _ = socket.shutdown().await;
             return Ok(());
         }
         if input.len() >= most_buffered {
@@ -150,7 +164,7 @@ async fn session(
                 // A request begun and not finished in time.
                 let mut out = BytesMut::new();
                 Response::error(408, "request not completed in time")
-                    .encode(&mut out, false, false);
+                    .encode(&mut out, false, false, false);
                 app.metrics.record(Route::Other, 408, Duration::ZERO);
                 let _ = write_all(&mut socket, &out, config.write_timeout).await;
                 return Ok(());

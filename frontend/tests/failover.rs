@@ -12,6 +12,16 @@ use common::wire::StockName;
 use support::*;
 use testkit::{eventually, Cluster, WriteQuorum};
 
+async fn elections(addr: std::net::SocketAddr) -> u64 {
+    get(addr, "/metrics")
+        .await
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("bazaar_order_elections_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
 async fn leader_of(addr: std::net::SocketAddr) -> u32 {
     get(addr, "/health").await.json()["data"]["leader"]
         .as_u64()
@@ -147,6 +157,19 @@ async fn a_replica_lacking_an_acknowledged_order_is_not_elected() {
     assert_ne!(
         cluster.status(left_behind).await.role,
         common::wire::Role::Leader
+    );
+    // Many requests failing at once share elections instead of each running its own.
+    let before = elections(addr).await;
+    let storm: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(async move { get(addr, "/orders/0").await.status }))
+        .collect();
+    for request in storm {
+        assert_eq!(request.await.unwrap(), 503);
+    }
+    let ran = elections(addr).await - before;
+    assert!(
+        ran < 40,
+        "{ran} elections for 50 requests within one deadline"
     );
 
     // A replica that holds them returns: it leads, and the orders are all there.

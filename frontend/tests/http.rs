@@ -73,6 +73,24 @@ async fn keep_alive_close_and_pipelining() {
         .await;
     assert_eq!(kept.read().await.unwrap().status, 200);
 
+    // HEAD: the headers of the GET answer, no body; the connection stays in step.
+    let mut head = Conn::open(addr).await;
+    head.send(b"HEAD /stocks/GameStart HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n")
+        .await;
+    let (headers_only, next) = (head.read_head().await, head.read().await.unwrap());
+    assert_eq!(headers_only.status, 200);
+    assert!(headers_only.header("Content-Length").unwrap() != "0");
+    assert_eq!(next.status, 200);
+    assert!(next.body.contains("\"status\":\"ok\""), "{}", next.body);
+
+    // Many pipelined requests with large answers: all answered, in order.
+    let many = b"GET /metrics HTTP/1.1\r\n\r\n".repeat(200);
+    let mut metrics = Conn::open(addr).await;
+    metrics.send(&many).await;
+    for _ in 0..200 {
+        assert_eq!(metrics.read().await.unwrap().status, 200);
+    }
+
     // A request dribbled one byte at a time.
     let mut slow = Conn::open(addr).await;
     let body = trade_body("FishCo", 2, "sell");
@@ -168,6 +186,11 @@ async fn slow_and_idle_clients_are_timed_out() {
     let reply = slow.read().await.expect("no 408");
     assert_eq!(reply.status, 408);
     slow.expect_closed(Duration::from_secs(5)).await;
+
+    // Connected and silent: the same.
+    let mut silent = Conn::open(addr).await;
+    assert_eq!(silent.read().await.expect("no 408").status, 408);
+    silent.expect_closed(Duration::from_secs(5)).await;
 
     // Idle after a request: closed without a word.
     let mut idle = Conn::open(addr).await;

@@ -8,11 +8,10 @@
 //! highest epoch any reachable replica reports and the caller's own last one.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use common::rpc::RpcClient;
-use common::wire::{
-    Epoch, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus, TransactionNumber,
-};
+use common::wire::{Epoch, LogPosition, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus};
 use tracing::{info, warn};
 
 /// A client of one replica.
@@ -25,29 +24,34 @@ pub enum ElectionError {
     #[error("no order replica is reachable")]
     NoneReachable,
     /// Replicas answered, but none holds every acknowledged order.
-    #[error("no reachable replica holds order #{0}, which was acknowledged")]
-    MissingAcknowledged(TransactionNumber),
+    #[error("no reachable replica holds order {0}, which was acknowledged")]
+    MissingAcknowledged(LogPosition),
     /// The chosen replica refused the announcement.
     #[error("replica {0} refused to lead: {1}")]
     Refused(ReplicaId, String),
 }
 
-/// Chooses among the replicas that answered: the most up-to-date that holds order
-/// `acknowledged` (the highest number the caller has acknowledged), highest id on ties.
+/// Chooses among the replicas that answered: the most up-to-date that holds `acknowledged`
+/// (the newest order position the caller has acknowledged), highest id on ties. A replica
+/// whose last entry is at or after that position (epoch first, then number) holds it: its
+/// log is a prefix of, or grew from, the log of the leader that numbered it.
 pub fn choose_leader(
     live: &[ReplicaStatus],
-    acknowledged: Option<TransactionNumber>,
+    acknowledged: Option<LogPosition>,
 ) -> Result<ReplicaId, ElectionError> {
     if live.is_empty() {
         return Err(ElectionError::NoneReachable);
     }
     live.iter()
-        .filter(|s| s.last.map(|p| p.number) >= acknowledged)
+        .filter(|s| s.last >= acknowledged)
         .max_by_key(|s| (s.last, s.id))
         .map(|s| s.id)
-        .ok_or(ElectionError::MissingAcknowledged(
-            acknowledged.unwrap_or(0),
-        ))
+        .ok_or(ElectionError::MissingAcknowledged(acknowledged.unwrap_or(
+            LogPosition {
+                epoch: 0,
+                number: 0,
+            },
+        )))
 }
 
 /// An election's outcome.
@@ -61,14 +65,15 @@ pub struct Elected {
     pub informed: Vec<ReplicaId>,
 }
 
-/// Runs one election over `replicas` (their clients' own deadlines bound it).
+/// Runs one election over `replicas`; every call to a replica takes at most `timeout`.
 pub async fn elect(
     replicas: &BTreeMap<ReplicaId, ReplicaClient>,
-    acknowledged: Option<TransactionNumber>,
+    acknowledged: Option<LogPosition>,
     last_epoch: Epoch,
+    timeout: Duration,
 ) -> Result<Elected, ElectionError> {
     let asks = replicas.iter().map(|(&id, client)| async move {
-        match client.call(&OrderRequest::Status).await {
+        match client.call_within(&OrderRequest::Status, timeout).await {
             Ok(OrderResponse::Status(status)) if status.id == id => Some(status),
             Ok(OrderResponse::Status(status)) => {
                 warn!(
@@ -94,19 +99,26 @@ pub async fn elect(
             .unwrap_or(0)
             .max(last_epoch),
     );
-    let mut informed = Vec::new();
-    // The leader first, so that followers asking it for a sync-up find it leading.
-    let order = std::iter::once(leader).chain(live.iter().map(|s| s.id).filter(|&id| id != leader));
-    for id in order {
-        let announce = OrderRequest::SetLeader {
-            epoch,
-            leader_id: leader,
-        };
-        match replicas[&id].call(&announce).await {
+    let announce = OrderRequest::SetLeader {
+        epoch,
+        leader_id: leader,
+    };
+    // The leader first, so that followers asking it for a sync-up find it leading; then the
+    // others at once.
+    match replicas[&leader].call_within(&announce, timeout).await {
+        Ok(OrderResponse::LeaderSet) => {}
+        other => return Err(ElectionError::Refused(leader, format!("{other:?}"))),
+    }
+    let announce = &announce;
+    let followers = live.iter().map(|s| s.id).filter(|&id| id != leader);
+    let answers = futures::future::join_all(
+        followers.map(|id| async move { (id, replicas[&id].call_within(announce, timeout).await) }),
+    )
+    .await;
+    let mut informed = vec![leader];
+    for (id, answer) in answers {
+        match answer {
             Ok(OrderResponse::LeaderSet) => informed.push(id),
-            other if id == leader => {
-                return Err(ElectionError::Refused(leader, format!("{other:?}")));
-            }
             other => warn!(replica = id, answer = ?other, "replica missed the election"),
         }
     }
@@ -129,7 +141,7 @@ pub fn next_epoch(highest: Epoch) -> Epoch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::wire::{LogPosition, Role};
+    use common::wire::Role;
 
     fn status(id: ReplicaId, last: Option<(u64, u64)>) -> ReplicaStatus {
         ReplicaStatus {
@@ -167,12 +179,20 @@ mod tests {
 
     #[test]
     fn a_replica_lacking_an_acknowledged_order_is_never_chosen() {
+        let at = |epoch, number| Some(LogPosition { epoch, number });
+        // Replica 2 numbered orders up to 9 in epoch 4, but order 6 was acknowledged in epoch
+        // 5 by replica 1: only replica 1 holds it.
         let live = [status(1, Some((5, 6))), status(2, Some((4, 9)))];
-        // Replica 1 has the newer epoch but lacks order 9.
-        assert_eq!(choose_leader(&live, Some(9)), Ok(2));
+        assert_eq!(choose_leader(&live, at(5, 6)), Ok(1));
+        assert_eq!(choose_leader(&live, at(4, 7)), Ok(1));
+        let behind = [status(2, Some((4, 9))), status(3, Some((4, 3)))];
         assert_eq!(
-            choose_leader(&live, Some(10)),
-            Err(ElectionError::MissingAcknowledged(10))
+            choose_leader(&behind, at(5, 6)),
+            Err(ElectionError::MissingAcknowledged(LogPosition {
+                epoch: 5,
+                number: 6
+            }))
         );
+        assert_eq!(choose_leader(&behind, at(4, 5)), Ok(2));
     }
 }

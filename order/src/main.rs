@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     .into_iter()
                     .map(|(id, addr)| (id, common::rpc::RpcClient::new(addr, config.clone())))
                     .collect();
-                anyhow::Ok(order::election::elect(&replicas, None, 0).await?)
+                anyhow::Ok(
+                    order::election::elect(&replicas, None, 0, std::time::Duration::from_secs(2))
+                        .await?,
+                )
             })?;
             println!(
                 "replica {} leads epoch {} (informed: {:?})",

@@ -147,8 +147,14 @@ impl Replica {
             if let Some(commit) = st.commit {
                 let later = st.committing.split_off(&(commit + 1));
                 for (number, waiters) in std::mem::replace(&mut st.committing, later) {
+                    let Some(position) = st.log.position(number) else {
+                        continue;
+                    };
                     for waiter in waiters {
-                        let _ = waiter.send(Ok(OrderResponse::Placed { number }));
+                        let _ = waiter.send(Ok(OrderResponse::Placed {
+                            number,
+                            epoch: position.epoch,
+                        }));
                     }
                 }
             }
@@ -478,7 +484,12 @@ impl Replica {
                 return Ok(Self::not_leader(&st));
             }
             if st.commit >= Some(number) {
-                return Ok(OrderResponse::Placed { number });
+                if let Some(position) = st.log.position(number) {
+                    return Ok(OrderResponse::Placed {
+                        number,
+                        epoch: position.epoch,
+                    });
+                }
             }
             if st.committing.len() > PRUNE_COMMITTING_ABOVE {
                 st.committing.retain(|_, waiters| {

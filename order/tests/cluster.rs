@@ -413,7 +413,7 @@ async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
             .call(&order("m2", "SkyRoute", 1, TradeKind::Buy))
             .await
         {
-            Ok(OrderResponse::Placed { number }) => Some(number),
+            Ok(OrderResponse::Placed { number, .. }) => Some(number),
             _ => None,
         }
     })

@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::wire::{OrderRequest, OrderResponse, ReplicaId, Role, StockName, TradeKind};
+use common::wire::{
+    LogPosition, OrderRequest, OrderResponse, ReplicaId, Role, StockName, TradeKind,
+};
 use testkit::*;
 
 const STOCKS: [&str; 3] = ["GameStart", "MenhirCo", "QuillWorks"];
@@ -137,7 +139,7 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
     replicas.set_leader(&[1, 2, 3], 1, 1).await;
 
     // Load through the leader until it dies; every acknowledgement is kept.
-    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let acked: Arc<Mutex<BTreeMap<String, LogPosition>>> = Arc::default();
     let leader = replicas.client(1);
     let workers: Vec<_> = (0..6)
         .map(|worker| {
@@ -148,14 +150,14 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
                     let request = request(worker, i);
                     attempted.push(request.clone());
                     match leader.call(&request).await {
-                        Ok(OrderResponse::Placed { number }) => {
+                        Ok(OrderResponse::Placed { number, epoch }) => {
                             let OrderRequest::PlaceOrder(order) = &request else {
                                 unreachable!()
                             };
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(order.request_id.to_string(), number);
+                            acked.lock().unwrap().insert(
+                                order.request_id.to_string(),
+                                LogPosition { epoch, number },
+                            );
                         }
                         _ => break,
                     }
@@ -184,9 +186,11 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         .into_iter()
         .map(|id| (id, replicas.client(id)))
         .collect();
-    let elected = order::election::elect(&survivors, acked.values().max().copied(), 1)
-        .await
-        .unwrap();
+    let newest_acknowledged = acked.values().max().copied();
+    let elected =
+        order::election::elect(&survivors, newest_acknowledged, 1, Duration::from_secs(2))
+            .await
+            .unwrap();
     assert!(elected.epoch > 1);
     let new_leader = elected.leader;
 
@@ -199,7 +203,11 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
             unreachable!()
         };
         if let Some(&first) = acked.get(order.request_id.as_str()) {
-            assert_eq!(number, first, "{} changed its number", order.request_id);
+            assert_eq!(
+                number, first.number,
+                "{} changed its number",
+                order.request_id
+            );
         }
         assert!(numbers.insert(number), "number {number} given twice");
     }

@@ -246,7 +246,7 @@ pub fn order(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> OrderRequ
 
 pub fn placed(answer: OrderResponse) -> u64 {
     match answer {
-        OrderResponse::Placed { number } => number,
+        OrderResponse::Placed { number, .. } => number,
         other => panic!("expected a placed order, got {other:?}"),
     }
 }

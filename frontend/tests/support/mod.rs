@@ -137,6 +137,39 @@ impl Conn {
         }
     }
 
+    /// The head of the next answer, which has no body (the answer to HEAD).
+    pub async fn read_head(&mut self) -> Reply {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = response.parse(&self.buffer) {
+                let reply = Reply {
+                    status: response.code.unwrap(),
+                    headers: response
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    body: String::new(),
+                };
+                self.buffer.drain(..head);
+                return reply;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("no answer within 10 s")
+                .unwrap();
+            assert!(read > 0, "closed before an answer");
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
     /// Asserts that the server closes the connection (within `limit`).
     pub async fn expect_closed(&mut self, limit: Duration) {
         let mut chunk = [0u8; 1024];
