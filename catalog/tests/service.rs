@@ -203,41 +203,21 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
             }
         }
     }
-    let expect = |quote: &common::wire::StockQuote| {
+    let expect = |quote: Option<common::wire::StockQuote>| {
+        let quote = quote.expect("FishCo missing");
         assert_eq!(quote.quantity, 100_000 - bought + sold);
         assert_eq!(quote.volume, bought + sold);
         assert_eq!(quote.version, 400);
     };
-    expect(
-        &catalog
-            .client
-            .lookup(&name("FishCo"))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     catalog.stop().await;
 
     let catalog = start(state.path(), |c| c.snapshot_every = 50).await;
-    expect(
-        &catalog
-            .client
-            .lookup(&name("FishCo"))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     // Ids from before the restart are still recognised.
     let replay = trade("w3-7", "FishCo", 3, TradeKind::Buy);
     assert!(catalog.client.trade(&replay).await.unwrap().is_ok());
-    expect(
-        &catalog
-            .client
-            .lookup(&name("FishCo"))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     catalog.stop().await;
 }
 

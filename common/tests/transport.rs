@@ -99,24 +99,27 @@ async fn expect_closed(socket: &mut TcpStream) {
     assert!(closed.is_ok(), "server kept a bad connection open");
 }
 
-async fn raw_hello(addr: SocketAddr) -> TcpStream {
+/// Sends `hello` as the first frame of a raw connection and reads the answer.
+async fn send_hello(addr: SocketAddr, hello: Hello) -> (TcpStream, HelloReply) {
     let mut socket = TcpStream::connect(addr).await.unwrap();
-    let hello = frame::encode(&Envelope {
-        id: 0,
-        body: Hello::new("raw", None),
-    })
-    .unwrap();
+    let frame = frame::encode(&Envelope { id: 0, body: hello }).unwrap();
     socket
-        .write_all(&(hello.len() as u32).to_be_bytes())
+        .write_all(&(frame.len() as u32).to_be_bytes())
         .await
         .unwrap();
-    socket.write_all(&hello).await.unwrap();
+    socket.write_all(&frame).await.unwrap();
     let mut len = [0u8; 4];
     socket.read_exact(&mut len).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     socket.read_exact(&mut body).await.unwrap();
     let reply: Envelope<HelloReply> = frame::decode(&body).unwrap();
-    assert!(matches!(reply.body, HelloReply::Welcome { .. }));
+    (socket, reply.body)
+}
+
+/// A raw connection past a successful hello.
+async fn raw_hello(addr: SocketAddr) -> TcpStream {
+    let (socket, reply) = send_hello(addr, Hello::new("raw", None)).await;
+    assert!(matches!(reply, HelloReply::Welcome { .. }));
     socket
 }
 
@@ -224,26 +227,13 @@ async fn a_wrong_cluster_token_or_version_is_refused_with_a_reason() {
         3
     );
 
-    let mut socket = TcpStream::connect(server.addr).await.unwrap();
-    let hello = frame::encode(&Envelope {
-        id: 0,
-        body: Hello {
-            version: 999,
-            token: Some("right".into()),
-            peer: "future".into(),
-        },
-    })
-    .unwrap();
-    socket
-        .write_all(&(hello.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    socket.write_all(&hello).await.unwrap();
-    let mut len = [0u8; 4];
-    socket.read_exact(&mut len).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    socket.read_exact(&mut body).await.unwrap();
-    match frame::decode::<Envelope<HelloReply>>(&body).unwrap().body {
+    let future = Hello {
+        version: 999,
+        token: Some("right".into()),
+        peer: "future".into(),
+    };
+    let (mut socket, reply) = send_hello(server.addr, future).await;
+    match reply {
         HelloReply::Refused { reason } => assert!(reason.contains("version 999"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
