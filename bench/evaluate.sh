@@ -23,7 +23,7 @@ run_config() { # label cache-size crashes(yes|no) requests
     local crash_pid=""
     if [[ "$crashes" == yes ]]; then
         ./simulate_crashes.sh --random --count 12 --interval 0.5 --restart-after 0.5 \
-            >"$out/$label-kills.txt" 2>>"$out/$label-crashes.log" 2>&1 &1 &
+            >"$out/$label-kills.txt" 2>&1 &
         crash_pid=$!
     fi
     ./target/release/client evaluate --port "$FRONTEND_PORT" --sessions 5 \
