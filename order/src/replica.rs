@@ -838,7 +838,7 @@ impl Replica {
             match answer {
                 Ok(OrderResponse::Replicated { last }) => {
                     next = last.map_or(0, |p| p.number.saturating_add(1));
-                    self.record_follower(peer, epoch, true, last.map(|p| p.number));
+                    self.record_follower(peer, epoch, Report::Persisted(last.map(|p| p.number)));
                     probe = false;
                     backoff = MIN_BACKOFF;
                     continue;
@@ -863,15 +863,15 @@ impl Replica {
                     if let Some(last) = last {
                         next = next.min(last.number.saturating_add(1));
                     }
-                    self.forget_follower(peer, epoch);
+                    self.record_follower(peer, epoch, Report::Behind);
                 }
                 Ok(other) => {
                     warn!(peer, ?other, "unexpected answer to replicate");
-                    self.record_follower(peer, epoch, false, None);
+                    self.record_follower(peer, epoch, Report::Unreachable);
                 }
                 Err(e) => {
                     debug!(peer, error = %e, "replicate failed");
-                    self.record_follower(peer, epoch, false, None);
+                    self.record_follower(peer, epoch, Report::Unreachable);
                 }
             }
             probe = true;
@@ -917,23 +917,7 @@ impl Replica {
         }
     }
 
-    fn forget_follower(&self, peer: ReplicaId, epoch: Epoch) {
-        self.record_follower(peer, epoch, false, None);
-        let mut st = self.state();
-        if st.role == Role::Leader && st.epoch == epoch {
-            if let Some(follower) = st.followers.get_mut(&peer) {
-                follower.persisted = None;
-            }
-        }
-    }
-
-    fn record_follower(
-        &self,
-        peer: ReplicaId,
-        epoch: Epoch,
-        up: bool,
-        persisted: Option<TransactionNumber>,
-    ) {
+    fn record_follower(&self, peer: ReplicaId, epoch: Epoch, report: Report) {
         let mut st = self.state();
         if st.role != Role::Leader || st.epoch != epoch {
             return;
@@ -941,6 +925,7 @@ impl Replica {
         let Some(follower) = st.followers.get_mut(&peer) else {
             return;
         };
+        let up = matches!(report, Report::Persisted(_));
         if follower.up != up {
             if up {
                 info!(peer, "follower up");
@@ -952,11 +937,25 @@ impl Replica {
             }
         }
         follower.up = up;
-        if up {
-            follower.persisted = persisted;
+        match report {
+            Report::Persisted(persisted) => follower.persisted = persisted,
+            // It is catching up and may set entries aside: what it had persisted is forgotten.
+            Report::Behind => follower.persisted = None,
+            // What it persisted before it stopped answering is still on its disk.
+            Report::Unreachable => {}
         }
         self.publish(&mut st);
     }
+}
+
+/// What a follower's answer to `Replicate` tells the leader.
+enum Report {
+    /// It holds everything up to this entry.
+    Persisted(Option<TransactionNumber>),
+    /// It does not follow our log (a gap or another history) and is syncing up.
+    Behind,
+    /// No answer in time, or not one we can use.
+    Unreachable,
 }
 
 /// The replica as a [`Service`].
