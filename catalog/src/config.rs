@@ -51,7 +51,7 @@ pub struct CatalogConfig {
     pub dedup_window: usize,
     /// Records between snapshots.
     pub snapshot_every: u64,
-    /// Subscriber pushes queued per front end before it counts as too slow.
+    /// Server limits (connections, frame size, cluster token).
     pub server: ServerConfig,
 }
 

@@ -26,6 +26,19 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+impl Latency {
+    /// mean, p50, p90, p99 and max, in that order.
+    pub fn figures(&self) -> [f64; 5] {
+        [
+            self.mean_ms,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.max_ms,
+        ]
+    }
+}
+
 /// A run's results, as printed with `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -90,17 +103,11 @@ pub fn table(summary: &Summary) -> String {
         "request", "count", "mean ms", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
     for l in &summary.latency {
-        let _ = writeln!(
-            out,
-            "{:<8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            l.kind.name(),
-            l.count,
-            l.mean_ms,
-            l.p50_ms,
-            l.p90_ms,
-            l.p99_ms,
-            l.max_ms
-        );
+        let _ = write!(out, "{:<8} {:>8}", l.kind.name(), l.count);
+        for figure in l.figures() {
+            let _ = write!(out, " {figure:>9.3}");
+        }
+        out.push('\n');
     }
     let statuses: Vec<String> = summary
         .statuses
