@@ -51,5 +51,5 @@ samples.sort()
 print("reference: fdatasync of a small append on this disk: p50 %.0f us, p99 %.0f us"
       % (samples[250] * 1e6, samples[495] * 1e6))
 PY
-./target/release/order_bench --addr "127.0.0.1:$((base + 1))" --elect "$peers" --leader-id 1 \
+./target/release/order_bench --addr "127.0.0.1:$((base + 1))" --elect-at "$catalog" --leader-id 1 \
     --rounds "$rounds"

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use common::window::RecentWindow;
 use common::wire::{
-    RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
+    AppliedTrade, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
+    TradeRejection, TradeRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,8 @@ pub enum Decision {
     },
     /// Refused; nothing changed.
     Rejected(TradeRejection),
+    /// Sent under another epoch than the recorded leader's; nothing changed.
+    Fenced,
 }
 
 /// A consistent copy of the whole state, as the snapshot file holds it.
@@ -87,6 +90,9 @@ pub struct Snapshot {
     pub stocks: Vec<Stock>,
     /// The recent-trade window, oldest first.
     pub recent: Vec<TradeRecord>,
+    /// Every trade up to this sequence number is a committed order (as the leader reported).
+    #[serde(default)]
+    pub recorded_through: u64,
 }
 
 /// The catalog's state.
@@ -96,6 +102,10 @@ pub struct Book {
     /// Recent applied trades by request id, for exactly-once.
     recent: RecentWindow<RequestId, TradeRecord>,
     last_seq: u64,
+    /// Who may trade: only the recorded leader's epoch is admitted.
+    leadership: Leadership,
+    /// Every trade up to this sequence number is a committed order.
+    recorded_through: u64,
 }
 
 impl Book {
@@ -105,6 +115,8 @@ impl Book {
             stocks: stocks.into_iter().map(|s| (s.name.clone(), s)).collect(),
             recent: RecentWindow::new(window),
             last_seq: 0,
+            leadership: Leadership::default(),
+            recorded_through: 0,
         }
     }
 
@@ -178,8 +190,66 @@ impl Book {
         all
     }
 
+    /// The leadership record as this book holds it (perhaps not yet durable).
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Replaces the leadership record (its rules are [`crate::leadership`]'s).
+    pub fn set_leadership(&mut self, leadership: Leadership) {
+        self.leadership = leadership;
+    }
+
+    /// The newest sequence number below which every trade is a committed order.
+    pub fn recorded_through(&self) -> u64 {
+        self.recorded_through
+    }
+
+    /// Takes the leader's word that every trade up to `seq` is a committed order; never goes
+    /// back, never past the last trade.
+    pub fn set_recorded_through(&mut self, seq: u64) -> Result<(), String> {
+        if seq > self.last_seq {
+            return Err(format!(
+                "recorded through {seq}, but the last trade is {}",
+                self.last_seq
+            ));
+        }
+        self.recorded_through = self.recorded_through.max(seq);
+        Ok(())
+    }
+
+    /// Up to `max` trades after sequence number `after` and up to `through`, oldest first, and
+    /// whether none in between was forgotten (the window keeps the newest only).
+    pub fn applied_after(&self, after: u64, through: u64, max: usize) -> (Vec<AppliedTrade>, bool) {
+        let mut newest_first: Vec<&TradeRecord> = self
+            .recent
+            .values()
+            .rev()
+            .skip_while(|r| r.seq > through)
+            .take_while(|r| r.seq > after)
+            .collect();
+        let oldest = newest_first.last().map_or(through + 1, |r| r.seq);
+        let complete = oldest <= after.saturating_add(1) || through <= after;
+        newest_first.reverse();
+        let trades = newest_first
+            .into_iter()
+            .take(max)
+            .map(|r| AppliedTrade {
+                seq: r.seq,
+                request_id: r.request_id.clone(),
+                name: r.name.clone(),
+                kind: r.kind,
+                quantity: r.quantity,
+            })
+            .collect();
+        (trades, complete)
+    }
+
     /// Decides and, when accepted, applies one trade.
     pub fn trade(&mut self, request: &TradeRequest) -> Decision {
+        if !crate::leadership::admits(&self.leadership, request.epoch) {
+            return Decision::Fenced;
+        }
         if let Some(first) = self.recent.get(&request.request_id) {
             let same = first.name == request.name
                 && first.kind == request.kind
@@ -278,6 +348,7 @@ impl Book {
             last_seq: self.last_seq,
             stocks: self.stocks().into_iter().cloned().collect(),
             recent: self.recent.values().cloned().collect(),
+            recorded_through: self.recorded_through,
         }
     }
 
@@ -288,6 +359,7 @@ impl Book {
             book.remember(record);
         }
         book.last_seq = snapshot.last_seq;
+        book.recorded_through = snapshot.recorded_through.min(snapshot.last_seq);
         book
     }
 }
@@ -299,11 +371,18 @@ mod tests {
     fn book() -> Book {
         let stocks =
             Book::parse_seed("name,price,quantity\nGameStart,15.99,100\nBoarCo,2.5,0\n").unwrap();
-        Book::new(stocks, 3)
+        let mut book = Book::new(stocks, 3);
+        book.set_leadership(Leadership {
+            epoch: 1,
+            leader: Some(1),
+            in_sync: vec![1],
+        });
+        book
     }
 
     fn request(id: &str, name: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
         TradeRequest {
+            epoch: 1,
             request_id: RequestId::new(id).unwrap(),
             name: StockName::new(name).unwrap(),
             quantity,
@@ -402,6 +481,59 @@ mod tests {
             book.trade(&request("same", "GameStart", 11, TradeKind::Buy)),
             Decision::Rejected(TradeRejection::RequestIdReused)
         );
+    }
+
+    #[test]
+    fn only_the_recorded_epoch_trades() {
+        let mut book = book();
+        let mut stale = request("a", "GameStart", 1, TradeKind::Buy);
+        stale.epoch = 0;
+        assert_eq!(book.trade(&stale), Decision::Fenced);
+        let applied = applied(book.trade(&request("a", "GameStart", 1, TradeKind::Buy)));
+        // A retry from a deposed leader is refused too, though the id was applied.
+        book.set_leadership(Leadership {
+            epoch: 2,
+            leader: Some(2),
+            in_sync: vec![2],
+        });
+        assert_eq!(
+            book.trade(&request("a", "GameStart", 1, TradeKind::Buy)),
+            Decision::Fenced
+        );
+        assert_eq!(book.stock(&applied.name).unwrap().quantity, 99);
+        let mut unled = Book::new(Book::parse_seed("A,1,1\n").unwrap(), 3);
+        unled.set_leadership(Leadership::default());
+        let mut first = request("b", "A", 1, TradeKind::Buy);
+        first.epoch = 0;
+        assert_eq!(unled.trade(&first), Decision::Fenced);
+    }
+
+    #[test]
+    fn applied_trades_are_listed_after_a_position_within_the_window() {
+        let mut book = book();
+        for id in ["a", "b", "c", "d"] {
+            applied(book.trade(&request(id, "GameStart", 1, TradeKind::Buy)));
+        }
+        let ids = |(trades, complete): (Vec<AppliedTrade>, bool)| {
+            let ids: Vec<String> = trades.iter().map(|t| t.request_id.to_string()).collect();
+            (ids, complete)
+        };
+        assert_eq!(
+            ids(book.applied_after(2, 4, 10)),
+            (vec!["c".into(), "d".into()], true)
+        );
+        assert_eq!(ids(book.applied_after(2, 3, 10)), (vec!["c".into()], true));
+        assert_eq!(ids(book.applied_after(2, 4, 1)), (vec!["c".into()], true));
+        assert_eq!(ids(book.applied_after(4, 4, 10)), (vec![], true));
+        // Window of 3: trade 1 ("a") is forgotten.
+        assert_eq!(
+            ids(book.applied_after(0, 4, 10)),
+            (vec!["b".into(), "c".into(), "d".into()], false)
+        );
+        assert!(book.set_recorded_through(5).is_err());
+        book.set_recorded_through(3).unwrap();
+        book.set_recorded_through(2).unwrap();
+        assert_eq!(book.recorded_through(), 3);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The typed catalog client that the order service and the front end use, over the shared
 //! multiplexed RPC client.
 
+use std::time::Duration;
+
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    CatalogRequest, CatalogResponse, StockName, StockQuote, TradeReceipt, TradeRejection,
-    TradeRequest,
+    AppliedTrade, CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, StockName,
+    StockQuote, TradeReceipt, TradeRejection, TradeRequest,
 };
 use common::Error;
 use tokio::sync::mpsc;
@@ -13,16 +15,62 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 pub struct CatalogClient {
     rpc: RpcClient<CatalogRequest, CatalogResponse>,
+    silence_limit: Duration,
 }
 
 fn unexpected(answer: CatalogResponse) -> Error {
     Error::Protocol(format!("unexpected catalog answer {answer:?}"))
 }
 
+/// What became of a trade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TradeOutcome {
+    /// Applied now or before (the same request id).
+    Traded {
+        /// The stock after the trade.
+        receipt: TradeReceipt,
+        /// The trade's sequence number in the catalog.
+        seq: u64,
+    },
+    /// Refused by the rules of a trade; nothing changed.
+    Rejected(TradeRejection),
+    /// Refused because the sender's epoch is not the recorded one; nothing changed.
+    Fenced {
+        /// The record as the catalog holds it.
+        current: Leadership,
+    },
+}
+
+/// The answer to a compare-and-set of the leadership record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadershipOutcome {
+    /// The change is recorded; this is the new record.
+    Changed(Leadership),
+    /// Someone changed the record first, or the rules refuse the change: the record as it is.
+    Refused {
+        /// The record now.
+        current: Leadership,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Durable trades after a position, for the leader's reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedTrades {
+    /// Oldest first.
+    pub trades: Vec<AppliedTrade>,
+    /// The catalog's newest durable trade.
+    pub last_seq: u64,
+    /// False when trades in between are no longer remembered.
+    pub complete: bool,
+}
+
 impl CatalogClient {
     /// A client of the catalog at `addr`.
     pub fn new(addr: impl Into<String>, config: ClientConfig) -> Self {
         CatalogClient {
+            silence_limit: config.silence_limit(),
             rpc: RpcClient::new(addr, config),
         }
     }
@@ -40,45 +88,125 @@ impl CatalogClient {
         }
     }
 
-    /// Applies `trade` (once per request id): the receipt, or why it was refused.
-    pub async fn trade(
-        &self,
-        trade: &TradeRequest,
-    ) -> Result<Result<TradeReceipt, TradeRejection>, Error> {
+    /// Applies `trade` (once per request id), if its epoch is the recorded leader's.
+    pub async fn trade(&self, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
         match self.rpc.call(&CatalogRequest::Trade(trade.clone())).await? {
-            CatalogResponse::Traded(receipt) => Ok(Ok(receipt)),
-            CatalogResponse::Rejected(rejection) => Ok(Err(rejection)),
+            CatalogResponse::Traded { receipt, seq } => Ok(TradeOutcome::Traded { receipt, seq }),
+            CatalogResponse::Rejected(rejection) => Ok(TradeOutcome::Rejected(rejection)),
+            CatalogResponse::Fenced { current, .. } => Ok(TradeOutcome::Fenced { current }),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Opens the invalidation stream. Its items are `Subscribed` (once, possibly after the
-    /// first invalidations) and `Invalidate`; it ends when the connection breaks or the reader
-    /// falls `capacity` behind, and the caller must then treat its cache as stale.
-    pub async fn subscribe(&self, capacity: usize) -> Result<Invalidations, Error> {
+    /// The durable leadership record, waiting at most `timeout`.
+    pub async fn leadership(&self, timeout: Duration) -> Result<Leadership, Error> {
+        match self
+            .rpc
+            .call_within(&CatalogRequest::ReadLeadership, timeout)
+            .await?
+        {
+            CatalogResponse::Leadership(record) => Ok(record),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes the leadership record if its epoch is still `expected`, waiting at most
+    /// `timeout`.
+    pub async fn change_leadership(
+        &self,
+        expected: Epoch,
+        change: LeadershipChange,
+        timeout: Duration,
+    ) -> Result<LeadershipOutcome, Error> {
+        let request = CatalogRequest::ChangeLeadership { expected, change };
+        match self.rpc.call_within(&request, timeout).await? {
+            CatalogResponse::Leadership(record) => Ok(LeadershipOutcome::Changed(record)),
+            CatalogResponse::Fenced { current, reason } => {
+                Ok(LeadershipOutcome::Refused { current, reason })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Leader of `epoch`: reports that every trade up to `recorded_through` is a committed
+    /// order and fetches up to `max` durable trades after `after` (after the catalog's stored
+    /// position when `None`). `Ok(Err(record))` when `epoch` no longer leads.
+    pub async fn applied_since(
+        &self,
+        epoch: Epoch,
+        recorded_through: u64,
+        after: Option<u64>,
+        max: u32,
+    ) -> Result<Result<AppliedTrades, Leadership>, Error> {
+        let request = CatalogRequest::AppliedSince {
+            epoch,
+            recorded_through,
+            after,
+            max,
+        };
+        match self.rpc.call(&request).await? {
+            CatalogResponse::Applied {
+                trades,
+                last_seq,
+                complete,
+            } => Ok(Ok(AppliedTrades {
+                trades,
+                last_seq,
+                complete,
+            })),
+            CatalogResponse::Fenced { current, .. } => Ok(Err(current)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Opens the subscription stream: the leadership record as it is now, then every change
+    /// of it, heartbeats and, when `invalidations`, every stock invalidation. It ends when the
+    /// connection breaks, the reader falls `capacity` behind, or the catalog stays silent
+    /// longer than three heartbeats; the caller must then treat what it learnt as stale.
+    pub async fn subscribe(
+        &self,
+        invalidations: bool,
+        capacity: usize,
+    ) -> Result<(Leadership, Subscription), Error> {
         let (first, rest) = self
             .rpc
-            .subscribe(&CatalogRequest::Subscribe, capacity)
+            .subscribe(&CatalogRequest::Subscribe { invalidations }, capacity)
             .await?;
-        Ok(Invalidations {
+        let mut stream = Subscription {
             first: Some(first),
             rest,
-        })
+            silence_limit: self.silence_limit,
+        };
+        // The answer may come after pushes queued as the stream was registered.
+        loop {
+            match stream.next().await {
+                Some(Ok(CatalogResponse::Subscribed(record))) => return Ok((record, stream)),
+                Some(Ok(CatalogResponse::Heartbeat | CatalogResponse::Invalidate { .. })) => {}
+                Some(Ok(other)) => return Err(unexpected(other)),
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::Unavailable("subscription ended".into())),
+            }
+        }
     }
 }
 
-/// The catalog's invalidation stream for one subscriber.
-pub struct Invalidations {
+/// The catalog's subscription stream for one subscriber.
+pub struct Subscription {
     first: Option<CatalogResponse>,
     rest: mpsc::Receiver<Result<CatalogResponse, Error>>,
+    silence_limit: Duration,
 }
 
-impl Invalidations {
-    /// The next message, or `None` once the stream has ended.
+impl Subscription {
+    /// The next message, `Some(Err)` when the catalog stayed silent past the limit, or `None`
+    /// once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<CatalogResponse, Error>> {
-        match self.first.take() {
-            Some(first) => Some(Ok(first)),
-            None => self.rest.recv().await,
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        match tokio::time::timeout(self.silence_limit, self.rest.recv()).await {
+            Ok(message) => message,
+            Err(_) => Some(Err(Error::TimedOut(self.silence_limit))),
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct CatalogConfig {
     pub snapshot_every: u64,
     /// Server limits (connections, frame size, cluster token).
     pub server: ServerConfig,
+    /// Interval of the heartbeats sent to subscribers.
+    pub heartbeat: std::time::Duration,
 }
 
 impl CatalogConfig {
@@ -64,6 +66,7 @@ impl CatalogConfig {
             dedup_window: 100_000,
             snapshot_every: 100_000,
             server: ServerConfig::new("catalog"),
+            heartbeat: std::time::Duration::from_millis(200),
         }
     }
 }
@@ -76,6 +79,7 @@ impl From<&CatalogArgs> for CatalogConfig {
             dedup_window: args.dedup_window,
             snapshot_every: args.snapshot_every,
             server: args.transport.server_config("catalog"),
+            heartbeat: args.transport.heartbeat(),
         }
     }
 }

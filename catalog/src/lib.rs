@@ -9,10 +9,11 @@
 pub mod book;
 pub mod client;
 pub mod config;
+pub mod leadership;
 pub mod service;
 pub mod store;
 
-pub use client::{CatalogClient, Invalidations};
+pub use client::{AppliedTrades, CatalogClient, LeadershipOutcome, Subscription, TradeOutcome};
 pub use config::CatalogConfig;
 pub use service::run;
 

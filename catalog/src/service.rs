@@ -1,12 +1,17 @@
 //! The catalog's request handlers and its `run` entry point: lookups that only show durable
-//! state, exactly-once trades answered after their group commit, and the invalidation stream.
+//! state, exactly-once trades fenced by the leader's epoch and answered after their group
+//! commit, the leadership record's compare-and-set, and the subscription stream
+//! (invalidations, leadership changes, heartbeats).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{self, Push, RequestContext, Service};
 use common::sync::lock;
-use common::wire::{CatalogRequest, CatalogResponse, RemoteError, Reply, StockName, TradeRequest};
+use common::wire::{
+    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, RemoteError, Reply,
+    StockName, TradeRequest,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +24,28 @@ use crate::{CatalogConfig, Error};
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Front ends subscribed to invalidations.
-type Subscribers = Arc<Mutex<Vec<Push>>>;
+/// Most applied trades in one `AppliedSince` answer.
+const MAX_APPLIED_BATCH: usize = 1_000;
+
+/// The subscribers, and the durable leadership record they were last told of; one lock, so
+/// that a new subscriber gets the record and then every later change, in order.
+#[derive(Default)]
+struct Subscribers {
+    /// Each stream, and whether it wants invalidations (front ends) or only leadership.
+    streams: Vec<(Push, bool)>,
+    /// The newest leadership record on disk.
+    published: Leadership,
+}
+
+impl Subscribers {
+    /// Sends `message` to every stream `wanted` selects, dropping those gone or too slow.
+    fn broadcast(&mut self, message: &CatalogResponse, wanted: impl Fn(bool) -> bool) {
+        self.streams
+            .retain(|(push, invalidations)| !wanted(*invalidations) || push.send(message));
+    }
+}
+
+type SharedSubscribers = Arc<Mutex<Subscribers>>;
 
 /// How far the log is known to be on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +61,7 @@ struct CatalogService {
     /// The group-commit queue; taken at shutdown so the writer drains and stops.
     log: Mutex<Option<LogWriter>>,
     durable: watch::Receiver<Durable>,
-    subscribers: Subscribers,
+    subscribers: SharedSubscribers,
 }
 
 impl CatalogService {
@@ -58,6 +83,17 @@ impl CatalogService {
                     debug!(request_id = %request.request_id, %rejection, "trade refused");
                     return Ok(CatalogResponse::Rejected(rejection));
                 }
+                Decision::Fenced => {
+                    let current = self.published();
+                    debug!(request_id = %request.request_id, epoch = request.epoch, %current, "trade fenced");
+                    return Ok(CatalogResponse::Fenced {
+                        reason: format!(
+                            "epoch {} may not trade; the record is {current}",
+                            request.epoch
+                        ),
+                        current,
+                    });
+                }
                 Decision::Repeated { seq, receipt } => {
                     debug!(request_id = %request.request_id, seq, "repeated trade request");
                     (seq, receipt)
@@ -76,13 +112,112 @@ impl CatalogService {
             }
         };
         self.wait_durable(seq).await?;
-        Ok(CatalogResponse::Traded(receipt))
+        Ok(CatalogResponse::Traded { receipt, seq })
     }
 
-    fn subscribe(&self, context: &RequestContext) -> Reply<CatalogResponse> {
-        lock(&self.subscribers).push(context.push());
-        info!(peer = %context.peer, "invalidation subscriber added");
-        Ok(CatalogResponse::Subscribed)
+    /// The durable leadership record.
+    fn published(&self) -> Leadership {
+        lock(&self.subscribers).published.clone()
+    }
+
+    fn subscribe(&self, context: &RequestContext, invalidations: bool) -> Reply<CatalogResponse> {
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.streams.push((context.push(), invalidations));
+        info!(peer = %context.peer, invalidations, "subscriber added");
+        Ok(CatalogResponse::Subscribed(subscribers.published.clone()))
+    }
+
+    /// The compare-and-set of the leadership record: decided against the newest record (also
+    /// one still on its way to disk, so that two changes never both succeed), answered and
+    /// published once on disk.
+    async fn change_leadership(
+        &self,
+        expected: Epoch,
+        change: LeadershipChange,
+    ) -> Reply<CatalogResponse> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let record = {
+            let mut book = lock(&self.book);
+            let record = match crate::leadership::apply(book.leadership(), expected, &change) {
+                Ok(record) => record,
+                Err(reason) => {
+                    debug!(expected, ?change, %reason, "leadership change refused");
+                    return Ok(CatalogResponse::Fenced {
+                        current: self.published(),
+                        reason,
+                    });
+                }
+            };
+            book.set_leadership(record.clone());
+            let subscribers = self.subscribers.clone();
+            let published = record.clone();
+            // Queued under the book's lock, so that changes reach the disk (and subscribers)
+            // in the order they were decided.
+            let queued = lock(&self.log).as_ref().is_some_and(|log| {
+                log.record_leadership(&record, move || {
+                    let mut subscribers = lock(&subscribers);
+                    subscribers.published = published.clone();
+                    subscribers.broadcast(&CatalogResponse::Leadership(published), |_| true);
+                    let _ = done.send(());
+                })
+                .is_ok()
+            });
+            if !queued {
+                return Err(RemoteError::unavailable("catalog is shutting down"));
+            }
+            record
+        };
+        match tokio::time::timeout(DURABILITY_TIMEOUT, written).await {
+            Ok(Ok(())) => {
+                info!(%record, ?change, "leadership record changed");
+                Ok(CatalogResponse::Leadership(record))
+            }
+            Ok(Err(_)) => Err(RemoteError::unavailable(
+                "catalog storage failed while recording the leadership",
+            )),
+            Err(_) => Err(RemoteError::unavailable("catalog log is not keeping up")),
+        }
+    }
+
+    /// The leader's reconciliation: stores how far every trade is a committed order and lists
+    /// the durable trades after `after`.
+    fn applied_since(
+        &self,
+        epoch: Epoch,
+        recorded_through: u64,
+        after: Option<u64>,
+        max: u32,
+    ) -> Reply<CatalogResponse> {
+        let through = self.durable.borrow().seq;
+        let mut book = lock(&self.book);
+        let published = self.published();
+        if !crate::leadership::admits(book.leadership(), epoch)
+            || !crate::leadership::admits(&published, epoch)
+        {
+            return Ok(CatalogResponse::Fenced {
+                reason: format!("epoch {epoch} does not lead; the record is {published}"),
+                current: published,
+            });
+        }
+        let after = after.unwrap_or(book.recorded_through());
+        if recorded_through > through || after > through {
+            warn!(
+                epoch,
+                recorded_through, after, through, "absurd reconciliation refused"
+            );
+            return Err(RemoteError::bad_request(format!(
+                "positions {recorded_through}/{after} are beyond the last durable trade {through}"
+            )));
+        }
+        book.set_recorded_through(recorded_through)
+            .map_err(RemoteError::bad_request)?;
+        let max = (max as usize).clamp(1, MAX_APPLIED_BATCH);
+        let (trades, complete) = book.applied_after(after, through, max);
+        Ok(CatalogResponse::Applied {
+            trades,
+            last_seq: through,
+            complete,
+        })
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<(), RemoteError> {
@@ -120,16 +255,26 @@ impl Service for CatalogService {
         match request {
             CatalogRequest::Lookup { name } => self.lookup(name).await,
             CatalogRequest::Trade(trade) => self.trade(trade).await,
-            CatalogRequest::Subscribe => self.subscribe(&context),
+            CatalogRequest::Subscribe { invalidations } => self.subscribe(&context, invalidations),
+            CatalogRequest::ReadLeadership => Ok(CatalogResponse::Leadership(self.published())),
+            CatalogRequest::ChangeLeadership { expected, change } => {
+                self.change_leadership(expected, change).await
+            }
+            CatalogRequest::AppliedSince {
+                epoch,
+                recorded_through,
+                after,
+                max,
+            } => self.applied_since(epoch, recorded_through, after, max),
         }
     }
 }
 
-/// Pushes an invalidation for every record of a durable batch to every subscriber, dropping
-/// the ones that are gone or too slow.
-fn notify(subscribers: &Mutex<Vec<Push>>, batch: &[TradeRecord]) {
+/// Pushes an invalidation for every record of a durable batch to every subscriber that wants
+/// them, dropping the ones that are gone or too slow.
+fn notify(subscribers: &Mutex<Subscribers>, batch: &[TradeRecord]) {
     let mut subscribers = lock(subscribers);
-    if subscribers.is_empty() {
+    if subscribers.streams.is_empty() {
         return;
     }
     for record in batch {
@@ -137,8 +282,27 @@ fn notify(subscribers: &Mutex<Vec<Push>>, batch: &[TradeRecord]) {
             name: record.name.clone(),
             version: record.after.version,
         };
-        subscribers.retain(|push| push.send(&message));
+        subscribers.broadcast(&message, |invalidations| invalidations);
         debug!(stock = %record.name, version = record.after.version, "invalidation pushed");
+    }
+}
+
+/// Sends a heartbeat to every subscriber each `interval`, so that a subscriber that hears
+/// nothing for a few intervals knows the stream is dead (a silent partition, a frozen
+/// catalog) without waiting for TCP.
+async fn heartbeats(
+    subscribers: SharedSubscribers,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        lock(&subscribers).broadcast(&CatalogResponse::Heartbeat, |_| true);
     }
 }
 
@@ -159,13 +323,16 @@ pub async fn run(
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let last_seq = book.last_seq();
-    let book = Arc::new(Mutex::new(book));
     let (durable_sender, durable) = watch::channel(Durable {
         seq: last_seq,
         failed: None,
     });
-    let subscribers: Subscribers = Arc::default();
+    let subscribers: SharedSubscribers = Arc::new(Mutex::new(Subscribers {
+        streams: Vec::new(),
+        published: book.leadership().clone(),
+    }));
     let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
+    let book = Arc::new(Mutex::new(book));
     let (log, writer) = store.start(events)?;
     let service = Arc::new(CatalogService {
         book,
@@ -204,6 +371,11 @@ pub async fn run(
             }
         }
     });
+    let heartbeat = tokio::spawn(heartbeats(
+        service.subscribers.clone(),
+        config.heartbeat,
+        shutdown.clone(),
+    ));
     info!(addr = %listener.local_addr()?, state = %config.state_dir.display(), "catalog serving");
     server::serve(listener, service.clone(), config.server.clone(), shutdown).await;
 
@@ -216,6 +388,7 @@ pub async fn run(
         warn!("log writer did not stop cleanly");
     }
     let _ = relay.await;
+    let _ = heartbeat.await;
     info!("catalog stopped");
     Ok(())
 }

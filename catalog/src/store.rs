@@ -6,6 +6,8 @@
 //!   length, a CRC-32 of the payload, then a MessagePack [`TradeRecord`]. Records are fsynced
 //!   in batches (group commit) before any trade in the batch is answered. A torn or corrupt
 //!   tail is cut off at recovery, never read as a record.
+//! - `leadership`: `SBLEAD01`, a CRC-32 and a length, then the MessagePack leadership record;
+//!   replaced atomically, in order with the log's records, before a change is answered.
 //! - `LOCK`: held while a catalog runs, so two processes never share a state directory.
 
 use std::fs::{self, File, OpenOptions};
@@ -21,11 +23,16 @@ use common::sync::lock;
 
 use tracing::{error, info, warn};
 
+use common::wire::Leadership;
+use serde::{de::DeserializeOwned, Serialize};
+
 use crate::book::{Book, Snapshot, TradeRecord};
 use crate::Error;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SBSNAP01";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+const LEADERSHIP_MAGIC: &[u8; 8] = b"SBLEAD01";
+const LEADERSHIP_FILE: &str = "leadership";
 const WAL_FILE: &str = "wal.log";
 /// A record bigger than this cannot be one of ours: its length field is garbage.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -75,21 +82,24 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<TradeRecord>, usize) {
     (records, at)
 }
 
-fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
-    let payload = rmp_serde::to_vec_named(snapshot)
-        .map_err(|e| Error::Corrupt(format!("cannot encode snapshot: {e}")))?;
+/// A whole file's image: magic, CRC-32 and length of the payload, then the MessagePack
+/// payload.
+fn seal<T: Serialize>(magic: &[u8; 8], value: &T) -> Result<Vec<u8>, Error> {
+    let payload = rmp_serde::to_vec_named(value)
+        .map_err(|e| Error::Corrupt(format!("cannot encode: {e}")))?;
     let mut out = Vec::with_capacity(payload.len() + 20);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
-    let corrupt = |why: &str| Error::Corrupt(format!("{SNAPSHOT_FILE}: {why}"));
-    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt("not a snapshot file"));
+/// Reads an image [`seal`] wrote; any damage is an error.
+fn unseal<T: DeserializeOwned>(magic: &[u8; 8], file: &str, bytes: &[u8]) -> Result<T, Error> {
+    let corrupt = |why: &str| Error::Corrupt(format!("{file}: {why}"));
+    if bytes.len() < 20 || &bytes[..8] != magic {
+        return Err(corrupt("not a file of this kind"));
     }
     let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     let mut len = [0u8; 8];
@@ -99,6 +109,24 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
         return Err(corrupt("length or checksum mismatch"));
     }
     rmp_serde::from_slice(payload).map_err(|e| corrupt(&e.to_string()))
+}
+
+fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
+    seal(SNAPSHOT_MAGIC, snapshot)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
+    unseal(SNAPSHOT_MAGIC, SNAPSHOT_FILE, bytes)
+}
+
+/// The leadership record's file image.
+pub fn encode_leadership(record: &Leadership) -> Result<Vec<u8>, Error> {
+    seal(LEADERSHIP_MAGIC, record)
+}
+
+/// Reads the leadership record's file image.
+pub fn decode_leadership(bytes: &[u8]) -> Result<Leadership, Error> {
+    unseal(LEADERSHIP_MAGIC, LEADERSHIP_FILE, bytes)
 }
 
 /// The opened state directory: recovered state and the log to append to.
@@ -135,6 +163,11 @@ impl Store {
             book
         };
 
+        let leadership_path = dir.join(LEADERSHIP_FILE);
+        if leadership_path.exists() {
+            book.set_leadership(decode_leadership(&fs::read(&leadership_path)?)?);
+        }
+
         let mut wal = OpenOptions::new()
             .create(true)
             .read(true)
@@ -160,6 +193,7 @@ impl Store {
             dir = %dir.display(),
             replayed = records.len(),
             last_seq = book.last_seq(),
+            leadership = %book.leadership(),
             "catalog state recovered"
         );
         Ok((
@@ -222,6 +256,25 @@ impl LogWriter {
                 bytes,
                 item: record,
             })
+            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
+    }
+
+    /// Queues a durable replacement of the leadership record, after every record queued
+    /// before it; `then` runs on the commit thread once it is on disk (not at all if writing
+    /// fails: the writer then stops and reports the failure).
+    pub fn record_leadership(
+        &self,
+        record: &Leadership,
+        then: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Error> {
+        let bytes = encode_leadership(record)?;
+        let dir = self.dir.clone();
+        self.jobs
+            .send(Job::Maintain(Box::new(move |_wal| {
+                files::replace_file(&dir, LEADERSHIP_FILE, &bytes)?;
+                then();
+                Ok(())
+            })))
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
@@ -306,6 +359,23 @@ mod tests {
         assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    #[test]
+    fn the_leadership_record_round_trips_and_damage_is_refused() {
+        let record = Leadership {
+            epoch: 7,
+            leader: Some(2),
+            in_sync: vec![1, 2],
+        };
+        let bytes = encode_leadership(&record).unwrap();
+        assert_eq!(decode_leadership(&bytes).unwrap(), record);
+        let mut damaged = bytes.clone();
+        damaged[21] ^= 1;
+        assert!(decode_leadership(&damaged).is_err());
+        // A snapshot is not a leadership record.
+        let book = Book::new(Book::parse_seed("A,1,1\n").unwrap(), 1);
+        assert!(decode_leadership(&encode_snapshot(&book.snapshot()).unwrap()).is_err());
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic_and_never_yield_records_past_the_intact_prefix(
@@ -315,6 +385,7 @@ mod tests {
             prop_assert!(intact <= bytes.len());
             prop_assert_eq!(records.is_empty(), intact == 0);
             let _ = decode_snapshot(&bytes);
+            let _ = decode_leadership(&bytes);
         }
     }
 }

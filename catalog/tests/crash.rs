@@ -3,6 +3,9 @@
 //! up, and a deliberately torn last log record is dropped.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod support;
+use support::{elect_stand_in, Receipt};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -67,6 +70,7 @@ fn spawn(state: &Path) -> Catalog {
 
 fn request(worker: usize, i: usize) -> TradeRequest {
     TradeRequest {
+        epoch: 1,
         request_id: RequestId::new(format!("crash-{worker}-{i}")).unwrap(),
         name: StockName::new(STOCKS[(worker + i) % STOCKS.len()]).unwrap(),
         quantity: (i % 4 + 1) as i64,
@@ -91,6 +95,7 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
     let state = tempfile::tempdir().unwrap();
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
+    elect_stand_in(&trader).await;
 
     // Eight workers trade until the catalog dies under them; every acknowledgement is kept.
     let acked: Arc<Mutex<HashMap<String, (TradeRequest, TradeReceipt)>>> = Arc::default();
@@ -104,7 +109,7 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
                     sent.lock().unwrap().push(request.clone());
                     match trader.trade(&request).await {
                         Ok(outcome) => {
-                            let receipt = outcome.unwrap();
+                            let receipt = outcome.receipt().unwrap();
                             acked
                                 .lock()
                                 .unwrap()
@@ -136,11 +141,14 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
     let trader = client(&catalog.addr);
     // Acknowledged trades are durable: retrying one returns its first receipt.
     for (request, receipt) in acked.values() {
-        assert_eq!(&trader.trade(request).await.unwrap().unwrap(), receipt);
+        assert_eq!(
+            &trader.trade(request).await.unwrap().receipt().unwrap(),
+            receipt
+        );
     }
     // Trades whose answer was lost are retried with their id: each lands exactly once.
     for request in &sent {
-        trader.trade(request).await.unwrap().unwrap();
+        trader.trade(request).await.unwrap().receipt().unwrap();
     }
     let mut expected: HashMap<&str, (u64, u64)> =
         STOCKS.iter().map(|s| (*s, (INITIAL, 0))).collect();

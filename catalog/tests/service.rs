@@ -2,6 +2,9 @@
 //! their refusals, exactly-once request ids (also across a restart), and invalidations.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod support;
+use support::{elect_stand_in, Receipt};
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,9 +45,11 @@ async fn start(state: &Path, configure: impl FnOnce(&mut CatalogConfig)) -> Runn
     configure(&mut config);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(catalog::run(listener, config, shutdown.clone()));
+    let client = CatalogClient::new(addr.to_string(), ClientConfig::new("test"));
+    elect_stand_in(&client).await;
     Running {
         addr: addr.to_string(),
-        client: CatalogClient::new(addr.to_string(), ClientConfig::new("test")),
+        client,
         shutdown,
         task,
     }
@@ -56,6 +61,7 @@ fn name(s: &str) -> StockName {
 
 fn trade(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
     TradeRequest {
+        epoch: 1,
         request_id: RequestId::new(id).unwrap(),
         name: name(stock),
         quantity,
@@ -80,7 +86,8 @@ async fn lookups_trades_and_refusals() {
     let bought = client
         .trade(&trade("t1", "GameStart", 40, TradeKind::Buy))
         .await
-        .unwrap();
+        .unwrap()
+        .receipt();
     assert_eq!(
         bought,
         Ok(TradeReceipt {
@@ -93,6 +100,7 @@ async fn lookups_trades_and_refusals() {
         .trade(&trade("t2", "GameStart", 15, TradeKind::Sell))
         .await
         .unwrap()
+        .receipt()
         .unwrap();
     assert_eq!((sold.quantity, sold.volume, sold.version), (99_975, 55, 2));
 
@@ -115,12 +123,16 @@ async fn lookups_trades_and_refusals() {
         ),
     ];
     for (request, expected) in refusals {
-        assert_eq!(client.trade(&request).await.unwrap(), Err(expected));
+        assert_eq!(
+            client.trade(&request).await.unwrap().receipt(),
+            Err(expected)
+        );
     }
     let all = client
         .trade(&trade("t7", "GameStart", 99_975, TradeKind::Buy))
         .await
         .unwrap()
+        .receipt()
         .unwrap();
     assert_eq!(all.quantity, 0);
 
@@ -137,19 +149,37 @@ async fn a_request_id_is_applied_once_also_after_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let catalog = start(state.path(), |_| {}).await;
     let request = trade("same-id", "BoarCo", 7, TradeKind::Buy);
-    let first = catalog.client.trade(&request).await.unwrap().unwrap();
-    let again = catalog.client.trade(&request).await.unwrap().unwrap();
+    let first = catalog
+        .client
+        .trade(&request)
+        .await
+        .unwrap()
+        .receipt()
+        .unwrap();
+    let again = catalog
+        .client
+        .trade(&request)
+        .await
+        .unwrap()
+        .receipt()
+        .unwrap();
     assert_eq!(first, again);
     let reused = trade("same-id", "BoarCo", 8, TradeKind::Buy);
     assert_eq!(
-        catalog.client.trade(&reused).await.unwrap(),
+        catalog.client.trade(&reused).await.unwrap().receipt(),
         Err(TradeRejection::RequestIdReused)
     );
     catalog.stop().await;
 
     let catalog = start(state.path(), |_| {}).await;
     assert_eq!(
-        catalog.client.trade(&request).await.unwrap().unwrap(),
+        catalog
+            .client
+            .trade(&request)
+            .await
+            .unwrap()
+            .receipt()
+            .unwrap(),
         first
     );
     let quote = catalog
@@ -185,7 +215,7 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
                     (i % 5 + 1) as i64,
                     kind,
                 );
-                client.trade(&request).await.unwrap().unwrap();
+                client.trade(&request).await.unwrap().receipt().unwrap();
             }
         })
     });
@@ -216,7 +246,13 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
     expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     // Ids from before the restart are still recognised.
     let replay = trade("w3-7", "FishCo", 3, TradeKind::Buy);
-    assert!(catalog.client.trade(&replay).await.unwrap().is_ok());
+    assert!(catalog
+        .client
+        .trade(&replay)
+        .await
+        .unwrap()
+        .receipt()
+        .is_ok());
     expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     catalog.stop().await;
 }
@@ -225,7 +261,8 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
 async fn subscribers_see_every_change_before_its_trade_is_answered() {
     let state = tempfile::tempdir().unwrap();
     let catalog = start(state.path(), |_| {}).await;
-    let mut stream = catalog.client.subscribe(64).await.unwrap();
+    let (record, mut stream) = catalog.client.subscribe(true, 64).await.unwrap();
+    assert_eq!(record.epoch, 1);
     // A separate connection for trades, as a front end would have.
     let trader = CatalogClient::new(catalog.client_addr(), ClientConfig::new("trader"));
     let mut seen = Vec::new();
@@ -234,6 +271,7 @@ async fn subscribers_see_every_change_before_its_trade_is_answered() {
             .trade(&trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
             .await
             .unwrap()
+            .receipt()
             .unwrap();
         assert_eq!(receipt.version, i);
         // The invalidation was queued before the answer; it arrives within a short deadline.
@@ -244,7 +282,7 @@ async fn subscribers_see_every_change_before_its_trade_is_answered() {
                 .expect("stream ended")
                 .unwrap();
             match message {
-                CatalogResponse::Subscribed => continue,
+                CatalogResponse::Heartbeat => continue,
                 CatalogResponse::Invalidate { name: n, version } => {
                     assert_eq!(n, name("StarCo"));
                     seen.push(version);
@@ -294,6 +332,7 @@ async fn the_shipped_seed_file_is_never_written() {
         .trade(&trade("x", "GameStart", 1, TradeKind::Buy))
         .await
         .unwrap()
+        .receipt()
         .unwrap();
     catalog.stop().await;
     assert_eq!(std::fs::read(seed()).unwrap(), before);

@@ -38,6 +38,12 @@ pub struct TransportArgs {
     /// Milliseconds an internal call may take, dialing included.
     #[arg(long, env = "BAZAAR_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub call_timeout_ms: u64,
+
+    /// Milliseconds between the catalog's heartbeats on a subscription; a subscriber that
+    /// hears nothing for three of them treats the stream as broken.
+    #[arg(long, env = "BAZAAR_HEARTBEAT_MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_ms: u64,
 }
 
 impl TransportArgs {
@@ -52,12 +58,18 @@ impl TransportArgs {
         }
     }
 
+    /// The heartbeat interval of subscriptions.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
     /// Client settings for a process that introduces itself as `peer_name`.
     pub fn client_config(&self, peer_name: &str) -> ClientConfig {
         ClientConfig {
             max_frame_bytes: self.max_frame_bytes,
             cluster_token: self.cluster_token.clone(),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
+            heartbeat: self.heartbeat(),
             ..ClientConfig::new(peer_name)
         }
     }

@@ -42,6 +42,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Frames queued for the writer before callers wait.
     pub outbound_queue: usize,
+    /// The interval at which a subscription's server sends heartbeats; a stream silent for
+    /// three of them is treated as broken.
+    pub heartbeat: Duration,
 }
 
 impl ClientConfig {
@@ -56,7 +59,13 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             outbound_queue: 4096,
+            heartbeat: Duration::from_millis(200),
         }
+    }
+
+    /// How long a subscription may stay silent before it counts as broken.
+    pub fn silence_limit(&self) -> Duration {
+        self.heartbeat * 3
     }
 }
 

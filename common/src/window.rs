@@ -49,7 +49,7 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
     }
 
     /// The remembered values, oldest first.
-    pub fn values(&self) -> impl Iterator<Item = &V> {
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
         self.order.iter().filter_map(|k| self.values.get(k))
     }
 

@@ -246,15 +246,118 @@ pub enum CatalogRequest {
         /// The stock.
         name: StockName,
     },
-    /// Apply one trade, once per request id.
+    /// Apply one trade, once per request id; refused unless `epoch` is the recorded one.
     Trade(TradeRequest),
-    /// Turn this connection's request into a stream of [`CatalogResponse::Invalidate`].
-    Subscribe,
+    /// Turn this connection's request into a stream: [`CatalogResponse::Invalidate`] for
+    /// every change of a stock (when `invalidations`), [`CatalogResponse::Leadership`] for
+    /// every change of the leadership record, and a [`CatalogResponse::Heartbeat`] at least
+    /// every heartbeat interval, so that a silent catalog is noticed.
+    Subscribe {
+        /// Whether stock invalidations are wanted (front ends) or only leadership (replicas).
+        invalidations: bool,
+    },
+    /// The leadership record as it is now (durable).
+    ReadLeadership,
+    /// Changes the leadership record if its epoch is still `expected`: the compare-and-set
+    /// through which every election and every change of `in_sync` goes.
+    ChangeLeadership {
+        /// The epoch the caller saw; another epoch means someone else changed it first.
+        expected: Epoch,
+        /// What to change.
+        change: LeadershipChange,
+    },
+    /// Leader only: the trades applied after `after` (catalog sequence numbers), so that the
+    /// leader records every trade the catalog applied as an order. `recorded_through` is the
+    /// newest sequence number below which every trade is a committed order; the catalog
+    /// keeps it so that the next leader knows where to start.
+    AppliedSince {
+        /// The caller's epoch; any other than the recorded one is refused.
+        epoch: Epoch,
+        /// Every trade up to this sequence number is a committed order.
+        recorded_through: u64,
+        /// Answer the trades after this one (`None`: after the stored `recorded_through`).
+        after: Option<u64>,
+        /// Most trades in the answer.
+        max: u32,
+    },
+}
+
+/// Most replicas a leadership record may name.
+pub const MAX_REPLICAS: usize = 16;
+
+/// The cluster's leadership record, kept durably by the catalog: who leads which epoch and
+/// which replicas hold every acknowledged order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Leadership {
+    /// A counter the catalog advances at every election; 0 = nobody was ever elected.
+    pub epoch: Epoch,
+    /// The leader of `epoch`.
+    pub leader: Option<ReplicaId>,
+    /// The in-sync replicas, ascending: every one holds every acknowledged order. The leader
+    /// acknowledges an order only once each of them has persisted it.
+    pub in_sync: Vec<ReplicaId>,
+}
+
+impl fmt::Display for Leadership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.leader {
+            Some(leader) => write!(
+                f,
+                "epoch {} led by {leader}, in sync {:?}",
+                self.epoch, self.in_sync
+            ),
+            None => write!(f, "epoch {} without a leader", self.epoch),
+        }
+    }
+}
+
+/// A change of the leadership record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeadershipChange {
+    /// A new epoch led by `leader`, which must be in `in_sync`. The in-sync set stays as it
+    /// is, except at the first election, which names it (`in_sync`, every replica).
+    Elect {
+        /// The new leader.
+        leader: ReplicaId,
+        /// The in-sync set of the very first election; ignored afterwards.
+        in_sync: Vec<ReplicaId>,
+    },
+    /// The leader changes the in-sync set of its own epoch (it must stay a member).
+    SetInSync {
+        /// Who asks: the recorded leader.
+        leader: ReplicaId,
+        /// The new set.
+        in_sync: Vec<ReplicaId>,
+    },
+    /// An operator's override: `leader` leads a new epoch alone, in sync or not. Orders only
+    /// the others held may be lost.
+    Unclean {
+        /// The new leader.
+        leader: ReplicaId,
+    },
+}
+
+/// One trade as the catalog applied it, for the leader to record as an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedTrade {
+    /// The catalog's sequence number of the trade.
+    pub seq: u64,
+    /// The request that placed it.
+    pub request_id: RequestId,
+    /// The stock.
+    pub name: StockName,
+    /// Buy or sell.
+    pub kind: TradeKind,
+    /// Shares.
+    pub quantity: u64,
 }
 
 /// One trade against the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeRequest {
+    /// The epoch of the leader that sends it; the catalog refuses any but the recorded one,
+    /// so that a deposed leader cannot trade.
+    pub epoch: Epoch,
     /// Repeating an id returns the first outcome and trades nothing again.
     pub request_id: RequestId,
     /// The stock traded.
@@ -334,11 +437,40 @@ pub enum CatalogResponse {
     /// Answer to `Lookup` of an unknown name.
     NotFound,
     /// Answer to an applied (or already applied) `Trade`.
-    Traded(TradeReceipt),
+    Traded {
+        /// The stock after the trade.
+        receipt: TradeReceipt,
+        /// The trade's sequence number in the catalog's history.
+        seq: u64,
+    },
     /// Answer to a refused `Trade`.
     Rejected(TradeRejection),
-    /// First answer to `Subscribe`; invalidations follow with the same id.
-    Subscribed,
+    /// First answer to `Subscribe`, with the leadership record as it is; pushes follow with
+    /// the same id.
+    Subscribed(Leadership),
+    /// The leadership record: the answer to `ReadLeadership` and to a successful
+    /// `ChangeLeadership`, and pushed to subscribers after every change.
+    Leadership(Leadership),
+    /// A `Trade`, `AppliedSince` or `ChangeLeadership` made under another epoch than the
+    /// recorded one (or a change the record's rules refuse): nothing changed; this is the
+    /// record now.
+    Fenced {
+        /// The record as it is.
+        current: Leadership,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Answer to `AppliedSince`.
+    Applied {
+        /// Trades after the asked position, oldest first.
+        trades: Vec<AppliedTrade>,
+        /// The newest trade's sequence number.
+        last_seq: u64,
+        /// False when the oldest asked-for trades are no longer remembered.
+        complete: bool,
+    },
+    /// Pushed to subscribers when nothing else was sent for a heartbeat interval.
+    Heartbeat,
     /// Pushed to subscribers after every change, before the trade is answered.
     Invalidate {
         /// The stock that changed.
@@ -425,13 +557,6 @@ pub enum OrderRequest {
     },
     /// Liveness, role and log position.
     Status,
-    /// Names the leader of `epoch` (sent by the front end to every live replica).
-    SetLeader {
-        /// Larger than any epoch before (or equal, to tell a restarted replica the current one).
-        epoch: Epoch,
-        /// The new leader.
-        leader_id: ReplicaId,
-    },
     /// Leader to follower: append `entries`, which follow `prev` in the leader's log.
     Replicate {
         /// The leader's epoch.
@@ -464,7 +589,8 @@ pub enum Role {
     Follower,
     /// It is fetching what it missed from the leader and serves nothing yet.
     Syncing,
-    /// It knows of no leader.
+    /// It knows of no leader it may follow or lead: none is recorded, or the record names it
+    /// for an epoch it cannot lead again after a restart (it waits for a new election).
     Idle,
 }
 
@@ -481,6 +607,11 @@ pub struct ReplicaStatus {
     pub leader_id: Option<ReplicaId>,
     /// Its last durable entry.
     pub last: Option<LogPosition>,
+    /// Whether its link to the catalog is up (heartbeats arrive): a leader without it cannot
+    /// trade, so electors replace it.
+    pub catalog_link: bool,
+    /// Leader only: it places orders (it has recorded every trade the catalog applied).
+    pub placing: bool,
 }
 
 /// Answers of the order replicas.
@@ -501,8 +632,6 @@ pub enum OrderResponse {
     OrderNotFound,
     /// Answer to `Status`.
     Status(ReplicaStatus),
-    /// `SetLeader` accepted.
-    LeaderSet,
     /// `Replicate` accepted: everything up to `last` is durable here.
     Replicated {
         /// The follower's last durable entry.

@@ -23,16 +23,68 @@ fn kind() -> impl Strategy<Value = TradeKind> {
 fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
     prop_oneof![
         stock_name().prop_map(|name| CatalogRequest::Lookup { name }),
-        (request_id(), stock_name(), any::<i64>(), kind()).prop_map(
-            |(request_id, name, quantity, kind)| CatalogRequest::Trade(TradeRequest {
-                request_id,
-                name,
-                quantity,
-                kind,
-            })
-        ),
-        Just(CatalogRequest::Subscribe),
+        (
+            any::<u64>(),
+            request_id(),
+            stock_name(),
+            any::<i64>(),
+            kind()
+        )
+            .prop_map(
+                |(epoch, request_id, name, quantity, kind)| CatalogRequest::Trade(TradeRequest {
+                    epoch,
+                    request_id,
+                    name,
+                    quantity,
+                    kind,
+                })
+            ),
+        any::<bool>().prop_map(|invalidations| CatalogRequest::Subscribe { invalidations }),
+        Just(CatalogRequest::ReadLeadership),
+        (any::<u64>(), change())
+            .prop_map(|(expected, change)| CatalogRequest::ChangeLeadership { expected, change }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<u32>()
+        )
+            .prop_map(|(epoch, recorded_through, after, max)| {
+                CatalogRequest::AppliedSince {
+                    epoch,
+                    recorded_through,
+                    after,
+                    max,
+                }
+            }),
     ]
+}
+
+fn replica_ids() -> impl Strategy<Value = Vec<ReplicaId>> {
+    proptest::collection::vec(any::<u32>(), 0..4)
+}
+
+fn change() -> impl Strategy<Value = LeadershipChange> {
+    prop_oneof![
+        (any::<u32>(), replica_ids())
+            .prop_map(|(leader, in_sync)| LeadershipChange::Elect { leader, in_sync }),
+        (any::<u32>(), replica_ids())
+            .prop_map(|(leader, in_sync)| LeadershipChange::SetInSync { leader, in_sync }),
+        any::<u32>().prop_map(|leader| LeadershipChange::Unclean { leader }),
+    ]
+}
+
+fn leadership() -> impl Strategy<Value = Leadership> {
+    (
+        any::<u64>(),
+        proptest::option::of(any::<u32>()),
+        replica_ids(),
+    )
+        .prop_map(|(epoch, leader, in_sync)| Leadership {
+            epoch,
+            leader,
+            in_sync,
+        })
 }
 
 fn rejection() -> impl Strategy<Value = TradeRejection> {
@@ -64,15 +116,52 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
                 })
             ),
         Just(CatalogResponse::NotFound),
-        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(quantity, volume, version)| {
-            CatalogResponse::Traded(TradeReceipt {
-                quantity,
-                volume,
-                version,
-            })
-        }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(quantity, volume, version, seq)| {
+                CatalogResponse::Traded {
+                    receipt: TradeReceipt {
+                        quantity,
+                        volume,
+                        version,
+                    },
+                    seq,
+                }
+            }
+        ),
         rejection().prop_map(CatalogResponse::Rejected),
-        Just(CatalogResponse::Subscribed),
+        leadership().prop_map(CatalogResponse::Subscribed),
+        leadership().prop_map(CatalogResponse::Leadership),
+        (leadership(), ".{0,40}")
+            .prop_map(|(current, reason)| CatalogResponse::Fenced { current, reason }),
+        (
+            proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    request_id(),
+                    stock_name(),
+                    kind(),
+                    any::<u64>()
+                ),
+                0..4
+            ),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(trades, last_seq, complete)| CatalogResponse::Applied {
+                trades: trades
+                    .into_iter()
+                    .map(|(seq, request_id, name, kind, quantity)| AppliedTrade {
+                        seq,
+                        request_id,
+                        name,
+                        kind,
+                        quantity,
+                    })
+                    .collect(),
+                last_seq,
+                complete,
+            }),
+        Just(CatalogResponse::Heartbeat),
         (stock_name(), any::<u64>())
             .prop_map(|(name, version)| CatalogResponse::Invalidate { name, version }),
     ]
@@ -126,8 +215,6 @@ fn order_request() -> impl Strategy<Value = OrderRequest> {
         ),
         any::<u64>().prop_map(|number| OrderRequest::GetOrder { number }),
         Just(OrderRequest::Status),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(epoch, leader_id)| OrderRequest::SetLeader { epoch, leader_id }),
         (
             any::<u64>(),
             any::<u32>(),
@@ -177,18 +264,22 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
             role(),
             any::<u64>(),
             leader.clone(),
-            proptest::option::of(position())
+            proptest::option::of(position()),
+            any::<(bool, bool)>()
         )
-            .prop_map(|(id, role, epoch, leader_id, last)| {
-                OrderResponse::Status(ReplicaStatus {
-                    id,
-                    role,
-                    epoch,
-                    leader_id,
-                    last,
-                })
-            }),
-        Just(OrderResponse::LeaderSet),
+            .prop_map(
+                |(id, role, epoch, leader_id, last, (catalog_link, placing))| {
+                    OrderResponse::Status(ReplicaStatus {
+                        id,
+                        role,
+                        epoch,
+                        leader_id,
+                        last,
+                        catalog_link,
+                        placing,
+                    })
+                }
+            ),
         proptest::option::of(position()).prop_map(|last| OrderResponse::Replicated { last }),
         proptest::option::of(position()).prop_map(|last| OrderResponse::Behind { last }),
         (

@@ -173,7 +173,13 @@ impl App {
             },
             Ok(other) => Response::error(503, &format!("unexpected answer {other:?}")),
             Err(OrderError::BadRequest(message)) => Response::error(400, &message),
-            Err(OrderError::Unavailable(message)) => Response::error(503, &message),
+            Err(OrderError::Unavailable(message)) => Response::error(
+                503,
+                &format!(
+                    "{message}; the trade may have been applied: a retry with the same \
+                     Idempotency-Key tells its outcome and trades nothing twice"
+                ),
+            ),
         }
     }
 
@@ -249,9 +255,11 @@ impl App {
     }
 
     fn health(&self) -> Response {
-        let catalog_up = self.catalog_up.load(Ordering::Relaxed);
-        match (catalog_up, self.orders.current()) {
-            (true, Some((leader, epoch))) => Response::json(
+        if !self.catalog_up.load(Ordering::Relaxed) {
+            return Response::error(503, "catalog unreachable (invalidation stream down)");
+        }
+        match self.orders.serving() {
+            Ok((leader, epoch)) => Response::json(
                 200,
                 data(&HealthBody {
                     status: "ok",
@@ -259,8 +267,7 @@ impl App {
                     epoch,
                 }),
             ),
-            (false, _) => Response::error(503, "catalog unreachable (invalidation stream down)"),
-            (true, None) => Response::error(503, "no order leader elected"),
+            Err(problem) => Response::error(503, &format!("no order leader serves: {problem}")),
         }
     }
 

@@ -51,6 +51,7 @@ pub async fn run(
     let catalog = CatalogClient::new(config.catalog.clone(), config.client.clone());
     let orders = Arc::new(leader::OrderLeader::new(
         &config.order_peers,
+        catalog.clone(),
         &config.client,
         config.failover_deadline,
         config.attempt_timeout,
@@ -73,17 +74,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the cache subscribed to the catalog's invalidations; while the stream is down the
-/// cache is empty and unused.
+/// Keeps the cache subscribed to the catalog's invalidations and the order leader's view to
+/// its leadership record; while the stream is down (broken, or silent for three heartbeats)
+/// the cache is empty and unused.
 async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(20);
     loop {
         let subscribed = tokio::select! {
             () = shutdown.cancelled() => return,
-            subscribed = app.catalog.subscribe(INVALIDATION_BACKLOG) => subscribed,
+            subscribed = app.catalog.subscribe(true, INVALIDATION_BACKLOG) => subscribed,
         };
-        if let Ok(mut stream) = subscribed {
+        if let Ok((record, mut stream)) = subscribed {
             backoff = Duration::from_millis(20);
+            app.orders.observe(&record);
             lock(&app.cache).enable();
             app.catalog_up.store(true, Ordering::Relaxed);
             info!("invalidation stream up; cache in use");
@@ -96,7 +99,8 @@ async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
                     Some(Ok(CatalogResponse::Invalidate { name, version })) => {
                         lock(&app.cache).invalidate(&name, version);
                     }
-                    Some(Ok(CatalogResponse::Subscribed)) => {}
+                    Some(Ok(CatalogResponse::Leadership(record))) => app.orders.observe(&record),
+                    Some(Ok(CatalogResponse::Heartbeat | CatalogResponse::Subscribed(_))) => {}
                     Some(Ok(other)) => {
                         warn!(?other, "unexpected message on the invalidation stream")
                     }

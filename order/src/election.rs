@@ -1,77 +1,111 @@
-//! Electing the order leader: ask every replica for its status, choose the most up-to-date
-//! live one (last entry's epoch, then number; highest id on ties) that holds every order the
-//! caller has acknowledged, and announce it with an epoch larger than any seen. The front end
-//! runs this; so does `order elect` for operators.
-//!
-//! Two elections must never share an epoch, even when the replica that saw the newest one is
-//! unreachable: the epoch is at least the wall clock in milliseconds, and above both the
-//! highest epoch any reachable replica reports and the caller's own last one.
+//! Electing the order leader through the catalog's leadership record. Anyone may run an
+//! election (every front end, `order elect`), and any number at once: an election happens only
+//! when the recorded leader cannot serve, chooses the highest-id live member of the recorded
+//! in-sync set (each holds every acknowledged order), and is a compare-and-set on the record's
+//! epoch at the catalog, so at most one of several concurrent elections wins and the others
+//! follow it. Epochs are the catalog's counter, never a clock.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use catalog::{CatalogClient, LeadershipOutcome};
 use common::rpc::RpcClient;
-use common::wire::{Epoch, LogPosition, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus};
+use common::wire::{
+    Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus, Role,
+};
 use tracing::{info, warn};
 
 /// A client of one replica.
 pub type ReplicaClient = RpcClient<OrderRequest, OrderResponse>;
 
-/// Why no leader could be elected.
+/// Why no leader could be made to serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ElectionError {
-    /// No replica answered.
-    #[error("no order replica is reachable")]
-    NoneReachable,
-    /// Replicas answered, but none holds every acknowledged order.
-    #[error("no reachable replica holds order {0}, which was acknowledged")]
-    MissingAcknowledged(LogPosition),
-    /// The chosen replica refused the announcement.
-    #[error("replica {0} refused to lead: {1}")]
-    Refused(ReplicaId, String),
+    /// The catalog, which keeps the record, did not answer.
+    #[error("the catalog is unreachable: {0}")]
+    CatalogUnreachable(String),
+    /// No replica that may lead is alive.
+    #[error("{0}")]
+    NoCandidate(String),
 }
 
-/// Chooses among the replicas that answered: the most up-to-date that holds `acknowledged`
-/// (the newest order position the caller has acknowledged), highest id on ties. A replica
-/// whose last entry is at or after that position (epoch first, then number) holds it: its
-/// log is a prefix of, or grew from, the log of the leader that numbered it.
-pub fn choose_leader(
-    live: &[ReplicaStatus],
-    acknowledged: Option<LogPosition>,
-) -> Result<ReplicaId, ElectionError> {
-    if live.is_empty() {
-        return Err(ElectionError::NoneReachable);
-    }
-    live.iter()
-        .filter(|s| s.last >= acknowledged)
-        .max_by_key(|s| (s.last, s.id))
-        .map(|s| s.id)
-        .ok_or(ElectionError::MissingAcknowledged(acknowledged.unwrap_or(
-            LogPosition {
-                epoch: 0,
-                number: 0,
-            },
-        )))
-}
-
-/// An election's outcome.
+/// What to do about the record, given what the replicas answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Elected {
-    /// The new term.
-    pub epoch: Epoch,
-    /// Its leader.
-    pub leader: ReplicaId,
-    /// Replicas that took the announcement.
-    pub informed: Vec<ReplicaId>,
+pub enum Verdict {
+    /// The recorded leader serves (or has yet to hear of its election): nothing to do.
+    Healthy,
+    /// Elect `leader`; `in_sync` names every replica at the very first election.
+    Elect {
+        /// The replica to elect.
+        leader: ReplicaId,
+        /// The in-sync set of a first election.
+        in_sync: Vec<ReplicaId>,
+    },
+    /// No replica may lead now.
+    NoCandidate(String),
 }
 
-/// Runs one election over `replicas`; every call to a replica takes at most `timeout`.
-pub async fn elect(
+/// Whether the replica answering `status` serves as the leader of `record`.
+fn serves(record: &Leadership, status: &ReplicaStatus) -> bool {
+    if !status.catalog_link {
+        // It cannot trade, so it cannot place orders.
+        return false;
+    }
+    // Not told of its election yet (the record's push is on its way), or leading it.
+    status.epoch < record.epoch || (status.epoch == record.epoch && status.role == Role::Leader)
+}
+
+/// Decides, without I/O, whether to elect and whom. `statuses` holds the replicas that
+/// answered; `replicas` names every configured one.
+pub fn judge(
+    record: &Leadership,
+    statuses: &BTreeMap<ReplicaId, ReplicaStatus>,
+    replicas: &[ReplicaId],
+) -> Verdict {
+    let linked = |s: &&ReplicaStatus| s.catalog_link;
+    let Some(leader) = record.leader else {
+        // Never elected: every replica is empty, so any live one may lead; the most up to date
+        // (in case state predates the record), highest id on ties.
+        return match statuses
+            .values()
+            .filter(linked)
+            .max_by_key(|s| (s.last, s.id))
+        {
+            Some(chosen) => Verdict::Elect {
+                leader: chosen.id,
+                in_sync: replicas.to_vec(),
+            },
+            None => Verdict::NoCandidate("no order replica is reachable".into()),
+        };
+    };
+    if statuses.get(&leader).is_some_and(|s| serves(record, s)) {
+        return Verdict::Healthy;
+    }
+    let candidate = statuses
+        .values()
+        .filter(linked)
+        .filter(|s| record.in_sync.contains(&s.id))
+        .map(|s| s.id)
+        .max();
+    match candidate {
+        Some(leader) => Verdict::Elect {
+            leader,
+            in_sync: Vec::new(),
+        },
+        None => Verdict::NoCandidate(format!(
+            "no live in-sync replica can lead epoch {}: replicas {:?} hold every acknowledged \
+             order, and none of them answers",
+            record.epoch + 1,
+            record.in_sync
+        )),
+    }
+}
+
+/// Asks every replica for its status, each within `timeout`.
+pub async fn statuses(
     replicas: &BTreeMap<ReplicaId, ReplicaClient>,
-    acknowledged: Option<LogPosition>,
-    last_epoch: Epoch,
     timeout: Duration,
-) -> Result<Elected, ElectionError> {
+) -> BTreeMap<ReplicaId, ReplicaStatus> {
     let asks = replicas.iter().map(|(&id, client)| async move {
         match client.call_within(&OrderRequest::Status, timeout).await {
             Ok(OrderResponse::Status(status)) if status.id == id => Some(status),
@@ -86,113 +120,239 @@ pub async fn elect(
             _ => None,
         }
     });
-    let live: Vec<ReplicaStatus> = futures::future::join_all(asks)
+    futures::future::join_all(asks)
         .await
         .into_iter()
         .flatten()
-        .collect();
-    let leader = choose_leader(&live, acknowledged)?;
-    let epoch = next_epoch(
-        live.iter()
-            .map(|s| s.epoch)
-            .max()
-            .unwrap_or(0)
-            .max(last_epoch),
-    );
-    let announce = OrderRequest::SetLeader {
-        epoch,
-        leader_id: leader,
-    };
-    // The leader first, so that followers asking it for a sync-up find it leading; then the
-    // others at once.
-    match replicas[&leader].call_within(&announce, timeout).await {
-        Ok(OrderResponse::LeaderSet) => {}
-        other => return Err(ElectionError::Refused(leader, format!("{other:?}"))),
-    }
-    let announce = &announce;
-    let followers = live.iter().map(|s| s.id).filter(|&id| id != leader);
-    let answers = futures::future::join_all(
-        followers.map(|id| async move { (id, replicas[&id].call_within(announce, timeout).await) }),
-    )
-    .await;
-    let mut informed = vec![leader];
-    for (id, answer) in answers {
-        match answer {
-            Ok(OrderResponse::LeaderSet) => informed.push(id),
-            other => warn!(replica = id, answer = ?other, "replica missed the election"),
-        }
-    }
-    info!(epoch, leader, ?informed, "leader elected");
-    Ok(Elected {
-        epoch,
-        leader,
-        informed,
-    })
+        .map(|s| (s.id, s))
+        .collect()
 }
 
-/// An epoch above `highest` and not below the wall clock in milliseconds.
-pub fn next_epoch(highest: Epoch) -> Epoch {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    highest.saturating_add(1).max(now)
+/// What [`ensure_leader`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    /// The record to follow.
+    pub record: Leadership,
+    /// Whether this call's election changed it.
+    pub elected: bool,
+}
+
+/// Reads the record and, if its leader cannot serve, elects the highest-id live in-sync
+/// replica by compare-and-set. Losing to a concurrent election is not an error: the winner's
+/// record comes back. Every call takes at most `timeout`.
+pub async fn ensure_leader(
+    catalog: &CatalogClient,
+    replicas: &BTreeMap<ReplicaId, ReplicaClient>,
+    timeout: Duration,
+) -> Result<Ensured, ElectionError> {
+    let (record, statuses) = tokio::join!(catalog.leadership(timeout), statuses(replicas, timeout));
+    let record = record.map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?;
+    let ids: Vec<ReplicaId> = replicas.keys().copied().collect();
+    let (leader, in_sync) = match judge(&record, &statuses, &ids) {
+        Verdict::Healthy => {
+            return Ok(Ensured {
+                record,
+                elected: false,
+            })
+        }
+        Verdict::NoCandidate(reason) => return Err(ElectionError::NoCandidate(reason)),
+        Verdict::Elect { leader, in_sync } => (leader, in_sync),
+    };
+    let change = LeadershipChange::Elect { leader, in_sync };
+    match catalog
+        .change_leadership(record.epoch, change, timeout)
+        .await
+        .map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?
+    {
+        LeadershipOutcome::Changed(record) => {
+            info!(%record, "order leader elected");
+            Ok(Ensured {
+                record,
+                elected: true,
+            })
+        }
+        LeadershipOutcome::Refused { current, reason } => {
+            info!(%current, %reason, "another election won; following it");
+            Ok(Ensured {
+                record: current,
+                elected: false,
+            })
+        }
+    }
+}
+
+/// An operator's override when no in-sync replica can come back: `leader` leads a new epoch
+/// alone. Returns the new record and what may be lost, in words.
+pub async fn elect_unclean(
+    catalog: &CatalogClient,
+    replicas: &BTreeMap<ReplicaId, ReplicaClient>,
+    leader: ReplicaId,
+    timeout: Duration,
+) -> Result<(Leadership, String), ElectionError> {
+    let record = catalog
+        .leadership(timeout)
+        .await
+        .map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?;
+    let statuses = statuses(replicas, timeout).await;
+    let chosen = statuses.get(&leader).and_then(|s| s.last);
+    let mut risk = format!(
+        "replica {leader} (last entry {}) leads alone; ",
+        chosen.map_or("none".into(), |p| p.to_string())
+    );
+    let others: Vec<String> = record
+        .in_sync
+        .iter()
+        .filter(|&&id| id != leader)
+        .map(|id| match statuses.get(id) {
+            Some(s) => format!(
+                "{id} (last {})",
+                s.last.map_or("none".into(), |p| p.to_string())
+            ),
+            None => format!("{id} (unreachable)"),
+        })
+        .collect();
+    if record.in_sync.contains(&leader) {
+        risk.push_str("it was in sync: no acknowledged order is lost");
+    } else {
+        risk.push_str(&format!(
+            "it was NOT in sync: orders acknowledged after its last entry and held only by {} \
+             are set aside when those replicas return",
+            if others.is_empty() {
+                "replicas no longer recorded".to_owned()
+            } else {
+                others.join(", ")
+            }
+        ));
+    }
+    match catalog
+        .change_leadership(record.epoch, LeadershipChange::Unclean { leader }, timeout)
+        .await
+        .map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?
+    {
+        LeadershipOutcome::Changed(record) => {
+            warn!(%record, %risk, "unclean election");
+            Ok((record, risk))
+        }
+        LeadershipOutcome::Refused { current, reason } => Err(ElectionError::NoCandidate(format!(
+            "the record changed meanwhile ({current}): {reason}; try again"
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::wire::Role;
+    use common::wire::{Epoch, LogPosition};
 
-    fn status(id: ReplicaId, last: Option<(u64, u64)>) -> ReplicaStatus {
+    fn status(id: ReplicaId, role: Role, epoch: Epoch, link: bool) -> ReplicaStatus {
         ReplicaStatus {
             id,
-            role: Role::Follower,
-            epoch: 3,
+            role,
+            epoch,
             leader_id: None,
-            last: last.map(|(epoch, number)| LogPosition { epoch, number }),
+            last: Some(LogPosition { epoch, number: 0 }),
+            catalog_link: link,
+            placing: role == Role::Leader,
         }
     }
 
-    #[test]
-    fn the_most_up_to_date_replica_wins_and_ties_go_to_the_highest_id() {
-        let live = [
-            status(1, Some((2, 10))),
-            status(2, Some((3, 4))),
-            status(3, Some((2, 10))),
-        ];
-        assert_eq!(choose_leader(&live, None), Ok(2));
-        let tie = [status(1, Some((2, 10))), status(3, Some((2, 10)))];
-        assert_eq!(choose_leader(&tie, None), Ok(3));
-        let empty = [status(1, None), status(2, None)];
-        assert_eq!(choose_leader(&empty, None), Ok(2));
-        assert_eq!(choose_leader(&[], None), Err(ElectionError::NoneReachable));
+    fn record(epoch: Epoch, leader: ReplicaId, in_sync: &[ReplicaId]) -> Leadership {
+        Leadership {
+            epoch,
+            leader: Some(leader),
+            in_sync: in_sync.to_vec(),
+        }
+    }
+
+    fn answered(statuses: &[ReplicaStatus]) -> BTreeMap<ReplicaId, ReplicaStatus> {
+        statuses.iter().map(|s| (s.id, s.clone())).collect()
     }
 
     #[test]
-    fn epochs_only_grow() {
-        let now = next_epoch(0);
-        assert!(now > 1_700_000_000_000, "{now}");
-        assert_eq!(next_epoch(u64::MAX - 1), u64::MAX);
-        let later = now + 1_000_000;
-        assert_eq!(next_epoch(later), later + 1);
+    fn a_serving_leader_is_left_alone() {
+        let now = record(4, 2, &[1, 2, 3]);
+        let all = answered(&[
+            status(1, Role::Follower, 4, true),
+            status(2, Role::Leader, 4, true),
+            status(3, Role::Follower, 4, true),
+        ]);
+        assert_eq!(judge(&now, &all, &[1, 2, 3]), Verdict::Healthy);
+        // Elected but not told yet: give it the time to hear.
+        let pending = answered(&[status(2, Role::Follower, 3, true)]);
+        assert_eq!(judge(&now, &pending, &[1, 2, 3]), Verdict::Healthy);
     }
 
     #[test]
-    fn a_replica_lacking_an_acknowledged_order_is_never_chosen() {
-        let at = |epoch, number| Some(LogPosition { epoch, number });
-        // Replica 2 numbered orders up to 9 in epoch 4, but order 6 was acknowledged in epoch
-        // 5 by replica 1: only replica 1 holds it.
-        let live = [status(1, Some((5, 6))), status(2, Some((4, 9)))];
-        assert_eq!(choose_leader(&live, at(5, 6)), Ok(1));
-        assert_eq!(choose_leader(&live, at(4, 7)), Ok(1));
-        let behind = [status(2, Some((4, 9))), status(3, Some((4, 3)))];
+    fn only_a_live_linked_in_sync_replica_is_elected_highest_id_first() {
+        let now = record(4, 3, &[1, 2, 3]);
+        let leader_gone = answered(&[
+            status(1, Role::Follower, 4, true),
+            status(2, Role::Follower, 4, true),
+        ]);
         assert_eq!(
-            choose_leader(&behind, at(5, 6)),
-            Err(ElectionError::MissingAcknowledged(LogPosition {
-                epoch: 5,
-                number: 6
-            }))
+            judge(&now, &leader_gone, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 2,
+                in_sync: vec![]
+            }
         );
-        assert_eq!(choose_leader(&behind, at(4, 5)), Ok(2));
+        // Replica 2 was dropped from the set: it may lack acknowledged orders.
+        let shrunk = record(4, 3, &[1, 3]);
+        assert_eq!(
+            judge(&shrunk, &leader_gone, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 1,
+                in_sync: vec![]
+            }
+        );
+        let only_2 = answered(&[status(2, Role::Follower, 4, true)]);
+        assert!(matches!(
+            judge(&shrunk, &only_2, &[1, 2, 3]),
+            Verdict::NoCandidate(_)
+        ));
+    }
+
+    #[test]
+    fn a_leader_cut_from_the_catalog_or_restarted_is_replaced() {
+        let now = record(4, 3, &[2, 3]);
+        let cut = answered(&[
+            status(2, Role::Follower, 4, true),
+            status(3, Role::Leader, 4, false),
+        ]);
+        assert_eq!(
+            judge(&now, &cut, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 2,
+                in_sync: vec![]
+            }
+        );
+        // Restarted: it may not lead its old epoch again, but may lead the next one.
+        let restarted = answered(&[status(3, Role::Idle, 4, true)]);
+        assert_eq!(
+            judge(&now, &restarted, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 3,
+                in_sync: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn the_first_election_names_every_replica_in_sync() {
+        let live = answered(&[
+            status(1, Role::Idle, 0, true),
+            status(2, Role::Idle, 0, true),
+        ]);
+        assert_eq!(
+            judge(&Leadership::default(), &live, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 2,
+                in_sync: vec![1, 2, 3]
+            }
+        );
+        assert!(matches!(
+            judge(&Leadership::default(), &BTreeMap::new(), &[1, 2, 3]),
+            Verdict::NoCandidate(_)
+        ));
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use common::wire::ReplicaId;
 use order::audit::AuditArgs;
 use order::config::ReplicaArgs;
 
@@ -22,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Elect a leader among the replicas in `--peers` (most up to date, highest id on ties)
-    /// with an epoch larger than any they have seen.
+    /// Make sure a leader serves: read the catalog's leadership record and, if its leader
+    /// cannot serve, elect the highest-id live in-sync replica (compare-and-set at the
+    /// catalog). With `--unclean ID`, elect ID alone whatever the record says.
     Elect {
         /// Every replica's address: `1=host:port,2=host:port,3=host:port`.
         #[arg(
@@ -32,7 +34,14 @@ enum Command {
             default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
         )]
         peers: String,
-        /// Cluster token, if the replicas require one.
+        /// The catalog, which keeps the leadership record.
+        #[arg(long, env = "CATALOG_ADDR", default_value = "127.0.0.1:7000")]
+        catalog: String,
+        /// The operator's override when no in-sync replica can return: this replica leads
+        /// alone; what may be lost is printed.
+        #[arg(long)]
+        unclean: Option<ReplicaId>,
+        /// Cluster token, if the services require one.
         #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
         cluster_token: Option<String>,
     },
@@ -47,6 +56,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         (
             Some(Command::Elect {
                 peers,
+                catalog,
+                unclean,
                 cluster_token,
             }),
             _,
@@ -54,7 +65,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let elected = runtime.block_on(async {
+            runtime.block_on(async {
                 let config = common::rpc::ClientConfig {
                     cluster_token,
                     ..common::rpc::ClientConfig::new("elect")
@@ -63,15 +74,29 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     .into_iter()
                     .map(|(id, addr)| (id, common::rpc::RpcClient::new(addr, config.clone())))
                     .collect();
-                anyhow::Ok(
-                    order::election::elect(&replicas, None, 0, std::time::Duration::from_secs(2))
-                        .await?,
-                )
+                let catalog = catalog::CatalogClient::new(catalog, config);
+                let timeout = std::time::Duration::from_secs(2);
+                match unclean {
+                    Some(leader) => {
+                        let (record, risk) =
+                            order::election::elect_unclean(&catalog, &replicas, leader, timeout)
+                                .await?;
+                        println!("{record}");
+                        println!("{risk}");
+                    }
+                    None => {
+                        let ensured =
+                            order::election::ensure_leader(&catalog, &replicas, timeout).await?;
+                        let what = if ensured.elected {
+                            "elected"
+                        } else {
+                            "already serving"
+                        };
+                        println!("{what}: {}", ensured.record);
+                    }
+                }
+                anyhow::Ok(())
             })?;
-            println!(
-                "replica {} leads epoch {} (informed: {:?})",
-                elected.leader, elected.epoch, elected.informed
-            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         (Some(Command::Audit(args)), _) => {

@@ -1,5 +1,7 @@
 //! One order replica: its state machine (idle, syncing, follower, leader), the request
-//! handlers, the leader's replication task per follower, and the follower's catch-up task.
+//! handlers, the leader's replication task per follower, its in-sync and reconciliation
+//! tasks, the follower's catch-up task, and the subscription to the catalog's leadership
+//! record, which alone makes a replica lead.
 //!
 //! Locks: `state` is a std mutex for short sections and is never held across `.await`;
 //! `apply` serialises the follower-side changes to the log, and is async because a cut of a
@@ -9,23 +11,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use catalog::CatalogClient;
+use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use common::group_commit::{self, Job};
 use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
 use common::sync::lock;
 use common::wire::{
-    Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, PlaceOrder, RemoteError,
-    ReplicaId, ReplicaStatus, Reply, RequestId, Role, TradeRejection, TradeRequest,
-    TransactionNumber,
+    CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
+    OrderResponse, PlaceOrder, RemoteError, ReplicaId, ReplicaStatus, Reply, RequestId, Role,
+    TradeRejection, TradeRequest, TransactionNumber,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::log::{EpochRecord, OrderLog};
-use crate::replication::{self, commit_point, Fit, FollowerProgress, WriteQuorum};
+use crate::replication::{self, commit_point, desired_in_sync, Fit, FollowerProgress, WriteQuorum};
 use crate::{Error, ReplicaConfig};
 
 /// Most entries in one `Replicate` or `SyncUp` answer (well under the frame limit).
@@ -37,6 +40,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait for the local disk before a request is answered `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a leader reconciles its log with the trades the catalog applied.
+const RECONCILE_EVERY: Duration = Duration::from_millis(300);
+/// Most applied trades asked for in one reconciliation.
+const RECONCILE_BATCH: u32 = 512;
+/// How often a leader re-checks its in-sync set when nothing woke it.
+const MEMBERSHIP_EVERY: Duration = Duration::from_millis(100);
+/// Messages of the catalog's subscription a replica may fall behind by.
+const SUBSCRIPTION_BACKLOG: usize = 256;
 
 type PeerClient = RpcClient<OrderRequest, OrderResponse>;
 
@@ -76,11 +87,39 @@ struct State {
     commit: Option<TransactionNumber>,
     /// Leader only: orders waiting for `commit` to reach them.
     committing: Committing,
-    /// Leader only: its last entry when the term began. The front end elects a replica that
-    /// holds every acknowledged order, so these are served before followers confirm them.
+    /// Leader only: its last entry when the term began: every order that may have been
+    /// acknowledged before (a leader is always a member of the in-sync set, which holds them).
     inherited: Option<TransactionNumber>,
     /// Cancels the replication tasks (leader) or the catch-up task (follower) of this term.
     term: CancellationToken,
+    /// Leader only: the in-sync set recorded for this epoch; every member is waited for.
+    in_sync: Vec<ReplicaId>,
+    /// Leader only: orders are placed once the catalog's applied trades are all recorded.
+    reconciled: bool,
+    /// Leader only: which catalog trades are recorded as orders.
+    recorded: Recorded,
+}
+
+/// The leader's account of the catalog's trades: every trade up to `through` is a committed
+/// order; `known` maps later trades (catalog sequence numbers) to the orders recording them.
+#[derive(Debug, Default)]
+struct Recorded {
+    through: u64,
+    known: BTreeMap<u64, TransactionNumber>,
+}
+
+impl Recorded {
+    /// Moves `through` over the known trades whose orders are committed.
+    fn advance(&mut self, commit: Option<TransactionNumber>) -> u64 {
+        while let Some(&number) = self.known.get(&(self.through + 1)) {
+            if Some(number) > commit {
+                break;
+            }
+            self.known.remove(&(self.through + 1));
+            self.through += 1;
+        }
+        self.through
+    }
 }
 
 /// The outcome of an order attempt, shared with duplicates that arrive meanwhile.
@@ -101,6 +140,10 @@ struct Replica {
     peers: BTreeMap<ReplicaId, PeerClient>,
     /// Wakes a follower's replication task early (it caught up; retry now).
     nudges: BTreeMap<ReplicaId, Arc<tokio::sync::Notify>>,
+    /// Wakes the leader's in-sync task: a follower's state changed.
+    membership: tokio::sync::Notify,
+    /// Whether the catalog's subscription is up (heartbeats arrive).
+    catalog_link: AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -134,12 +177,17 @@ impl Replica {
     /// Recomputes the commit point (leader) and republishes the progress.
     fn publish(&self, st: &mut State) {
         if st.role == Role::Leader {
-            let followers: Vec<FollowerProgress> = st.followers.values().copied().collect();
+            let waited_for: Vec<Option<TransactionNumber>> = st
+                .followers
+                .iter()
+                .filter(|(id, f)| f.up || st.in_sync.contains(id))
+                .map(|(_, f)| f.persisted)
+                .collect();
             let point = commit_point(
                 st.durable,
-                &followers,
-                self.config.write_quorum,
-                self.config.replicas(),
+                &waited_for,
+                st.in_sync.len(),
+                self.min_in_sync(),
             );
             st.commit = st.commit.max(point);
         }
@@ -178,6 +226,10 @@ impl Replica {
             *current = progress;
             changed
         });
+    }
+
+    fn min_in_sync(&self) -> usize {
+        self.config.write_quorum.min_in_sync(self.config.replicas())
     }
 
     fn not_leader(st: &State) -> OrderResponse {
@@ -255,11 +307,13 @@ impl Replica {
     }
 
     /// Records a newer epoch and its leader, and takes up the role it gives this replica.
+    /// `in_sync` is the recorded set, used when this replica leads.
     fn adopt(
         self: &Arc<Self>,
         st: &mut State,
         epoch: Epoch,
         leader: ReplicaId,
+        in_sync: &[ReplicaId],
     ) -> Result<(), RemoteError> {
         st.log
             .store_epoch(EpochRecord {
@@ -275,27 +329,25 @@ impl Replica {
         st.followers.clear();
         st.commit = None;
         st.inherited = st.log.last().map(|p| p.number);
+        st.in_sync.clear();
+        st.reconciled = false;
+        st.recorded = Recorded::default();
         if leader == self.id {
             st.role = Role::Leader;
+            // Members of the in-sync set are waited for until they answer or are removed
+            // from the record; the others once they have caught up.
+            st.in_sync = in_sync.to_vec();
             st.followers = self
                 .peers
                 .keys()
-                .map(|&id| {
-                    (
-                        id,
-                        // Waited for until it answers or times out: a new leader cannot know
-                        // which followers are up, and must not acknowledge without them.
-                        FollowerProgress {
-                            up: true,
-                            persisted: None,
-                        },
-                    )
-                })
+                .map(|&id| (id, FollowerProgress::default()))
                 .collect();
             for &peer in self.peers.keys() {
                 tokio::spawn(self.clone().replicate_to(peer, epoch, st.term.clone()));
             }
-            info!(epoch, last = ?st.log.last(), "leading");
+            tokio::spawn(self.clone().keep_in_sync(epoch, st.term.clone()));
+            tokio::spawn(self.clone().reconcile(epoch, st.term.clone()));
+            info!(epoch, last = ?st.log.last(), ?in_sync, "leading; reconciling with the catalog");
         } else {
             if was_leader {
                 warn!(epoch, leader, "stepping down");
@@ -308,46 +360,269 @@ impl Replica {
         Ok(())
     }
 
-    async fn set_leader(self: &Arc<Self>, epoch: Epoch, leader: ReplicaId) -> Reply<OrderResponse> {
+    /// Takes up the role the catalog's leadership record gives this replica. Only the record
+    /// makes a replica lead, and only for an epoch newer than any it has stored: a replica
+    /// that led an epoch before it restarted waits for a new election, because entries it sent
+    /// before it stopped may be on followers without being here.
+    async fn on_record(self: &Arc<Self>, record: &Leadership) {
+        let Some(leader) = record.leader else {
+            return;
+        };
         if leader != self.id && !self.peers.contains_key(&leader) {
-            return Err(RemoteError::bad_request(format!(
-                "unknown replica {leader}"
-            )));
+            warn!(%record, "the leadership record names an unknown replica");
+            return;
         }
         // A change of role waits for any change to the log in progress (see the module docs).
         let _apply = self.apply.lock().await;
         let mut st = self.state();
-        if epoch < st.epoch {
-            return Ok(OrderResponse::StaleEpoch {
-                epoch: st.epoch,
-                leader_id: st.leader,
-            });
+        if record.epoch < st.epoch {
+            return;
         }
-        if epoch == st.epoch && st.leader.is_some() {
-            if st.leader != Some(leader) {
-                return Err(RemoteError::bad_request(format!(
-                    "epoch {epoch} already has leader {:?}",
-                    st.leader
-                )));
-            }
-            if st.role == Role::Idle {
-                if leader == self.id {
-                    // Entries this replica sent before it stopped may be on followers without
-                    // being here; leading the same epoch again could number another order
-                    // at the same position. A new term is needed.
-                    return Err(RemoteError::bad_request(format!(
-                        "replica {} already led epoch {epoch}; elect it with a larger epoch",
-                        self.id
-                    )));
+        let result = if leader == self.id {
+            if st.role == Role::Leader && st.epoch == record.epoch {
+                if st.in_sync != record.in_sync {
+                    st.in_sync = record.in_sync.clone();
+                    self.publish(&mut st);
                 }
-                // A follower that knew the term before it restarted starts catching up.
-                self.adopt(&mut st, epoch, leader)?;
+                Ok(())
+            } else if record.epoch > st.epoch {
+                self.adopt(&mut st, record.epoch, leader, &record.in_sync)
+            } else {
+                if st.role != Role::Idle {
+                    warn!(epoch = record.epoch, "recorded as leader of an epoch this replica may not lead again; waiting for a new election");
+                    st.term.cancel();
+                    st.role = Role::Idle;
+                    self.publish(&mut st);
+                }
+                Ok(())
             }
-            // Otherwise the same term announced again: nothing changes.
-            return Ok(OrderResponse::LeaderSet);
+        } else if record.epoch > st.epoch
+            || st.role == Role::Idle
+            || st.leader != Some(leader)
+            || st.role == Role::Leader
+        {
+            self.adopt(&mut st, record.epoch, leader, &[])
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            error!(error = %e, %record, "cannot take up the recorded role");
         }
-        self.adopt(&mut st, epoch, leader)?;
-        Ok(OrderResponse::LeaderSet)
+    }
+
+    /// Follows the catalog's leadership record for as long as the replica runs, and keeps
+    /// `catalog_link` true while the subscription's heartbeats arrive.
+    async fn follow_record(self: Arc<Self>) {
+        let mut backoff = MIN_BACKOFF;
+        while !self.shutdown.is_cancelled() {
+            let subscribed = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                subscribed = self.catalog.subscribe(false, SUBSCRIPTION_BACKLOG) => subscribed,
+            };
+            if let Ok((record, mut stream)) = subscribed {
+                backoff = MIN_BACKOFF;
+                self.catalog_link.store(true, Ordering::Relaxed);
+                info!(%record, "following the leadership record");
+                self.on_record(&record).await;
+                loop {
+                    let message = tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        message = stream.next() => message,
+                    };
+                    match message {
+                        Some(Ok(CatalogResponse::Leadership(record))) => {
+                            info!(%record, "leadership record changed");
+                            self.on_record(&record).await;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                self.catalog_link.store(false, Ordering::Relaxed);
+                warn!("lost the catalog's subscription; reconnecting");
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Leader: keeps the recorded in-sync set true: drops members that went silent before
+    /// going on without them, takes back followers that caught up.
+    async fn keep_in_sync(self: Arc<Self>, epoch: Epoch, term: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = term.cancelled() => return,
+                () = self.membership.notified() => {}
+                () = tokio::time::sleep(MEMBERSHIP_EVERY) => {}
+            }
+            let (current, desired) = {
+                let st = self.state();
+                if st.role != Role::Leader || st.epoch != epoch {
+                    return;
+                }
+                let desired = desired_in_sync(
+                    self.id,
+                    &st.in_sync,
+                    &st.followers,
+                    st.commit.max(st.inherited),
+                    self.min_in_sync(),
+                );
+                (st.in_sync.clone(), desired)
+            };
+            if desired == current {
+                continue;
+            }
+            let change = LeadershipChange::SetInSync {
+                leader: self.id,
+                in_sync: desired.clone(),
+            };
+            let outcome = tokio::select! {
+                () = term.cancelled() => return,
+                outcome = self.catalog.change_leadership(epoch, change, self.config.replicate_timeout * 2) => outcome,
+            };
+            match outcome {
+                Ok(LeadershipOutcome::Changed(record)) => {
+                    info!(from = ?current, to = ?record.in_sync, "in-sync set changed");
+                    self.on_record(&record).await;
+                }
+                Ok(LeadershipOutcome::Refused { current, reason }) => {
+                    warn!(%current, %reason, "in-sync change refused");
+                    self.on_record(&current).await;
+                }
+                Err(e) => {
+                    debug!(error = %e, "in-sync change failed; retrying");
+                    tokio::select! {
+                        () = term.cancelled() => return,
+                        () = tokio::time::sleep(MIN_BACKOFF * 5) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leader: makes sure every trade the catalog applied is recorded as an order exactly
+    /// once: at the start of the term (trades a deposed leader applied but never recorded)
+    /// and then periodically (trades whose answer was lost on the way back), and tells the
+    /// catalog how far every trade is a committed order.
+    async fn reconcile(self: Arc<Self>, epoch: Epoch, term: CancellationToken) {
+        let mut cursor: Option<u64> = None;
+        let mut warned = false;
+        loop {
+            let (through, after, reconciled) = {
+                let mut st = self.state();
+                if st.role != Role::Leader || st.epoch != epoch {
+                    return;
+                }
+                let commit = st.commit.max(st.inherited);
+                let through = st.recorded.advance(commit);
+                let after = if st.reconciled { Some(through) } else { cursor };
+                (through, after, st.reconciled)
+            };
+            let answer = tokio::select! {
+                () = term.cancelled() => return,
+                answer = self.catalog.applied_since(epoch, if reconciled { through } else { 0 }, after, RECONCILE_BATCH) => answer,
+            };
+            match answer {
+                Ok(Ok(applied)) => {
+                    if !applied.complete && !warned {
+                        warned = true;
+                        error!(after = ?after, "the catalog no longer remembers every trade since the last recorded one; trades in between cannot be checked");
+                    }
+                    let more = applied.trades.len() == RECONCILE_BATCH as usize
+                        && applied
+                            .trades
+                            .last()
+                            .is_some_and(|t| t.seq < applied.last_seq);
+                    let next_cursor = applied.trades.last().map(|t| t.seq).or(after);
+                    match self.absorb(epoch, reconciled, &applied) {
+                        Ok(adopted) if adopted > 0 => {
+                            warn!(
+                                adopted,
+                                "recorded trades the catalog applied without an order"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "reconciliation not applied"),
+                    }
+                    if !reconciled {
+                        if more {
+                            cursor = next_cursor;
+                            continue;
+                        }
+                        let mut st = self.state();
+                        if st.role == Role::Leader && st.epoch == epoch {
+                            st.reconciled = true;
+                            info!(
+                                epoch,
+                                through = st.recorded.through,
+                                "reconciled with the catalog; placing orders"
+                            );
+                        }
+                    }
+                }
+                Ok(Err(record)) => {
+                    self.on_record(&record).await;
+                }
+                Err(e) => debug!(error = %e, "reconciliation failed; retrying"),
+            }
+            tokio::select! {
+                () = term.cancelled() => return,
+                () = tokio::time::sleep(if reconciled { RECONCILE_EVERY } else { MIN_BACKOFF }) => {}
+            }
+        }
+    }
+
+    /// Records the applied trades that are neither in the log nor being placed right now;
+    /// returns how many were adopted.
+    fn absorb(
+        &self,
+        epoch: Epoch,
+        reconciled: bool,
+        applied: &catalog::AppliedTrades,
+    ) -> Result<usize, RemoteError> {
+        // The claims first, then the state: a trade being placed is left to its request.
+        let in_flight = lock(&self.in_flight);
+        let mut st = self.state();
+        if st.role != Role::Leader || st.epoch != epoch {
+            return Ok(0);
+        }
+        if !reconciled && st.recorded.known.is_empty() && st.recorded.through == 0 {
+            // Everything before the first trade listed (or before the catalog's last one)
+            // was recorded by earlier leaders.
+            st.recorded.through = applied
+                .trades
+                .first()
+                .map_or(applied.last_seq, |t| t.seq.saturating_sub(1));
+        }
+        let mut adopted = 0;
+        for trade in &applied.trades {
+            if trade.seq <= st.recorded.through || st.recorded.known.contains_key(&trade.seq) {
+                continue;
+            }
+            if let Some(number) = st.log.number_of(&trade.request_id) {
+                st.recorded.known.insert(trade.seq, number);
+                continue;
+            }
+            if in_flight.contains_key(&trade.request_id) {
+                continue;
+            }
+            let entry = OrderEntry {
+                number: st.log.next_number(),
+                epoch,
+                request_id: trade.request_id.clone(),
+                name: trade.name.clone(),
+                kind: trade.kind,
+                quantity: trade.quantity,
+            };
+            info!(seq = trade.seq, number = entry.number, request_id = %trade.request_id, "recording a trade the catalog applied without an order");
+            st.recorded.known.insert(trade.seq, entry.number);
+            self.append(&mut st, std::slice::from_ref(&entry))?;
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 
     /// Leader: trade through the catalog, number, record, replicate, answer once committed.
@@ -360,18 +635,24 @@ impl Replica {
             if st.role != Role::Leader {
                 return Ok(Self::not_leader(&st));
             }
+            if !st.reconciled {
+                return Err(RemoteError::unavailable(
+                    "the new leader is reconciling with the catalog; retry",
+                ));
+            }
             let recorded = match Self::recorded(&st, &order) {
                 Ok(recorded) => recorded,
                 Err(answer) => return answer,
             };
-            if self.config.write_quorum == WriteQuorum::Majority {
+            if self.config.write_quorum == WriteQuorum::Majority
+                && st.in_sync.len() < self.min_in_sync()
+            {
                 let up = st.followers.values().filter(|f| f.up).count() + 1;
-                let needed = self.config.replicas() / 2 + 1;
-                if up < needed {
-                    return Err(RemoteError::unavailable(format!(
-                        "write quorum majority needs {needed} replicas; {up} up"
-                    )));
-                }
+                return Err(RemoteError::unavailable(format!(
+                    "write quorum majority needs {} in-sync replicas; {} in sync, {up} up",
+                    self.min_in_sync(),
+                    st.in_sync.len()
+                )));
             }
             (st.epoch, recorded)
         };
@@ -441,16 +722,32 @@ impl Replica {
             return self.answer_when_committed(number, epoch).await;
         }
         let trade = TradeRequest {
+            epoch,
             request_id: order.request_id.clone(),
             name: order.name.clone(),
             quantity: order.quantity,
             kind: order.kind,
         };
-        match self.catalog.trade(&trade).await {
-            Ok(Ok(_receipt)) => {}
-            Ok(Err(rejection)) => return Ok(OrderResponse::Rejected(rejection)),
-            Err(e) => return Err(RemoteError::unavailable(format!("catalog: {e}"))),
-        }
+        let seq = match self.catalog.trade(&trade).await {
+            Ok(TradeOutcome::Traded { seq, .. }) => seq,
+            Ok(TradeOutcome::Rejected(rejection)) => return Ok(OrderResponse::Rejected(rejection)),
+            Ok(TradeOutcome::Fenced { current }) => {
+                warn!(epoch, %current, "the catalog refused a trade of this epoch");
+                let answer = Self::not_leader(&self.state());
+                if current.epoch > epoch {
+                    return Ok(answer);
+                }
+                return Err(RemoteError::unavailable(
+                    "the catalog is changing the leadership record; retry",
+                ));
+            }
+            Err(e) => {
+                return Err(RemoteError::unavailable(format!(
+                    "catalog: {e} (the trade may have been applied; a retry with the same \
+                     request id tells)"
+                )))
+            }
+        };
         let number = {
             let mut st = self.state();
             if st.role != Role::Leader || st.epoch != epoch {
@@ -467,6 +764,7 @@ impl Replica {
                 kind: order.kind,
                 quantity: order.quantity.unsigned_abs(),
             };
+            st.recorded.known.insert(seq, number);
             self.append(&mut st, std::slice::from_ref(&entry))?;
             number
         };
@@ -514,7 +812,15 @@ impl Replica {
     fn get_order(&self, number: TransactionNumber) -> Reply<OrderResponse> {
         let st = self.state();
         let visible = match st.role {
-            Role::Leader => st.commit.max(st.inherited),
+            Role::Leader => {
+                if Some(number) > st.commit && number < st.log.next_number() {
+                    // Recorded but not yet on every in-sync replica: not final until then.
+                    return Err(RemoteError::unavailable(format!(
+                        "order {number} is not committed yet"
+                    )));
+                }
+                st.commit
+            }
             Role::Follower => st.durable,
             Role::Syncing | Role::Idle => {
                 return Err(RemoteError::unavailable(
@@ -539,6 +845,8 @@ impl Replica {
             epoch: st.epoch,
             leader_id: st.leader,
             last: st.durable.and_then(|n| st.log.position(n)),
+            catalog_link: self.catalog_link.load(Ordering::Relaxed),
+            placing: st.role == Role::Leader && st.reconciled,
         }
     }
 
@@ -616,7 +924,7 @@ impl Replica {
             }));
         }
         if epoch > st.epoch || st.leader.is_none() || st.role == Role::Idle {
-            self.adopt(&mut st, epoch, leader)?;
+            self.adopt(&mut st, epoch, leader, &[])?;
         }
         Ok(None)
     }
@@ -675,6 +983,7 @@ impl Replica {
                 *progress = FollowerProgress {
                     up: true,
                     persisted: None,
+                    silent: false,
                 };
                 self.publish(&mut st);
             }
@@ -893,7 +1202,7 @@ impl Replica {
         }
         match leader {
             Some(leader) if leader != self.id && self.peers.contains_key(&leader) => {
-                if let Err(e) = self.adopt(&mut st, newer, leader) {
+                if let Err(e) = self.adopt(&mut st, newer, leader, &[]) {
                     error!(error = %e, "cannot record the newer epoch");
                 }
             }
@@ -925,24 +1234,36 @@ impl Replica {
         let Some(follower) = st.followers.get_mut(&peer) else {
             return;
         };
-        let up = matches!(report, Report::Persisted(_));
-        if follower.up != up {
-            if up {
-                info!(peer, "follower up");
-            } else {
-                warn!(
-                    peer,
-                    "follower behind; not waiting for it until it catches up"
-                );
+        let before = *follower;
+        match report {
+            Report::Persisted(persisted) => {
+                follower.up = true;
+                follower.silent = false;
+                follower.persisted = persisted;
+            }
+            // It is catching up and may set entries aside: what it had persisted is forgotten.
+            Report::Behind => {
+                follower.up = false;
+                follower.silent = false;
+                follower.persisted = None;
+            }
+            // What it persisted before it stopped answering is still on its disk, but it is
+            // not waited for once the record no longer names it.
+            Report::Unreachable => {
+                follower.up = false;
+                follower.silent = true;
             }
         }
-        follower.up = up;
-        match report {
-            Report::Persisted(persisted) => follower.persisted = persisted,
-            // It is catching up and may set entries aside: what it had persisted is forgotten.
-            Report::Behind => follower.persisted = None,
-            // What it persisted before it stopped answering is still on its disk.
-            Report::Unreachable => {}
+        let after = *follower;
+        if before.silent != after.silent || before.up != after.up {
+            if after.silent {
+                warn!(peer, "follower silent; dropping it from the in-sync set");
+            } else if after.up {
+                info!(peer, "follower up");
+            }
+            self.membership.notify_one();
+        } else if after.up && !st.in_sync.contains(&peer) {
+            self.membership.notify_one();
         }
         self.publish(&mut st);
     }
@@ -971,9 +1292,6 @@ impl Service for ReplicaService {
             OrderRequest::PlaceOrder(order) => replica.place(order).await,
             OrderRequest::GetOrder { number } => replica.get_order(number),
             OrderRequest::Status => Ok(OrderResponse::Status(replica.status())),
-            OrderRequest::SetLeader { epoch, leader_id } => {
-                replica.set_leader(epoch, leader_id).await
-            }
             OrderRequest::Replicate {
                 epoch,
                 leader_id,
@@ -1047,11 +1365,16 @@ pub async fn run(
             committing: BTreeMap::new(),
             inherited: None,
             term: shutdown.child_token(),
+            in_sync: Vec::new(),
+            reconciled: false,
+            recorded: Recorded::default(),
         }),
         progress: watch::channel(initial).0,
         jobs: Mutex::new(Some(jobs)),
         apply: tokio::sync::Mutex::new(()),
         in_flight: Mutex::new(HashMap::new()),
+        membership: tokio::sync::Notify::new(),
+        catalog_link: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         config,
     });
@@ -1071,17 +1394,18 @@ pub async fn run(
     });
     {
         // A replica that knew another leader before it stopped catches up with it at once;
-        // one that led waits for the front end to elect again.
+        // one that led waits for a new election. The catalog's record decides from then on.
         let mut st = replica.state();
         match stored.leader {
             Some(leader) if leader != replica.id && replica.peers.contains_key(&leader) => {
                 replica
-                    .adopt(&mut st, stored.epoch, leader)
+                    .adopt(&mut st, stored.epoch, leader, &[])
                     .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
             }
             _ => {}
         }
     }
+    let follower = tokio::spawn(replica.clone().follow_record());
     info!(
         addr = %listener.local_addr()?,
         id = replica.id,
@@ -1098,6 +1422,7 @@ pub async fn run(
     .await;
 
     replica.state().term.cancel();
+    let _ = follower.await;
     lock(&replica.jobs).take();
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

@@ -2,14 +2,18 @@
 //! leader's entries fit a follower's log, where a follower's history meets the leader's, and
 //! which entries are committed under a write quorum.
 
-use common::wire::{LogPosition, OrderEntry, TransactionNumber};
+use std::collections::BTreeMap;
+
+use common::wire::{LogPosition, OrderEntry, ReplicaId, TransactionNumber};
 
 /// How many replicas must hold an order before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WriteQuorum {
-    /// The leader and every follower it believes up: trading goes on while one replica lives.
+    /// The in-sync set may shrink to the leader alone: trading goes on while one in-sync
+    /// replica lives.
     All,
-    /// Also a majority of all replicas: no acknowledged order is lost to any crash pattern.
+    /// The in-sync set never shrinks below a majority: every acknowledged order is on two
+    /// disks; with two replicas down, orders are refused.
     Majority,
 }
 
@@ -83,40 +87,78 @@ pub fn meeting_point(follower: &[LogPosition], leader: &[LogPosition]) -> Option
 }
 
 /// What the leader knows of one follower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FollowerProgress {
-    /// Believed up: its acknowledgement is awaited. A follower that failed to answer in time
-    /// is not, until it has caught up again.
+    /// Caught up and answering: waited for, and added to the in-sync set once it holds every
+    /// committed order.
     pub up: bool,
     /// The newest entry it has persisted, as far as the leader knows.
     pub persisted: Option<TransactionNumber>,
+    /// It stopped answering in time: removed from the in-sync set (when the write quorum
+    /// allows) before the leader goes on without it.
+    pub silent: bool,
 }
 
-/// The newest entry that is committed: durable on the leader and on every follower believed
-/// up, and under `Majority` on a majority of the `replicas` as well.
-pub fn commit_point(
-    leader_durable: Option<TransactionNumber>,
-    followers: &[FollowerProgress],
-    quorum: WriteQuorum,
-    replicas: usize,
-) -> Option<TransactionNumber> {
-    let all = followers
-        .iter()
-        .filter(|f| f.up)
-        .map(|f| f.persisted)
-        .fold(leader_durable, std::cmp::min);
-    match quorum {
-        WriteQuorum::All => all,
-        WriteQuorum::Majority => {
-            let mut persisted: Vec<Option<TransactionNumber>> =
-                followers.iter().map(|f| f.persisted).collect();
-            persisted.push(leader_durable);
-            persisted.sort_unstable_by(|a, b| b.cmp(a));
-            let needed = replicas / 2 + 1;
-            let majority = persisted.get(needed - 1).copied().flatten();
-            all.min(majority)
+impl WriteQuorum {
+    /// The smallest in-sync set a leader may shrink to among `replicas`.
+    pub fn min_in_sync(self, replicas: usize) -> usize {
+        match self {
+            WriteQuorum::All => 1,
+            WriteQuorum::Majority => replicas / 2 + 1,
         }
     }
+}
+
+/// The newest entry that is committed: durable on the leader and on every follower it waits
+/// for (each member of the in-sync set, and each follower about to join it), and nothing
+/// while the in-sync set is smaller than the write quorum's minimum.
+pub fn commit_point(
+    leader_durable: Option<TransactionNumber>,
+    waited_for: &[Option<TransactionNumber>],
+    in_sync: usize,
+    min_in_sync: usize,
+) -> Option<TransactionNumber> {
+    if in_sync < min_in_sync {
+        return None;
+    }
+    waited_for
+        .iter()
+        .copied()
+        .fold(leader_durable, std::cmp::min)
+}
+
+/// The in-sync set the leader should record: without the members that went silent (unless
+/// that would leave fewer than `min_in_sync`), with the followers that are up and have
+/// persisted everything up to `committed` (every order that may have been acknowledged).
+/// Ascending; always holds the leader.
+pub fn desired_in_sync(
+    leader: ReplicaId,
+    current: &[ReplicaId],
+    followers: &BTreeMap<ReplicaId, FollowerProgress>,
+    committed: Option<TransactionNumber>,
+    min_in_sync: usize,
+) -> Vec<ReplicaId> {
+    let progress = |id: &ReplicaId| followers.get(id).copied().unwrap_or_default();
+    let mut kept: Vec<ReplicaId> = current
+        .iter()
+        .copied()
+        .filter(|id| *id == leader || !progress(id).silent)
+        .collect();
+    if kept.len() < min_in_sync {
+        kept = current.to_vec();
+    }
+    for (&id, follower) in followers {
+        let holds_committed = follower.persisted >= committed;
+        if follower.up && !follower.silent && holds_committed && !kept.contains(&id) {
+            kept.push(id);
+        }
+    }
+    if !kept.contains(&leader) {
+        kept.push(leader);
+    }
+    kept.sort_unstable();
+    kept.dedup();
+    kept
 }
 
 #[cfg(test)]
@@ -186,58 +228,46 @@ mod tests {
     }
 
     #[test]
-    fn commit_waits_for_up_followers_and_for_a_majority_when_asked() {
-        let up = |p| FollowerProgress {
-            up: true,
-            persisted: p,
+    fn commit_waits_for_every_waited_for_follower_and_a_large_enough_set() {
+        assert_eq!(commit_point(Some(9), &[Some(7), Some(8)], 3, 1), Some(7));
+        assert_eq!(commit_point(Some(9), &[Some(7), None], 3, 1), None);
+        assert_eq!(commit_point(Some(9), &[], 1, 1), Some(9));
+        assert_eq!(commit_point(Some(9), &[], 1, 2), None);
+        assert_eq!(commit_point(Some(4), &[Some(8)], 2, 2), Some(4));
+        assert_eq!(commit_point(None, &[Some(8), Some(8)], 3, 1), None);
+    }
+
+    #[test]
+    fn the_in_sync_set_drops_silent_members_and_takes_back_caught_up_ones() {
+        let f = |up, persisted, silent| FollowerProgress {
+            up,
+            persisted,
+            silent,
         };
-        let behind = |p| FollowerProgress {
-            up: false,
-            persisted: p,
-        };
+        let followers = |a, b| BTreeMap::from([(1, a), (2, b)]);
+        // Replica 2 went silent: dropped, unless the quorum forbids shrinking below two.
+        let silent_2 = followers(f(true, Some(5), false), f(false, Some(3), true));
         assert_eq!(
-            commit_point(Some(9), &[up(Some(7)), up(Some(8))], WriteQuorum::All, 3),
-            Some(7)
+            desired_in_sync(3, &[1, 2, 3], &silent_2, Some(5), 1),
+            vec![1, 3]
         );
         assert_eq!(
-            commit_point(Some(9), &[up(Some(7)), behind(None)], WriteQuorum::All, 3),
-            Some(7)
+            desired_in_sync(3, &[1, 2, 3], &silent_2, Some(5), 2),
+            vec![1, 3]
+        );
+        let both_silent = followers(f(false, None, true), f(false, None, true));
+        assert_eq!(
+            desired_in_sync(3, &[1, 2, 3], &both_silent, Some(5), 1),
+            vec![3]
         );
         assert_eq!(
-            commit_point(Some(9), &[behind(None), behind(None)], WriteQuorum::All, 3),
-            Some(9)
+            desired_in_sync(3, &[1, 2, 3], &both_silent, Some(5), 2),
+            vec![1, 2, 3]
         );
-        assert_eq!(
-            commit_point(
-                Some(9),
-                &[behind(None), behind(None)],
-                WriteQuorum::Majority,
-                3
-            ),
-            None
-        );
-        assert_eq!(
-            commit_point(
-                Some(9),
-                &[behind(Some(5)), behind(None)],
-                WriteQuorum::Majority,
-                3
-            ),
-            Some(5)
-        );
-        assert_eq!(
-            commit_point(
-                Some(4),
-                &[up(Some(8)), behind(None)],
-                WriteQuorum::Majority,
-                3
-            ),
-            Some(4)
-        );
-        assert_eq!(
-            commit_point(None, &[up(Some(8)), up(Some(8))], WriteQuorum::All, 3),
-            None
-        );
+        // Replica 1 is back and holds every committed order; replica 2 does not yet.
+        let back = followers(f(true, Some(5), false), f(true, Some(4), false));
+        assert_eq!(desired_in_sync(3, &[3], &back, Some(5), 1), vec![1, 3]);
+        assert_eq!(desired_in_sync(3, &[3], &back, None, 1), vec![1, 2, 3]);
     }
 
     proptest! {

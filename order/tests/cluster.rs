@@ -25,7 +25,7 @@ async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_orders_are_numbered_without_gaps_and_every_follower_holds_them() {
     let cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     let leader = cluster.client(1);
     let tasks: Vec<_> = (0..8)
         .map(|worker| {
@@ -108,7 +108,7 @@ async fn concurrent_orders_are_numbered_without_gaps_and_every_follower_holds_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_refusals_and_non_leaders() {
     let cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 2).await;
+    cluster.elect(2).await;
     let leader = cluster.client(2);
     let request = order("same", "BoarCo", 5, TradeKind::Buy);
     let first = placed(leader.call(&request).await.unwrap());
@@ -171,7 +171,7 @@ async fn retries_refusals_and_non_leaders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
     let mut cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     for i in 0..5 {
         placed(
             cluster
@@ -188,7 +188,7 @@ async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
     for id in 1..=3 {
         cluster.restart(id).await;
     }
-    cluster.set_leader(2, 3).await;
+    assert_eq!(cluster.elect(3).await, 2);
     for id in [1, 2] {
         wait_caught_up(&cluster, id, 3).await;
     }
@@ -230,14 +230,6 @@ async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
         } => {}
         other => panic!("expected StaleEpoch, got {other:?}"),
     }
-    let old_election = OrderRequest::SetLeader {
-        epoch: 1,
-        leader_id: 1,
-    };
-    assert!(matches!(
-        cluster.client(2).call(&old_election).await.unwrap(),
-        OrderResponse::StaleEpoch { epoch: 2, .. }
-    ));
     // The epoch survives a restart.
     cluster.stop(2).await;
     cluster.restart(2).await;
@@ -251,7 +243,7 @@ async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
     let mut cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     placed(
         cluster
             .client(1)
@@ -311,9 +303,9 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_divergent_tail_is_set_aside_and_the_leaders_history_adopted() {
+async fn only_an_unclean_election_skips_the_in_sync_replica_and_its_tail_is_set_aside() {
     let mut cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     for i in 0..3 {
         placed(
             cluster
@@ -339,7 +331,41 @@ async fn a_divergent_tail_is_set_aside_and_the_leaders_history_adopted() {
 
     cluster.restart(2).await;
     cluster.restart(3).await;
-    cluster.set_leader(2, 2).await;
+    // Replica 1 went on alone, so only it is in sync: the others may not be elected.
+    let record = cluster.record().await;
+    assert_eq!(record.in_sync, vec![1]);
+    let clean = cluster
+        .catalog
+        .client
+        .change_leadership(
+            record.epoch,
+            common::wire::LeadershipChange::Elect {
+                leader: 2,
+                in_sync: vec![],
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(clean, catalog::LeadershipOutcome::Refused { .. }),
+        "{clean:?}"
+    );
+    // The operator's override: replica 2 leads alone, losing what only replica 1 held.
+    let unclean = cluster
+        .catalog
+        .client
+        .change_leadership(
+            record.epoch,
+            common::wire::LeadershipChange::Unclean { leader: 2 },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let catalog::LeadershipOutcome::Changed(record) = unclean else {
+        panic!("{unclean:?}");
+    };
+    cluster.wait_placing(2, record.epoch).await;
     wait_caught_up(&cluster, 3, 2).await;
     for i in 0..3 {
         placed(
@@ -352,13 +378,18 @@ async fn a_divergent_tail_is_set_aside_and_the_leaders_history_adopted() {
     }
 
     cluster.restart(1).await;
-    cluster.set_leader(2, 2).await;
     wait_caught_up(&cluster, 1, 2).await;
     let log = cluster.log(2);
     assert_eq!(cluster.log(1), log);
     assert_eq!(cluster.log(3), log);
     let ids: BTreeSet<String> = log.iter().map(|e| e.request_id.to_string()).collect();
-    assert!(!ids.contains("lonely0") && ids.contains("new2"), "{ids:?}");
+    // The catalog applied the lonely trades: the new leader recorded them as orders of its
+    // own, so conservation holds; replica 1's copies are set aside.
+    assert!(ids.contains("lonely0") && ids.contains("new2"), "{ids:?}");
+    assert!(log
+        .iter()
+        .filter(|e| e.request_id.as_str().starts_with("lonely"))
+        .all(|e| e.epoch == record.epoch));
     let side = std::fs::read_to_string(cluster.dirs[&1].join("diverged.log")).unwrap();
     assert!(
         side.contains("\tlonely0\t") && side.contains("\tlonely1\t"),
@@ -374,7 +405,7 @@ async fn a_divergent_tail_is_set_aside_and_the_leaders_history_adopted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
     let mut cluster = Cluster::start(WriteQuorum::Majority).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     placed(
         cluster
             .client(1)
@@ -406,7 +437,6 @@ async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
     }
     // A follower comes back: the order waiting in the log commits, and a retry finds it.
     cluster.restart(2).await;
-    cluster.set_leader(1, 1).await;
     let number = eventually("a majority again", Duration::from_secs(20), || async {
         match cluster
             .client(1)
@@ -425,7 +455,7 @@ async fn majority_mode_refuses_to_acknowledge_with_two_replicas_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_steps_down_instead_of_acknowledging_alone() {
     let cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     placed(
         cluster
             .client(1)
@@ -433,18 +463,9 @@ async fn a_deposed_leader_steps_down_instead_of_acknowledging_alone() {
             .await
             .unwrap(),
     );
-    // Replicas 2 and 3 learn of epoch 2; replica 1 does not.
-    for id in [2, 3] {
-        let answer = cluster
-            .client(id)
-            .call(&OrderRequest::SetLeader {
-                epoch: 2,
-                leader_id: 3,
-            })
-            .await
-            .unwrap();
-        assert_eq!(answer, OrderResponse::LeaderSet);
-    }
+    // Replica 3 is elected at the catalog; replica 1 learns it from the record (or from the
+    // catalog refusing its trade).
+    assert_eq!(cluster.elect(3).await, 2);
     match cluster
         .client(1)
         .call(&order("d1", "BlueOtter", 1, TradeKind::Buy))
@@ -486,7 +507,7 @@ async fn a_deposed_leader_steps_down_instead_of_acknowledging_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_never_leads_its_old_epoch_again() {
     let mut cluster = Cluster::start(WriteQuorum::All).await;
-    cluster.set_leader(1, 1).await;
+    cluster.elect(1).await;
     placed(
         cluster
             .client(1)
@@ -496,15 +517,26 @@ async fn a_restarted_leader_never_leads_its_old_epoch_again() {
     );
     cluster.stop(1).await;
     cluster.restart(1).await;
-    let again = OrderRequest::SetLeader {
-        epoch: 1,
-        leader_id: 1,
-    };
-    match cluster.client(1).call(&again).await {
-        Err(common::Error::Remote(e)) => assert!(e.message.contains("larger epoch"), "{e}"),
-        other => panic!("a restarted leader took its old epoch again: {other:?}"),
-    }
-    cluster.set_leader(2, 1).await;
+    // The record still names it for epoch 1, which it may not lead again.
+    let status = eventually(
+        "the restarted replica to hear the record",
+        Duration::from_secs(10),
+        || async {
+            let status = cluster.status(1).await;
+            status.catalog_link.then_some(status)
+        },
+    )
+    .await;
+    assert_eq!((status.role, status.epoch), (Role::Idle, 1));
+    assert!(matches!(
+        cluster
+            .client(1)
+            .call(&order("e1", "FishCo", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+        OrderResponse::NotLeader { .. }
+    ));
+    assert_eq!(cluster.elect(1).await, 2);
     assert_eq!(
         placed(
             cluster

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::wire::{
-    LogPosition, OrderRequest, OrderResponse, ReplicaId, Role, StockName, TradeKind,
+    LeadershipChange, LogPosition, OrderRequest, OrderResponse, ReplicaId, Role, StockName,
+    TradeKind,
 };
 use testkit::*;
 
@@ -76,18 +77,35 @@ impl Replicas {
         }
     }
 
-    async fn set_leader(&self, ids: &[ReplicaId], epoch: u64, leader: ReplicaId) {
-        for &id in ids {
-            let answer = self
-                .client(id)
-                .call(&OrderRequest::SetLeader {
-                    epoch,
-                    leader_id: leader,
-                })
-                .await
-                .unwrap();
-            assert_eq!(answer, OrderResponse::LeaderSet);
-        }
+    fn catalog_client(&self) -> catalog::CatalogClient {
+        catalog::CatalogClient::new(self.catalog.clone(), fast_client("failover-test"))
+    }
+
+    /// Elects `leader` as the very first leader, every replica in sync.
+    async fn first_election(&self, leader: ReplicaId) {
+        let change = LeadershipChange::Elect {
+            leader,
+            in_sync: vec![1, 2, 3],
+        };
+        let outcome = self
+            .catalog_client()
+            .change_leadership(0, change, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, catalog::LeadershipOutcome::Changed(_)),
+            "{outcome:?}"
+        );
+    }
+
+    /// Sends `request` until it is answered, through whatever errors a new leader's
+    /// take-over causes.
+    async fn place(&self, leader: ReplicaId, request: &OrderRequest) -> OrderResponse {
+        let client = self.client(leader);
+        eventually("an answer", Duration::from_secs(30), || async {
+            client.call(request).await.ok()
+        })
+        .await
     }
 }
 
@@ -136,7 +154,10 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         })
         .await;
     }
-    replicas.set_leader(&[1, 2, 3], 1, 1).await;
+    replicas.first_election(1).await;
+    replicas
+        .place(1, &order("warm", STOCKS[0], 1, TradeKind::Buy))
+        .await;
 
     // Load through the leader until it dies; every acknowledgement is kept.
     let acked: Arc<Mutex<BTreeMap<String, LogPosition>>> = Arc::default();
@@ -181,24 +202,21 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         "the kill landed after the load"
     );
 
-    // Elect the most up-to-date survivor (highest id on ties) with a larger epoch.
-    let survivors = [2, 3]
-        .into_iter()
-        .map(|id| (id, replicas.client(id)))
-        .collect();
-    let newest_acknowledged = acked.values().max().copied();
+    // Elect the highest-id live in-sync survivor at the catalog.
+    let all = (1..=3).map(|id| (id, replicas.client(id))).collect();
     let elected =
-        order::election::elect(&survivors, newest_acknowledged, 1, Duration::from_secs(2))
+        order::election::ensure_leader(&replicas.catalog_client(), &all, Duration::from_secs(2))
             .await
             .unwrap();
-    assert!(elected.epoch > 1);
-    let new_leader = elected.leader;
+    assert!(elected.elected && elected.record.epoch == 2, "{elected:?}");
+    let new_leader = elected.record.leader.unwrap();
+    assert_ne!(new_leader, 1);
 
     // Every request again, same ids: acknowledged ones keep their numbers, the rest land once.
-    let client = replicas.client(new_leader);
     let mut numbers = BTreeSet::new();
+    attempted.push(order("warm", STOCKS[0], 1, TradeKind::Buy));
     for request in &attempted {
-        let number = placed(client.call(request).await.unwrap());
+        let number = placed(replicas.place(new_leader, request).await);
         let OrderRequest::PlaceOrder(order) = request else {
             unreachable!()
         };
@@ -222,7 +240,6 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         replicas.status(1)
     })
     .await;
-    replicas.set_leader(&[1], elected.epoch, new_leader).await;
     let target = replicas.status(new_leader).await.unwrap().last;
     eventually("old leader caught up", Duration::from_secs(30), || async {
         let status = replicas.status(1).await?;

@@ -102,12 +102,18 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
     let replica = tokio::spawn(order::run(listener, config, replica_stop.clone()));
     let client = OrderClient::new(addr, fast_client("test"));
 
-    // Told of the leader, the replica starts syncing up; hold the leader's answer back.
-    let elect = OrderRequest::SetLeader {
+    // The leader's first (empty) `Replicate` tells the replica of the new epoch: it starts
+    // syncing up; hold the leader's answer back.
+    let probe = OrderRequest::Replicate {
         epoch: EPOCH,
         leader_id: 1,
+        prev: None,
+        entries: vec![],
     };
-    assert_eq!(client.call(&elect).await.unwrap(), OrderResponse::LeaderSet);
+    assert_eq!(
+        client.call(&probe).await.unwrap(),
+        OrderResponse::Replicated { last: None }
+    );
     tokio::time::timeout(Duration::from_secs(10), script.asked.notified())
         .await
         .expect("the replica never asked to sync up");

@@ -7,10 +7,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use catalog::{CatalogClient, CatalogConfig};
+use catalog::{CatalogClient, CatalogConfig, LeadershipOutcome};
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId, StockName, TradeKind,
+    Leadership, LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId,
+    StockName, TradeKind,
 };
 use order::ReplicaConfig;
 pub use order::WriteQuorum;
@@ -198,19 +199,57 @@ impl Cluster {
         RpcClient::new(self.addrs[&id].clone(), fast_client("test"))
     }
 
-    /// Announces `leader` for `epoch` to every running replica.
-    pub async fn set_leader(&self, epoch: u64, leader: ReplicaId) {
-        for &id in self.running.keys() {
-            let answer = self
-                .client(id)
-                .call(&OrderRequest::SetLeader {
-                    epoch,
-                    leader_id: leader,
-                })
-                .await
-                .unwrap();
-            assert_eq!(answer, OrderResponse::LeaderSet, "replica {id}");
-        }
+    /// Elects `leader` at the catalog (compare-and-set on the record; the first election
+    /// names every replica in sync) and waits until it places orders. Returns the epoch.
+    pub async fn elect(&self, leader: ReplicaId) -> u64 {
+        let record = self
+            .catalog
+            .client
+            .leadership(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let change = LeadershipChange::Elect {
+            leader,
+            in_sync: self.addrs.keys().copied().collect(),
+        };
+        let epoch = match self
+            .catalog
+            .client
+            .change_leadership(record.epoch, change, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            LeadershipOutcome::Changed(record) => record.epoch,
+            LeadershipOutcome::Refused { current, reason } => {
+                panic!("election of {leader} refused: {reason} ({current})")
+            }
+        };
+        self.wait_placing(leader, epoch).await;
+        epoch
+    }
+
+    /// Waits until `leader` leads `epoch` and places orders.
+    pub async fn wait_placing(&self, leader: ReplicaId, epoch: u64) {
+        eventually(
+            "the leader to place orders",
+            Duration::from_secs(20),
+            || async {
+                match self.client(leader).call(&OrderRequest::Status).await {
+                    Ok(OrderResponse::Status(s)) if s.epoch == epoch && s.placing => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The leadership record.
+    pub async fn record(&self) -> Leadership {
+        self.catalog
+            .client
+            .leadership(Duration::from_secs(5))
+            .await
+            .unwrap()
     }
 
     pub async fn status(&self, id: ReplicaId) -> common::wire::ReplicaStatus {

@@ -4,10 +4,10 @@
 //! median of the rounds.
 
 use anyhow::{bail, Context};
-use catalog::CatalogClient;
+use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use clap::Parser;
 use common::rpc::ClientConfig;
-use common::wire::{RequestId, StockName, TradeKind, TradeRequest};
+use common::wire::{LeadershipChange, RequestId, StockName, TradeKind, TradeRequest};
 
 #[derive(Parser)]
 #[command(about = "Measure a running catalog")]
@@ -47,6 +47,23 @@ async fn main() -> anyhow::Result<()> {
     lookup(&client, &stock)
         .await
         .with_context(|| format!("catalog at {} not answering", args.addr))?;
+    // Trades need the recorded leader's epoch: stand in for a leader, electing one if the
+    // catalog is fresh.
+    let timeout = std::time::Duration::from_secs(5);
+    let mut record = client.leadership(timeout).await?;
+    if record.leader.is_none() {
+        let elect = LeadershipChange::Elect {
+            leader: 1,
+            in_sync: vec![1],
+        };
+        if let LeadershipOutcome::Changed(elected) = client
+            .change_leadership(record.epoch, elect, timeout)
+            .await?
+        {
+            record = elected;
+        }
+    }
+    let epoch = record.epoch;
     // Warm up the connection, allocator and page cache.
     bench::sequential(1_000, |_| lookup(&client, &stock)).await?;
 
@@ -61,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     // Alternate buy and sell of one share so the stock never runs out.
                     let request = TradeRequest {
+                        epoch,
                         request_id: RequestId::new(format!("bench-{run}-{i}"))?,
                         name: stock,
                         quantity: 1,
@@ -70,8 +88,9 @@ async fn main() -> anyhow::Result<()> {
                             TradeKind::Sell
                         },
                     };
-                    if let Err(rejection) = client.trade(&request).await? {
-                        bail!("trade refused: {rejection}");
+                    match client.trade(&request).await? {
+                        TradeOutcome::Traded { .. } => {}
+                        other => bail!("trade refused: {other:?}"),
                     }
                     Ok(())
                 }

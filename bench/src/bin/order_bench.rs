@@ -6,7 +6,9 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use common::rpc::{ClientConfig, RpcClient};
-use common::wire::{OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind};
+use common::wire::{
+    LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind,
+};
 
 type OrderClient = RpcClient<OrderRequest, OrderResponse>;
 
@@ -31,13 +33,16 @@ struct Args {
     /// Rounds; the median of each figure is reported.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Before measuring, announce the replica at `--addr` as leader of epoch 1 to every
-    /// replica listed here (`id=host:port,...`); `--leader-id` names it.
+    /// Before measuring, elect the replica at `--addr` at this catalog if nobody leads yet
+    /// (every replica of `--replicas` in sync); `--leader-id` names it.
     #[arg(long)]
-    elect: Option<String>,
-    /// Id of the replica at `--addr`, with `--elect`.
+    elect_at: Option<String>,
+    /// Id of the replica at `--addr`, with `--elect-at`.
     #[arg(long, default_value_t = 1)]
     leader_id: u32,
+    /// Every replica's id, with `--elect-at`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    replicas: Vec<u32>,
 }
 
 async fn place(client: &OrderClient, stock: &StockName, id: String, i: u64) -> anyhow::Result<()> {
@@ -64,25 +69,28 @@ async fn main() -> anyhow::Result<()> {
     let stock = StockName::new(args.stock.clone())?;
     let client = OrderClient::new(args.addr.clone(), ClientConfig::new("order-bench"));
     let run = std::process::id();
-    if let Some(replicas) = &args.elect {
-        for part in replicas.split(',') {
-            let (_, addr) = part
-                .split_once('=')
-                .context("--elect wants id=host:port,...")?;
-            let replica = OrderClient::new(addr.to_owned(), ClientConfig::new("order-bench"));
-            let election = OrderRequest::SetLeader {
-                epoch: 1,
-                leader_id: args.leader_id,
+    if let Some(catalog) = args.elect_at.clone() {
+        let catalog = catalog::CatalogClient::new(catalog, ClientConfig::new("order-bench"));
+        let timeout = std::time::Duration::from_secs(5);
+        let record = catalog.leadership(timeout).await?;
+        if record.leader.is_none() {
+            let elect = LeadershipChange::Elect {
+                leader: args.leader_id,
+                in_sync: args.replicas.clone(),
             };
-            match replica.call(&election).await? {
-                OrderResponse::LeaderSet => {}
-                other => bail!("{addr} refused the election: {other:?}"),
-            }
+            catalog
+                .change_leadership(record.epoch, elect, timeout)
+                .await?;
         }
     }
-    place(&client, &stock, format!("warm-{run}"), 0)
-        .await
-        .with_context(|| format!("leader at {} not placing orders", args.addr))?;
+    // The new leader reconciles with the catalog before it places orders.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while let Err(e) = place(&client, &stock, format!("warm-{run}"), 0).await {
+        if std::time::Instant::now() > deadline {
+            return Err(e).with_context(|| format!("leader at {} not placing orders", args.addr));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
