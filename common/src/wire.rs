@@ -612,6 +612,9 @@ pub struct ReplicaStatus {
     pub catalog_link: bool,
     /// Leader only: it places orders (it has recorded every trade the catalog applied).
     pub placing: bool,
+    /// Leader only: it cannot commit (its in-sync set is below the write quorum, or orders
+    /// have waited for their in-sync replicas for too long), so electors replace it.
+    pub stalled: bool,
 }
 
 /// Answers of the order replicas.

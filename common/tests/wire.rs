@@ -265,10 +265,10 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
             any::<u64>(),
             leader.clone(),
             proptest::option::of(position()),
-            any::<(bool, bool)>()
+            any::<(bool, bool, bool)>()
         )
             .prop_map(
-                |(id, role, epoch, leader_id, last, (catalog_link, placing))| {
+                |(id, role, epoch, leader_id, last, (catalog_link, placing, stalled))| {
                     OrderResponse::Status(ReplicaStatus {
                         id,
                         role,
@@ -277,6 +277,7 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
                         last,
                         catalog_link,
                         placing,
+                        stalled,
                     })
                 }
             ),

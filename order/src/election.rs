@@ -47,8 +47,8 @@ pub enum Verdict {
 
 /// Whether the replica answering `status` serves as the leader of `record`.
 fn serves(record: &Leadership, status: &ReplicaStatus) -> bool {
-    if !status.catalog_link {
-        // It cannot trade, so it cannot place orders.
+    if !status.catalog_link || status.stalled {
+        // It cannot trade, or cannot commit, so it cannot place orders.
         return false;
     }
     // Not told of its election yet (the record's push is on its way), or leading it.
@@ -84,6 +84,7 @@ pub fn judge(
     let candidate = statuses
         .values()
         .filter(linked)
+        .filter(|s| !s.stalled)
         .filter(|s| record.in_sync.contains(&s.id))
         .map(|s| s.id)
         .max();
@@ -253,6 +254,7 @@ mod tests {
             last: Some(LogPosition { epoch, number: 0 }),
             catalog_link: link,
             placing: role == Role::Leader,
+            stalled: false,
         }
     }
 
@@ -326,6 +328,21 @@ mod tests {
                 in_sync: vec![]
             }
         );
+        // A leader that cannot commit (cut from its followers) is replaced by one that can.
+        let mut stalled = status(3, Role::Leader, 4, true);
+        stalled.stalled = true;
+        let cut_from_followers = answered(&[status(2, Role::Follower, 4, true), stalled.clone()]);
+        assert_eq!(
+            judge(&now, &cut_from_followers, &[1, 2, 3]),
+            Verdict::Elect {
+                leader: 2,
+                in_sync: vec![]
+            }
+        );
+        assert!(matches!(
+            judge(&now, &answered(&[stalled]), &[1, 2, 3]),
+            Verdict::NoCandidate(_)
+        ));
         // Restarted: it may not lead its old epoch again, but may lead the next one.
         let restarted = answered(&[status(3, Role::Idle, 4, true)]);
         assert_eq!(

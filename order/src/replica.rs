@@ -98,6 +98,8 @@ struct State {
     reconciled: bool,
     /// Leader only: which catalog trades are recorded as orders.
     recorded: Recorded,
+    /// Leader only: when the commit point last moved (or the term began).
+    commit_moved: std::time::Instant,
 }
 
 /// The leader's account of the catalog's trades: every trade up to `through` is a committed
@@ -189,7 +191,10 @@ impl Replica {
                 st.in_sync.len(),
                 self.min_in_sync(),
             );
-            st.commit = st.commit.max(point);
+            if point > st.commit {
+                st.commit = point;
+                st.commit_moved = std::time::Instant::now();
+            }
         }
         if st.role == Role::Leader && !st.failed {
             if let Some(commit) = st.commit {
@@ -226,6 +231,14 @@ impl Replica {
             *current = progress;
             changed
         });
+    }
+
+    /// A leader that cannot commit: its in-sync set is below the minimum, or an order has
+    /// waited longer than a few replication timeouts without the commit point moving.
+    fn stalled(&self, st: &State) -> bool {
+        let waiting = st.commit.max(st.inherited) < st.log.last().map(|p| p.number);
+        st.in_sync.len() < self.min_in_sync()
+            || (waiting && st.commit_moved.elapsed() > self.config.replicate_timeout * 4)
     }
 
     fn min_in_sync(&self) -> usize {
@@ -332,6 +345,7 @@ impl Replica {
         st.in_sync.clear();
         st.reconciled = false;
         st.recorded = Recorded::default();
+        st.commit_moved = std::time::Instant::now();
         if leader == self.id {
             st.role = Role::Leader;
             // Members of the in-sync set are waited for until they answer or are removed
@@ -847,6 +861,7 @@ impl Replica {
             last: st.durable.and_then(|n| st.log.position(n)),
             catalog_link: self.catalog_link.load(Ordering::Relaxed),
             placing: st.role == Role::Leader && st.reconciled,
+            stalled: st.role == Role::Leader && self.stalled(&st),
         }
     }
 
@@ -974,17 +989,14 @@ impl Replica {
         let completes = entries.last().map(OrderEntry::position).or(from) == leader_last;
         if completes {
             // It will hold everything we have: wait for it again from the next order on. What
-            // it has persisted is learnt from its next acknowledgement, and the commit point
-            // never moves back meanwhile.
+            // it persisted before stays true (those entries matched our log); what it persists
+            // now is learnt from the probe its replication task sends next.
             if let Some(progress) = st.followers.get_mut(&follower) {
                 if !progress.up {
                     info!(follower, "follower caught up; waiting for it again");
                 }
-                *progress = FollowerProgress {
-                    up: true,
-                    persisted: None,
-                    silent: false,
-                };
+                progress.up = true;
+                progress.silent = false;
                 self.publish(&mut st);
             }
             if let Some(nudge) = self.nudges.get(&follower) {
@@ -1117,7 +1129,10 @@ impl Replica {
             if !probe {
                 let ready = tokio::select! {
                     () = term.cancelled() => return,
-                    ready = progress.wait_for(|p| p.last.is_some_and(|last| last >= next)) => ready,
+                    // It caught up by sync-up: probe at once, so that what it persisted is
+                    // learnt without waiting for the next order.
+                    () = nudge.notified() => Ok(()),
+                    ready = progress.wait_for(|p| p.last.is_some_and(|last| last >= next)) => ready.map(|_| ()),
                 };
                 if ready.is_err() {
                     return;
@@ -1368,6 +1383,7 @@ pub async fn run(
             in_sync: Vec::new(),
             reconciled: false,
             recorded: Recorded::default(),
+            commit_moved: std::time::Instant::now(),
         }),
         progress: watch::channel(initial).0,
         jobs: Mutex::new(Some(jobs)),

@@ -193,11 +193,15 @@ async fn old_orders_are_served_after_a_restart_and_a_stale_leader_is_refused() {
         wait_caught_up(&cluster, id, 3).await;
     }
     for id in 1..=3 {
-        let answer = cluster
-            .client(id)
-            .call(&OrderRequest::GetOrder { number: 2 })
-            .await
-            .unwrap();
+        // The new leader serves its inherited orders once its in-sync replicas confirm them.
+        let answer = eventually("order 2", Duration::from_secs(10), || async {
+            cluster
+                .client(id)
+                .call(&OrderRequest::GetOrder { number: 2 })
+                .await
+                .ok()
+        })
+        .await;
         assert_eq!(
             answer,
             OrderResponse::Order(before[2].clone()),
