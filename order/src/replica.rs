@@ -778,7 +778,9 @@ impl Replica {
                 kind: order.kind,
                 quantity: order.quantity.unsigned_abs(),
             };
-            st.recorded.known.insert(seq, number);
+            if seq > st.recorded.through {
+                st.recorded.known.insert(seq, number);
+            }
             self.append(&mut st, std::slice::from_ref(&entry))?;
             number
         };
