@@ -394,10 +394,9 @@ impl Replica {
         }
         let result = if leader == self.id {
             if st.role == Role::Leader && st.epoch == record.epoch {
-                if st.in_sync != record.in_sync {
-                    st.in_sync = record.in_sync.clone();
-                    self.publish(&mut st);
-                }
+                // Within its epoch only this leader changes the set, one change at a time;
+                // it takes each from the catalog's answer (`keep_in_sync`), since a pushed
+                // copy may arrive after a newer answer.
                 Ok(())
             } else if record.epoch > st.epoch {
                 self.adopt(&mut st, record.epoch, leader, &record.in_sync)
@@ -500,14 +499,32 @@ impl Replica {
             match outcome {
                 Ok(LeadershipOutcome::Changed(record)) => {
                     info!(from = ?current, to = ?record.in_sync, "in-sync set changed");
-                    self.on_record(&record).await;
+                    let mut st = self.state();
+                    if st.role == Role::Leader && st.epoch == epoch && record.epoch == epoch {
+                        st.in_sync = record.in_sync;
+                        self.publish(&mut st);
+                    }
                 }
                 Ok(LeadershipOutcome::Refused { current, reason }) => {
                     warn!(%current, %reason, "in-sync change refused");
                     self.on_record(&current).await;
                 }
                 Err(e) => {
+                    // The change may or may not have been recorded: wait for every replica
+                    // either record names until a later change settles it.
                     debug!(error = %e, "in-sync change failed; retrying");
+                    {
+                        let mut st = self.state();
+                        if st.role == Role::Leader && st.epoch == epoch {
+                            for id in desired {
+                                if !st.in_sync.contains(&id) {
+                                    st.in_sync.push(id);
+                                }
+                            }
+                            st.in_sync.sort_unstable();
+                            self.publish(&mut st);
+                        }
+                    }
                     tokio::select! {
                         () = term.cancelled() => return,
                         () = tokio::time::sleep(MIN_BACKOFF * 5) => {}
