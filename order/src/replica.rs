@@ -238,7 +238,7 @@ impl Replica {
     fn stalled(&self, st: &State) -> bool {
         let waiting = st.commit.max(st.inherited) < st.log.last().map(|p| p.number);
         st.in_sync.len() < self.min_in_sync()
-            || (waiting && st.commit_moved.elapsed() > self.config.replicate_timeout * 4)
+            || (waiting && st.commit_moved.elapsed() > self.config.replicate_timeout * 2)
     }
 
     fn min_in_sync(&self) -> usize {

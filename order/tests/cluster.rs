@@ -553,3 +553,132 @@ async fn a_restarted_leader_never_leads_its_old_epoch_again() {
     );
     cluster.stop_all().await;
 }
+
+/// A trade the catalog applied under `epoch` whose order no replica recorded, as a leader
+/// that died right after trading (or whose answer was lost) leaves behind.
+async fn orphan_trade(cluster: &Cluster, epoch: u64, id: &str, stock: &str) {
+    let trade = common::wire::TradeRequest {
+        epoch,
+        request_id: common::wire::RequestId::new(id).unwrap(),
+        name: common::wire::StockName::new(stock).unwrap(),
+        quantity: 3,
+        kind: TradeKind::Buy,
+    };
+    let outcome = cluster.catalog.client.trade(&trade).await.unwrap();
+    assert!(
+        matches!(outcome, catalog::TradeOutcome::Traded { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_applied_without_an_order_is_recorded_once_by_the_next_leader() {
+    let mut cluster = Cluster::start(WriteQuorum::All).await;
+    let first = cluster.elect(1).await;
+    placed(
+        cluster
+            .client(1)
+            .call(&order("before", "SkyRoute", 1, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    // Replica 1 dies right after the catalog applied its trade.
+    cluster.stop(1).await;
+    orphan_trade(&cluster, first, "orphan", "SkyRoute").await;
+    let second = cluster.elect(3).await;
+    // The new leader recorded it before placing anything; a retry finds its number.
+    let log = cluster.log(3);
+    let adopted = log
+        .iter()
+        .find(|e| e.request_id.as_str() == "orphan")
+        .expect("the orphan trade is in no log");
+    assert_eq!(
+        (adopted.number, adopted.epoch, adopted.quantity),
+        (1, second, 3)
+    );
+    let retried = placed(
+        cluster
+            .client(3)
+            .call(&order("orphan", "SkyRoute", 3, TradeKind::Buy))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(retried, 1);
+    // Conservation: the catalog's stock is what the log implies, the orphan once.
+    let initial = std::collections::BTreeMap::from([(
+        common::wire::StockName::new("SkyRoute").unwrap(),
+        100_000,
+    )]);
+    let expected = order::audit::expected_stock(&initial, &cluster.log(3)).unwrap();
+    let quote = cluster
+        .catalog
+        .client
+        .lookup(&common::wire::StockName::new("SkyRoute").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (quote.quantity, quote.volume),
+        expected[&common::wire::StockName::new("SkyRoute").unwrap()]
+    );
+    // The deposed epoch can trade no more.
+    let stale = cluster
+        .catalog
+        .client
+        .trade(&common::wire::TradeRequest {
+            epoch: first,
+            request_id: common::wire::RequestId::new("late").unwrap(),
+            name: common::wire::StockName::new("SkyRoute").unwrap(),
+            quantity: 1,
+            kind: TradeKind::Buy,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, catalog::TradeOutcome::Fenced { .. }),
+        "{stale:?}"
+    );
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_whose_answer_was_lost_is_recorded_during_the_term() {
+    let cluster = Cluster::start(WriteQuorum::All).await;
+    let epoch = cluster.elect(2).await;
+    placed(
+        cluster
+            .client(2)
+            .call(&order("first", "FishCo", 1, TradeKind::Sell))
+            .await
+            .unwrap(),
+    );
+    // Applied under the leader's epoch, but the leader never heard the answer.
+    orphan_trade(&cluster, epoch, "lost-answer", "FishCo").await;
+    let entry = eventually(
+        "the leader to record the trade",
+        Duration::from_secs(10),
+        || async {
+            cluster
+                .log(2)
+                .into_iter()
+                .find(|e| e.request_id.as_str() == "lost-answer")
+        },
+    )
+    .await;
+    assert_eq!(entry.number, 1);
+    // Recorded once: more reconciliation rounds change nothing.
+    placed(
+        cluster
+            .client(2)
+            .call(&order("after", "FishCo", 1, TradeKind::Sell))
+            .await
+            .unwrap(),
+    );
+    let ids: Vec<String> = cluster
+        .log(2)
+        .iter()
+        .map(|e| e.request_id.to_string())
+        .collect();
+    assert_eq!(ids, ["first", "lost-answer", "after"]);
+    cluster.stop_all().await;
+}
