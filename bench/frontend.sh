@@ -89,17 +89,8 @@ echo "uncached lookup (--cache-size 0), one connection, wrk -t1 -c1 -d10s --late
 wrk -t1 -c1 -d10s --latency "http://127.0.0.1:$uncached_port/stocks/GameStart" |
     awk '/^ +(50|90|99)%/ {print "  p" $1 " " $2} /Requests\/sec/ {print "  " $0}'
 
-cat >"$work/post.lua" <<'LUA'
-local n = 0
-request = function()
-    n = n + 1
-    local kind = (n % 2 == 0) and "buy" or "sell"
-    local body = '{"name":"GameStart","quantity":1,"type":"' .. kind .. '"}'
-    return wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
-end
-LUA
 echo "POST /orders, wrk -t1 -c64 -d10s:"
-wrk -t1 -c64 -d10s -s "$work/post.lua" "http://127.0.0.1:$FRONTEND_PORT" |
+wrk -t1 -c64 -d10s -s bench/post.lua "http://127.0.0.1:$FRONTEND_PORT" |
     awk '/Requests\/sec|Non-2xx|Socket errors/ {print "  " $0}'
 
 echo "memory: a million cached lookups, then the front end's resident set:"

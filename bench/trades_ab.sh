@@ -6,19 +6,11 @@
 #
 #   bench/trades_ab.sh DIR_A DIR_B [ROUNDS]      (default 3; needs wrk)
 set -euo pipefail
+script="$(cd "$(dirname "$0")" && pwd)/post.lua"
 a="$(cd "$1" && pwd)"
 b="$(cd "$2" && pwd)"
 rounds="${3:-3}"
 work="$(mktemp -d)"
-cat >"$work/post.lua" <<'LUA'
-local n = 0
-request = function()
-    n = n + 1
-    local kind = (n % 2 == 0) and "buy" or "sell"
-    local body = '{"name":"GameStart","quantity":1,"type":"' .. kind .. '"}'
-    return wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
-end
-LUA
 base=$((30000 + RANDOM % 20000))
 env_of() { # base
     echo "STATE_DIR=$work/state-$1 CATALOG_PORT=$1 ORDER_PORTS=$(($1 + 1)),$(($1 + 2)),$(($1 + 3)) FRONTEND_PORT=$(($1 + 4)) RUST_LOG=warn"
@@ -37,7 +29,7 @@ trap cleanup EXIT
 run_in "$a" "$base"
 run_in "$b" "$((base + 10))"
 post() { # port
-    wrk -t1 -c64 -d10s -s "$work/post.lua" "http://127.0.0.1:$1" |
+    wrk -t1 -c64 -d10s -s "$script" "http://127.0.0.1:$1" |
         awk '/Requests\/sec/ {rps = $2} /Non-2xx|Socket errors/ {bad = bad " " $0} END {print rps bad}'
 }
 median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
