@@ -169,8 +169,9 @@ status)
         exec 3<&-
         leader="$(sed -n 's/.*"leader":\([0-9]*\).*/\1/p' <<<"$reply")"
         epoch="$(sed -n 's/.*"epoch":\([0-9]*\).*/\1/p' <<<"$reply")"
+        in_sync="$(sed -n 's/.*"in_sync":\[\([0-9,]*\)\].*/\1/p' <<<"$reply")"
         if [[ -n "$leader" ]]; then
-            echo "order leader: replica $leader (epoch $epoch)"
+            echo "order leader: replica $leader (epoch $epoch), in sync: $in_sync"
         else
             echo "order leader: none ($(tail -n 1 <<<"$reply"))"
         fi

@@ -1,10 +1,11 @@
 //! The catalog service: owns every stock's price, quantity and traded volume, durably, applies
-//! each trade once per request id, and pushes an invalidation to subscribed front ends after
-//! every change.
+//! each trade once per request id and only from the recorded leader's epoch, keeps the
+//! cluster's leadership record, and pushes invalidations and leadership changes to
+//! subscribers.
 //!
-//! Seams: [`book`] is the state machine (no I/O), [`store`] the files and the group-commit
-//! writer, [`service`] the request handlers and the server loop, [`client`] the typed client
-//! other services use.
+//! Seams: [`book`] is the state machine (no I/O), [`leadership`] the record's rules (no I/O),
+//! [`store`] the files and the group-commit writer, [`service`] the request handlers and the
+//! server loop, [`client`] the typed client other services use.
 
 pub mod book;
 pub mod client;

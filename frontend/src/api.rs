@@ -265,6 +265,7 @@ impl App {
                     status: "ok",
                     leader,
                     epoch,
+                    in_sync: self.orders.record().in_sync,
                 }),
             ),
             Err(problem) => Response::error(503, &format!("no order leader serves: {problem}")),
@@ -321,6 +322,7 @@ struct HealthBody {
     status: &'static str,
     leader: u32,
     epoch: u64,
+    in_sync: Vec<u32>,
 }
 
 fn not_allowed() -> Response {

@@ -1,11 +1,13 @@
-//! The order service: three replicas keep one history of trades. The leader (chosen by the
-//! front end with an epoch) trades through the catalog with the request's id, numbers the
-//! order, records it durably and replicates it; followers persist what the leader sends and
-//! catch up with `SyncUp` after a restart or a gap.
+//! The order service: three replicas keep one history of trades. The leader (named by the
+//! catalog's leadership record for an epoch) trades through the catalog with the request's id
+//! and its epoch, numbers the order, records it durably and replicates it, and acknowledges
+//! it once every in-sync replica holds it; followers persist what the leader sends and catch
+//! up with `SyncUp` after a restart or a gap.
 //!
 //! Seams: [`log`] is the storage (append, cut, read), [`replication`] the decisions (pure),
-//! [`replica`] the network and the state machine that ties them together, [`audit`] the
-//! consistency check across replicas and the catalog.
+//! [`replica`] the network and the state machine that ties them together, [`election`] who
+//! may lead (shared with the front end), [`audit`] the consistency check across replicas and
+//! the catalog.
 
 pub mod audit;
 pub mod config;
