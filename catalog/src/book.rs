@@ -221,18 +221,11 @@ impl Book {
     /// Up to `max` trades after sequence number `after` and up to `through`, oldest first, and
     /// whether none in between was forgotten (the window keeps the newest only).
     pub fn applied_after(&self, after: u64, through: u64, max: usize) -> (Vec<AppliedTrade>, bool) {
-        let mut newest_first: Vec<&TradeRecord> = self
-            .recent
-            .values()
-            .rev()
-            .skip_while(|r| r.seq > through)
-            .take_while(|r| r.seq > after)
-            .collect();
-        let oldest = newest_first.last().map_or(through + 1, |r| r.seq);
+        let mut listed = self.recent.values_from(|r| r.seq <= after).peekable();
+        let oldest = listed.peek().map_or(through.saturating_add(1), |r| r.seq);
         let complete = oldest <= after.saturating_add(1) || through <= after;
-        newest_first.reverse();
-        let trades = newest_first
-            .into_iter()
+        let trades = listed
+            .take_while(|r| r.seq <= through)
             .take(max)
             .map(|r| AppliedTrade {
                 seq: r.seq,

@@ -177,10 +177,19 @@ impl CatalogClient {
             rest,
             silence_limit: self.silence_limit,
         };
-        // The answer may come after pushes queued as the stream was registered.
+        // The answer may come after pushes queued as the stream was registered; a record
+        // pushed then is newer than the one in the answer.
+        let mut pushed: Option<Leadership> = None;
         loop {
             match stream.next().await {
-                Some(Ok(CatalogResponse::Subscribed(record))) => return Ok((record, stream)),
+                Some(Ok(CatalogResponse::Subscribed(record))) => {
+                    let newest = match pushed {
+                        Some(pushed) if pushed.epoch >= record.epoch => pushed,
+                        _ => record,
+                    };
+                    return Ok((newest, stream));
+                }
+                Some(Ok(CatalogResponse::Leadership(record))) => pushed = Some(record),
                 Some(Ok(CatalogResponse::Heartbeat | CatalogResponse::Invalidate { .. })) => {}
                 Some(Ok(other)) => return Err(unexpected(other)),
                 Some(Err(e)) => return Err(e),

@@ -122,7 +122,14 @@ impl CatalogService {
 
     fn subscribe(&self, context: &RequestContext, invalidations: bool) -> Reply<CatalogResponse> {
         let mut subscribers = lock(&self.subscribers);
-        subscribers.streams.push((context.push(), invalidations));
+        let push = context.push();
+        // A connection carries one subscription: a subscriber that gave up on its stream (it
+        // heard nothing for too long) and asks again replaces it, so the list stays bounded
+        // by the connections.
+        subscribers
+            .streams
+            .retain(|(other, _)| !other.same_connection(&push) && !other.is_closed());
+        subscribers.streams.push((push, invalidations));
         info!(peer = %context.peer, invalidations, "subscriber added");
         Ok(CatalogResponse::Subscribed(subscribers.published.clone()))
     }

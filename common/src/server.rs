@@ -87,6 +87,11 @@ impl Push {
         }
     }
 
+    /// Whether both push on the same connection.
+    pub fn same_connection(&self, other: &Push) -> bool {
+        self.outbound.same_channel(&other.outbound)
+    }
+
     /// True once the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         self.outbound.is_closed() || self.connection.is_cancelled()

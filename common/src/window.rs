@@ -53,6 +53,16 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
         self.order.iter().filter_map(|k| self.values.get(k))
     }
 
+    /// The remembered values from the first one for which `before` is false on, oldest first.
+    /// `before` must be true for a prefix of the values and false after it (values inserted in
+    /// the order of what it tests); the start is found by bisection.
+    pub fn values_from(&self, before: impl Fn(&V) -> bool) -> impl Iterator<Item = &V> {
+        let start = self
+            .order
+            .partition_point(|k| self.values.get(k).is_none_or(&before));
+        self.order.range(start..).filter_map(|k| self.values.get(k))
+    }
+
     /// How many keys are remembered.
     pub fn len(&self) -> usize {
         self.order.len()
@@ -82,5 +92,23 @@ mod tests {
         assert_eq!(window.values().copied().collect::<Vec<_>>(), vec![4, 5]);
         window.retain(|_, v| *v != 4);
         assert_eq!(window.len(), 1);
+    }
+
+    #[test]
+    fn values_from_a_point_are_found_by_bisection() {
+        let mut window = RecentWindow::new(4);
+        for n in 1..=6u64 {
+            window.insert(n, n * 10);
+        }
+        let from = |after: u64| {
+            window
+                .values_from(|v| *v <= after)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(from(0), vec![30, 40, 50, 60]);
+        assert_eq!(from(40), vec![50, 60]);
+        assert_eq!(from(45), vec![50, 60]);
+        assert_eq!(from(60), Vec::<u64>::new());
     }
 }

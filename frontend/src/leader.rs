@@ -187,8 +187,16 @@ impl OrderLeader {
                 },
             };
             suspect = false;
+            let Some(replica) = self.replicas.get(&leader) else {
+                // The record names a replica this front end was not configured with (an
+                // operator's override, or front ends with different peer lists).
+                last_problem = format!("the recorded leader {leader} is not among --order-peers");
+                self.pause(deadline).await;
+                suspect = true;
+                continue;
+            };
             let budget = (deadline - now).min(self.attempt);
-            let answer = self.replicas[&leader].call_within(request, budget).await;
+            let answer = replica.call_within(request, budget).await;
             match answer {
                 Ok(OrderResponse::NotLeader { .. } | OrderResponse::StaleEpoch { .. }) => {
                     last_problem = format!("replica {leader} does not lead");

@@ -190,6 +190,12 @@ pub async fn elect_unclean(
     leader: ReplicaId,
     timeout: Duration,
 ) -> Result<(Leadership, String), ElectionError> {
+    if !replicas.contains_key(&leader) {
+        return Err(ElectionError::NoCandidate(format!(
+            "replica {leader} is not among the configured replicas {:?}",
+            replicas.keys().collect::<Vec<_>>()
+        )));
+    }
     let record = catalog
         .leadership(timeout)
         .await

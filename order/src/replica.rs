@@ -102,6 +102,14 @@ struct State {
     commit_moved: std::time::Instant,
 }
 
+/// Both sets, ascending.
+fn union(a: &[ReplicaId], b: &[ReplicaId]) -> Vec<ReplicaId> {
+    let mut all: Vec<ReplicaId> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// The leader's account of the catalog's trades: every trade up to `through` is a committed
 /// order; `known` maps later trades (catalog sequence numbers) to the orders recording them.
 #[derive(Debug, Default)]
@@ -264,6 +272,12 @@ impl Replica {
         if st.failed {
             return Err(RemoteError::unavailable("order log failed"));
         }
+        if st.role == Role::Leader && st.commit.max(st.inherited) >= st.log.last().map(|p| p.number)
+        {
+            // Nothing was waiting: the time to commit is measured from now, not from the last
+            // time the commit point moved (which may be long ago after an idle spell).
+            st.commit_moved = std::time::Instant::now();
+        }
         for entry in entries {
             let bytes = st.log.append(entry.clone()).map_err(internal)?;
             self.queue(Job::Append {
@@ -350,7 +364,13 @@ impl Replica {
             st.role = Role::Leader;
             // Members of the in-sync set are waited for until they answer or are removed
             // from the record; the others once they have caught up.
-            st.in_sync = in_sync.to_vec();
+            // Only configured replicas can hold orders; an unknown id in the record is
+            // neither waited for nor counted towards the write quorum.
+            st.in_sync = in_sync
+                .iter()
+                .copied()
+                .filter(|id| *id == self.id || self.peers.contains_key(id))
+                .collect();
             st.followers = self
                 .peers
                 .keys()
@@ -488,6 +508,20 @@ impl Replica {
             if desired == current {
                 continue;
             }
+            {
+                // Replicas being added are waited for from now on, before the catalog records
+                // them: the moment it does, they must hold every acknowledged order. Removed
+                // ones are still waited for until the catalog's answer.
+                let mut st = self.state();
+                if st.role != Role::Leader || st.epoch != epoch {
+                    return;
+                }
+                let before = st.in_sync.clone();
+                st.in_sync = union(&before, &desired);
+                if st.in_sync != before {
+                    self.publish(&mut st);
+                }
+            }
             let change = LeadershipChange::SetInSync {
                 leader: self.id,
                 in_sync: desired.clone(),
@@ -510,21 +544,9 @@ impl Replica {
                     self.on_record(&current).await;
                 }
                 Err(e) => {
-                    // The change may or may not have been recorded: wait for every replica
-                    // either record names until a later change settles it.
+                    // The change may or may not have been recorded: every replica either
+                    // record names is still waited for, until a later change settles it.
                     debug!(error = %e, "in-sync change failed; retrying");
-                    {
-                        let mut st = self.state();
-                        if st.role == Role::Leader && st.epoch == epoch {
-                            for id in desired {
-                                if !st.in_sync.contains(&id) {
-                                    st.in_sync.push(id);
-                                }
-                            }
-                            st.in_sync.sort_unstable();
-                            self.publish(&mut st);
-                        }
-                    }
                     tokio::select! {
                         () = term.cancelled() => return,
                         () = tokio::time::sleep(MIN_BACKOFF * 5) => {}
@@ -547,7 +569,9 @@ impl Replica {
                 if st.role != Role::Leader || st.epoch != epoch {
                     return;
                 }
-                let commit = st.commit.max(st.inherited);
+                // Only orders committed in this term count: inherited ones may not be on every
+                // in-sync replica yet.
+                let commit = st.commit;
                 let through = st.recorded.advance(commit);
                 let after = if st.reconciled { Some(through) } else { cursor };
                 (through, after, st.reconciled)
@@ -649,8 +673,8 @@ impl Replica {
                 quantity: trade.quantity,
             };
             info!(seq = trade.seq, number = entry.number, request_id = %trade.request_id, "recording a trade the catalog applied without an order");
-            st.recorded.known.insert(trade.seq, entry.number);
             self.append(&mut st, std::slice::from_ref(&entry))?;
+            st.recorded.known.insert(trade.seq, entry.number);
             adopted += 1;
         }
         Ok(adopted)
@@ -795,10 +819,10 @@ impl Replica {
                 kind: order.kind,
                 quantity: order.quantity.unsigned_abs(),
             };
+            self.append(&mut st, std::slice::from_ref(&entry))?;
             if seq > st.recorded.through {
                 st.recorded.known.insert(seq, number);
             }
-            self.append(&mut st, std::slice::from_ref(&entry))?;
             number
         };
         self.answer_when_committed(number, epoch).await
