@@ -2,7 +2,7 @@
 //! veth to a bridge that lives in a hub namespace the test also creates, so no interface or
 //! address is ever added to the machine's own namespace. Addresses are `10.213.<n>.<k>`
 //! inside those namespaces only. Partitions are iptables DROP rules inside the members'
-//! namespaces; [`Topology::heal`] flushes them.
+//! namespaces; [`Topology::uncut`] removes one pair's, [`Topology::heal`] flushes them all.
 //!
 //! The test process itself stays in the machine's namespace: it reaches the members through
 //! a [`NetRuntime`] whose thread has entered the `client` member's namespace, so every socket
@@ -199,6 +199,28 @@ impl Topology {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Removes the cut between `a` and `b` (made by [`Topology::cut`] or
+    /// [`Topology::partition`], in either order), leaving every other cut in force.
+    pub fn uncut(&mut self, a: &str, b: &str) -> Result<()> {
+        let Some(index) = self
+            .cuts
+            .iter()
+            .position(|(x, y)| (x == a && y == b) || (x == b && y == a))
+        else {
+            return Err(Error::Invalid(format!("{a} and {b} are not cut")));
+        };
+        let (addr_a, addr_b) = (
+            self.member(a)?.addr.to_string(),
+            self.member(b)?.addr.to_string(),
+        );
+        for (here, there) in [(a, &addr_b), (b, &addr_a)] {
+            self.filter(here, &["-D", "INPUT", "-s", there, "-j", "DROP"])?;
+            self.filter(here, &["-D", "OUTPUT", "-d", there, "-j", "DROP"])?;
+        }
+        self.cuts.remove(index);
         Ok(())
     }
 

@@ -184,3 +184,441 @@ async fn leader_cut_from_catalog_is_replaced(mode: WriteQuorum) {
     verdict.finish(&mut cluster, &history, &report);
 }
 both_modes!(leader_cut_from_catalog_is_replaced);
+
+const ELECTIONS: &str = "bazaar_order_elections_total";
+
+/// The sum of `bazaar_order_elections_total` over front ends `0..frontends`; a front end
+/// without the metric is a problem.
+async fn elections(cluster: &Cluster, frontends: usize, verdict: &mut Verdict) -> f64 {
+    let mut total = 0.0;
+    for index in 0..frontends {
+        match cluster.metric(index, ELECTIONS).await {
+            Some(value) => total += value,
+            None => verdict.problem(format!("{} has no {ELECTIONS}", frontend_name(index))),
+        }
+    }
+    total
+}
+
+/// Waits until `count` trades through front end `frontend` that began at or after `since`
+/// were acknowledged.
+async fn wait_acknowledged_through(
+    history: &History,
+    frontend: usize,
+    since: Duration,
+    count: usize,
+    limit: Duration,
+) -> chaos::Result<()> {
+    chaos::poll(
+        &format!(
+            "{count} trades acknowledged through {}",
+            frontend_name(frontend)
+        ),
+        limit,
+        Duration::from_millis(20),
+        || async {
+            let acknowledged = history.count(|o| {
+                o.start >= since && o.frontend == frontend && o.outcome.number().is_some()
+            });
+            (acknowledged >= count).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until `count` trades through front end `frontend` got their 200 at or after `since`
+/// (whenever they began: a keyed trade begun before may still be retrying).
+async fn wait_answered_200_through(
+    history: &History,
+    frontend: usize,
+    since: Duration,
+    count: usize,
+    limit: Duration,
+) -> chaos::Result<()> {
+    chaos::poll(
+        &format!(
+            "{count} trades answered 200 through {}",
+            frontend_name(frontend)
+        ),
+        limit,
+        Duration::from_millis(20),
+        || async {
+            let acknowledged = history.count(|o| {
+                o.end >= since && o.frontend == frontend && o.outcome.number().is_some()
+            });
+            (acknowledged >= count).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until `count` trades through front end `frontend` that began at or after `since`
+/// have ended, whatever their outcome (503 is a fine answer on a cut-off side).
+async fn wait_completed_through(
+    history: &History,
+    frontend: usize,
+    since: Duration,
+    count: usize,
+    limit: Duration,
+) -> chaos::Result<()> {
+    chaos::poll(
+        &format!(
+            "{count} trades through {} answered",
+            frontend_name(frontend)
+        ),
+        limit,
+        Duration::from_millis(20),
+        || async {
+            let ended = history.count(|o| o.start >= since && o.frontend == frontend);
+            (ended >= count).then_some(())
+        },
+    )
+    .await
+}
+
+/// Trades through front end `frontend` acknowledged with an end in `from..to`.
+fn acknowledged_through(history: &History, frontend: usize, from: Duration, to: Duration) -> usize {
+    history.count(|o| {
+        o.frontend == frontend && o.end >= from && o.end < to && o.outcome.number().is_some()
+    })
+}
+
+/// A leader cut from both its followers must not let two leaders acknowledge orders.
+///
+/// Two front ends; keyed trades through each (front end 0's only through front end 0, front
+/// end 1's only through front end 1). The leader's namespace then drops everything to and
+/// from both followers, and front end 0 is on the leader's side: {leader, front end 0} |
+/// {follower A, follower B, front end 1}; the catalog and the clients reach everyone.
+///
+/// - `all`: the leader drops the followers from the in-sync set and goes on alone (or front
+///   end 1 elects a follower first, and the followers go on); either way trading goes on and
+///   no number is acknowledged twice.
+/// - `majority`: the leader cannot commit (`stalled`); front end 1 elects a follower and
+///   trades resume through it: the longest stretch without any successful trade, from the
+///   cut until 100 trades succeeded after it (or 8 s), must be at most 4 s.
+///
+/// The partition lasts at least 6 s. Then it heals, both front ends trade again, and the
+/// history is checked.
+async fn leader_cut_from_its_followers_cannot_split_the_cluster(mode: WriteQuorum) {
+    let scenario = "leader_cut_from_its_followers_cannot_split_the_cluster";
+    if !namespaces_usable(scenario) {
+        return;
+    }
+    let _serial = chaos::serial().await;
+    let mut verdict = Verdict::new(scenario, mode);
+    let options = ClusterOptions::new("leader-cut", mode)
+        .frontends(2)
+        .in_namespaces();
+    let mut cluster = Cluster::start(options).await.unwrap();
+    let history = History::new();
+    let loads = [
+        history
+            .start(
+                &cluster,
+                Load::keyed("lcut0", &[0]).workers(3).retry_for(10 * SECOND),
+            )
+            .unwrap(),
+        history
+            .start(
+                &cluster,
+                Load::keyed("lcut1", &[1]).workers(3).retry_for(10 * SECOND),
+            )
+            .unwrap(),
+    ];
+    history
+        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
+        .await
+        .unwrap();
+
+    let leader = cluster.leader(0).await.unwrap();
+    let (a, b) = followers(leader);
+    let before = elections(&cluster, 2, &mut verdict).await;
+    let leader_side = [order_name(leader), frontend_name(0)];
+    let follower_side = [order_name(a), order_name(b), frontend_name(1)];
+    let leader_side: Vec<&str> = leader_side.iter().map(String::as_str).collect();
+    let follower_side: Vec<&str> = follower_side.iter().map(String::as_str).collect();
+    cluster
+        .topology()
+        .expect("namespaces")
+        .partition(&[&leader_side, &follower_side])
+        .unwrap();
+    let cut_at = history.now();
+    // Until trading has clearly resumed; failing that, the window ends after 8 s.
+    let _ = history.wait_acknowledged(cut_at, 100, 8 * SECOND).await;
+    let window_end = history.now();
+    let gap = history.longest_gap(cut_at, window_end);
+    eprintln!(
+        "{scenario} ({mode}): replica {leader} cut from {a} and {b}; longest gap without a \
+         successful trade {:.2} s; acknowledged in the window through front end 0: {}, \
+         through front end 1: {}",
+        gap.as_secs_f64(),
+        acknowledged_through(&history, 0, cut_at, window_end),
+        acknowledged_through(&history, 1, cut_at, window_end),
+    );
+    let result = history.wait_acknowledged(cut_at, 100, 15 * SECOND).await;
+    verdict.expect(result, "trading during the partition");
+    if mode == WriteQuorum::Majority {
+        if gap > 4 * SECOND {
+            verdict.problem(format!(
+                "no trade succeeded for {:.1} s after the leader lost both followers (at \
+                 most 4 s expected)",
+                gap.as_secs_f64()
+            ));
+        }
+        let result = wait_acknowledged_through(&history, 1, cut_at, 50, 10 * SECOND).await;
+        verdict.expect(
+            result,
+            "front end 1 (followers' side) trading during the partition",
+        );
+    }
+    // Long enough for front end 1 to have checked the leader, and elected if it will.
+    let hold = (cut_at + 6 * SECOND).saturating_sub(history.now());
+    tokio::time::sleep(hold).await;
+    let during = elections(&cluster, 2, &mut verdict).await - before;
+    let now = history.now();
+    let health = (cluster.health(0).await, cluster.health(1).await);
+    eprintln!(
+        "{scenario} ({mode}): {during} elections in {:.1} s of partition; acknowledged \
+         through front end 0: {}, front end 1: {}; health now {health:?}",
+        (now - cut_at).as_secs_f64(),
+        acknowledged_through(&history, 0, cut_at, now),
+        acknowledged_through(&history, 1, cut_at, now),
+    );
+
+    cluster.topology().expect("namespaces").heal().unwrap();
+    let healed_at = history.now();
+    let result = history.wait_acknowledged(healed_at, 100, 20 * SECOND).await;
+    verdict.expect(result, "trading after healing");
+    for frontend in [0, 1] {
+        let result =
+            wait_answered_200_through(&history, frontend, healed_at, 20, 20 * SECOND).await;
+        verdict.expect(
+            result,
+            &format!("{} trading after healing", frontend_name(frontend)),
+        );
+    }
+    for load in loads {
+        load.finish().await.unwrap();
+    }
+
+    let report = check(&mut cluster, &history).await;
+    verdict.finish(&mut cluster, &history, &report);
+}
+both_modes!(leader_cut_from_its_followers_cannot_split_the_cluster);
+
+/// A front end that cannot reach the leader (only that pair is cut) may elect another
+/// in-sync replica, once: the leaders must not alternate.
+///
+/// Two front ends; keyed trades through each. Front end 0's namespace and the leader's drop
+/// each other's traffic; everyone else reaches everyone. Both front ends must go on trading
+/// (front end 0 typically elects another in-sync replica, which front end 1 then follows);
+/// the cut lasts at least 6 s, during which both front ends together may run at most 4
+/// elections. Then the cut heals, trading goes on and the history is checked.
+async fn leader_cut_from_one_frontend(mode: WriteQuorum) {
+    let scenario = "leader_cut_from_one_frontend";
+    if !namespaces_usable(scenario) {
+        return;
+    }
+    let _serial = chaos::serial().await;
+    let mut verdict = Verdict::new(scenario, mode);
+    let options = ClusterOptions::new("fe-cut", mode)
+        .frontends(2)
+        .in_namespaces();
+    let mut cluster = Cluster::start(options).await.unwrap();
+    let history = History::new();
+    let loads = [
+        history
+            .start(
+                &cluster,
+                Load::keyed("fecut0", &[0])
+                    .workers(3)
+                    .retry_for(10 * SECOND),
+            )
+            .unwrap(),
+        history
+            .start(
+                &cluster,
+                Load::keyed("fecut1", &[1])
+                    .workers(3)
+                    .retry_for(10 * SECOND),
+            )
+            .unwrap(),
+    ];
+    history
+        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
+        .await
+        .unwrap();
+
+    let leader = cluster.leader(1).await.unwrap();
+    let before = elections(&cluster, 2, &mut verdict).await;
+    cluster
+        .topology()
+        .expect("namespaces")
+        .cut(&frontend_name(0), &order_name(leader))
+        .unwrap();
+    let cut_at = history.now();
+    for frontend in [0, 1] {
+        let result = wait_acknowledged_through(&history, frontend, cut_at, 100, 20 * SECOND).await;
+        verdict.expect(
+            result,
+            &format!("{} trading during the cut", frontend_name(frontend)),
+        );
+    }
+    // Long enough for leaders alternating between the front ends' views to show.
+    let hold = (cut_at + 6 * SECOND).saturating_sub(history.now());
+    tokio::time::sleep(hold).await;
+    let during = elections(&cluster, 2, &mut verdict).await - before;
+    let now = history.now();
+    let gap = history.longest_gap(cut_at, now);
+    let leaders = (cluster.health(0).await, cluster.health(1).await);
+    eprintln!(
+        "{scenario} ({mode}): front end 0 cut from replica {leader}; {during} elections in \
+         {:.1} s of cut; longest gap without a successful trade {:.2} s; acknowledged through \
+         front end 0: {}, front end 1: {}; health now {leaders:?}",
+        (now - cut_at).as_secs_f64(),
+        gap.as_secs_f64(),
+        acknowledged_through(&history, 0, cut_at, now),
+        acknowledged_through(&history, 1, cut_at, now),
+    );
+    if during > 4.0 {
+        verdict.problem(format!(
+            "{during} elections while front end 0 could not reach the leader (at most 4 \
+             expected: the leaders must not alternate)"
+        ));
+    }
+
+    cluster.topology().expect("namespaces").heal().unwrap();
+    let healed_at = history.now();
+    let result = history.wait_acknowledged(healed_at, 100, 20 * SECOND).await;
+    verdict.expect(result, "trading after healing");
+    for load in loads {
+        load.finish().await.unwrap();
+    }
+
+    let report = check(&mut cluster, &history).await;
+    verdict.finish(&mut cluster, &history, &report);
+}
+both_modes!(leader_cut_from_one_frontend);
+
+/// A partition that heals in two steps, the replicas' links first, must not split the
+/// cluster either.
+///
+/// As in `partition_minority_frontend_cannot_split_the_cluster`: two front ends, keyed
+/// trades through each, and the network splits into {leader, follower A, front end 0} and
+/// {follower B, front end 1}. Then the partition heals in two steps: first B reaches the
+/// leader and A again (the replicas are whole) while front end 1 still reaches neither the
+/// leader nor A (and front end 0 not B); front end 1 must trade again (through B, once B is
+/// back in the in-sync set), and trades go on through both front ends for 5 s more; then
+/// the rest heals, trading goes on, and the history is checked. The elections of each step
+/// are printed.
+async fn partition_heals_in_either_order(mode: WriteQuorum) {
+    let scenario = "partition_heals_in_either_order";
+    if !namespaces_usable(scenario) {
+        return;
+    }
+    let _serial = chaos::serial().await;
+    let mut verdict = Verdict::new(scenario, mode);
+    let options = ClusterOptions::new("heal-order", mode)
+        .frontends(2)
+        .in_namespaces();
+    let mut cluster = Cluster::start(options).await.unwrap();
+    let history = History::new();
+    let loads = [
+        history
+            .start(
+                &cluster,
+                Load::keyed("heal0", &[0]).workers(3).retry_for(3 * SECOND),
+            )
+            .unwrap(),
+        history
+            .start(
+                &cluster,
+                Load::keyed("heal1", &[1]).workers(3).retry_for(3 * SECOND),
+            )
+            .unwrap(),
+    ];
+    history
+        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
+        .await
+        .unwrap();
+
+    let leader = cluster.leader(0).await.unwrap();
+    let (a, b) = followers(leader);
+    let start = elections(&cluster, 2, &mut verdict).await;
+    let majority = [order_name(leader), order_name(a), frontend_name(0)];
+    let minority = [order_name(b), frontend_name(1)];
+    let majority: Vec<&str> = majority.iter().map(String::as_str).collect();
+    let minority: Vec<&str> = minority.iter().map(String::as_str).collect();
+    cluster
+        .topology()
+        .expect("namespaces")
+        .partition(&[&majority, &minority])
+        .unwrap();
+    let split_at = history.now();
+    let result = wait_acknowledged_through(&history, 0, split_at, 100, 20 * SECOND).await;
+    verdict.expect(result, "front end 0 (leader's side) during the partition");
+    let result = wait_completed_through(&history, 1, split_at, 3, 20 * SECOND).await;
+    verdict.expect(result, "front end 1 (minority side) during the partition");
+    let split = elections(&cluster, 2, &mut verdict).await;
+    eprintln!(
+        "{scenario} ({mode}): split {{{leader}, {a}, fe0}} | {{{b}, fe1}}: {} elections; \
+         acknowledged through front end 0: {}, front end 1: {}",
+        split - start,
+        acknowledged_through(&history, 0, split_at, history.now()),
+        acknowledged_through(&history, 1, split_at, history.now()),
+    );
+
+    // First step: the replicas are whole again; the front ends are still cut as before.
+    {
+        let topology = cluster.topology().expect("namespaces");
+        topology.uncut(&order_name(leader), &order_name(b)).unwrap();
+        topology.uncut(&order_name(a), &order_name(b)).unwrap();
+    }
+    let replicas_at = history.now();
+    // Front end 1 trades again once B is back in the in-sync set (it still reaches no other
+    // replica, so it may elect B); then both front ends trade on for a while.
+    let result = wait_answered_200_through(&history, 1, replicas_at, 1, 20 * SECOND).await;
+    verdict.expect(
+        result,
+        "front end 1 trading once the replicas reach each other again",
+    );
+    let frontend_1_back = history.now();
+    let result = history
+        .wait_acknowledged(replicas_at, 100, 20 * SECOND)
+        .await;
+    verdict.expect(result, "trading once the replicas reach each other again");
+    let hold = (frontend_1_back + 5 * SECOND).saturating_sub(history.now());
+    tokio::time::sleep(hold).await;
+    let replicas_healed = elections(&cluster, 2, &mut verdict).await;
+    let now = history.now();
+    let health = (cluster.health(0).await, cluster.health(1).await);
+    eprintln!(
+        "{scenario} ({mode}): replicas healed for {:.1} s (front end 1 traded again after \
+         {:.1} s): {} elections; acknowledged through front end 0: {}, front end 1: {}; \
+         longest gap {:.2} s; health {health:?}",
+        (now - replicas_at).as_secs_f64(),
+        (frontend_1_back - replicas_at).as_secs_f64(),
+        replicas_healed - split,
+        acknowledged_through(&history, 0, replicas_at, now),
+        acknowledged_through(&history, 1, replicas_at, now),
+        history.longest_gap(replicas_at, now).as_secs_f64(),
+    );
+
+    // Second step: everything.
+    cluster.topology().expect("namespaces").heal().unwrap();
+    let healed_at = history.now();
+    let result = history.wait_acknowledged(healed_at, 100, 20 * SECOND).await;
+    verdict.expect(result, "trading after healing");
+    for load in loads {
+        load.finish().await.unwrap();
+    }
+    let healed = elections(&cluster, 2, &mut verdict).await;
+    eprintln!(
+        "{scenario} ({mode}): {} elections after the full heal",
+        healed - replicas_healed
+    );
+
+    let report = check(&mut cluster, &history).await;
+    verdict.finish(&mut cluster, &history, &report);
+}
+both_modes!(partition_heals_in_either_order);
