@@ -129,20 +129,23 @@ impl CatalogClient {
     }
 
     /// Leader of `epoch`: reports that every trade up to `recorded_through` is a committed
-    /// order and fetches up to `max` durable trades after `after` (after the catalog's stored
-    /// position when `None`). `Ok(Err(record))` when `epoch` no longer leads.
+    /// order and whether it can serve (renewing its lease), and fetches up to `max` durable
+    /// trades after `after` (after the catalog's stored position when `None`).
+    /// `Ok(Err(record))` when `epoch` no longer leads.
     pub async fn applied_since(
         &self,
         epoch: Epoch,
         recorded_through: u64,
         after: Option<u64>,
         max: u32,
+        serving: bool,
     ) -> Result<Result<AppliedTrades, Leadership>, Error> {
         let request = CatalogRequest::AppliedSince {
             epoch,
             recorded_through,
             after,
             max,
+            serving,
         };
         match self.rpc.call(&request).await? {
             CatalogResponse::Applied {

@@ -35,6 +35,13 @@ pub struct CatalogArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
 
+    /// Milliseconds an order leader that reported itself serving stays undeposable: while the
+    /// catalog hears from it within this lease, elections are refused, so front ends that
+    /// cannot reach it do not replace it (nor each other's choices).
+    #[arg(long, env = "CATALOG_LEADER_LEASE_MS", default_value_t = 800,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub leader_lease_ms: u64,
+
     /// Internal transport settings.
     #[command(flatten)]
     pub transport: TransportArgs,
@@ -55,6 +62,8 @@ pub struct CatalogConfig {
     pub server: ServerConfig,
     /// Interval of the heartbeats sent to subscribers.
     pub heartbeat: std::time::Duration,
+    /// How long a leader that said it serves cannot be deposed.
+    pub leader_lease: std::time::Duration,
 }
 
 impl CatalogConfig {
@@ -67,6 +76,7 @@ impl CatalogConfig {
             snapshot_every: 100_000,
             server: ServerConfig::new("catalog"),
             heartbeat: std::time::Duration::from_millis(200),
+            leader_lease: std::time::Duration::from_millis(800),
         }
     }
 }
@@ -80,6 +90,7 @@ impl From<&CatalogArgs> for CatalogConfig {
             snapshot_every: args.snapshot_every,
             server: args.transport.server_config("catalog"),
             heartbeat: args.transport.heartbeat(),
+            leader_lease: std::time::Duration::from_millis(args.leader_lease_ms),
         }
     }
 }

@@ -62,6 +62,10 @@ struct CatalogService {
     log: Mutex<Option<LogWriter>>,
     durable: watch::Receiver<Durable>,
     subscribers: SharedSubscribers,
+    /// The leader's lease: the epoch of the last leader that said it serves, and when.
+    lease: Mutex<Option<(Epoch, tokio::time::Instant)>>,
+    /// How long a lease lasts.
+    lease_length: Duration,
 }
 
 impl CatalogService {
@@ -145,7 +149,10 @@ impl CatalogService {
         let (done, written) = tokio::sync::oneshot::channel();
         let record = {
             let mut book = lock(&self.book);
-            let record = match crate::leadership::apply(book.leadership(), expected, &change) {
+            let decided = self
+                .lease_holds(book.leadership(), &change)
+                .and_then(|()| crate::leadership::apply(book.leadership(), expected, &change));
+            let record = match decided {
                 Ok(record) => record,
                 Err(reason) => {
                     debug!(expected, ?change, %reason, "leadership change refused");
@@ -156,6 +163,10 @@ impl CatalogService {
                 }
             };
             book.set_leadership(record.clone());
+            if record.epoch != expected {
+                // A new leader gets one lease to take over before it can be deposed.
+                *lock(&self.lease) = Some((record.epoch, tokio::time::Instant::now()));
+            }
             let subscribers = self.subscribers.clone();
             let published = record.clone();
             // Queued under the book's lock, so that changes reach the disk (and subscribers)
@@ -186,14 +197,40 @@ impl CatalogService {
         }
     }
 
-    /// The leader's reconciliation: stores how far every trade is a committed order and lists
-    /// the durable trades after `after`.
+    /// Refuses an election while the recorded leader's lease holds: the catalog heard from it,
+    /// serving, within the lease. Electors that cannot reach it are the ones cut off; and
+    /// front ends with different views cannot take turns replacing each other's leaders.
+    /// The operator's unclean override and the leader's own changes are not held back.
+    fn lease_holds(&self, current: &Leadership, change: &LeadershipChange) -> Result<(), String> {
+        let Some(leader) = current.leader else {
+            return Ok(());
+        };
+        if !matches!(change, LeadershipChange::Elect { .. }) {
+            return Ok(());
+        }
+        match *lock(&self.lease) {
+            Some((epoch, heard))
+                if epoch == current.epoch && heard.elapsed() < self.lease_length =>
+            {
+                Err(format!(
+                    "the recorded leader {leader} of epoch {epoch} serves (the catalog heard \
+                     from it {} ms ago); not deposed",
+                    heard.elapsed().as_millis()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader's reconciliation: stores how far every trade is a committed order, renews
+    /// its lease if it serves, and lists the durable trades after `after`.
     fn applied_since(
         &self,
         epoch: Epoch,
         recorded_through: u64,
         after: Option<u64>,
         max: u32,
+        serving: bool,
     ) -> Reply<CatalogResponse> {
         let through = self.durable.borrow().seq;
         let mut book = lock(&self.book);
@@ -218,6 +255,9 @@ impl CatalogService {
         }
         book.set_recorded_through(recorded_through)
             .map_err(RemoteError::bad_request)?;
+        if serving {
+            *lock(&self.lease) = Some((epoch, tokio::time::Instant::now()));
+        }
         let max = (max as usize).clamp(1, MAX_APPLIED_BATCH);
         let (trades, complete) = book.applied_after(after, through, max);
         Ok(CatalogResponse::Applied {
@@ -272,7 +312,8 @@ impl Service for CatalogService {
                 recorded_through,
                 after,
                 max,
-            } => self.applied_since(epoch, recorded_through, after, max),
+                serving,
+            } => self.applied_since(epoch, recorded_through, after, max, serving),
         }
     }
 }
@@ -346,6 +387,8 @@ pub async fn run(
         log: Mutex::new(Some(log)),
         durable,
         subscribers,
+        lease: Mutex::new(None),
+        lease_length: config.leader_lease,
     });
     // The commit thread wakes this one task per group commit; the trades waiting on the
     // commit are then woken from inside the runtime, which is far cheaper than a cross-thread

@@ -337,3 +337,64 @@ async fn the_shipped_seed_file_is_never_written() {
     catalog.stop().await;
     assert_eq!(std::fs::read(seed()).unwrap(), before);
 }
+
+#[tokio::test]
+async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
+    let state = tempfile::tempdir().unwrap();
+    let catalog = start(state.path(), |config| {
+        config.leader_lease = Duration::from_millis(300);
+    })
+    .await;
+    let client = &catalog.client;
+    let timeout = Duration::from_secs(5);
+    let elect = |leader| common::wire::LeadershipChange::Elect {
+        leader,
+        in_sync: vec![],
+    };
+    // Widen the stand-in's set, then let replica 1 renew its lease as a serving leader.
+    let set = common::wire::LeadershipChange::SetInSync {
+        leader: 1,
+        in_sync: vec![1, 2],
+    };
+    assert!(matches!(
+        client.change_leadership(1, set, timeout).await.unwrap(),
+        catalog::LeadershipOutcome::Changed(_)
+    ));
+    let renew = |serving| client.applied_since(1, 0, None, 10, serving);
+    assert!(renew(true).await.unwrap().is_ok());
+    match client
+        .change_leadership(1, elect(2), timeout)
+        .await
+        .unwrap()
+    {
+        catalog::LeadershipOutcome::Refused { current, reason } => {
+            assert_eq!(current.epoch, 1);
+            assert!(reason.contains("not deposed"), "{reason}");
+        }
+        other => panic!("a serving leader was deposed: {other:?}"),
+    }
+    // A leader that says it cannot serve does not renew: once the lease runs out, an
+    // election goes through.
+    assert!(renew(false).await.unwrap().is_ok());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        match client
+            .change_leadership(1, elect(2), timeout)
+            .await
+            .unwrap()
+        {
+            catalog::LeadershipOutcome::Changed(record) => break record,
+            catalog::LeadershipOutcome::Refused { .. } => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the lease never ran out"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!((record.epoch, record.leader), (2, Some(2)));
+    // The deposed epoch can neither trade nor renew.
+    assert!(renew(true).await.unwrap().is_err());
+    catalog.stop().await;
+}

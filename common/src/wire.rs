@@ -267,7 +267,8 @@ pub enum CatalogRequest {
         change: LeadershipChange,
     },
     /// Leader only: the trades applied after `after` (catalog sequence numbers), so that the
-    /// leader records every trade the catalog applied as an order. `recorded_through` is the
+    /// leader records every trade the catalog applied as an order; also the leader's
+    /// heartbeat to the catalog. `recorded_through` is the
     /// newest sequence number below which every trade is a committed order; the catalog
     /// keeps it so that the next leader knows where to start.
     AppliedSince {
@@ -279,6 +280,9 @@ pub enum CatalogRequest {
         after: Option<u64>,
         /// Most trades in the answer.
         max: u32,
+        /// Whether the leader can serve (it is not stalled). Each such call renews its lease:
+        /// while the catalog hears from a leader that serves, no election deposes it.
+        serving: bool,
     },
 }
 

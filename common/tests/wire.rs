@@ -47,14 +47,16 @@ fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
             any::<u64>(),
             any::<u64>(),
             proptest::option::of(any::<u64>()),
-            any::<u32>()
+            any::<u32>(),
+            any::<bool>()
         )
-            .prop_map(|(epoch, recorded_through, after, max)| {
+            .prop_map(|(epoch, recorded_through, after, max, serving)| {
                 CatalogRequest::AppliedSince {
                     epoch,
                     recorded_through,
                     after,
                     max,
+                    serving,
                 }
             }),
     ]

@@ -3,7 +3,9 @@
 //! when the recorded leader cannot serve, chooses the highest-id live member of the recorded
 //! in-sync set (each holds every acknowledged order), and is a compare-and-set on the record's
 //! epoch at the catalog, so at most one of several concurrent elections wins and the others
-//! follow it. Epochs are the catalog's counter, never a clock.
+//! follow it. The catalog also refuses to depose a leader that renewed its lease (it told the
+//! catalog it serves within the lease): an elector that cannot reach such a leader is the one
+//! cut off. Epochs are the catalog's counter, never a clock.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +29,10 @@ pub enum ElectionError {
     /// No replica that may lead is alive.
     #[error("{0}")]
     NoCandidate(String),
+    /// The recorded leader serves as far as the catalog knows (it holds a lease) but this
+    /// elector cannot reach it: the elector is the one cut off, and does not depose it.
+    #[error("{0}")]
+    LeaderElsewhere(String),
 }
 
 /// What to do about the record, given what the replicas answered.
@@ -172,13 +178,16 @@ pub async fn ensure_leader(
                 elected: true,
             })
         }
-        LeadershipOutcome::Refused { current, reason } => {
+        LeadershipOutcome::Refused { current, reason } if current.epoch > record.epoch => {
             info!(%current, %reason, "another election won; following it");
             Ok(Ensured {
                 record: current,
                 elected: false,
             })
         }
+        LeadershipOutcome::Refused { reason, .. } => Err(ElectionError::LeaderElsewhere(format!(
+            "{reason}, but it does not serve from here"
+        ))),
     }
 }
 

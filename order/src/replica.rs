@@ -40,8 +40,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait for the local disk before a request is answered `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a leader reconciles its log with the trades the catalog applied.
-const RECONCILE_EVERY: Duration = Duration::from_millis(300);
+/// How often a leader reconciles its log with the trades the catalog applied; each round
+/// also renews its lease at the catalog (well within the catalog's default 800 ms).
+const RECONCILE_EVERY: Duration = Duration::from_millis(200);
 /// Most applied trades asked for in one reconciliation.
 const RECONCILE_BATCH: u32 = 512;
 /// How often a leader re-checks its in-sync set when nothing woke it.
@@ -564,7 +565,7 @@ impl Replica {
         let mut cursor: Option<u64> = None;
         let mut warned = false;
         loop {
-            let (through, after, reconciled) = {
+            let (through, after, reconciled, serving) = {
                 let mut st = self.state();
                 if st.role != Role::Leader || st.epoch != epoch {
                     return;
@@ -574,11 +575,11 @@ impl Replica {
                 let commit = st.commit;
                 let through = st.recorded.advance(commit);
                 let after = if st.reconciled { Some(through) } else { cursor };
-                (through, after, st.reconciled)
+                (through, after, st.reconciled, !self.stalled(&st))
             };
             let answer = tokio::select! {
                 () = term.cancelled() => return,
-                answer = self.catalog.applied_since(epoch, if reconciled { through } else { 0 }, after, RECONCILE_BATCH) => answer,
+                answer = self.catalog.applied_since(epoch, if reconciled { through } else { 0 }, after, RECONCILE_BATCH, serving) => answer,
             };
             match answer {
                 Ok(Ok(applied)) => {

@@ -87,7 +87,12 @@ impl RunningCatalog {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(catalog::run(
             listener,
-            CatalogConfig::new(self.dir.clone(), seed()),
+            CatalogConfig {
+                // Short, so that a test may depose a leader that still serves: between two of
+                // its renewals (every 200 ms) the lease runs out.
+                leader_lease: Duration::from_millis(100),
+                ..CatalogConfig::new(self.dir.clone(), seed())
+            },
             shutdown.clone(),
         ));
         self.running = Some((shutdown, task));
@@ -200,30 +205,37 @@ impl Cluster {
     }
 
     /// Elects `leader` at the catalog (compare-and-set on the record; the first election
-    /// names every replica in sync) and waits until it places orders. Returns the epoch.
+    /// names every replica in sync), retrying while the current leader's lease holds, and
+    /// waits until it places orders. Returns the epoch.
     pub async fn elect(&self, leader: ReplicaId) -> u64 {
-        let record = self
-            .catalog
-            .client
-            .leadership(Duration::from_secs(5))
-            .await
-            .unwrap();
-        let change = LeadershipChange::Elect {
-            leader,
-            in_sync: self.addrs.keys().copied().collect(),
-        };
-        let epoch = match self
-            .catalog
-            .client
-            .change_leadership(record.epoch, change, Duration::from_secs(5))
-            .await
-            .unwrap()
-        {
-            LeadershipOutcome::Changed(record) => record.epoch,
-            LeadershipOutcome::Refused { current, reason } => {
-                panic!("election of {leader} refused: {reason} ({current})")
-            }
-        };
+        let epoch = eventually(
+            &format!("the election of {leader}"),
+            Duration::from_secs(10),
+            || async {
+                let timeout = Duration::from_secs(5);
+                let record = self.catalog.client.leadership(timeout).await.unwrap();
+                let change = LeadershipChange::Elect {
+                    leader,
+                    in_sync: self.addrs.keys().copied().collect(),
+                };
+                match self
+                    .catalog
+                    .client
+                    .change_leadership(record.epoch, change, timeout)
+                    .await
+                    .unwrap()
+                {
+                    LeadershipOutcome::Changed(record) => Some(record.epoch),
+                    LeadershipOutcome::Refused { reason, .. } if reason.contains("not deposed") => {
+                        None
+                    }
+                    LeadershipOutcome::Refused { current, reason } => {
+                        panic!("election of {leader} refused: {reason} ({current})")
+                    }
+                }
+            },
+        )
+        .await;
         self.wait_placing(leader, epoch).await;
         epoch
     }
