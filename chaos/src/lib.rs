@@ -110,3 +110,22 @@ where
         limit,
     })
 }
+
+/// Runs a scenario `async fn NAME(mode: WriteQuorum)` once per write quorum, as the tests
+/// `NAME::all` and `NAME::majority`.
+#[macro_export]
+macro_rules! both_modes {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn all() {
+                super::$scenario($crate::WriteQuorum::All).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn majority() {
+                super::$scenario($crate::WriteQuorum::Majority).await
+            }
+        }
+    };
+}

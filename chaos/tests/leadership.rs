@@ -11,26 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use chaos::cluster::{followers, frontend_name, order_name};
-use chaos::{check, Cluster, ClusterOptions, History, Load, Verdict, WriteQuorum};
+use chaos::{both_modes, check, Cluster, ClusterOptions, History, Load, Verdict, WriteQuorum};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// Runs a scenario once per write quorum, as `<scenario>::all` and `<scenario>::majority`.
-macro_rules! both_modes {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn all() {
-                super::$scenario(chaos::WriteQuorum::All).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn majority() {
-                super::$scenario(chaos::WriteQuorum::Majority).await
-            }
-        }
-    };
-}
 
 /// No fault at all: the harness itself must find a plain run clean (so that what the other
 /// scenarios report is the system's doing).
