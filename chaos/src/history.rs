@@ -334,6 +334,24 @@ impl History {
         self.lock().iter().filter(|o| o.start >= since).count()
     }
 
+    /// Waits until `count` ended operations satisfy `filter` (`what` names them in the
+    /// error), polling until `limit`.
+    pub async fn wait_count(
+        &self,
+        what: &str,
+        count: usize,
+        limit: Duration,
+        filter: impl Fn(&Operation) -> bool,
+    ) -> Result<()> {
+        poll(
+            &format!("{count} {what}"),
+            limit,
+            Duration::from_millis(20),
+            || async { (self.count(&filter) >= count).then_some(()) },
+        )
+        .await
+    }
+
     /// Waits until `count` operations that began at or after `since` were answered 200.
     pub async fn wait_acknowledged(
         &self,
@@ -341,12 +359,9 @@ impl History {
         count: usize,
         limit: Duration,
     ) -> Result<()> {
-        poll(
-            &format!("{count} trades acknowledged"),
-            limit,
-            Duration::from_millis(20),
-            || async { (self.acknowledged_since(since) >= count).then_some(()) },
-        )
+        self.wait_count("trades acknowledged", count, limit, |o| {
+            o.start >= since && o.outcome.number().is_some()
+        })
         .await
     }
 
@@ -357,13 +372,8 @@ impl History {
         count: usize,
         limit: Duration,
     ) -> Result<()> {
-        poll(
-            &format!("{count} operations completed"),
-            limit,
-            Duration::from_millis(20),
-            || async { (self.completed_since(since) >= count).then_some(()) },
-        )
-        .await
+        self.wait_count("operations completed", count, limit, |o| o.start >= since)
+            .await
     }
 
     /// Waits until `count` operations begun at or after `since` were acknowledged, or

@@ -192,21 +192,12 @@ async fn wait_acknowledged_through(
     count: usize,
     limit: Duration,
 ) -> chaos::Result<()> {
-    chaos::poll(
-        &format!(
-            "{count} trades acknowledged through {}",
-            frontend_name(frontend)
-        ),
-        limit,
-        Duration::from_millis(20),
-        || async {
-            let acknowledged = history.count(|o| {
-                o.start >= since && o.frontend == frontend && o.outcome.number().is_some()
-            });
-            (acknowledged >= count).then_some(())
-        },
-    )
-    .await
+    let what = format!("trades acknowledged through {}", frontend_name(frontend));
+    history
+        .wait_count(&what, count, limit, |o| {
+            o.start >= since && o.frontend == frontend && o.outcome.number().is_some()
+        })
+        .await
 }
 
 /// Waits until `count` trades through front end `frontend` got their 200 at or after `since`
@@ -218,21 +209,12 @@ async fn wait_answered_200_through(
     count: usize,
     limit: Duration,
 ) -> chaos::Result<()> {
-    chaos::poll(
-        &format!(
-            "{count} trades answered 200 through {}",
-            frontend_name(frontend)
-        ),
-        limit,
-        Duration::from_millis(20),
-        || async {
-            let acknowledged = history.count(|o| {
-                o.end >= since && o.frontend == frontend && o.outcome.number().is_some()
-            });
-            (acknowledged >= count).then_some(())
-        },
-    )
-    .await
+    let what = format!("trades answered 200 through {}", frontend_name(frontend));
+    history
+        .wait_count(&what, count, limit, |o| {
+            o.end >= since && o.frontend == frontend && o.outcome.number().is_some()
+        })
+        .await
 }
 
 /// Waits until `count` trades through front end `frontend` that began at or after `since`
@@ -244,19 +226,12 @@ async fn wait_completed_through(
     count: usize,
     limit: Duration,
 ) -> chaos::Result<()> {
-    chaos::poll(
-        &format!(
-            "{count} trades through {} answered",
-            frontend_name(frontend)
-        ),
-        limit,
-        Duration::from_millis(20),
-        || async {
-            let ended = history.count(|o| o.start >= since && o.frontend == frontend);
-            (ended >= count).then_some(())
-        },
-    )
-    .await
+    let what = format!("trades through {} answered", frontend_name(frontend));
+    history
+        .wait_count(&what, count, limit, |o| {
+            o.start >= since && o.frontend == frontend
+        })
+        .await
 }
 
 /// Trades through front end `frontend` acknowledged with an end in `from..to`.
