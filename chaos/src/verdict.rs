@@ -27,6 +27,23 @@ impl Verdict {
         }
     }
 
+    /// The sum of `bazaar_order_elections_total` over front ends `0..frontends`; a front end
+    /// without the metric is a problem.
+    pub async fn elections(&mut self, cluster: &Cluster, frontends: usize) -> f64 {
+        const ELECTIONS: &str = "bazaar_order_elections_total";
+        let mut total = 0.0;
+        for index in 0..frontends {
+            match cluster.metric(index, ELECTIONS).await {
+                Some(value) => total += value,
+                None => self.problem(format!(
+                    "{} has no {ELECTIONS}",
+                    crate::cluster::frontend_name(index)
+                )),
+            }
+        }
+        total
+    }
+
     /// Notes a problem.
     pub fn problem(&mut self, problem: impl Into<String>) {
         self.problems.push(problem.into());

@@ -250,19 +250,6 @@ async fn leader_and_frontend_killed_mid_trade_keep_conservation(mode: WriteQuoru
 }
 both_modes!(leader_and_frontend_killed_mid_trade_keep_conservation);
 
-const ELECTIONS: &str = "bazaar_order_elections_total";
-
-async fn elections(cluster: &Cluster, frontends: usize, verdict: &mut Verdict) -> f64 {
-    let mut total = 0.0;
-    for index in 0..frontends {
-        match cluster.metric(index, ELECTIONS).await {
-            Some(value) => total += value,
-            None => verdict.problem(format!("{} has no {ELECTIONS}", frontend_name(index))),
-        }
-    }
-    total
-}
-
 /// Two front ends on one cluster agree on one leader instead of re-electing each other's.
 ///
 /// The second front end starts once the first serves. Keyed trades flow through both for
@@ -286,7 +273,7 @@ async fn two_frontends_elect_once(mode: WriteQuorum) {
         )
         .unwrap();
     load.join().await.unwrap();
-    let quiet = elections(&cluster, 2, &mut verdict).await;
+    let quiet = verdict.elections(&cluster, 2).await;
     eprintln!("two_frontends_elect_once ({mode}): {quiet} elections without a fault");
     if quiet > 2.0 {
         verdict.problem(format!(
@@ -298,12 +285,12 @@ async fn two_frontends_elect_once(mode: WriteQuorum) {
         .start(&cluster, Load::keyed("two-kill", &[0, 1]).workers(4))
         .unwrap();
     let leader = cluster.leader(0).await.unwrap();
-    let before = elections(&cluster, 2, &mut verdict).await;
+    let before = verdict.elections(&cluster, 2).await;
     cluster.kill(&order_name(leader)).unwrap();
     let since = history.now();
     let result = history.wait_acknowledged(since, 200, 20 * SECOND).await;
     verdict.expect(result, "trading after the leader was killed");
-    let after = elections(&cluster, 2, &mut verdict).await;
+    let after = verdict.elections(&cluster, 2).await;
     eprintln!(
         "two_frontends_elect_once ({mode}): {} elections after the leader kill",
         after - before

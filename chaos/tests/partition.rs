@@ -9,9 +9,36 @@
 use std::time::Duration;
 
 use chaos::cluster::{followers, frontend_name, order_name, CATALOG};
-use chaos::{both_modes, check, Cluster, ClusterOptions, History, Load, Verdict, WriteQuorum};
+use chaos::{
+    both_modes, check, Cluster, ClusterOptions, History, Load, LoadHandle, Verdict, WriteQuorum,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Keyed trades through each of two front ends (three workers each, ids `<prefix>0-…` and
+/// `<prefix>1-…`, retried for `retry`), once 200 of them were acknowledged.
+async fn load_per_frontend(
+    cluster: &Cluster,
+    history: &History,
+    prefix: &str,
+    retry: Duration,
+) -> [LoadHandle; 2] {
+    let load = |frontend: usize| {
+        let keys = format!("{prefix}{frontend}");
+        history
+            .start(
+                cluster,
+                Load::keyed(&keys, &[frontend]).workers(3).retry_for(retry),
+            )
+            .unwrap()
+    };
+    let loads = [load(0), load(1)];
+    history
+        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
+        .await
+        .unwrap();
+    loads
+}
 
 /// Whether namespaces can be used here; prints why not.
 fn namespaces_usable(scenario: &str) -> bool {
@@ -43,24 +70,7 @@ async fn partition_minority_frontend_cannot_split_the_cluster(mode: WriteQuorum)
         .in_namespaces();
     let mut cluster = Cluster::start(options).await.unwrap();
     let history = History::new();
-    let loads = [
-        history
-            .start(
-                &cluster,
-                Load::keyed("split0", &[0]).workers(3).retry_for(3 * SECOND),
-            )
-            .unwrap(),
-        history
-            .start(
-                &cluster,
-                Load::keyed("split1", &[1]).workers(3).retry_for(3 * SECOND),
-            )
-            .unwrap(),
-    ];
-    history
-        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
-        .await
-        .unwrap();
+    let loads = load_per_frontend(&cluster, &history, "split", 3 * SECOND).await;
 
     let leader = cluster.leader(0).await.unwrap();
     let (a, b) = followers(leader);
@@ -168,21 +178,6 @@ async fn leader_cut_from_catalog_is_replaced(mode: WriteQuorum) {
 }
 both_modes!(leader_cut_from_catalog_is_replaced);
 
-const ELECTIONS: &str = "bazaar_order_elections_total";
-
-/// The sum of `bazaar_order_elections_total` over front ends `0..frontends`; a front end
-/// without the metric is a problem.
-async fn elections(cluster: &Cluster, frontends: usize, verdict: &mut Verdict) -> f64 {
-    let mut total = 0.0;
-    for index in 0..frontends {
-        match cluster.metric(index, ELECTIONS).await {
-            Some(value) => total += value,
-            None => verdict.problem(format!("{} has no {ELECTIONS}", frontend_name(index))),
-        }
-    }
-    total
-}
-
 /// Waits until `count` trades through front end `frontend` that began at or after `since`
 /// were acknowledged.
 async fn wait_acknowledged_through(
@@ -269,28 +264,11 @@ async fn leader_cut_from_its_followers_cannot_split_the_cluster(mode: WriteQuoru
         .in_namespaces();
     let mut cluster = Cluster::start(options).await.unwrap();
     let history = History::new();
-    let loads = [
-        history
-            .start(
-                &cluster,
-                Load::keyed("lcut0", &[0]).workers(3).retry_for(10 * SECOND),
-            )
-            .unwrap(),
-        history
-            .start(
-                &cluster,
-                Load::keyed("lcut1", &[1]).workers(3).retry_for(10 * SECOND),
-            )
-            .unwrap(),
-    ];
-    history
-        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
-        .await
-        .unwrap();
+    let loads = load_per_frontend(&cluster, &history, "lcut", 10 * SECOND).await;
 
     let leader = cluster.leader(0).await.unwrap();
     let (a, b) = followers(leader);
-    let before = elections(&cluster, 2, &mut verdict).await;
+    let before = verdict.elections(&cluster, 2).await;
     let leader_side = [order_name(leader), frontend_name(0)];
     let follower_side = [order_name(a), order_name(b), frontend_name(1)];
     let leader_side: Vec<&str> = leader_side.iter().map(String::as_str).collect();
@@ -332,7 +310,7 @@ async fn leader_cut_from_its_followers_cannot_split_the_cluster(mode: WriteQuoru
     // Long enough for front end 1 to have checked the leader, and elected if it will.
     let hold = (cut_at + 6 * SECOND).saturating_sub(history.now());
     tokio::time::sleep(hold).await;
-    let during = elections(&cluster, 2, &mut verdict).await - before;
+    let during = verdict.elections(&cluster, 2).await - before;
     let now = history.now();
     let health = (cluster.health(0).await, cluster.health(1).await);
     eprintln!(
@@ -383,31 +361,10 @@ async fn leader_cut_from_one_frontend(mode: WriteQuorum) {
         .in_namespaces();
     let mut cluster = Cluster::start(options).await.unwrap();
     let history = History::new();
-    let loads = [
-        history
-            .start(
-                &cluster,
-                Load::keyed("fecut0", &[0])
-                    .workers(3)
-                    .retry_for(10 * SECOND),
-            )
-            .unwrap(),
-        history
-            .start(
-                &cluster,
-                Load::keyed("fecut1", &[1])
-                    .workers(3)
-                    .retry_for(10 * SECOND),
-            )
-            .unwrap(),
-    ];
-    history
-        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
-        .await
-        .unwrap();
+    let loads = load_per_frontend(&cluster, &history, "fecut", 10 * SECOND).await;
 
     let leader = cluster.leader(1).await.unwrap();
-    let before = elections(&cluster, 2, &mut verdict).await;
+    let before = verdict.elections(&cluster, 2).await;
     cluster
         .topology()
         .expect("namespaces")
@@ -423,7 +380,7 @@ async fn leader_cut_from_one_frontend(mode: WriteQuorum) {
     // Long enough for leaders alternating between the front ends' views to show.
     let hold = (cut_at + 6 * SECOND).saturating_sub(history.now());
     tokio::time::sleep(hold).await;
-    let during = elections(&cluster, 2, &mut verdict).await - before;
+    let during = verdict.elections(&cluster, 2).await - before;
     let now = history.now();
     let gap = history.longest_gap(cut_at, now);
     let leaders = (cluster.health(0).await, cluster.health(1).await);
@@ -479,28 +436,11 @@ async fn partition_heals_in_either_order(mode: WriteQuorum) {
         .in_namespaces();
     let mut cluster = Cluster::start(options).await.unwrap();
     let history = History::new();
-    let loads = [
-        history
-            .start(
-                &cluster,
-                Load::keyed("heal0", &[0]).workers(3).retry_for(3 * SECOND),
-            )
-            .unwrap(),
-        history
-            .start(
-                &cluster,
-                Load::keyed("heal1", &[1]).workers(3).retry_for(3 * SECOND),
-            )
-            .unwrap(),
-    ];
-    history
-        .wait_acknowledged(Duration::ZERO, 200, 30 * SECOND)
-        .await
-        .unwrap();
+    let loads = load_per_frontend(&cluster, &history, "heal", 3 * SECOND).await;
 
     let leader = cluster.leader(0).await.unwrap();
     let (a, b) = followers(leader);
-    let start = elections(&cluster, 2, &mut verdict).await;
+    let start = verdict.elections(&cluster, 2).await;
     let majority = [order_name(leader), order_name(a), frontend_name(0)];
     let minority = [order_name(b), frontend_name(1)];
     let majority: Vec<&str> = majority.iter().map(String::as_str).collect();
@@ -515,7 +455,7 @@ async fn partition_heals_in_either_order(mode: WriteQuorum) {
     verdict.expect(result, "front end 0 (leader's side) during the partition");
     let result = wait_completed_through(&history, 1, split_at, 3, 20 * SECOND).await;
     verdict.expect(result, "front end 1 (minority side) during the partition");
-    let split = elections(&cluster, 2, &mut verdict).await;
+    let split = verdict.elections(&cluster, 2).await;
     eprintln!(
         "{scenario} ({mode}): split {{{leader}, {a}, fe0}} | {{{b}, fe1}}: {} elections; \
          acknowledged through front end 0: {}, front end 1: {}",
@@ -546,7 +486,7 @@ async fn partition_heals_in_either_order(mode: WriteQuorum) {
     verdict.expect(result, "trading once the replicas reach each other again");
     let hold = (frontend_1_back + 5 * SECOND).saturating_sub(history.now());
     tokio::time::sleep(hold).await;
-    let replicas_healed = elections(&cluster, 2, &mut verdict).await;
+    let replicas_healed = verdict.elections(&cluster, 2).await;
     if replicas_healed - split > 0.0 {
         verdict.problem(format!(
             "{} elections while the replicas were whole and front end 1 could not reach a \
@@ -576,7 +516,7 @@ async fn partition_heals_in_either_order(mode: WriteQuorum) {
     for load in loads {
         load.finish().await.unwrap();
     }
-    let healed = elections(&cluster, 2, &mut verdict).await;
+    let healed = verdict.elections(&cluster, 2).await;
     eprintln!(
         "{scenario} ({mode}): {} elections after the full heal",
         healed - replicas_healed
