@@ -8,7 +8,9 @@ fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let args = CatalogArgs::parse();
     common::runtime::block_on(args.transport.worker_threads, async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = args
+            .transport
+            .bind_internal(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let shutdown = common::shutdown::on_signal();

@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
+use tokio::net::TcpListener;
+use tracing::warn;
+
 use crate::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::rpc::ClientConfig;
 use crate::server::ServerConfig;
+use crate::Error;
 
 /// Transport settings shared by every service; `#[command(flatten)]` them into a service's
 /// flags.
@@ -16,8 +20,10 @@ pub struct TransportArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=(1 << 30)))]
     pub max_frame_bytes: usize,
 
-    /// Shared secret every internal connection's hello must carry; unset means none.
-    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
+    /// Shared secret every internal connection's hello must carry (16 to 1024 visible ASCII
+    /// characters). Unset means none, which is allowed only on loopback addresses.
+    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
+          value_parser = parse_token)]
     pub cluster_token: Option<String>,
 
     /// Internal connections this process serves at once.
@@ -29,6 +35,14 @@ pub struct TransportArgs {
     #[arg(long, env = "BAZAAR_HELLO_TIMEOUT_MS", default_value_t = 5_000)]
     pub hello_timeout_ms: u64,
 
+    /// Milliseconds an internal connection may stay silent, with no request in flight,
+    /// before the server closes it. Subscriptions are held to heartbeats instead. Clients
+    /// drop their own idle connections after half of it, so that a call never races the
+    /// server's close.
+    #[arg(long, env = "BAZAAR_IDLE_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub idle_timeout_ms: u64,
+
     /// Threads serving requests; 1 runs everything on one thread, which measured fastest on
     /// a 2-core machine shared with its clients.
     #[arg(long, env = "BAZAAR_WORKER_THREADS", default_value_t = 1,
@@ -39,8 +53,9 @@ pub struct TransportArgs {
     #[arg(long, env = "BAZAAR_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub call_timeout_ms: u64,
 
-    /// Milliseconds between the catalog's heartbeats on a subscription; a subscriber that
-    /// hears nothing for three of them treats the stream as broken.
+    /// Milliseconds between heartbeats on a subscription, both ways: the catalog to its
+    /// subscribers and each subscriber to the catalog. A side that hears nothing for three of
+    /// them treats the stream as broken.
     #[arg(long, env = "BAZAAR_HEARTBEAT_MS", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
@@ -54,6 +69,8 @@ impl TransportArgs {
             max_connections: self.max_connections,
             cluster_token: self.cluster_token.clone(),
             hello_timeout: Duration::from_millis(self.hello_timeout_ms),
+            idle_timeout: self.idle_timeout(),
+            silence_limit: self.heartbeat() * 3,
             ..ServerConfig::new(service)
         }
     }
@@ -70,7 +87,94 @@ impl TransportArgs {
             cluster_token: self.cluster_token.clone(),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             heartbeat: self.heartbeat(),
+            idle_timeout: self.idle_timeout(),
             ..ClientConfig::new(peer_name)
         }
+    }
+
+    /// How long a connection may stay idle before its server closes it.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Binds the internal listener at `addr`. Refuses an address other processes can reach
+    /// from another host (anything but loopback) unless a cluster token is set, so that no
+    /// internal port is ever open to the network without one.
+    pub async fn bind_internal(&self, addr: &str) -> Result<TcpListener, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        if self.cluster_token.is_none() && !local.ip().is_loopback() {
+            return Err(Error::Refused(format!(
+                "refusing to listen on {local} without a cluster token: any host that reaches \
+                 it could trade and rewrite the order log. Set the same random secret on every \
+                 service with BAZAAR_CLUSTER_TOKEN (or --cluster-token), e.g. the output of \
+                 `openssl rand -hex 32`; run.sh does this for you"
+            )));
+        }
+        if self.cluster_token.is_none() {
+            warn!(%local, "no cluster token: any local process may call this service");
+        }
+        Ok(listener)
+    }
+}
+
+/// Shortest cluster token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest cluster token accepted.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// Accepts a cluster token of [`MIN_TOKEN_LEN`] to [`MAX_TOKEN_LEN`] visible ASCII characters.
+pub fn parse_token(text: &str) -> Result<String, String> {
+    if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&text.len()) {
+        return Err(format!(
+            "a cluster token has {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters (this one has {}); \
+             make one with `openssl rand -hex 32`",
+            text.len()
+        ));
+    }
+    if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "a cluster token is visible ASCII only (no spaces or control characters)".into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        transport: TransportArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<TransportArgs, clap::Error> {
+        Flags::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .map(|f| f.transport)
+    }
+
+    #[test]
+    fn tokens_too_short_long_or_invisible_are_refused() {
+        assert!(flags(&["--cluster-token", "short"]).is_err());
+        assert!(flags(&["--cluster-token", &"x".repeat(MAX_TOKEN_LEN + 1)]).is_err());
+        assert!(flags(&["--cluster-token", "0123456789abcdef 0123"]).is_err());
+        let ok = flags(&["--cluster-token", "0123456789abcdef"]).unwrap();
+        assert_eq!(ok.cluster_token.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_only_with_a_token() {
+        let open = flags(&[]).unwrap();
+        assert!(open.bind_internal("127.0.0.1:0").await.is_ok());
+        let refused = open.bind_internal("0.0.0.0:0").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("BAZAAR_CLUSTER_TOKEN"),
+            "{refused}"
+        );
+        let closed = flags(&["--cluster-token", "0123456789abcdef"]).unwrap();
+        assert!(closed.bind_internal("0.0.0.0:0").await.is_ok());
     }
 }

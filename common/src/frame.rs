@@ -22,6 +22,10 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// How long a peer may leave written frames unread before its connection is dropped.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A frame of length zero carries no message: it is a heartbeat, which either side of a
+/// subscription sends to show it is alive, and which every reader skips.
+pub const HEARTBEAT: Bytes = Bytes::new();
+
 /// Turns on TCP keepalive for an internal connection, so that a peer that vanished without
 /// a reset (its host died, the link went silent) is noticed within about 8 seconds even on a
 /// connection that carries nothing, such as an idle invalidation stream.
@@ -207,8 +211,8 @@ where
 
 /// Compares two secrets in time that depends only on their lengths.
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 #[cfg(test)]

@@ -42,9 +42,12 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Frames queued for the writer before callers wait.
     pub outbound_queue: usize,
-    /// The interval at which a subscription's server sends heartbeats; a stream silent for
-    /// three of them is treated as broken.
+    /// The heartbeat interval of subscriptions, both ways: the client sends one on a
+    /// connection that carries a stream, and treats a stream silent for three as broken.
     pub heartbeat: Duration,
+    /// The server's idle limit; the client drops a connection idle for half of it and dials
+    /// anew at the next call, so that no call races the server's close.
+    pub idle_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -60,6 +63,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(1),
             outbound_queue: 4096,
             heartbeat: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -129,6 +133,20 @@ struct Waiting<Resp> {
     /// Set when the connection is gone; nothing may be added after.
     closed: bool,
     calls: HashMap<u64, Waiter<Resp>>,
+    /// When a frame last went out or came in.
+    last_active: Instant,
+}
+
+impl<Resp> Waiting<Resp> {
+    /// Whether a stream is open on the connection, which then sends heartbeats.
+    fn streaming(&self) -> bool {
+        self.calls.values().any(|w| matches!(w, Waiter::Stream(_)))
+    }
+
+    /// Whether nothing has crossed the connection for `limit` and nothing waits on it.
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.calls.is_empty() && self.last_active.elapsed() >= limit
+    }
 }
 
 enum Waiter<Resp> {
@@ -240,6 +258,7 @@ where
                 return Err(Error::Unavailable("connection lost".into()));
             }
             waiting.calls.insert(id, waiter);
+            waiting.last_active = Instant::now();
         }
         match tokio::time::timeout_at(deadline, link.outbound.send(bytes)).await {
             Ok(Ok(())) => Ok((link, id)),
@@ -305,12 +324,20 @@ where
         }
     }
 
+    /// The current connection unless it is closed or has been idle for half the server's
+    /// idle limit (then it is closed here, before the server could close it under a call).
     fn open_link(&self) -> Option<Link<Resp>> {
         let current = lock(&self.inner.current);
-        current
-            .as_ref()
-            .filter(|link| !link.closed.is_cancelled())
-            .cloned()
+        let link = current.as_ref()?;
+        if link.closed.is_cancelled() {
+            return None;
+        }
+        if lock(&link.waiting).idle_for(self.inner.config.idle_timeout / 2) {
+            debug!(addr = %self.inner.addr, "idle connection dropped");
+            link.closed.cancel();
+            return None;
+        }
+        Some(link.clone())
     }
 
     async fn dial(&self) -> Result<Link<Resp>, Error> {
@@ -329,6 +356,7 @@ where
         let waiting = Arc::new(Mutex::new(Waiting {
             closed: false,
             calls: HashMap::new(),
+            last_active: Instant::now(),
         }));
         let addr = self.inner.addr.clone();
         tokio::spawn({
@@ -346,11 +374,39 @@ where
             closed.clone(),
             self.inner.addr.clone(),
         ));
+        tokio::spawn(send_heartbeats(
+            outbound.clone(),
+            waiting.clone(),
+            closed.clone(),
+            config.heartbeat,
+        ));
         Ok(Link {
             outbound,
             waiting,
             closed,
         })
+    }
+}
+
+/// Sends a heartbeat every `interval` while a stream is open on the connection, so that the
+/// server can tell a live subscriber from one that is gone or cut off.
+async fn send_heartbeats<Resp>(
+    outbound: mpsc::Sender<Bytes>,
+    waiting: Arc<Mutex<Waiting<Resp>>>,
+    closed: CancellationToken,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if lock(&waiting).streaming() {
+            // A full queue is traffic enough; the heartbeat is only for a quiet connection.
+            let _ = outbound.try_send(frame::HEARTBEAT);
+        }
     }
 }
 
@@ -368,6 +424,7 @@ async fn read_answers<Resp: DeserializeOwned>(
             frame = frame::read_frame(&mut reader) => frame,
         };
         let bytes = match frame {
+            Ok(Some(bytes)) if bytes.is_empty() => continue, // a heartbeat
             Ok(Some(bytes)) => bytes,
             Ok(None) => break "peer closed the connection".to_string(),
             Err(e) => break e.to_string(),
@@ -381,6 +438,7 @@ async fn read_answers<Resp: DeserializeOwned>(
         };
         let answer = envelope.body.map_err(Error::Remote);
         let mut waiting = lock(&waiting);
+        waiting.last_active = Instant::now();
         match waiting.calls.remove(&envelope.id) {
             Some(Waiter::Once(sender)) => {
                 let _ = sender.send(answer);

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ pub struct ServerConfig {
     pub cluster_token: Option<String>,
     /// How long a new connection has to send its hello.
     pub hello_timeout: Duration,
+    /// How long a connection may stay silent with no request in flight before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a connection that carries a subscription may stay silent: its subscriber
+    /// sends heartbeats, so a longer silence means it is gone or cut off.
+    pub silence_limit: Duration,
 }
 
 impl ServerConfig {
@@ -51,6 +57,8 @@ impl ServerConfig {
             outbound_queue: 4096,
             cluster_token: None,
             hello_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            silence_limit: Duration::from_millis(600),
         }
     }
 }
@@ -62,6 +70,7 @@ pub struct Push {
     id: u64,
     outbound: mpsc::Sender<Bytes>,
     connection: CancellationToken,
+    streaming: Arc<AtomicBool>,
 }
 
 impl Push {
@@ -107,8 +116,11 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// A handle for frames sent later with this request's id (after the answer).
+    /// A handle for frames sent later with this request's id (after the answer). Taking it
+    /// makes the connection a subscription: from then on its peer must send heartbeats
+    /// instead of being held to the idle limit.
     pub fn push(&self) -> Push {
+        self.push.streaming.store(true, Ordering::Relaxed);
         self.push.clone()
     }
 }
@@ -229,8 +241,10 @@ async fn serve_connection<S: Service>(
         outbound_rx,
         writer_stop.clone(),
     ));
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
+    let max_in_flight = config.max_in_flight_per_connection;
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let handlers = TaskTracker::new();
+    let streaming = Arc::new(AtomicBool::new(false));
 
     let result = loop {
         let permit = tokio::select! {
@@ -240,14 +254,31 @@ async fn serve_connection<S: Service>(
                 Err(_) => break Ok(()),
             },
         };
+        let subscription = streaming.load(Ordering::Relaxed);
+        let limit = if subscription {
+            config.silence_limit
+        } else {
+            config.idle_timeout
+        };
         let frame = tokio::select! {
             () = connection.cancelled() => break Ok(()),
-            frame = frame::read_frame(&mut reader) => frame,
+            frame = tokio::time::timeout(limit, frame::read_frame(&mut reader)) => frame,
         };
         let bytes = match frame {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+            Ok(Ok(Some(bytes))) if bytes.is_empty() => continue, // a heartbeat
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(e)) => break Err(e),
+            Err(_) if subscription => {
+                info!(service = %config.service, %peer, ?limit, "subscriber silent; closing its connection");
+                break Ok(());
+            }
+            // This loop holds one permit itself; any other is a request being handled.
+            Err(_) if in_flight.available_permits() + 1 < max_in_flight => continue,
+            Err(_) => {
+                debug!(service = %config.service, %peer, ?limit, "idle connection closed");
+                break Ok(());
+            }
         };
         let envelope: Envelope<S::Request> = match frame::decode(&bytes) {
             Ok(envelope) => envelope,
@@ -259,6 +290,7 @@ async fn serve_connection<S: Service>(
                 id: envelope.id,
                 outbound: outbound.clone(),
                 connection: connection.clone(),
+                streaming: streaming.clone(),
             },
         };
         let service = service.clone();

@@ -20,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum TestRequest {
     Echo(u64),
-    SleepThenEcho { millis: u64, value: u64 },
+    SleepThenEcho {
+        millis: u64,
+        value: u64,
+    },
     Fail,
+    /// Answers 0, then pushes 1, 2, 3... every 20 ms until the connection closes.
+    Count,
 }
 
 struct TestService;
@@ -30,7 +35,7 @@ impl Service for TestService {
     type Request = TestRequest;
     type Response = u64;
 
-    async fn call(&self, request: TestRequest, _context: RequestContext) -> Reply<u64> {
+    async fn call(&self, request: TestRequest, context: RequestContext) -> Reply<u64> {
         match request {
             TestRequest::Echo(value) => Ok(value),
             TestRequest::SleepThenEcho { millis, value } => {
@@ -38,6 +43,18 @@ impl Service for TestService {
                 Ok(value)
             }
             TestRequest::Fail => Err(RemoteError::bad_request("asked to fail")),
+            TestRequest::Count => {
+                let push = context.push();
+                tokio::spawn(async move {
+                    for n in 1u64.. {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if !push.send(&n) {
+                            return;
+                        }
+                    }
+                });
+                Ok(0)
+            }
         }
     }
 }
@@ -48,15 +65,22 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_on(listener: TcpListener, token: Option<&str>) -> Running {
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let config = ServerConfig {
+fn server_config(token: Option<&str>) -> ServerConfig {
+    ServerConfig {
         cluster_token: token.map(str::to_owned),
         max_frame_bytes: 64 * 1024,
         hello_timeout: Duration::from_millis(500),
         ..ServerConfig::new("test")
-    };
+    }
+}
+
+async fn start_on(listener: TcpListener, token: Option<&str>) -> Running {
+    start_with(listener, server_config(token)).await
+}
+
+async fn start_with(listener: TcpListener, config: ServerConfig) -> Running {
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(
         listener,
         Arc::new(TestService),
@@ -86,8 +110,12 @@ fn client(addr: SocketAddr, token: Option<&str>) -> RpcClient<TestRequest, u64> 
 
 /// Reads until the server closes the socket; fails if it stays open past the deadline.
 async fn expect_closed(socket: &mut TcpStream) {
+    expect_closed_within(socket, Duration::from_secs(5)).await;
+}
+
+async fn expect_closed_within(socket: &mut TcpStream, limit: Duration) {
     let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+    let closed = tokio::time::timeout(limit, async {
         loop {
             match socket.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -291,4 +319,111 @@ async fn shutdown_lets_requests_in_flight_finish() {
     });
     assert_eq!(slow.unwrap(), 9);
     server.task.await.unwrap();
+}
+
+async fn send_frame<T: Serialize>(socket: &mut TcpStream, message: &T) {
+    let frame = frame::encode(message).unwrap();
+    socket
+        .write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    socket.write_all(&frame).await.unwrap();
+}
+
+const IDLE: Duration = Duration::from_millis(300);
+const SILENCE: Duration = Duration::from_millis(300);
+
+async fn start_bounded() -> Running {
+    let config = ServerConfig {
+        idle_timeout: IDLE,
+        silence_limit: SILENCE,
+        ..server_config(None)
+    };
+    start_with(TcpListener::bind("127.0.0.1:0").await.unwrap(), config).await
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_limit_but_not_while_a_call_runs() {
+    let server = start_bounded().await;
+    let started = tokio::time::Instant::now();
+    let mut silent = raw_hello(server.addr).await;
+    expect_closed_within(&mut silent, Duration::from_secs(2)).await;
+    assert!(started.elapsed() >= IDLE, "closed before the idle limit");
+
+    // A call that takes longer than the idle limit keeps its connection.
+    let slow = client(server.addr, None);
+    let answer = slow
+        .call(&TestRequest::SleepThenEcho {
+            millis: 3 * IDLE.as_millis() as u64,
+            value: 7,
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, 7);
+}
+
+#[tokio::test]
+async fn a_client_drops_its_idle_connection_before_the_server_would() {
+    let server = start_bounded().await;
+    let config = ClientConfig {
+        idle_timeout: IDLE,
+        ..ClientConfig::new("tester")
+    };
+    let client = RpcClient::<TestRequest, u64>::new(server.addr.to_string(), config);
+    // Calls spaced around the idle limit: each either reuses a fresh connection or dials a
+    // new one; none may meet a connection the server is closing.
+    for (i, pause) in [IDLE / 2, IDLE, IDLE + IDLE / 10, IDLE * 2]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            client.call(&TestRequest::Echo(i as u64)).await.unwrap(),
+            i as u64
+        );
+        tokio::time::sleep(pause).await;
+    }
+    assert_eq!(client.call(&TestRequest::Echo(9)).await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn a_silent_subscriber_is_dropped_and_one_that_heartbeats_is_kept() {
+    let server = start_bounded().await;
+
+    // A raw subscriber that never sends a heartbeat.
+    let mut silent = raw_hello(server.addr).await;
+    send_frame(
+        &mut silent,
+        &Envelope {
+            id: 1,
+            body: TestRequest::Count,
+        },
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    expect_closed_within(&mut silent, Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() >= SILENCE,
+        "closed before the silence limit"
+    );
+
+    // The client sends heartbeats while its stream is open: the stream outlives many
+    // silence limits, with no gap in the pushes.
+    let config = ClientConfig {
+        heartbeat: SILENCE / 3,
+        ..ClientConfig::new("tester")
+    };
+    let client = RpcClient::<TestRequest, u64>::new(server.addr.to_string(), config);
+    let (first, mut stream) = client.subscribe(&TestRequest::Count, 64).await.unwrap();
+    assert_eq!(first, 0);
+    let until = tokio::time::Instant::now() + SILENCE * 5;
+    let mut expected = 1;
+    while tokio::time::Instant::now() < until {
+        let pushed = tokio::time::timeout(Duration::from_secs(2), stream.recv())
+            .await
+            .expect("the stream went quiet")
+            .expect("the server closed a subscriber that sent heartbeats")
+            .unwrap();
+        assert_eq!(pushed, expected);
+        expected += 1;
+    }
 }

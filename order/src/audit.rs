@@ -26,7 +26,8 @@ pub struct AuditArgs {
     #[arg(long, default_value = "data/catalog.csv")]
     pub seed: PathBuf,
     /// Cluster token, if the catalog requires one.
-    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
+              value_parser = common::config::parse_token)]
     pub cluster_token: Option<String>,
 }
 

@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         unclean: Option<ReplicaId>,
         /// Cluster token, if the services require one.
-        #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true)]
+        #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
+              value_parser = common::config::parse_token)]
         cluster_token: Option<String>,
     },
     /// Compare the replicas' logs and check the catalog against them; exits 1 on any finding.
@@ -124,7 +125,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         (None, args) => {
             let (config, listen) = order::ReplicaConfig::from_args(&args)?;
             common::runtime::block_on(args.transport.worker_threads, async move {
-                let listener = tokio::net::TcpListener::bind(&listen)
+                let listener = args
+                    .transport
+                    .bind_internal(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 let shutdown = common::shutdown::on_signal();
