@@ -52,6 +52,32 @@ const SUBSCRIPTION_BACKLOG: usize = 256;
 
 type PeerClient = RpcClient<OrderRequest, OrderResponse>;
 
+/// Refuses entries that claim an epoch newer than the leader sending them: no leader can
+/// hold such an entry, so it is forged or corrupt, and is never stored.
+fn beyond_epoch(
+    epoch: Epoch,
+    prev: Option<LogPosition>,
+    entries: &[OrderEntry],
+) -> Result<(), RemoteError> {
+    let newest = entries
+        .iter()
+        .map(|e| e.epoch)
+        .chain(prev.map(|p| p.epoch))
+        .max();
+    match newest {
+        Some(newest) if newest > epoch => {
+            warn!(
+                epoch,
+                newest, "refused entries from an epoch newer than their leader's"
+            );
+            Err(RemoteError::bad_request(format!(
+                "entries of epoch {newest} cannot come from a leader of epoch {epoch}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::unavailable(e.to_string())
 }
@@ -927,6 +953,10 @@ impl Replica {
                 "replicated entries must follow prev without gaps",
             ));
         }
+        beyond_epoch(epoch, prev, &entries)?;
+        if epoch > self.state().epoch {
+            self.confirm_epoch(epoch, leader).await?;
+        }
         let through = {
             let _apply = self.apply.lock().await;
             if let Some(refusal) = self.check_leader(epoch, leader)? {
@@ -965,7 +995,42 @@ impl Replica {
         Ok(OrderResponse::Replicated { last: through })
     }
 
-    /// Refuses an older leader; adopts a newer one announced by its first `Replicate`.
+    /// A `Replicate` names an epoch newer than this replica knows: believe it only once the
+    /// catalog's record says so (the push of the record may simply not have arrived yet), and
+    /// take up the record's role. An epoch or leader the record does not hold is refused and
+    /// logged, never stored: even a peer with the cluster token cannot move this replica to an
+    /// epoch nobody was elected for.
+    async fn confirm_epoch(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        leader: ReplicaId,
+    ) -> Result<(), RemoteError> {
+        let record = self
+            .catalog
+            .leadership(self.config.replicate_timeout)
+            .await
+            .map_err(|e| {
+                RemoteError::unavailable(format!(
+                    "cannot confirm epoch {epoch} with the catalog: {e}"
+                ))
+            })?;
+        if record.epoch < epoch || (record.epoch == epoch && record.leader != Some(leader)) {
+            warn!(
+                epoch,
+                leader,
+                %record,
+                "refused a Replicate for an epoch or leader the catalog has not recorded"
+            );
+            return Err(RemoteError::bad_request(format!(
+                "epoch {epoch} with leader {leader} is not in the leadership record ({record})"
+            )));
+        }
+        self.on_record(&record).await;
+        Ok(())
+    }
+
+    /// Refuses an older leader, and a newer one the record does not hold yet (see
+    /// [`Self::confirm_epoch`]); follows the current leader again after a pause.
     /// Callers hold `apply`.
     fn check_leader(
         self: &Arc<Self>,
@@ -982,7 +1047,13 @@ impl Replica {
                 leader_id: st.leader,
             }));
         }
-        if epoch > st.epoch || st.leader.is_none() || st.role == Role::Idle {
+        if epoch > st.epoch {
+            return Err(RemoteError::unavailable(format!(
+                "epoch {epoch} is not recorded here yet (this replica is at {})",
+                st.epoch
+            )));
+        }
+        if st.leader.is_none() || st.role == Role::Idle {
             self.adopt(&mut st, epoch, leader, &[])?;
         }
         Ok(None)
@@ -1117,6 +1188,7 @@ impl Replica {
         leader_last: Option<LogPosition>,
         term: &CancellationToken,
     ) -> Result<bool, RemoteError> {
+        beyond_epoch(epoch, from, entries)?;
         let _apply = self.apply.lock().await;
         if term.is_cancelled() {
             return Ok(false);

@@ -9,12 +9,14 @@ use common::wire::{OrderRequest, OrderResponse, Role, TradeKind, TradeRejection}
 use order::WriteQuorum;
 use testkit::*;
 
+/// Waits until replica `id` follows `leader` and holds everything the leader has made
+/// durable (read anew each time: a new leader may still be writing the orders it adopted).
 async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
-    let target = cluster.status(leader).await.last;
     eventually(
         &format!("replica {id} to catch up"),
         Duration::from_secs(20),
         || async {
+            let target = cluster.status(leader).await.last;
             let status = cluster.status(id).await;
             (status.role == Role::Follower && status.last == target).then_some(())
         },
@@ -586,12 +588,19 @@ async fn a_trade_applied_without_an_order_is_recorded_once_by_the_next_leader() 
     cluster.stop(1).await;
     orphan_trade(&cluster, first, "orphan", "SkyRoute").await;
     let second = cluster.elect(3).await;
-    // The new leader recorded it before placing anything; a retry finds its number.
-    let log = cluster.log(3);
-    let adopted = log
-        .iter()
-        .find(|e| e.request_id.as_str() == "orphan")
-        .expect("the orphan trade is in no log");
+    // The new leader recorded it before placing anything; a retry finds its number. (Its
+    // log file is read once the write reached it.)
+    let adopted = eventually(
+        "the orphan trade in the log",
+        Duration::from_secs(10),
+        || async {
+            cluster
+                .log(3)
+                .into_iter()
+                .find(|e| e.request_id.as_str() == "orphan")
+        },
+    )
+    .await;
     assert_eq!(
         (adopted.number, adopted.epoch, adopted.quantity),
         (1, second, 3)
