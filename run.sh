@@ -13,6 +13,8 @@
 #   WRITE_QUORUM   all | majority (all)
 #   STATE_DIR      runtime state, logs and pid files (./state)
 #   RUST_LOG       log filter (info)
+#   BAZAAR_CLUSTER_TOKEN  the secret every internal connection must present; by default
+#                  generated once into $STATE_DIR/cluster-token (mode 0600) and reused
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,6 +28,21 @@ mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 BIN="$PWD/target/release"
 export RUST_LOG="${RUST_LOG:-info}"
+
+# Closed by default: every service gets the cluster token through its environment (not its
+# command line, which any local user can read).
+TOKEN_FILE="$STATE_DIR/cluster-token"
+TOKEN_SOURCE="BAZAAR_CLUSTER_TOKEN from the environment"
+if [[ -z "${BAZAAR_CLUSTER_TOKEN:-}" ]]; then
+    TOKEN_SOURCE="$TOKEN_FILE"
+    if [[ ! -s "$TOKEN_FILE" ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE.new" &&
+            mv "$TOKEN_FILE.new" "$TOKEN_FILE")
+    fi
+    chmod 600 "$TOKEN_FILE"
+    BAZAAR_CLUSTER_TOKEN="$(<"$TOKEN_FILE")"
+fi
+export BAZAAR_CLUSTER_TOKEN
 
 IFS=, read -r -a order_ports <<<"$ORDER_PORTS"
 if ((${#order_ports[@]} != 3)); then
@@ -144,6 +161,7 @@ start)
     for id in 1 2 3; do
         echo "order-$id  127.0.0.1:${order_ports[$((id - 1))]}  (pid $(pid_of "order-$id")), state $STATE_DIR/order-$id"
     done
+    echo "cluster token: $TOKEN_SOURCE"
     echo "logs: $STATE_DIR/<service>.log; stop with: ./run.sh stop"
     ;;
 stop)

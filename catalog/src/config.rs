@@ -94,3 +94,15 @@ impl From<&CatalogArgs> for CatalogConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        // Catches two flags with one name, e.g. a service flag shadowing a transport flag.
+        CatalogArgs::command().debug_assert();
+    }
+}

@@ -39,9 +39,9 @@ pub struct TransportArgs {
     /// before the server closes it. Subscriptions are held to heartbeats instead. Clients
     /// drop their own idle connections after half of it, so that a call never races the
     /// server's close.
-    #[arg(long, env = "BAZAAR_IDLE_TIMEOUT_MS", default_value_t = 30_000,
+    #[arg(long, env = "BAZAAR_PEER_IDLE_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
-    pub idle_timeout_ms: u64,
+    pub peer_idle_timeout_ms: u64,
 
     /// Threads serving requests; 1 runs everything on one thread, which measured fastest on
     /// a 2-core machine shared with its clients.
@@ -94,7 +94,7 @@ impl TransportArgs {
 
     /// How long a connection may stay idle before its server closes it.
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout_ms)
+        Duration::from_millis(self.peer_idle_timeout_ms)
     }
 
     /// Binds the internal listener at `addr`. Refuses an address other processes can reach

@@ -157,3 +157,15 @@ impl FrontendConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        // Catches two flags with one name, e.g. a service flag shadowing a transport flag.
+        FrontendArgs::command().debug_assert();
+    }
+}

@@ -124,17 +124,32 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         (None, args) => {
             let (config, listen) = order::ReplicaConfig::from_args(&args)?;
-            common::runtime::block_on(args.transport.worker_threads, async move {
+            let ended = common::runtime::block_on(args.transport.worker_threads, async move {
                 let listener = args
                     .transport
                     .bind_internal(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 let shutdown = common::shutdown::on_signal();
-                order::run(listener, config, shutdown).await?;
-                anyhow::Ok(())
+                anyhow::Ok(order::run(listener, config, shutdown).await?)
             })??;
+            if ended == common::storage::Ended::RestartFromLog {
+                return Err(common::storage::restart_in_place())
+                    .context("cannot restart in place after a storage failure");
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        // Catches two flags with one name, e.g. a service flag shadowing a transport flag.
+        Cli::command().debug_assert();
     }
 }
