@@ -193,7 +193,9 @@ impl CatalogClient {
                     return Ok((newest, stream));
                 }
                 Some(Ok(CatalogResponse::Leadership(record))) => pushed = Some(record),
-                Some(Ok(CatalogResponse::Heartbeat | CatalogResponse::Invalidate { .. })) => {}
+                Some(Ok(
+                    CatalogResponse::Heartbeat { .. } | CatalogResponse::Invalidate { .. },
+                )) => {}
                 Some(Ok(other)) => return Err(unexpected(other)),
                 Some(Err(e)) => return Err(e),
                 None => return Err(Error::Unavailable("subscription ended".into())),

@@ -3,18 +3,22 @@
 use anyhow::Context;
 use catalog::config::CatalogArgs;
 use clap::Parser;
+use common::storage::{restart_in_place, Ended};
 
 fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let args = CatalogArgs::parse();
-    common::runtime::block_on(args.transport.worker_threads, async {
+    let ended = common::runtime::block_on(args.transport.worker_threads, async {
         let listener = args
             .transport
             .bind_internal(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let shutdown = common::shutdown::on_signal();
-        catalog::run(listener, (&args).into(), shutdown).await?;
-        anyhow::Ok(())
-    })?
+        anyhow::Ok(catalog::run(listener, (&args).into(), shutdown).await?)
+    })??;
+    if ended == Ended::RestartFromLog {
+        return Err(restart_in_place()).context("cannot restart in place after a storage failure");
+    }
+    Ok(())
 }

@@ -3,10 +3,12 @@
 //! commit, the leadership record's compare-and-set, and the subscription stream
 //! (invalidations, leadership changes, heartbeats).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{self, Push, RequestContext, Service};
+use common::storage::{self, Ended};
 use common::sync::lock;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, RemoteError, Reply,
@@ -23,6 +25,9 @@ use crate::{CatalogConfig, Error};
 
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a catalog whose disk failed checks whether it takes writes again.
+const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Most applied trades in one `AppliedSince` answer.
 const MAX_APPLIED_BATCH: usize = 1_000;
@@ -340,6 +345,7 @@ fn notify(subscribers: &Mutex<Subscribers>, batch: &[TradeRecord]) {
 /// catalog) without waiting for TCP.
 async fn heartbeats(
     subscribers: SharedSubscribers,
+    durable: watch::Receiver<Durable>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -350,18 +356,26 @@ async fn heartbeats(
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        lock(&subscribers).broadcast(&CatalogResponse::Heartbeat, |_| true);
+        let heartbeat = CatalogResponse::Heartbeat {
+            storage_failure: durable.borrow().failed.clone(),
+        };
+        lock(&subscribers).broadcast(&heartbeat, |_| true);
     }
 }
 
 /// Recovers the state in `config.state_dir` (seeding it on first start), serves catalog
 /// requests on `listener` until `shutdown` fires, then finishes the requests in flight,
-/// flushes the log, writes a snapshot and returns.
+/// flushes the log, writes a snapshot and returns. If the log's disk fails, trades are
+/// refused and heartbeats say why; once the directory takes writes again, it stops the same
+/// way and returns [`Ended::RestartFromLog`] (the binary then restarts in place).
 pub async fn run(
     listener: TcpListener,
     config: CatalogConfig,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<Ended, Error> {
+    // Stops serving on `shutdown`, or for a restart once failed storage recovers.
+    let stop = shutdown.child_token();
+    let restart = Arc::new(AtomicBool::new(false));
     let (state_dir, seed, window) = (
         config.state_dir.clone(),
         config.seed.clone(),
@@ -395,6 +409,7 @@ pub async fn run(
     // wake-up per trade. It ends when the commit thread does.
     let relay = tokio::spawn({
         let service = service.clone();
+        let (probe_dir, stop, restart) = (config.state_dir.clone(), stop.clone(), restart.clone());
         let mut since_snapshot = 0u64;
         let snapshot_every = config.snapshot_every;
         async move {
@@ -416,6 +431,15 @@ pub async fn run(
                     }
                     LogEvent::Failed(reason) => {
                         durable_sender.send_modify(|d| d.failed = Some(reason));
+                        tokio::spawn({
+                            let (dir, stop, restart) =
+                                (probe_dir.clone(), stop.clone(), restart.clone());
+                            async move {
+                                storage::wait_writable(dir, STORAGE_PROBE_INTERVAL).await;
+                                restart.store(true, Ordering::Relaxed);
+                                stop.cancel();
+                            }
+                        });
                     }
                 }
             }
@@ -423,11 +447,12 @@ pub async fn run(
     });
     let heartbeat = tokio::spawn(heartbeats(
         service.subscribers.clone(),
+        service.durable.clone(),
         config.heartbeat,
-        shutdown.clone(),
+        stop.clone(),
     ));
     info!(addr = %listener.local_addr()?, state = %config.state_dir.display(), "catalog serving");
-    server::serve(listener, service.clone(), config.server.clone(), shutdown).await;
+    server::serve(listener, service.clone(), config.server.clone(), stop).await;
 
     if let Some(log) = lock(&service.log).take() {
         // A final snapshot, so the next start replays nothing.
@@ -439,6 +464,10 @@ pub async fn run(
     }
     let _ = relay.await;
     let _ = heartbeat.await;
+    if restart.load(Ordering::Relaxed) {
+        info!("catalog stopped to restart from its log");
+        return Ok(Ended::RestartFromLog);
+    }
     info!("catalog stopped");
-    Ok(())
+    Ok(Ended::Stopped)
 }

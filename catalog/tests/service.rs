@@ -24,7 +24,7 @@ struct Running {
     addr: String,
     client: CatalogClient,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), catalog::Error>>,
+    task: tokio::task::JoinHandle<Result<common::storage::Ended, catalog::Error>>,
 }
 
 impl Running {
@@ -282,7 +282,7 @@ async fn subscribers_see_every_change_before_its_trade_is_answered() {
                 .expect("stream ended")
                 .unwrap();
             match message {
-                CatalogResponse::Heartbeat => continue,
+                CatalogResponse::Heartbeat { .. } => continue,
                 CatalogResponse::Invalidate { name: n, version } => {
                     assert_eq!(n, name("StarCo"));
                     seen.push(version);

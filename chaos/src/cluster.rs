@@ -18,6 +18,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::bins;
+use crate::disk::SmallDisk;
 use crate::http::HttpClient;
 use crate::netns::{NetRuntime, Topology, CLIENT};
 use crate::process::{Launch, Process};
@@ -116,6 +117,8 @@ pub struct ClusterOptions {
     pub startup_timeout: Duration,
     /// `RUST_LOG` of every process.
     pub log_filter: String,
+    /// Processes whose state directory is a tmpfs of this many bytes (see [`crate::disk`]).
+    pub small_disks: BTreeMap<String, u64>,
 }
 
 impl ClusterOptions {
@@ -134,7 +137,15 @@ impl ClusterOptions {
             placement: Placement::Loopback,
             startup_timeout: Duration::from_secs(30),
             log_filter: "info".into(),
+            small_disks: BTreeMap::new(),
         }
+    }
+
+    /// Process `name`'s state directory is a tmpfs of `bytes`, to be filled with
+    /// [`Cluster::disk`].
+    pub fn small_disk(mut self, name: &str, bytes: u64) -> Self {
+        self.small_disks.insert(name.to_owned(), bytes);
+        self
     }
 
     /// With `count` front ends.
@@ -192,6 +203,7 @@ pub struct Cluster {
     token: String,
     net: NetRuntime,
     topology: Option<Topology>,
+    disks: BTreeMap<String, SmallDisk>,
     state: Option<tempfile::TempDir>,
     root: PathBuf,
     keep: bool,
@@ -254,10 +266,15 @@ impl Cluster {
             token,
             net,
             topology,
+            disks: BTreeMap::new(),
             state: Some(state),
             root,
             keep: false,
         };
+        for (name, &bytes) in &cluster.options.small_disks {
+            let disk = SmallDisk::mount(&cluster.root.join(name), bytes)?;
+            cluster.disks.insert(name.clone(), disk);
+        }
         for name in names {
             let launch = cluster.launch(&name, &dir)?;
             cluster
@@ -415,6 +432,18 @@ impl Cluster {
         self.processes.get(name).is_some_and(Process::is_frozen)
     }
 
+    /// The small disk under `name`'s state directory (see [`ClusterOptions::small_disk`]).
+    pub fn disk(&self, name: &str) -> Result<&SmallDisk> {
+        self.disks
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("{name} has no small disk")))
+    }
+
+    /// The pid of `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes.get(name).and_then(Process::pid)
+    }
+
     /// The options it was started with.
     pub fn options(&self) -> &ClusterOptions {
         &self.options
@@ -478,6 +507,15 @@ impl Cluster {
     /// The runtime [`Cluster::on_net`] uses, to spawn long-running tasks on.
     pub fn net(&self) -> &tokio::runtime::Handle {
         self.net.handle()
+    }
+
+    /// Front end `index`'s `GET /health`, whatever its status.
+    pub async fn health_answer(&self, index: usize) -> Option<crate::http::Answer> {
+        let addr = self.frontend_addr(index).ok()?;
+        self.on_net(async move { HttpClient::new(addr).get("/health", PROBE_TIMEOUT).await })
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Front end `index`'s `GET /health` if it is 200.
@@ -620,6 +658,7 @@ impl Drop for Cluster {
         // Processes (SIGCONT, then SIGKILL: see `Process`'s drop) before the namespaces they
         // live in.
         self.processes.clear();
+        self.disks.clear();
         self.topology = None;
         if let Some(state) = self.state.take() {
             if self.keep || std::thread::panicking() {

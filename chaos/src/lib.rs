@@ -15,6 +15,7 @@
 pub mod bins;
 pub mod check;
 pub mod cluster;
+pub mod disk;
 pub mod history;
 pub mod http;
 pub mod netns;

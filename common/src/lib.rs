@@ -11,6 +11,7 @@ pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod storage;
 pub mod sync;
 pub mod telemetry;
 pub mod window;

@@ -473,8 +473,12 @@ pub enum CatalogResponse {
         /// False when the oldest asked-for trades are no longer remembered.
         complete: bool,
     },
-    /// Pushed to subscribers when nothing else was sent for a heartbeat interval.
-    Heartbeat,
+    /// Pushed to subscribers every heartbeat interval.
+    Heartbeat {
+        /// Why the catalog cannot make trades durable now (its disk failed), if it cannot;
+        /// it restarts from its log once the disk takes writes again.
+        storage_failure: Option<String>,
+    },
     /// Pushed to subscribers after every change, before the trade is answered.
     Invalidate {
         /// The stock that changed.
@@ -619,6 +623,9 @@ pub struct ReplicaStatus {
     /// Leader only: it cannot commit (its in-sync set is below the write quorum, or orders
     /// have waited for their in-sync replicas for too long), so electors replace it.
     pub stalled: bool,
+    /// Why its order log cannot be written (its disk failed), if so: it acknowledges nothing
+    /// and may not lead until it has restarted from its log.
+    pub storage_failure: Option<String>,
 }
 
 /// Answers of the order replicas.

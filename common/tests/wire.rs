@@ -163,7 +163,12 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
                 last_seq,
                 complete,
             }),
-        Just(CatalogResponse::Heartbeat),
+        Just(CatalogResponse::Heartbeat {
+            storage_failure: None
+        }),
+        Just(CatalogResponse::Heartbeat {
+            storage_failure: Some("No space left on device".into())
+        }),
         (stock_name(), any::<u64>())
             .prop_map(|(name, version)| CatalogResponse::Invalidate { name, version }),
     ]
@@ -280,6 +285,7 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
                         catalog_link,
                         placing,
                         stalled,
+                        storage_failure: None,
                     })
                 }
             ),

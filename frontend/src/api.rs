@@ -33,6 +33,8 @@ pub struct App {
     pub max_trade: u64,
     /// Whether the catalog's invalidation stream is up (the catalog is reachable).
     pub catalog_up: AtomicBool,
+    /// Why the catalog cannot make trades durable, as its last heartbeat said.
+    pub catalog_storage: Mutex<Option<String>>,
     /// Makes request ids unique across front-end restarts.
     pub nonce: String,
     next_request: AtomicU64,
@@ -54,6 +56,7 @@ impl App {
             metrics,
             max_trade,
             catalog_up: AtomicBool::new(false),
+            catalog_storage: Mutex::new(None),
             nonce: format!("{:016x}", rand::random::<u64>()),
             next_request: AtomicU64::new(0),
         }
@@ -257,6 +260,13 @@ impl App {
     fn health(&self) -> Response {
         if !self.catalog_up.load(Ordering::Relaxed) {
             return Response::error(503, "catalog unreachable (invalidation stream down)");
+        }
+        if let Some(failure) = lock(&self.catalog_storage).clone() {
+            return Response::error(503, &format!("catalog: storage failed: {failure}"));
+        }
+        let failures = self.orders.storage_failures();
+        if !failures.is_empty() {
+            return Response::error(503, &format!("storage failed: {}", failures.join("; ")));
         }
         match self.orders.serving() {
             Ok((leader, epoch)) => Response::json(

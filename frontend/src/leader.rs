@@ -55,6 +55,8 @@ pub struct OrderLeader {
     checking: tokio::sync::Mutex<Option<Failure>>,
     /// Why the last check found no leader able to serve; `None` when it found one.
     problem: Mutex<Option<String>>,
+    /// Replicas whose disk failed, as the last check found them.
+    storage_failures: Mutex<Vec<String>>,
     deadline: Duration,
     attempt: Duration,
     metrics: Arc<Metrics>,
@@ -80,6 +82,7 @@ impl OrderLeader {
             record: Mutex::new(Leadership::default()),
             checking: tokio::sync::Mutex::new(None),
             problem: Mutex::new(Some("no check made yet".into())),
+            storage_failures: Mutex::new(Vec::new()),
             deadline,
             attempt,
             metrics,
@@ -99,6 +102,11 @@ impl OrderLeader {
         }
         self.current()
             .ok_or_else(|| "no order leader is recorded".to_owned())
+    }
+
+    /// The replicas whose disk failed, as `order-ID: reason`, as the last check found them.
+    pub fn storage_failures(&self) -> Vec<String> {
+        lock(&self.storage_failures).clone()
     }
 
     /// The newest record seen.
@@ -143,6 +151,7 @@ impl OrderLeader {
                     self.metrics.elections.fetch_add(1, Ordering::Relaxed);
                 }
                 self.observe(&ensured.record);
+                *lock(&self.storage_failures) = ensured.storage_failures;
                 *last_failure = None;
                 *lock(&self.problem) = None;
                 self.current()

@@ -100,7 +100,14 @@ async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
                         lock(&app.cache).invalidate(&name, version);
                     }
                     Some(Ok(CatalogResponse::Leadership(record))) => app.orders.observe(&record),
-                    Some(Ok(CatalogResponse::Heartbeat | CatalogResponse::Subscribed(_))) => {}
+                    Some(Ok(CatalogResponse::Heartbeat { storage_failure })) => {
+                        let mut held = lock(&app.catalog_storage);
+                        if storage_failure.is_some() && held.is_none() {
+                            warn!(failure = ?storage_failure, "the catalog's disk failed");
+                        }
+                        *held = storage_failure;
+                    }
+                    Some(Ok(CatalogResponse::Subscribed(_))) => {}
                     Some(Ok(other)) => {
                         warn!(?other, "unexpected message on the invalidation stream")
                     }
@@ -108,6 +115,7 @@ async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
                 }
             }
             app.catalog_up.store(false, Ordering::Relaxed);
+            *lock(&app.catalog_storage) = None;
             lock(&app.cache).disable();
             warn!("invalidation stream broke; cache cleared and unused until it is back");
         }

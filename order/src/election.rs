@@ -53,7 +53,7 @@ pub enum Verdict {
 
 /// Whether the replica answering `status` serves as the leader of `record`.
 fn serves(record: &Leadership, status: &ReplicaStatus) -> bool {
-    if !status.catalog_link || status.stalled {
+    if !status.catalog_link || status.stalled || status.storage_failure.is_some() {
         // It cannot trade, or cannot commit, so it cannot place orders.
         return false;
     }
@@ -90,7 +90,7 @@ pub fn judge(
     let candidate = statuses
         .values()
         .filter(linked)
-        .filter(|s| !s.stalled)
+        .filter(|s| !s.stalled && s.storage_failure.is_none())
         .filter(|s| record.in_sync.contains(&s.id))
         .map(|s| s.id)
         .max();
@@ -142,6 +142,8 @@ pub struct Ensured {
     pub record: Leadership,
     /// Whether this call's election changed it.
     pub elected: bool,
+    /// Replicas whose disk failed, as `order-ID: reason`.
+    pub storage_failures: Vec<String>,
 }
 
 /// Reads the record and, if its leader cannot serve, elects the highest-id live in-sync
@@ -155,11 +157,16 @@ pub async fn ensure_leader(
     let (record, statuses) = tokio::join!(catalog.leadership(timeout), statuses(replicas, timeout));
     let record = record.map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?;
     let ids: Vec<ReplicaId> = replicas.keys().copied().collect();
+    let storage_failures: Vec<String> = statuses
+        .values()
+        .filter_map(|s| Some(format!("order-{}: {}", s.id, s.storage_failure.as_ref()?)))
+        .collect();
     let (leader, in_sync) = match judge(&record, &statuses, &ids) {
         Verdict::Healthy => {
             return Ok(Ensured {
                 record,
                 elected: false,
+                storage_failures,
             })
         }
         Verdict::NoCandidate(reason) => return Err(ElectionError::NoCandidate(reason)),
@@ -176,6 +183,7 @@ pub async fn ensure_leader(
             Ok(Ensured {
                 record,
                 elected: true,
+                storage_failures,
             })
         }
         LeadershipOutcome::Refused { current, reason } if current.epoch > record.epoch => {
@@ -183,6 +191,7 @@ pub async fn ensure_leader(
             Ok(Ensured {
                 record: current,
                 elected: false,
+                storage_failures,
             })
         }
         LeadershipOutcome::Refused { reason, .. } => Err(ElectionError::LeaderElsewhere(format!(
@@ -270,6 +279,7 @@ mod tests {
             catalog_link: link,
             placing: role == Role::Leader,
             stalled: false,
+            storage_failure: None,
         }
     }
 

@@ -15,6 +15,7 @@ use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use common::group_commit::{self, Job};
 use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
+use common::storage::{self, Ended};
 use common::sync::lock;
 use common::wire::{
     CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
@@ -38,6 +39,8 @@ const MAX_KNOWN: usize = 64;
 /// Shortest and longest wait before retrying a follower or the leader.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a replica whose disk failed checks whether it takes writes again.
+const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait for the local disk before a request is answered `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a leader reconciles its log with the trades the catalog applied; each round
@@ -181,6 +184,8 @@ struct Replica {
     membership: tokio::sync::Notify,
     /// Whether the catalog's subscription is up (heartbeats arrive).
     catalog_link: AtomicBool,
+    /// Why the order log cannot be written, once it cannot.
+    storage_failure: Arc<Mutex<Option<String>>>,
     shutdown: CancellationToken,
 }
 
@@ -932,6 +937,7 @@ impl Replica {
             catalog_link: self.catalog_link.load(Ordering::Relaxed),
             placing: st.role == Role::Leader && st.reconciled,
             stalled: st.role == Role::Leader && self.stalled(&st),
+            storage_failure: lock(&self.storage_failure).clone(),
         }
     }
 
@@ -1440,11 +1446,18 @@ impl Service for ReplicaService {
 
 /// Opens the order log in `config.state_dir`, serves order requests on `listener` until
 /// `shutdown` fires, then finishes the requests in flight and flushes the log.
+///
+/// If the order log's disk fails, it acknowledges nothing more and reports why in its status;
+/// once the state directory takes writes again it stops the same way and returns
+/// [`Ended::RestartFromLog`] (the binary then restarts in place).
 pub async fn run(
     listener: TcpListener,
     config: ReplicaConfig,
     shutdown: CancellationToken,
-) -> Result<(), Error> {
+) -> Result<Ended, Error> {
+    // Stops serving on `shutdown`, or for a restart once failed storage recovers.
+    let shutdown = shutdown.child_token();
+    let restart = Arc::new(AtomicBool::new(false));
     let (dir, window) = (config.state_dir.clone(), config.dedup_window);
     let (log, file, stored) = tokio::task::spawn_blocking(move || OrderLog::open(&dir, window))
         .await
@@ -1452,6 +1465,8 @@ pub async fn run(
     let (events, mut durable_events) =
         tokio::sync::mpsc::unbounded_channel::<Option<TransactionNumber>>();
     let failures = events.clone();
+    let storage_failure = Arc::new(Mutex::new(None));
+    let failure_reason = storage_failure.clone();
     let (jobs, writer) = group_commit::start(
         &format!("order-{}-log", config.id),
         file,
@@ -1459,7 +1474,8 @@ pub async fn run(
             let _ = events.send(batch.last().copied());
         },
         move |e| {
-            error!(error = %e, "order log failed; refusing orders from now on");
+            error!(error = %e, "order log failed: acknowledging nothing; restarting from the log once the state directory takes writes again");
+            *lock(&failure_reason) = Some(format!("order log write failed: {e}"));
             let _ = failures.send(None);
         },
     )?;
@@ -1507,18 +1523,33 @@ pub async fn run(
         in_flight: Mutex::new(HashMap::new()),
         membership: tokio::sync::Notify::new(),
         catalog_link: AtomicBool::new(false),
+        storage_failure,
         shutdown: shutdown.clone(),
         config,
     });
     // One wake-up per group commit; waiters are woken from inside the runtime.
     let relay = tokio::spawn({
         let replica = replica.clone();
+        let restart = restart.clone();
         async move {
             while let Some(event) = durable_events.recv().await {
                 let mut st = replica.state();
                 match event {
                     Some(number) => st.durable = st.durable.max(Some(number)),
-                    None => st.failed = true,
+                    None if !st.failed => {
+                        st.failed = true;
+                        let (dir, stop, restart) = (
+                            replica.config.state_dir.clone(),
+                            replica.shutdown.clone(),
+                            restart.clone(),
+                        );
+                        tokio::spawn(async move {
+                            storage::wait_writable(dir, STORAGE_PROBE_INTERVAL).await;
+                            restart.store(true, Ordering::Relaxed);
+                            stop.cancel();
+                        });
+                    }
+                    None => {}
                 }
                 replica.publish(&mut st);
             }
@@ -1561,6 +1592,10 @@ pub async fn run(
         warn!("order log writer did not stop cleanly");
     }
     let _ = relay.await;
+    if restart.load(Ordering::Relaxed) {
+        info!("order replica stopped to restart from its log");
+        return Ok(Ended::RestartFromLog);
+    }
     info!("order replica stopped");
-    Ok(())
+    Ok(Ended::Stopped)
 }

@@ -61,7 +61,7 @@ pub struct RunningCatalog {
     dir: PathBuf,
     running: Option<(
         CancellationToken,
-        tokio::task::JoinHandle<Result<(), catalog::Error>>,
+        tokio::task::JoinHandle<Result<common::storage::Ended, catalog::Error>>,
     )>,
     _state: Option<tempfile::TempDir>,
 }
@@ -115,7 +115,7 @@ impl RunningCatalog {
 
 struct Running {
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), order::Error>>,
+    task: tokio::task::JoinHandle<Result<common::storage::Ended, order::Error>>,
 }
 
 /// Three replicas in-process, each on a port bound at 0 and kept across restarts.
