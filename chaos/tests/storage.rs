@@ -78,9 +78,11 @@ async fn catalog_disk_full_refuses_reports_and_recovers() {
         .await
         .unwrap();
     let history = History::new();
-    let load = history
-        .start(&cluster, Load::keyed("disk", &[0]).workers(2))
-        .unwrap();
+    // Short retries, so that trades refused while the disk is full end soon.
+    let keyed = Load::keyed("disk", &[0])
+        .workers(2)
+        .retry_for(2 * SECOND);
+    let load = history.start(&cluster, keyed).unwrap();
     verdict.expect(
         history
             .wait_acknowledged(Duration::ZERO, 100, 30 * SECOND)
