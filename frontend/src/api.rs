@@ -75,7 +75,7 @@ impl App {
                 Route::Lookup,
                 match method {
                     "GET" => self.lookup(name).await,
-                    _ => not_allowed(),
+                    _ => not_allowed("GET, HEAD"),
                 },
             );
         }
@@ -84,7 +84,7 @@ impl App {
                 Route::Trade,
                 match method {
                     "POST" => self.trade(request).await,
-                    _ => not_allowed(),
+                    _ => not_allowed("POST"),
                 },
             );
         }
@@ -93,7 +93,7 @@ impl App {
                 Route::Order,
                 match method {
                     "GET" => self.order(number).await,
-                    _ => not_allowed(),
+                    _ => not_allowed("GET, HEAD"),
                 },
             );
         }
@@ -102,14 +102,14 @@ impl App {
                 Route::Health,
                 match method {
                     "GET" => self.health(),
-                    _ => not_allowed(),
+                    _ => not_allowed("GET, HEAD"),
                 },
             ),
             "/metrics" => (
                 Route::Metrics,
                 match method {
                     "GET" => self.metrics_page(),
-                    _ => not_allowed(),
+                    _ => not_allowed("GET, HEAD"),
                 },
             ),
             _ => (Route::Other, Response::error(404, "not found")),
@@ -290,6 +290,7 @@ impl App {
             .map_or((None, 0), |(l, e)| (Some(l), e));
         Response {
             status: 200,
+            allow: None,
             content_type: "text/plain; version=0.0.4",
             body: Bytes::from(self.metrics.render(cache, leader, epoch)),
         }
@@ -335,8 +336,12 @@ struct HealthBody {
     in_sync: Vec<u32>,
 }
 
-fn not_allowed() -> Response {
-    Response::error(405, "method not allowed")
+/// 405 with the methods the resource takes (RFC 9110 §15.5.6).
+fn not_allowed(allow: &'static str) -> Response {
+    Response {
+        allow: Some(allow),
+        ..Response::error(405, "method not allowed")
+    }
 }
 
 /// Decodes `%XX` escapes in a path segment; `None` if malformed or not UTF-8.

@@ -41,6 +41,8 @@ pub struct Request {
     pub http10: bool,
     /// The `Idempotency-Key` header, if any.
     pub idempotency_key: Option<String>,
+    /// It said `Expect: 100-continue` (HTTP/1.1).
+    pub expects_continue: bool,
     /// Exactly Content-Length bytes.
     pub body: Bytes,
 }
@@ -63,6 +65,9 @@ const fn refuse(status: u16, message: &'static str) -> Refusal {
 pub enum Parsed {
     /// Not a whole request yet; read more.
     Partial,
+    /// An acceptable head that said `Expect: 100-continue`, without its whole body yet:
+    /// send `100 Continue` (once per request), then read more.
+    AwaitingBody,
     /// A whole request, which used the first `consumed` bytes.
     Complete {
         /// The request.
@@ -72,6 +77,25 @@ pub enum Parsed {
     },
 }
 
+/// Whether the request target at the front of `buffer` (complete or not) is already longer
+/// than the limit. Checked before the head's own limit, so that a long URI gets 414 even
+/// when the head is also too large (or not finished).
+fn target_too_long(buffer: &[u8], limits: &Limits) -> bool {
+    let line = buffer
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buffer, |end| &buffer[..end]);
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let rest = &line[space + 1..];
+    let target = rest
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r')
+        .map_or(rest, |end| &rest[..end]);
+    target.len() > limits.max_uri_bytes
+}
+
 /// Parses the request at the front of `buffer`.
 pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
@@ -79,7 +103,9 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
     let head_len = match head.parse(buffer) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            return if buffer.len() > limits.max_head_bytes {
+            return if target_too_long(buffer, limits) {
+                Err(refuse(414, "URI too long"))
+            } else if buffer.len() > limits.max_head_bytes {
                 Err(refuse(431, "request head too large"))
             } else {
                 Ok(Parsed::Partial)
@@ -89,20 +115,21 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
         Err(httparse::Error::Version) => return Err(refuse(505, "HTTP version not supported")),
         Err(_) => return Err(refuse(400, "malformed request")),
     };
-    if head_len > limits.max_head_bytes {
-        return Err(refuse(431, "request head too large"));
-    }
     let (Some(method), Some(target), Some(version)) = (head.method, head.path, head.version) else {
         return Err(refuse(400, "malformed request"));
     };
     if target.len() > limits.max_uri_bytes {
         return Err(refuse(414, "URI too long"));
     }
+    if head_len > limits.max_head_bytes {
+        return Err(refuse(431, "request head too large"));
+    }
     let http10 = version == 0;
     let mut content_length: Option<usize> = None;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut idempotency_key = None;
+    let mut expects_continue = false;
     for header in head.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -127,6 +154,19 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive_token |= token.eq_ignore_ascii_case("keep-alive");
             }
+        } else if name.eq_ignore_ascii_case("expect") && !http10 {
+            // RFC 9110 §10.1.1: 100-continue is the only expectation; HTTP/1.0 ignores it.
+            if !header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+            {
+                return Err(refuse(
+                    417,
+                    "the only expectation supported is 100-continue",
+                ));
+            }
+            expects_continue = true;
         } else if name.eq_ignore_ascii_case("idempotency-key") {
             let value = std::str::from_utf8(header.value)
                 .map_err(|_| refuse(400, "invalid Idempotency-Key"))?;
@@ -139,7 +179,11 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
     }
     let total = head_len + body_len;
     if buffer.len() < total {
-        return Ok(Parsed::Partial);
+        return Ok(if expects_continue && buffer.len() == head_len {
+            Parsed::AwaitingBody
+        } else {
+            Parsed::Partial
+        });
     }
     let keep_alive = if http10 {
         keep_alive_token && !close
@@ -153,6 +197,7 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
             keep_alive,
             http10,
             idempotency_key,
+            expects_continue,
             body: Bytes::copy_from_slice(&buffer[head_len..total]),
         },
         consumed: total,
@@ -170,6 +215,7 @@ pub fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         413 => "Payload Too Large",
         414 => "URI Too Long",
+        417 => "Expectation Failed",
         422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -180,11 +226,37 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// The interim answer to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+thread_local! {
+    /// The `Date` value (RFC 9110 §6.6.1, IMF-fixdate) of the current second, formatted once
+    /// per second per thread rather than once per response.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends the current `Date` value.
+fn put_date(out: &mut BytesMut) {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        out.put_slice(cached.1.as_bytes());
+    });
+}
+
 /// A response ready to encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The HTTP status.
     pub status: u16,
+    /// `Allow` value (a 405's methods), if any.
+    pub allow: Option<&'static str>,
     /// `Content-Type` value.
     pub content_type: &'static str,
     /// The body.
@@ -196,6 +268,7 @@ impl Response {
     pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
         Response {
             status,
+            allow: None,
             content_type: "application/json",
             body: body.into(),
         }
@@ -235,6 +308,12 @@ impl Response {
         out.put_slice(self.content_type.as_bytes());
         out.put_slice(b"\r\nContent-Length: ");
         out.put_slice(self.body.len().to_string().as_bytes());
+        out.put_slice(b"\r\nDate: ");
+        put_date(out);
+        if let Some(allow) = self.allow {
+            out.put_slice(b"\r\nAllow: ");
+            out.put_slice(allow.as_bytes());
+        }
         if !keep_alive {
             out.put_slice(b"\r\nConnection: close");
         } else if http10 {
@@ -355,10 +434,44 @@ mod tests {
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         let body = r#"{"error":{"code":404,"message":"stock not found"}}"#;
-        assert!(text.ends_with(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )));
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(text.ends_with(&format!("Connection: close\r\n\r\n{body}")));
+        let date = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Date: "))
+            .expect("no Date");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        let mut with_allow = BytesMut::new();
+        let not_allowed = Response {
+            allow: Some("GET, HEAD"),
+            ..Response::error(405, "method not allowed")
+        };
+        not_allowed.encode(&mut with_allow, true, false, false);
+        assert!(String::from_utf8_lossy(&with_allow).contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn a_long_target_is_414_before_the_head_limit_and_expectations_are_checked() {
+        let limits = Limits::default();
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(refused(long.as_bytes(), &limits), 414);
+        // Still arriving, already too long.
+        assert_eq!(refused(&long.as_bytes()[..3_000], &limits), 414);
+        assert_eq!(
+            refused(
+                b"POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n",
+                &limits
+            ),
+            417
+        );
+        let head = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse(head, &limits), Ok(Parsed::AwaitingBody));
+        let mut some_body = head.to_vec();
+        some_body.push(b'x');
+        assert_eq!(parse(&some_body, &limits), Ok(Parsed::Partial));
+        // HTTP/1.0 ignores expectations.
+        let old = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse(old, &limits), Ok(Parsed::Partial));
     }
 
     proptest! {

@@ -89,6 +89,8 @@ async fn session(
     // request timeout, not the idle one.
     let mut started: Option<Instant> = Some(Instant::now());
     let most_buffered = config.limits.max_head_bytes + config.limits.max_body_bytes;
+    // Whether the request now in the buffer was told `100 Continue`.
+    let mut continued = false;
     loop {
         let mut close = false;
         // Answer every complete request already buffered, in order.
@@ -96,6 +98,7 @@ async fn session(
             match http::parse(&input, &config.limits) {
                 Ok(Parsed::Complete { request, consumed }) => {
                     input.advance(consumed);
+                    continued = false;
                     let begun = std::time::Instant::now();
                     let (route, response) = app.handle(&request).await;
                     app.metrics.record(route, response.status, begun.elapsed());
@@ -114,6 +117,13 @@ async fn session(
                     }
                 }
                 Ok(Parsed::Partial) => break,
+                Ok(Parsed::AwaitingBody) => {
+                    if !continued {
+                        output.extend_from_slice(http::CONTINUE);
+                        continued = true;
+                    }
+                    break;
+                }
                 Err(refusal) => {
                     debug!(
                         status = refusal.status,

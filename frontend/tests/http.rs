@@ -126,6 +126,24 @@ async fn limits_and_garbage_get_their_status_and_close_only_their_connection() {
             format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(2_000)).into_bytes(),
             414,
         ),
+        // Longer than the head limit too: the request line's own limit speaks first.
+        (
+            format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(20_000)).into_bytes(),
+            414,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: t", "x".repeat(20_000)).into_bytes(),
+            414,
+        ),
+        (
+            b"POST /orders HTTP/1.1\r\nContent-Length: 2\r\nExpect: the-moon\r\n\r\n".to_vec(),
+            417,
+        ),
+        (
+            b"POST /orders HTTP/1.1\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+                .to_vec(),
+            413,
+        ),
         (
             b"POST /orders HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".to_vec(),
             413,
@@ -160,6 +178,7 @@ async fn limits_and_garbage_get_their_status_and_close_only_their_connection() {
         );
         assert_eq!(reply.json()["error"]["code"], status);
         assert_eq!(reply.header("Connection"), Some("close"));
+        assert_recent_date(&reply);
         conn.expect_closed(Duration::from_secs(5)).await;
     }
 
@@ -227,6 +246,73 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .await
         .expect("the waiting connection was never served");
     assert_eq!(reply.status, 200);
+    frontend.stop().await;
+    cluster.stop_all().await;
+}
+
+/// A `Date` header within a few seconds of now, in the RFC 9110 format.
+fn assert_recent_date(reply: &Reply) {
+    let date = reply.header("Date").expect("no Date header");
+    let when = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("{date:?}: {e}"));
+    let now = std::time::SystemTime::now();
+    let skew = now.duration_since(when).unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(5), "Date {date} is {skew:?} off");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_allow_and_expect_continue_follow_rfc_9110() {
+    let cluster = Cluster::start(WriteQuorum::All).await;
+    cluster.elect(3).await;
+    let frontend = Frontend::start(&cluster, |_| {}).await;
+    let addr = frontend.addr;
+
+    // Date on answers of every kind.
+    for path in ["/stocks/GameStart", "/stocks/Nope", "/health", "/metrics"] {
+        assert_recent_date(&get(addr, path).await);
+    }
+
+    // 405 names what the resource allows.
+    for (method, path, allow) in [
+        ("POST", "/stocks/GameStart", "GET, HEAD"),
+        ("DELETE", "/health", "GET, HEAD"),
+        ("GET", "/orders", "POST"),
+        ("PUT", "/orders/1", "GET, HEAD"),
+    ] {
+        let reply = call(addr, &request(method, path, None, &[])).await;
+        assert_eq!(reply.status, 405, "{method} {path}");
+        assert_eq!(reply.header("Allow"), Some(allow), "{method} {path}");
+        assert_recent_date(&reply);
+    }
+
+    // Expect: 100-continue: the head is accepted before the body is sent.
+    let body = trade_body("GameStart", 1, "buy");
+    let mut conn = Conn::open(addr).await;
+    conn.send(
+        format!(
+            "POST /orders HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let interim = conn.read_head().await;
+    assert_eq!(interim.status, 100);
+    conn.send(body.as_bytes()).await;
+    let placed = conn.read().await.unwrap();
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    // The connection goes on; a request whose body comes with its head gets no 100.
+    conn.send(
+        format!(
+            "POST /orders HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let direct = conn.read().await.unwrap();
+    assert_eq!(direct.status, 200, "{}", direct.body);
+
     frontend.stop().await;
     cluster.stop_all().await;
 }
