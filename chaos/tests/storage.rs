@@ -79,9 +79,7 @@ async fn catalog_disk_full_refuses_reports_and_recovers() {
         .unwrap();
     let history = History::new();
     // Short retries, so that trades refused while the disk is full end soon.
-    let keyed = Load::keyed("disk", &[0])
-        .workers(2)
-        .retry_for(2 * SECOND);
+    let keyed = Load::keyed("disk", &[0]).workers(2).retry_for(2 * SECOND);
     let load = history.start(&cluster, keyed).unwrap();
     verdict.expect(
         history

@@ -4,6 +4,12 @@ use anyhow::Context;
 use clap::Parser;
 use frontend::config::FrontendArgs;
 
+/// jemalloc, with its background thread, hands freed pages back to the system within seconds
+/// of a burst: with the system allocator, a front end kept ~50 MB after a flood of 4,500
+/// connections had ended (see `bench/flood.py` and bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     let args = FrontendArgs::parse();
