@@ -32,7 +32,8 @@ run_config() { # label cache-size crashes(yes|no) requests
     local dirs=()
     for id in 1 2 3; do dirs+=(--state-dir "$work/order-$id"); done
     for _ in $(seq 1 100); do
-        ./target/release/order audit "${dirs[@]}" --catalog "127.0.0.1:$CATALOG_PORT" \
+        BAZAAR_CLUSTER_TOKEN="$(<"$work/cluster-token")" \
+            ./target/release/order audit "${dirs[@]}" --catalog "127.0.0.1:$CATALOG_PORT" \
             >"$out/$label-audit.txt" 2>&1 && break
         sleep 0.3
     done

@@ -38,6 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 ./run.sh >/dev/null
+# The uncached front end below talks to the same services, with their token.
+export BAZAAR_CLUSTER_TOKEN="$(<"$STATE_DIR/cluster-token")"
 body="$(curl -s "http://127.0.0.1:$FRONTEND_PORT/stocks/GameStart")"
 mkdir -p "$work/nginx"
 cat >"$work/nginx/nginx.conf" <<NGINX
