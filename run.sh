@@ -191,7 +191,9 @@ status)
         if [[ -n "$leader" ]]; then
             echo "order leader: replica $leader (epoch $epoch), in sync: $in_sync"
         else
-            echo "order leader: none ($(tail -n 1 <<<"$reply"))"
+            # 503: no leader serves, a service is unreachable, or a disk failed (the service
+            # then restarts itself in place, same pid, once its disk takes writes again).
+            echo "health: $(sed -n 's/.*"message":"\(.*\)"}}.*/\1/p' <<<"$reply")"
         fi
     fi
     ;;
