@@ -188,51 +188,15 @@ impl App {
 
     /// Validates a trade's body and picks its request id.
     fn parse_order(&self, request: &Request) -> Result<PlaceOrder, Response> {
-        let bad = |message: &str| Response::error(400, message);
-        let value: Value =
-            serde_json::from_slice(&request.body).map_err(|_| bad("malformed JSON"))?;
-        let fields = value
-            .as_object()
-            .ok_or_else(|| bad("body must be a JSON object"))?;
-        let name = fields
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("name must be a string"))?;
-        let quantity = match fields.get("quantity") {
-            Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or(0),
-            Some(Value::Number(n)) if n.is_i64() => 0,
-            _ => return Err(bad("quantity must be a positive integer")),
-        };
-        if quantity == 0 {
-            return Err(bad("quantity must be a positive integer"));
-        }
-        if quantity > self.max_trade {
-            return Err(bad(&format!(
-                "quantity is above the per-trade cap of {}",
-                self.max_trade
-            )));
-        }
-        let kind = match fields.get("type").and_then(Value::as_str) {
-            Some("buy") => TradeKind::Buy,
-            Some("sell") => TradeKind::Sell,
-            _ => return Err(bad("type must be \"buy\" or \"sell\"")),
-        };
-        let name = StockName::new(name).map_err(|_| Response::error(404, "stock not found"))?;
-        let request_id = match &request.idempotency_key {
-            Some(key) => RequestId::new(format!("key-{key}"))
-                .map_err(|e| bad(&format!("invalid Idempotency-Key: {e}")))?,
-            None => {
+        parse_order(
+            &request.body,
+            request.idempotency_key.as_deref(),
+            self.max_trade,
+            || {
                 let n = self.next_request.fetch_add(1, Ordering::Relaxed);
-                RequestId::new(format!("fe-{}-{n}", self.nonce))
-                    .map_err(|e| Response::error(500, &e.to_string()))?
-            }
-        };
-        Ok(PlaceOrder {
-            request_id,
-            name,
-            quantity: i64::try_from(quantity).map_err(|_| bad("quantity too large"))?,
-            kind,
-        })
+                format!("fe-{}-{n}", self.nonce)
+            },
+        )
     }
 
     async fn order(&self, raw: &str) -> Response {
@@ -295,6 +259,56 @@ impl App {
             body: Bytes::from(self.metrics.render(cache, leader, epoch)),
         }
     }
+}
+
+/// Validates the body of `POST /orders` (`{"name", "quantity", "type"}`) and names the request:
+/// `key-<Idempotency-Key>` when one is given, else `generated_id()`. A refusal is the response
+/// to send. Pure, so that it is fuzzed as it runs (`fuzz/`).
+pub fn parse_order(
+    body: &[u8],
+    idempotency_key: Option<&str>,
+    max_trade: u64,
+    generated_id: impl FnOnce() -> String,
+) -> Result<PlaceOrder, Response> {
+    let bad = |message: &str| Response::error(400, message);
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad("malformed JSON"))?;
+    let fields = value
+        .as_object()
+        .ok_or_else(|| bad("body must be a JSON object"))?;
+    let name = fields
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("name must be a string"))?;
+    let quantity = match fields.get("quantity") {
+        Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or(0),
+        Some(Value::Number(n)) if n.is_i64() => 0,
+        _ => return Err(bad("quantity must be a positive integer")),
+    };
+    if quantity == 0 {
+        return Err(bad("quantity must be a positive integer"));
+    }
+    if quantity > max_trade {
+        return Err(bad(&format!(
+            "quantity is above the per-trade cap of {max_trade}"
+        )));
+    }
+    let kind = match fields.get("type").and_then(Value::as_str) {
+        Some("buy") => TradeKind::Buy,
+        Some("sell") => TradeKind::Sell,
+        _ => return Err(bad("type must be \"buy\" or \"sell\"")),
+    };
+    let name = StockName::new(name).map_err(|_| Response::error(404, "stock not found"))?;
+    let request_id = match idempotency_key {
+        Some(key) => RequestId::new(format!("key-{key}"))
+            .map_err(|e| bad(&format!("invalid Idempotency-Key: {e}")))?,
+        None => RequestId::new(generated_id()).map_err(|e| Response::error(500, &e.to_string()))?,
+    };
+    Ok(PlaceOrder {
+        request_id,
+        name,
+        quantity: i64::try_from(quantity).map_err(|_| bad("quantity too large"))?,
+        kind,
+    })
 }
 
 /// `{"data": ...}` with the fields in the documented order.
