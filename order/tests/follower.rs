@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use catalog::LeadershipOutcome;
 use common::server::{serve, RequestContext, ServerConfig, Service};
 use common::wire::{
-    LogPosition, OrderEntry, OrderRequest, OrderResponse, Reply, RequestId, Role, StockName,
-    TradeKind,
+    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, Reply, RequestId, Role,
+    StockName, TradeKind,
 };
 use order::ReplicaConfig;
 use testkit::*;
@@ -85,16 +86,45 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
         stop.clone(),
     ));
 
+    // The catalog's record names replica 1 leader of EPOCH: a follower believes a leader's
+    // epoch only once the record holds it.
+    let catalog = RunningCatalog::start().await;
+    // (Each election holds a short lease: the next one is retried until it runs out.)
+    eventually("the record at epoch 5", Duration::from_secs(10), || async {
+        let record = catalog
+            .client
+            .leadership(Duration::from_secs(5))
+            .await
+            .unwrap();
+        if record.epoch == EPOCH {
+            return Some(());
+        }
+        let change = LeadershipChange::Elect {
+            leader: 1,
+            in_sync: vec![1, 3],
+        };
+        match catalog
+            .client
+            .change_leadership(record.epoch, change, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            LeadershipOutcome::Changed(_) => None,
+            LeadershipOutcome::Refused { reason, .. } if reason.contains("not deposed") => None,
+            refused => panic!("{refused:?}"),
+        }
+    })
+    .await;
+
     let state = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let config = ReplicaConfig {
         client: fast_client("order-3"),
-        // Never dialed: the catalog is only used by a leader.
         ..ReplicaConfig::new(
             3,
             BTreeMap::from([(1, leader_addr)]),
-            "127.0.0.1:9",
+            catalog.addr.clone(),
             state.path(),
         )
     };
