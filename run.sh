@@ -13,6 +13,7 @@
 #   WRITE_QUORUM   all | majority (all)
 #   STATE_DIR      runtime state, logs and pid files (./state)
 #   RUST_LOG       log filter (info)
+#   PROFILE        cargo profile to build and run (release; the tests use dev)
 #   BAZAAR_CLUSTER_TOKEN  the secret every internal connection must present; by default
 #                  generated once into $STATE_DIR/cluster-token (mode 0600) and reused
 set -euo pipefail
@@ -26,7 +27,13 @@ WRITE_QUORUM="${WRITE_QUORUM:-all}"
 STATE_DIR="${STATE_DIR:-$PWD/state}"
 mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
-BIN="$PWD/target/release"
+# The cargo profile built and run: release, or dev (target/debug; the tests use it, to skip a
+# second, optimised build of everything).
+PROFILE="${PROFILE:-release}"
+case "$PROFILE" in
+dev) BIN="$PWD/target/debug" ;;
+*) BIN="$PWD/target/$PROFILE" ;;
+esac
 export RUST_LOG="${RUST_LOG:-info}"
 
 # Closed by default: every service gets the cluster token through its environment (not its
@@ -141,7 +148,7 @@ stop_one() { # name
 
 case "${1:-start}" in
 start)
-    cargo build --release --quiet -p catalog -p order -p frontend -p client
+    cargo build --profile "$PROFILE" --quiet -p catalog -p order -p frontend -p client
     start_catalog
     wait_for catalog
     for id in 1 2 3; do start_order "$id"; done

@@ -202,12 +202,17 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         "the kill landed after the load"
     );
 
-    // Elect the highest-id live in-sync survivor at the catalog.
+    // Elect the highest-id live in-sync survivor at the catalog, once the dead leader's lease
+    // has run out (a front end retries the same way).
     let all = (1..=3).map(|id| (id, replicas.client(id))).collect();
-    let elected =
-        order::election::ensure_leader(&replicas.catalog_client(), &all, Duration::from_secs(2))
-            .await
-            .unwrap();
+    let recorder = replicas.catalog_client();
+    let elected = eventually("an election", Duration::from_secs(10), || async {
+        match order::election::ensure_leader(&recorder, &all, Duration::from_secs(2)).await {
+            Err(order::election::ElectionError::LeaderElsewhere(_)) => None,
+            other => Some(other.unwrap()),
+        }
+    })
+    .await;
     assert!(elected.elected && elected.record.epoch == 2, "{elected:?}");
     let new_leader = elected.record.leader.unwrap();
     assert_ne!(new_leader, 1);

@@ -33,6 +33,8 @@ impl System {
                     format!("{},{},{}", ports[2], ports[3], ports[4]),
                 ),
                 ("RUST_LOG".into(), "info".into()),
+                // The debug build the test run already made, not a second optimised one.
+                ("PROFILE".into(), "dev".into()),
             ],
             state,
             ports,
@@ -74,7 +76,7 @@ impl System {
     }
 
     pub fn binary(&self, name: &str) -> Command {
-        self.command(root().join("target/release").join(name).to_str().unwrap())
+        self.command(root().join("target/debug").join(name).to_str().unwrap())
     }
 
     /// `order audit` of the three replicas' state and the catalog, over `--catalog`.
