@@ -170,7 +170,19 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
                 for i in 0..2_000 {
                     let request = request(worker, i);
                     attempted.push(request.clone());
-                    match leader.call(&request).await {
+                    // A transient refusal is retried under the same id (at most 20 times,
+                    // as a front end would); once the leader is dead the worker stops.
+                    let mut answer = leader.call(&request).await;
+                    for _ in 0..20 {
+                        match &answer {
+                            Err(e) if e.is_retryable() => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                answer = leader.call(&request).await;
+                            }
+                            _ => break,
+                        }
+                    }
+                    match answer {
                         Ok(OrderResponse::Placed { number, epoch }) => {
                             let OrderRequest::PlaceOrder(order) = &request else {
                                 unreachable!()
