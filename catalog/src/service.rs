@@ -3,12 +3,11 @@
 //! commit, the leadership record's compare-and-set, and the subscription stream
 //! (invalidations, leadership changes, heartbeats).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::server::{self, Push, RequestContext, Service};
-use common::storage::{self, Ended};
+use common::storage::{Ended, Recovery};
 use common::sync::lock;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, RemoteError, Reply,
@@ -25,9 +24,6 @@ use crate::{CatalogConfig, Error};
 
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often a catalog whose disk failed checks whether it takes writes again.
-const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Most applied trades in one `AppliedSince` answer.
 const MAX_APPLIED_BATCH: usize = 1_000;
@@ -373,9 +369,8 @@ pub async fn run(
     config: CatalogConfig,
     shutdown: CancellationToken,
 ) -> Result<Ended, Error> {
-    // Stops serving on `shutdown`, or for a restart once failed storage recovers.
-    let stop = shutdown.child_token();
-    let restart = Arc::new(AtomicBool::new(false));
+    let recovery = Recovery::new(&shutdown);
+    let stop = recovery.stop().clone();
     let (state_dir, seed, window) = (
         config.state_dir.clone(),
         config.seed.clone(),
@@ -409,7 +404,7 @@ pub async fn run(
     // wake-up per trade. It ends when the commit thread does.
     let relay = tokio::spawn({
         let service = service.clone();
-        let (probe_dir, stop, restart) = (config.state_dir.clone(), stop.clone(), restart.clone());
+        let (probe_dir, recovery) = (config.state_dir.clone(), recovery.clone());
         let mut since_snapshot = 0u64;
         let snapshot_every = config.snapshot_every;
         async move {
@@ -431,15 +426,7 @@ pub async fn run(
                     }
                     LogEvent::Failed(reason) => {
                         durable_sender.send_modify(|d| d.failed = Some(reason));
-                        tokio::spawn({
-                            let (dir, stop, restart) =
-                                (probe_dir.clone(), stop.clone(), restart.clone());
-                            async move {
-                                storage::wait_writable(dir, STORAGE_PROBE_INTERVAL).await;
-                                restart.store(true, Ordering::Relaxed);
-                                stop.cancel();
-                            }
-                        });
+                        recovery.after_failure(probe_dir.clone());
                     }
                 }
             }
@@ -464,10 +451,10 @@ pub async fn run(
     }
     let _ = relay.await;
     let _ = heartbeat.await;
-    if restart.load(Ordering::Relaxed) {
-        info!("catalog stopped to restart from its log");
-        return Ok(Ended::RestartFromLog);
+    let ended = recovery.ended();
+    match ended {
+        Ended::RestartFromLog => info!("catalog stopped to restart from its log"),
+        Ended::Stopped => info!("catalog stopped"),
     }
-    info!("catalog stopped");
-    Ok(Ended::Stopped)
+    Ok(ended)
 }

@@ -7,7 +7,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use tracing::{debug, info};
 
@@ -18,6 +22,59 @@ pub enum Ended {
     Stopped,
     /// Its storage failed and has recovered: start again from the log.
     RestartFromLog,
+}
+
+/// How often a service whose disk failed checks whether it takes writes again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A service's way out of a storage failure: a stop signal for its server (a child of its
+/// shutdown) that also fires once the failed state directory takes writes again, and how
+/// the service then ended. Clones share both.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    stop: CancellationToken,
+    restart: Arc<AtomicBool>,
+    started: Arc<AtomicBool>,
+}
+
+impl Recovery {
+    /// Stops with `shutdown`, or for a restart once [`Recovery::after_failure`] sees `dir`
+    /// writable.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Recovery {
+            stop: shutdown.child_token(),
+            restart: Arc::default(),
+            started: Arc::default(),
+        }
+    }
+
+    /// The token to serve (and run background tasks) until.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// The storage under `dir` failed: from now on probe it, and stop for a restart once it
+    /// is writable. Later calls do nothing.
+    pub fn after_failure(&self, dir: PathBuf) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let recovery = self.clone();
+        tokio::spawn(async move {
+            wait_writable(dir, PROBE_INTERVAL).await;
+            recovery.restart.store(true, Ordering::Relaxed);
+            recovery.stop.cancel();
+        });
+    }
+
+    /// How the service ended, once its server has returned.
+    pub fn ended(&self) -> Ended {
+        if self.restart.load(Ordering::Relaxed) {
+            Ended::RestartFromLog
+        } else {
+            Ended::Stopped
+        }
+    }
 }
 
 /// Bytes the probe writes: room for a few log batches, not just one byte.

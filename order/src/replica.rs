@@ -15,7 +15,7 @@ use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use common::group_commit::{self, Job};
 use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
-use common::storage::{self, Ended};
+use common::storage::{Ended, Recovery};
 use common::sync::lock;
 use common::wire::{
     CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
@@ -39,8 +39,6 @@ const MAX_KNOWN: usize = 64;
 /// Shortest and longest wait before retrying a follower or the leader.
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// How often a replica whose disk failed checks whether it takes writes again.
-const STORAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest wait for the local disk before a request is answered `Unavailable`.
 const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a leader reconciles its log with the trades the catalog applied; each round
@@ -1455,9 +1453,8 @@ pub async fn run(
     config: ReplicaConfig,
     shutdown: CancellationToken,
 ) -> Result<Ended, Error> {
-    // Stops serving on `shutdown`, or for a restart once failed storage recovers.
-    let shutdown = shutdown.child_token();
-    let restart = Arc::new(AtomicBool::new(false));
+    let recovery = Recovery::new(&shutdown);
+    let shutdown = recovery.stop().clone();
     let (dir, window) = (config.state_dir.clone(), config.dedup_window);
     let (log, file, stored) = tokio::task::spawn_blocking(move || OrderLog::open(&dir, window))
         .await
@@ -1530,26 +1527,16 @@ pub async fn run(
     // One wake-up per group commit; waiters are woken from inside the runtime.
     let relay = tokio::spawn({
         let replica = replica.clone();
-        let restart = restart.clone();
+        let recovery = recovery.clone();
         async move {
             while let Some(event) = durable_events.recv().await {
                 let mut st = replica.state();
                 match event {
                     Some(number) => st.durable = st.durable.max(Some(number)),
-                    None if !st.failed => {
+                    None => {
                         st.failed = true;
-                        let (dir, stop, restart) = (
-                            replica.config.state_dir.clone(),
-                            replica.shutdown.clone(),
-                            restart.clone(),
-                        );
-                        tokio::spawn(async move {
-                            storage::wait_writable(dir, STORAGE_PROBE_INTERVAL).await;
-                            restart.store(true, Ordering::Relaxed);
-                            stop.cancel();
-                        });
+                        recovery.after_failure(replica.config.state_dir.clone());
                     }
-                    None => {}
                 }
                 replica.publish(&mut st);
             }
@@ -1592,10 +1579,10 @@ pub async fn run(
         warn!("order log writer did not stop cleanly");
     }
     let _ = relay.await;
-    if restart.load(Ordering::Relaxed) {
-        info!("order replica stopped to restart from its log");
-        return Ok(Ended::RestartFromLog);
+    let ended = recovery.ended();
+    match ended {
+        Ended::RestartFromLog => info!("order replica stopped to restart from its log"),
+        Ended::Stopped => info!("order replica stopped"),
     }
-    info!("order replica stopped");
-    Ok(Ended::Stopped)
+    Ok(ended)
 }
