@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use common::safety::{Rule, Rules};
 use common::window::RecentWindow;
 use common::wire::{
     AppliedTrade, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
@@ -62,11 +63,46 @@ pub struct TradeRecord {
     pub after: TradeReceipt,
 }
 
+/// A trade refused where another state of the stock could have accepted it (not enough
+/// stock, an overflow). It is remembered like an applied trade, durably, so that an attempt of
+/// the same request id that arrives late (a retry delayed in the network, a deposed leader's)
+/// gets the same refusal instead of trading after its client was told it did not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The request refused.
+    pub request_id: RequestId,
+    /// The stock.
+    pub name: StockName,
+    /// Buy or sell.
+    pub kind: TradeKind,
+    /// Shares asked for.
+    pub quantity: i64,
+    /// Why.
+    pub rejection: TradeRejection,
+}
+
+/// One record of the write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogRecord {
+    /// An applied trade.
+    Traded(TradeRecord),
+    /// A remembered refusal.
+    Refused(Refusal),
+}
+
+/// Whether a retry asks for the same trade as the first request of its id did.
+fn same_trade(name: &StockName, kind: TradeKind, quantity: i64, request: &TradeRequest) -> bool {
+    *name == request.name && kind == request.kind && quantity == request.quantity
+}
+
 /// What a trade request came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Applied now; the record must be made durable before answering.
     Applied(TradeRecord),
+    /// Refused now, in a way another state could not have: the refusal must be made durable
+    /// before answering.
+    Refused(Refusal),
     /// The request id was applied before: the first outcome, from record `seq`, which may
     /// still be on its way to disk.
     Repeated {
@@ -75,7 +111,8 @@ pub enum Decision {
         /// Its outcome.
         receipt: TradeReceipt,
     },
-    /// Refused; nothing changed.
+    /// Refused; nothing changed (a refusal remembered before, which may still be on its way
+    /// to disk, or one that no state could accept).
     Rejected(TradeRejection),
     /// Sent under another epoch than the recorded leader's; nothing changed.
     Fenced,
@@ -90,6 +127,9 @@ pub struct Snapshot {
     pub stocks: Vec<Stock>,
     /// The recent-trade window, oldest first.
     pub recent: Vec<TradeRecord>,
+    /// The recent refusals, oldest first.
+    #[serde(default)]
+    pub refused: Vec<Refusal>,
     /// Every trade up to this sequence number is a committed order (as the leader reported).
     #[serde(default)]
     pub recorded_through: u64,
@@ -101,11 +141,15 @@ pub struct Book {
     stocks: HashMap<StockName, Stock>,
     /// Recent applied trades by request id, for exactly-once.
     recent: RecentWindow<RequestId, TradeRecord>,
+    /// Recent refusals by request id, for the same.
+    refused: RecentWindow<RequestId, Refusal>,
     last_seq: u64,
     /// Who may trade: only the recorded leader's epoch is admitted.
     leadership: Leadership,
     /// Every trade up to this sequence number is a committed order.
     recorded_through: u64,
+    /// The safety rules (all of them, but in the simulator's mutation runs).
+    rules: Rules,
 }
 
 impl Book {
@@ -114,10 +158,22 @@ impl Book {
         Book {
             stocks: stocks.into_iter().map(|s| (s.name.clone(), s)).collect(),
             recent: RecentWindow::new(window),
+            refused: RecentWindow::new(window),
             last_seq: 0,
             leadership: Leadership::default(),
             recorded_through: 0,
+            rules: Rules::ALL,
         }
+    }
+
+    /// Applies `rules` from now on (the simulator switches one off to show it matters).
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// The safety rules in force.
+    pub fn rules(&self) -> Rules {
+        self.rules
     }
 
     /// Parses the seed file: `name,price,quantity` per line, an optional header line, `#`
@@ -218,6 +274,13 @@ impl Book {
         Ok(())
     }
 
+    /// Forgets how far trades are recorded as orders: after an unclean election the new
+    /// leader may lack orders an earlier one recorded, so it must look at every trade still
+    /// remembered.
+    pub fn forget_recorded(&mut self) {
+        self.recorded_through = 0;
+    }
+
     /// Up to `max` trades after sequence number `after` and up to `through`, oldest first, and
     /// whether none in between was forgotten (the window keeps the newest only).
     pub fn applied_after(&self, after: u64, through: u64, max: usize) -> (Vec<AppliedTrade>, bool) {
@@ -240,18 +303,25 @@ impl Book {
 
     /// Decides and, when accepted, applies one trade.
     pub fn trade(&mut self, request: &TradeRequest) -> Decision {
-        if !crate::leadership::admits(&self.leadership, request.epoch) {
+        if self.rules.holds(Rule::Fencing)
+            && !crate::leadership::admits(&self.leadership, request.epoch)
+        {
             return Decision::Fenced;
         }
         if let Some(first) = self.recent.get(&request.request_id) {
-            let same = first.name == request.name
-                && first.kind == request.kind
-                && i64::try_from(first.quantity) == Ok(request.quantity);
-            return if same {
+            let quantity = i64::try_from(first.quantity).unwrap_or(i64::MAX);
+            return if same_trade(&first.name, first.kind, quantity, request) {
                 Decision::Repeated {
                     seq: first.seq,
                     receipt: first.after.clone(),
                 }
+            } else {
+                Decision::Rejected(TradeRejection::RequestIdReused)
+            };
+        }
+        if let Some(first) = self.refused.get(&request.request_id) {
+            return if same_trade(&first.name, first.kind, first.quantity, request) {
+                Decision::Rejected(first.rejection.clone())
             } else {
                 Decision::Rejected(TradeRejection::RequestIdReused)
             };
@@ -263,23 +333,40 @@ impl Book {
         let Some(stock) = self.stocks.get(&request.name) else {
             return Decision::Rejected(TradeRejection::StockNotFound);
         };
+        let refused = |rejection| {
+            Decision::Refused(Refusal {
+                request_id: request.request_id.clone(),
+                name: request.name.clone(),
+                kind: request.kind,
+                quantity: request.quantity,
+                rejection,
+            })
+        };
         let left = match request.kind {
             TradeKind::Buy if stock.quantity < quantity => {
-                return Decision::Rejected(TradeRejection::NotEnoughStock {
+                let decision = refused(TradeRejection::NotEnoughStock {
                     available: stock.quantity,
-                })
+                });
+                self.remember_decision(&decision);
+                return decision;
             }
             TradeKind::Buy => stock.quantity - quantity,
             TradeKind::Sell => match stock.quantity.checked_add(quantity) {
                 Some(left) => left,
-                None => return Decision::Rejected(TradeRejection::Overflow),
+                None => {
+                    let decision = refused(TradeRejection::Overflow);
+                    self.remember_decision(&decision);
+                    return decision;
+                }
             },
         };
         let (Some(volume), Some(version)) = (
             stock.volume.checked_add(quantity),
             stock.version.checked_add(1),
         ) else {
-            return Decision::Rejected(TradeRejection::Overflow);
+            let decision = refused(TradeRejection::Overflow);
+            self.remember_decision(&decision);
+            return decision;
         };
         let record = TradeRecord {
             seq: self.last_seq + 1,
@@ -335,12 +422,35 @@ impl Book {
         self.recent.insert(record.request_id.clone(), record);
     }
 
+    fn remember_decision(&mut self, decision: &Decision) {
+        if let Decision::Refused(refusal) = decision {
+            self.remember_refusal(refusal.clone());
+        }
+    }
+
+    /// Remembers a refusal read back from the log (or just made).
+    pub fn remember_refusal(&mut self, refusal: Refusal) {
+        self.refused.insert(refusal.request_id.clone(), refusal);
+    }
+
+    /// Applies any record read back from the log (see [`Book::replay`]).
+    pub fn replay_record(&mut self, record: &LogRecord) -> Result<(), Error> {
+        match record {
+            LogRecord::Traded(record) => self.replay(record),
+            LogRecord::Refused(refusal) => {
+                self.remember_refusal(refusal.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// A consistent copy of the state for the snapshot file.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             last_seq: self.last_seq,
             stocks: self.stocks().into_iter().cloned().collect(),
             recent: self.recent.values().cloned().collect(),
+            refused: self.refused.values().cloned().collect(),
             recorded_through: self.recorded_through,
         }
     }
@@ -350,6 +460,9 @@ impl Book {
         let mut book = Book::new(snapshot.stocks, window);
         for record in snapshot.recent {
             book.remember(record);
+        }
+        for refusal in snapshot.refused {
+            book.remember_refusal(refusal);
         }
         book.last_seq = snapshot.last_seq;
         book.recorded_through = snapshot.recorded_through.min(snapshot.last_seq);
@@ -409,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn refusals_change_nothing() {
+    fn refusals_change_no_stock_and_those_another_state_could_accept_are_remembered() {
         let mut book = book();
         let before = book.snapshot();
         let cases = [
@@ -439,9 +552,42 @@ mod tests {
             ),
         ];
         for (req, expected) in cases {
-            assert_eq!(book.trade(&req), Decision::Rejected(expected));
+            let remembered = matches!(expected, TradeRejection::NotEnoughStock { .. });
+            match book.trade(&req) {
+                Decision::Refused(refusal) if remembered => {
+                    assert_eq!(refusal.rejection, expected);
+                    assert_eq!(refusal.request_id, req.request_id);
+                }
+                Decision::Rejected(rejection) if !remembered => assert_eq!(rejection, expected),
+                other => panic!("{req:?} came to {other:?}"),
+            }
         }
-        assert_eq!(book.snapshot(), before);
+        let after = book.snapshot();
+        assert_eq!(
+            (after.stocks, after.last_seq, after.recent),
+            (before.stocks, before.last_seq, before.recent)
+        );
+        assert_eq!(after.refused.len(), 2);
+    }
+
+    #[test]
+    fn a_refused_request_id_gets_its_refusal_again_once_the_stock_is_back() {
+        let mut book = book();
+        let first = request("late", "GameStart", 150, TradeKind::Buy);
+        let refused = TradeRejection::NotEnoughStock { available: 100 };
+        assert!(matches!(book.trade(&first), Decision::Refused(r) if r.rejection == refused));
+        applied(book.trade(&request("more", "GameStart", 60, TradeKind::Sell)));
+        // A late attempt of the same request (a retry delayed in the network, a deposed
+        // leader's) must not trade now that its client was told it did not.
+        assert_eq!(book.trade(&first), Decision::Rejected(refused.clone()));
+        assert_eq!(
+            book.trade(&request("late", "GameStart", 1, TradeKind::Buy)),
+            Decision::Rejected(TradeRejection::RequestIdReused)
+        );
+        let mut again = Book::from_snapshot(book.snapshot(), 3);
+        again.set_leadership(book.leadership().clone());
+        assert_eq!(again.trade(&first), Decision::Rejected(refused));
+        assert_eq!(again.stock(&first.name).unwrap().quantity, 160);
     }
 
     #[test]
@@ -451,10 +597,10 @@ mod tests {
         applied(book.trade(&request("a", "BoarCo", huge, TradeKind::Sell)));
         applied(book.trade(&request("b", "BoarCo", huge, TradeKind::Sell)));
         // Quantity is now 2^64 - 2; one more large sell overflows it.
-        assert_eq!(
+        assert!(matches!(
             book.trade(&request("c", "BoarCo", 2, TradeKind::Sell)),
-            Decision::Rejected(TradeRejection::Overflow)
-        );
+            Decision::Refused(r) if r.rejection == TradeRejection::Overflow
+        ));
     }
 
     #[test]

@@ -75,6 +75,16 @@ impl CatalogClient {
         }
     }
 
+    /// Sends any catalog request and returns the catalog's answer as it is, waiting at most
+    /// `timeout`.
+    pub async fn call_within(
+        &self,
+        request: &CatalogRequest,
+        timeout: Duration,
+    ) -> Result<CatalogResponse, Error> {
+        self.rpc.call_within(request, timeout).await
+    }
+
     /// The stock named `name`, or `None` when there is none.
     pub async fn lookup(&self, name: &StockName) -> Result<Option<StockQuote>, Error> {
         match self

@@ -2,6 +2,7 @@
 //! epoch, elections only choose a member of the in-sync set, and only the recorded leader
 //! changes that set. The service keeps the record durable and tells subscribers.
 
+use common::safety::{Rule, Rules};
 use common::wire::{Epoch, Leadership, LeadershipChange, ReplicaId, MAX_REPLICAS};
 
 /// Applies `change` to `current` if `current.epoch` is still `expected`; the new record, or
@@ -10,6 +11,7 @@ pub fn apply(
     current: &Leadership,
     expected: Epoch,
     change: &LeadershipChange,
+    rules: Rules,
 ) -> Result<Leadership, String> {
     if expected != current.epoch {
         return Err(format!(
@@ -38,10 +40,20 @@ pub fn apply(
                 });
             }
             if !current.in_sync.contains(leader) {
-                return Err(format!(
-                    "replica {leader} is not in sync ({:?}): it may lack acknowledged orders",
-                    current.in_sync
-                ));
+                if rules.holds(Rule::InSyncElection) {
+                    return Err(format!(
+                        "replica {leader} is not in sync ({:?}): it may lack acknowledged \
+                         orders",
+                        current.in_sync
+                    ));
+                }
+                // Broken on purpose (simulator only): the leader joins the set it was not in.
+                let in_sync = members(&[current.in_sync.as_slice(), &[*leader]].concat())?;
+                return Ok(Leadership {
+                    epoch: next_epoch()?,
+                    leader: Some(*leader),
+                    in_sync,
+                });
             }
             Ok(Leadership {
                 epoch: next_epoch()?,
@@ -124,39 +136,45 @@ mod tests {
 
     #[test]
     fn the_first_election_names_the_in_sync_set() {
-        let first = apply(&Leadership::default(), 0, &elect(3)).unwrap();
+        let first = apply(&Leadership::default(), 0, &elect(3), Rules::ALL).unwrap();
         assert_eq!(first, record(1, 3, &[1, 2, 3]));
         let none = LeadershipChange::Elect {
             leader: 1,
             in_sync: vec![],
         };
-        assert!(apply(&Leadership::default(), 0, &none).is_err());
+        assert!(apply(&Leadership::default(), 0, &none, Rules::ALL).is_err());
         let outside = LeadershipChange::Elect {
             leader: 4,
             in_sync: vec![1, 2, 3],
         };
-        assert!(apply(&Leadership::default(), 0, &outside).is_err());
+        assert!(apply(&Leadership::default(), 0, &outside, Rules::ALL).is_err());
         let repeated = LeadershipChange::Elect {
             leader: 1,
             in_sync: vec![1, 1],
         };
-        assert!(apply(&Leadership::default(), 0, &repeated).is_err());
+        assert!(apply(&Leadership::default(), 0, &repeated, Rules::ALL).is_err());
     }
 
     #[test]
     fn an_election_needs_the_current_epoch_and_an_in_sync_leader() {
         let now = record(4, 3, &[2, 3]);
-        assert_eq!(apply(&now, 4, &elect(2)).unwrap(), record(5, 2, &[2, 3]));
+        assert_eq!(
+            apply(&now, 4, &elect(2), Rules::ALL).unwrap(),
+            record(5, 2, &[2, 3])
+        );
         // Someone else changed it first: the compare-and-set fails.
-        assert!(apply(&now, 3, &elect(2)).is_err());
+        assert!(apply(&now, 3, &elect(2), Rules::ALL).is_err());
         // Replica 1 was dropped from the set: it may lack acknowledged orders.
-        assert!(apply(&now, 4, &elect(1)).is_err());
+        assert!(apply(&now, 4, &elect(1), Rules::ALL).is_err());
         // Later elections keep the set; only the leader changes it.
         let widened = LeadershipChange::Elect {
             leader: 2,
             in_sync: vec![1, 2, 3],
         };
-        assert_eq!(apply(&now, 4, &widened).unwrap(), record(5, 2, &[2, 3]));
+        assert_eq!(
+            apply(&now, 4, &widened, Rules::ALL).unwrap(),
+            record(5, 2, &[2, 3])
+        );
     }
 
     #[test]
@@ -167,27 +185,30 @@ mod tests {
             in_sync: in_sync.to_vec(),
         };
         assert_eq!(
-            apply(&now, 4, &shrink(3, &[3, 1])).unwrap(),
+            apply(&now, 4, &shrink(3, &[3, 1]), Rules::ALL).unwrap(),
             record(4, 3, &[1, 3])
         );
-        assert!(apply(&now, 4, &shrink(2, &[2, 3])).is_err());
-        assert!(apply(&now, 4, &shrink(3, &[1, 2])).is_err());
-        assert!(apply(&now, 5, &shrink(3, &[3])).is_err());
-        assert!(apply(&now, 4, &shrink(3, &[0, 3])).is_err());
+        assert!(apply(&now, 4, &shrink(2, &[2, 3]), Rules::ALL).is_err());
+        assert!(apply(&now, 4, &shrink(3, &[1, 2]), Rules::ALL).is_err());
+        assert!(apply(&now, 5, &shrink(3, &[3]), Rules::ALL).is_err());
+        assert!(apply(&now, 4, &shrink(3, &[0, 3]), Rules::ALL).is_err());
     }
 
     #[test]
     fn an_unclean_election_leaves_the_leader_alone_in_sync() {
         let now = record(4, 3, &[3]);
         let unclean = LeadershipChange::Unclean { leader: 1 };
-        assert_eq!(apply(&now, 4, &unclean).unwrap(), record(5, 1, &[1]));
-        assert!(apply(&now, 3, &unclean).is_err());
+        assert_eq!(
+            apply(&now, 4, &unclean, Rules::ALL).unwrap(),
+            record(5, 1, &[1])
+        );
+        assert!(apply(&now, 3, &unclean, Rules::ALL).is_err());
     }
 
     #[test]
     fn the_epoch_never_wraps() {
         let now = record(u64::MAX, 1, &[1, 2]);
-        assert!(apply(&now, u64::MAX, &elect(2)).is_err());
+        assert!(apply(&now, u64::MAX, &elect(2), Rules::ALL).is_err());
     }
 
     #[test]
@@ -221,7 +242,7 @@ mod tests {
             let mut current = Leadership::default();
             for (change, lag) in changes {
                 let expected = current.epoch.saturating_sub(lag);
-                let Ok(next) = apply(&current, expected, &change) else { continue };
+                let Ok(next) = apply(&current, expected, &change, Rules::ALL) else { continue };
                 prop_assert_eq!(expected, current.epoch);
                 let leader = next.leader.unwrap();
                 prop_assert!(next.in_sync.contains(&leader));

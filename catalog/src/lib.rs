@@ -3,13 +3,15 @@
 //! cluster's leadership record, and pushes invalidations and leadership changes to
 //! subscribers.
 //!
-//! Seams: [`book`] is the state machine (no I/O), [`leadership`] the record's rules (no I/O),
-//! [`store`] the files and the group-commit writer, [`service`] the request handlers and the
-//! server loop, [`client`] the typed client other services use.
+//! Seams: [`book`] is the state machine of the stocks (no I/O), [`leadership`] the record's
+//! rules (no I/O), [`engine`] every decision of the catalog as a state machine (no I/O),
+//! [`store`] the files and the group-commit writer, [`service`] the runtime that executes the
+//! engine's commands and the server loop, [`client`] the typed client other services use.
 
 pub mod book;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod leadership;
 pub mod service;
 pub mod store;

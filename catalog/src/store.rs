@@ -3,7 +3,8 @@
 //! - `snapshot.bin`: `SBSNAP01`, a CRC-32 and a length, then a MessagePack [`Snapshot`];
 //!   replaced atomically (write, fsync, rename, fsync the directory).
 //! - `wal.log`: the write-ahead log since that snapshot; each record is a 4-byte big-endian
-//!   length, a CRC-32 of the payload, then a MessagePack [`TradeRecord`]. Records are fsynced
+//!   length, a CRC-32 of the payload, then a MessagePack [`TradeRecord`] (or a remembered
+//!   [`Refusal`], tagged `refused`). Records are fsynced
 //!   in batches (group commit) before any trade in the batch is answered. A torn or corrupt
 //!   tail is cut off at recovery, never read as a record.
 //! - `leadership`: `SBLEAD01`, a CRC-32 and a length, then the MessagePack leadership record;
@@ -13,20 +14,20 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use common::files;
 use common::group_commit::{self, Job};
-use common::sync::lock;
 
 use tracing::{error, info, warn};
 
 use common::wire::Leadership;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::book::{Book, Snapshot, TradeRecord};
+use crate::book::{Book, LogRecord, Refusal, Snapshot, TradeRecord};
+use crate::engine::WriteId;
 use crate::Error;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SBSNAP01";
@@ -40,16 +41,28 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// What the log writer reports to the service.
 #[derive(Debug)]
 pub enum LogEvent {
-    /// These records, in order, are now on disk.
-    Durable(Vec<TradeRecord>),
+    /// Every write up to this one is on disk.
+    Flushed(WriteId),
     /// Writing failed; nothing queued after the last durable record will ever be.
     Failed(String),
 }
 
-/// Encodes one log record: length, checksum, payload.
-pub fn encode_record(record: &TradeRecord) -> Result<Vec<u8>, Error> {
-    let payload = rmp_serde::to_vec_named(record)
-        .map_err(|e| Error::Corrupt(format!("cannot encode record: {e}")))?;
+/// A refusal's payload in the log, tagged so that it never decodes as a trade.
+#[derive(Serialize, serde::Deserialize)]
+struct RefusalPayload {
+    refused: Refusal,
+}
+
+/// Encodes one log record: length, checksum, payload (an applied trade is a MessagePack
+/// [`TradeRecord`], as since the first version; a refusal a map with one `refused` field).
+pub fn encode_record(record: &LogRecord) -> Result<Vec<u8>, Error> {
+    let payload = match record {
+        LogRecord::Traded(trade) => rmp_serde::to_vec_named(trade),
+        LogRecord::Refused(refusal) => rmp_serde::to_vec_named(&RefusalPayload {
+            refused: refusal.clone(),
+        }),
+    }
+    .map_err(|e| Error::Corrupt(format!("cannot encode record: {e}")))?;
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
@@ -59,7 +72,7 @@ pub fn encode_record(record: &TradeRecord) -> Result<Vec<u8>, Error> {
 
 /// Reads the records of a log image. Returns them with the length of the intact prefix; the
 /// bytes after it (a torn or corrupt tail) are not records.
-pub fn decode_records(bytes: &[u8]) -> (Vec<TradeRecord>, usize) {
+pub fn decode_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= 8 {
@@ -73,9 +86,12 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<TradeRecord>, usize) {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        match rmp_serde::from_slice::<TradeRecord>(payload) {
-            Ok(record) => records.push(record),
-            Err(_) => break,
+        if let Ok(record) = rmp_serde::from_slice::<TradeRecord>(payload) {
+            records.push(LogRecord::Traded(record));
+        } else if let Ok(refusal) = rmp_serde::from_slice::<RefusalPayload>(payload) {
+            records.push(LogRecord::Refused(refusal.refused));
+        } else {
+            break;
         }
         at += 8 + len;
     }
@@ -111,12 +127,34 @@ fn unseal<T: DeserializeOwned>(magic: &[u8; 8], file: &str, bytes: &[u8]) -> Res
     rmp_serde::from_slice(payload).map_err(|e| corrupt(&e.to_string()))
 }
 
-fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
+/// The snapshot file's image.
+pub fn encode_snapshot(snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
     seal(SNAPSHOT_MAGIC, snapshot)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
+/// Reads the snapshot file's image.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
     unseal(SNAPSHOT_MAGIC, SNAPSHOT_FILE, bytes)
+}
+
+/// Rebuilds the book from the files' images: the snapshot, the leadership record (if the
+/// file exists) and the write-ahead log. Returns it with the length of the log's intact
+/// prefix (a torn or corrupt tail after it is not records) and how many records it replayed.
+pub fn recover(
+    snapshot: &[u8],
+    leadership: Option<&[u8]>,
+    wal: &[u8],
+    window: usize,
+) -> Result<(Book, usize, usize), Error> {
+    let mut book = Book::from_snapshot(decode_snapshot(snapshot)?, window);
+    if let Some(leadership) = leadership {
+        book.set_leadership(decode_leadership(leadership)?);
+    }
+    let (records, intact) = decode_records(wal);
+    for record in &records {
+        book.replay_record(record)?;
+    }
+    Ok((book, intact, records.len()))
 }
 
 /// The leadership record's file image.
@@ -145,9 +183,8 @@ impl Store {
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let wal_path = dir.join(WAL_FILE);
-        let mut book = if snapshot_path.exists() {
-            let snapshot = decode_snapshot(&fs::read(&snapshot_path)?)?;
-            Book::from_snapshot(snapshot, window)
+        let snapshot = if snapshot_path.exists() {
+            fs::read(&snapshot_path)?
         } else {
             if wal_path.exists() {
                 return Err(Error::Corrupt(format!(
@@ -158,15 +195,18 @@ impl Store {
             let text = fs::read_to_string(seed)
                 .map_err(|e| Error::Seed(format!("{}: {e}", seed.display())))?;
             let book = Book::new(Book::parse_seed(&text)?, window);
-            files::replace_file(dir, SNAPSHOT_FILE, &encode_snapshot(&book.snapshot())?)?;
+            let image = encode_snapshot(&book.snapshot())?;
+            files::replace_file(dir, SNAPSHOT_FILE, &image)?;
             info!(seed = %seed.display(), stocks = book.stocks().len(), "catalog seeded");
-            book
+            image
         };
 
         let leadership_path = dir.join(LEADERSHIP_FILE);
-        if leadership_path.exists() {
-            book.set_leadership(decode_leadership(&fs::read(&leadership_path)?)?);
-        }
+        let leadership = if leadership_path.exists() {
+            Some(fs::read(&leadership_path)?)
+        } else {
+            None
+        };
 
         let mut wal = OpenOptions::new()
             .create(true)
@@ -175,10 +215,7 @@ impl Store {
             .open(&wal_path)?;
         let mut image = Vec::new();
         wal.read_to_end(&mut image)?;
-        let (records, intact) = decode_records(&image);
-        for record in &records {
-            book.replay(record)?;
-        }
+        let (book, intact, replayed) = recover(&snapshot, leadership.as_deref(), &image, window)?;
         if intact < image.len() {
             warn!(
                 dropped_bytes = image.len() - intact,
@@ -191,7 +228,7 @@ impl Store {
         files::sync_dir(dir)?;
         info!(
             dir = %dir.display(),
-            replayed = records.len(),
+            replayed,
             last_seq = book.last_seq(),
             leadership = %book.leadership(),
             "catalog state recovered"
@@ -206,7 +243,7 @@ impl Store {
         ))
     }
 
-    /// Starts the group-commit thread. After each batch it reports [`LogEvent::Durable`] on
+    /// Starts the group-commit thread. After each batch it reports [`LogEvent::Flushed`] on
     /// `events`, one event per batch however many trades wait on it; on a failed write it
     /// reports [`LogEvent::Failed`] and stops.
     pub fn start(
@@ -217,9 +254,11 @@ impl Store {
         let (jobs, handle) = group_commit::start(
             "catalog-wal",
             self.wal,
-            move |batch| {
+            move |batch: Vec<WriteId>| {
                 // Nobody listening means the service is gone; the log is still written.
-                let _ = events.send(LogEvent::Durable(batch));
+                if let Some(&last) = batch.iter().max() {
+                    let _ = events.send(LogEvent::Flushed(last));
+                }
             },
             move |e| {
                 error!(error = %e, "write-ahead log failed; trades are refused from now on");
@@ -240,63 +279,58 @@ impl Store {
 /// The queue of the group-commit thread.
 #[derive(Clone)]
 pub struct LogWriter {
-    jobs: mpsc::Sender<Job<TradeRecord>>,
+    jobs: mpsc::Sender<Job<WriteId>>,
     dir: Arc<Path>,
     /// The state directory's lock, held as long as anything can still write.
     _lock: Arc<File>,
 }
 
 impl LogWriter {
-    /// Queues `record`; it is reported durable after its batch is fsynced. Fails when the
-    /// writer has stopped.
-    pub fn append(&self, record: TradeRecord) -> Result<(), Error> {
-        let bytes = encode_record(&record)?;
+    /// Queues `record`; `write` is reported once its batch is fsynced. Fails when the writer
+    /// has stopped.
+    pub fn append(&self, record: &LogRecord, write: WriteId) -> Result<(), Error> {
+        let bytes = encode_record(record)?;
         self.jobs
-            .send(Job::Append {
-                bytes,
-                item: record,
-            })
+            .send(Job::Append { bytes, item: write })
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
     /// Queues a durable replacement of the leadership record, after every record queued
-    /// before it; `then` runs on the commit thread once it is on disk (not at all if writing
-    /// fails: the writer then stops and reports the failure).
-    pub fn record_leadership(
-        &self,
-        record: &Leadership,
-        then: impl FnOnce() + Send + 'static,
-    ) -> Result<(), Error> {
+    /// before it; `write` is reported once it is on disk (never, if writing fails: the
+    /// writer then stops and reports the failure).
+    pub fn record_leadership(&self, record: &Leadership, write: WriteId) -> Result<(), Error> {
         let bytes = encode_leadership(record)?;
         let dir = self.dir.clone();
         self.jobs
-            .send(Job::Maintain(Box::new(move |_wal| {
-                files::replace_file(&dir, LEADERSHIP_FILE, &bytes)?;
-                then();
-                Ok(())
-            })))
+            .send(Job::Maintain {
+                work: Box::new(move |_wal| files::replace_file(&dir, LEADERSHIP_FILE, &bytes)),
+                item: Some(write),
+            })
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
-    /// Queues a snapshot of `book` followed by emptying the log. Records queued before it may
-    /// be older than the snapshot; replay skips them.
-    pub fn snapshot(&self, book: Arc<Mutex<Book>>) -> Result<(), Error> {
+    /// Queues a snapshot (taken by `take` on the commit thread) followed by emptying the log.
+    /// Records queued before it may be older than the snapshot; replay skips them.
+    pub fn snapshot(&self, take: impl FnOnce() -> Snapshot + Send + 'static) -> Result<(), Error> {
         let dir = self.dir.clone();
         self.jobs
-            .send(Job::Maintain(Box::new(move |wal| {
-                let started = Instant::now();
-                let snapshot = lock(&book).snapshot();
-                let bytes = encode_snapshot(&snapshot).map_err(io::Error::other)?;
-                files::replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
-                wal.set_len(0)?;
-                wal.sync_all()?;
-                info!(
-                    last_seq = snapshot.last_seq,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "snapshot written; log emptied"
-                );
-                Ok(())
-            })))
+            .send(Job::Maintain {
+                work: Box::new(move |wal| {
+                    let started = Instant::now();
+                    let snapshot = take();
+                    let bytes = encode_snapshot(&snapshot).map_err(io::Error::other)?;
+                    files::replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
+                    wal.set_len(0)?;
+                    wal.sync_all()?;
+                    info!(
+                        last_seq = snapshot.last_seq,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "snapshot written; log emptied"
+                    );
+                    Ok(())
+                }),
+                item: None,
+            })
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 }
@@ -326,15 +360,22 @@ mod tests {
     fn records_round_trip_and_a_torn_tail_is_cut() {
         let mut image = Vec::new();
         for seq in 1..=3 {
-            image.extend(encode_record(&record(seq)).unwrap());
+            image.extend(encode_record(&LogRecord::Traded(record(seq))).unwrap());
         }
         let whole = image.len();
         let (records, intact) = decode_records(&image);
-        assert_eq!(records, vec![record(1), record(2), record(3)]);
+        assert_eq!(
+            records,
+            vec![
+                LogRecord::Traded(record(1)),
+                LogRecord::Traded(record(2)),
+                LogRecord::Traded(record(3))
+            ]
+        );
         assert_eq!(intact, whole);
 
         // Every truncation point inside the last record drops exactly that record.
-        let last_start = whole - encode_record(&record(3)).unwrap().len();
+        let last_start = whole - encode_record(&LogRecord::Traded(record(3))).unwrap().len();
         for cut in last_start..whole {
             let (records, intact) = decode_records(&image[..cut]);
             assert_eq!(records.len(), 2, "cut at {cut}");
@@ -345,6 +386,45 @@ mod tests {
         let mut flipped = image.clone();
         flipped[whole - 2] ^= 0x40;
         assert_eq!(decode_records(&flipped).0.len(), 2);
+    }
+
+    #[test]
+    fn refusals_round_trip_beside_trades_and_are_replayed() {
+        let refusal = Refusal {
+            request_id: RequestId::new("refused").unwrap(),
+            name: StockName::new("GameStart").unwrap(),
+            kind: TradeKind::Buy,
+            quantity: 500,
+            rejection: common::wire::TradeRejection::NotEnoughStock { available: 3 },
+        };
+        let records = vec![
+            LogRecord::Traded(record(1)),
+            LogRecord::Refused(refusal.clone()),
+            LogRecord::Traded(record(2)),
+        ];
+        let image: Vec<u8> = records
+            .iter()
+            .flat_map(|r| encode_record(r).unwrap())
+            .collect();
+        assert_eq!(decode_records(&image), (records, image.len()));
+        let seed = Book::new(Book::parse_seed("GameStart,1,100\n").unwrap(), 10);
+        let snapshot = encode_snapshot(&seed.snapshot()).unwrap();
+        let (mut book, intact, replayed) = recover(&snapshot, None, &image, 10).unwrap();
+        assert_eq!((intact, replayed, book.last_seq()), (image.len(), 3, 2));
+        book.set_rules(common::safety::Rules::without(
+            common::safety::Rule::Fencing,
+        ));
+        let again = common::wire::TradeRequest {
+            epoch: 0,
+            request_id: refusal.request_id.clone(),
+            name: refusal.name.clone(),
+            quantity: refusal.quantity,
+            kind: refusal.kind,
+        };
+        assert_eq!(
+            book.trade(&again),
+            crate::book::Decision::Rejected(refusal.rejection)
+        );
     }
 
     #[test]

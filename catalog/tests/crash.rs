@@ -189,7 +189,8 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
             version: 1,
         },
     };
-    let bytes = catalog::store::encode_record(&torn_record).unwrap();
+    let bytes =
+        catalog::store::encode_record(&catalog::book::LogRecord::Traded(torn_record)).unwrap();
     let mut file = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
     std::io::Write::write_all(&mut file, &bytes[..bytes.len() - 3]).unwrap();
     drop(file);

@@ -24,8 +24,13 @@ pub enum Job<T> {
         item: T,
     },
     /// Runs on the file after everything queued before it is durable and before anything
-    /// queued after it is written.
-    Maintain(Maintenance),
+    /// queued after it is written; `item`, if any, is reported once it has run.
+    Maintain {
+        /// The work.
+        work: Maintenance,
+        /// Reported back when the work is done.
+        item: Option<T>,
+    },
 }
 
 /// Starts the commit thread for `file` (opened for appending). After each batch
@@ -65,8 +70,11 @@ fn run<T>(
             },
         };
         let (first_bytes, first_item) = match job {
-            Job::Maintain(task) => {
-                task(file)?;
+            Job::Maintain { work, item } => {
+                work(file)?;
+                if let Some(item) = item {
+                    on_durable(vec![item]);
+                }
                 continue;
             }
             Job::Append { bytes, item } => (bytes, item),
@@ -132,21 +140,24 @@ mod tests {
         }
         let observed = seen.clone();
         sender
-            .send(Job::Maintain(Box::new(move |file| {
-                // Everything queued before is already reported durable.
-                assert_eq!(observed.lock().unwrap().len(), 100);
-                file.set_len(0)
-            })))
+            .send(Job::Maintain {
+                work: Box::new(move |file| {
+                    // Everything queued before is already reported durable.
+                    assert_eq!(observed.lock().unwrap().len(), 100);
+                    file.set_len(0)
+                }),
+                item: Some(100),
+            })
             .unwrap();
         sender
             .send(Job::Append {
                 bytes: b"after\n".to_vec(),
-                item: 100,
+                item: 101,
             })
             .unwrap();
         drop(sender);
         handle.join().unwrap();
-        assert_eq!(*seen.lock().unwrap(), (0..=100).collect::<Vec<_>>());
+        assert_eq!(*seen.lock().unwrap(), (0..=101).collect::<Vec<_>>());
         let mut text = String::new();
         std::fs::File::open(&path)
             .unwrap()

@@ -3,12 +3,14 @@
 //! logging conventions.
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod files;
 pub mod frame;
 pub mod group_commit;
 pub mod rpc;
 pub mod runtime;
+pub mod safety;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

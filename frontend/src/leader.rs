@@ -1,249 +1,268 @@
-//! The front end's view of the order service: it follows the catalog's leadership record
-//! (pushed on the subscription stream, re-read at every check), sends requests to the
-//! recorded leader, and, when that leader cannot serve, runs the shared election
-//! ([`order::election`]): a compare-and-set at the catalog that any number of front ends may
-//! attempt at once, of which one wins. A request is retried under its own request id until a
-//! deadline, so a failover costs a latency blip, not an error.
+//! The front end's view of the order service on tokio: the runtime of the router
+//! ([`crate::router`], where every decision is). It feeds the router the requests of the HTTP
+//! sessions, the answers of its calls, the leadership records the catalog pushes and the
+//! clock, and executes its commands: calls to the replicas and the catalog, and replies to
+//! the sessions waiting.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::CatalogClient;
+use common::engine::{Answer, CallError, CallResult, Peer, Time, Token};
 use common::rpc::{ClientConfig, RpcClient};
+use common::safety::Rules;
 use common::sync::lock;
-use common::wire::{Epoch, Leadership, OrderRequest, OrderResponse, RemoteErrorKind, ReplicaId};
-use order::election;
+use common::wire::{Epoch, Leadership, OrderRequest, OrderResponse, ReplicaId};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+pub use crate::router::OrderError;
+use crate::router::{Command, Input, Outgoing, Router, RouterConfig};
 
-/// Wait between attempts while the leader is busy.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// After a failed check, requests wait this long before another is tried, instead of each
-/// running its own.
-const CHECK_GAP: Duration = Duration::from_millis(100);
-
-/// Why a request got no answer from the order service.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OrderError {
-    /// No leader answered before the deadline.
-    #[error("no order replica is available: {0}")]
-    Unavailable(String),
-    /// The order service refused the request as malformed.
-    #[error("{0}")]
-    BadRequest(String),
-}
-
-/// The last failed check, shared by the requests that come right after it.
-struct Failure {
-    at: Instant,
-    reason: String,
+/// What the router's lock guards.
+struct Inner {
+    router: Router,
+    replies: HashMap<Token, oneshot::Sender<Result<OrderResponse, OrderError>>>,
+    commands: Vec<Command>,
+    /// The deadline the timer task sleeps until.
+    timer_at: Option<Time>,
 }
 
 /// The order leader as this front end knows it.
 pub struct OrderLeader {
+    inner: Mutex<Inner>,
     replicas: BTreeMap<ReplicaId, RpcClient<OrderRequest, OrderResponse>>,
     catalog: CatalogClient,
-    /// The newest leadership record seen.
-    record: Mutex<Leadership>,
-    /// Held across the check's `.await`, so that concurrent failures share one check (and at
-    /// most one election).
-    checking: tokio::sync::Mutex<Option<Failure>>,
-    /// Why the last check found no leader able to serve; `None` when it found one.
-    problem: Mutex<Option<String>>,
-    /// Replicas whose disk failed, as the last check found them.
-    storage_failures: Mutex<Vec<String>>,
-    deadline: Duration,
-    attempt: Duration,
+    origin: Instant,
+    timer: Notify,
+    next_token: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl OrderLeader {
     /// A view of the replicas at `addrs` and of the record at `catalog`. Requests are retried
-    /// for up to `deadline`; one attempt (and each call of a check) waits at most `attempt`.
+    /// for up to `deadline`; one attempt (and each call of a check) waits at most `attempt`;
+    /// the leader is checked every `health_interval` when nothing else does.
     pub fn new(
         addrs: &BTreeMap<ReplicaId, String>,
         catalog: CatalogClient,
         client: &ClientConfig,
-        deadline: Duration,
-        attempt: Duration,
+        timing: Timing,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let origin = Instant::now();
+        let config = RouterConfig {
+            replicas: addrs.keys().copied().collect(),
+            deadline: timing.deadline,
+            attempt: timing.attempt,
+            health_interval: timing.health_interval,
+            rules: Rules::ALL,
+        };
         OrderLeader {
+            inner: Mutex::new(Inner {
+                router: Router::new(config, origin.elapsed()),
+                replies: HashMap::new(),
+                commands: Vec::new(),
+                timer_at: None,
+            }),
             replicas: addrs
                 .iter()
                 .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), client.clone())))
                 .collect(),
             catalog,
-            record: Mutex::new(Leadership::default()),
-            checking: tokio::sync::Mutex::new(None),
-            problem: Mutex::new(Some("no check made yet".into())),
-            storage_failures: Mutex::new(Vec::new()),
-            deadline,
-            attempt,
+            origin,
+            timer: Notify::new(),
+            next_token: AtomicU64::new(1),
             metrics,
         }
     }
 
     /// The recorded leader and epoch, if one was ever elected.
     pub fn current(&self) -> Option<(ReplicaId, Epoch)> {
-        let record = lock(&self.record);
-        record.leader.map(|leader| (leader, record.epoch))
+        lock(&self.inner).router.current()
     }
 
     /// The leader that serves, as the last check found, or why there is none.
     pub fn serving(&self) -> Result<(ReplicaId, Epoch), String> {
-        if let Some(problem) = lock(&self.problem).clone() {
-            return Err(problem);
-        }
-        self.current()
-            .ok_or_else(|| "no order leader is recorded".to_owned())
+        lock(&self.inner).router.serving()
     }
 
     /// The replicas whose disk failed, as `order-ID: reason`, as the last check found them.
     pub fn storage_failures(&self) -> Vec<String> {
-        lock(&self.storage_failures).clone()
+        lock(&self.inner).router.storage_failures().to_vec()
     }
 
     /// The newest record seen.
     pub fn record(&self) -> Leadership {
-        lock(&self.record).clone()
+        lock(&self.inner).router.record().clone()
     }
 
-    /// Takes a record from the catalog (pushed or read) if it is newer than the one held.
-    pub fn observe(&self, record: &Leadership) {
-        let mut held = lock(&self.record);
-        let newer = record.epoch > held.epoch
-            || (record.epoch == held.epoch && record.in_sync != held.in_sync);
-        if !newer {
-            return;
-        }
-        if record.epoch > held.epoch && held.leader.is_some() {
-            self.metrics.failovers.fetch_add(1, Ordering::Relaxed);
-        }
-        if record.leader != held.leader || record.epoch != held.epoch {
-            info!(%record, "following the order leader");
-        }
-        *held = record.clone();
-    }
-
-    /// Reads the record and the replicas' status, and elects when the recorded leader cannot
-    /// serve. Concurrent callers share one check; a failed one is not repeated for a moment.
-    async fn check(&self) -> Result<(ReplicaId, Epoch), String> {
-        let seen = self.record().epoch;
-        let mut last_failure = self.checking.lock().await;
-        if let (Some(current), true) = (self.current(), self.record().epoch > seen) {
-            // A check finished while this one waited and found a newer record.
-            return Ok(current);
-        }
-        if let Some(failure) = last_failure.as_ref() {
-            if failure.at.elapsed() < CHECK_GAP {
-                return Err(failure.reason.clone());
-            }
-        }
-        match election::ensure_leader(&self.catalog, &self.replicas, self.attempt).await {
-            Ok(ensured) => {
-                if ensured.elected {
-                    self.metrics.elections.fetch_add(1, Ordering::Relaxed);
-                }
-                self.observe(&ensured.record);
-                *lock(&self.storage_failures) = ensured.storage_failures;
-                *last_failure = None;
-                *lock(&self.problem) = None;
-                self.current()
-                    .ok_or_else(|| "no order leader is recorded".to_owned())
-            }
-            Err(e) => {
-                warn!(error = %e, "no order leader can serve");
-                let reason = e.to_string();
-                *lock(&self.problem) = Some(reason.clone());
-                *last_failure = Some(Failure {
-                    at: Instant::now(),
-                    reason: reason.clone(),
-                });
-                Err(reason)
-            }
-        }
+    /// Takes a record from the catalog if it is newer than the one held.
+    pub fn observe(self: &Arc<Self>, record: &Leadership) {
+        self.step(Input::Record(record.clone()), None);
     }
 
     /// Sends `request` to the leader until it answers or the deadline passes, checking the
     /// leadership (and electing if need be) on failures and refusals. The request carries its
     /// own id, so retries are safe.
-    pub async fn call(&self, request: &OrderRequest) -> Result<OrderResponse, OrderError> {
-        let deadline = Instant::now() + self.deadline;
-        let mut last_problem = String::from("no attempt made");
-        let mut suspect = false;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(OrderError::Unavailable(last_problem));
-            }
-            let known = if suspect { None } else { self.current() };
-            let leader = match known {
-                Some((leader, _)) => leader,
-                None => match tokio::time::timeout_at(deadline, self.check()).await {
-                    Ok(Ok((leader, _))) => leader,
-                    Ok(Err(problem)) => {
-                        last_problem = problem;
-                        self.pause(deadline).await;
-                        continue;
-                    }
-                    Err(_) => return Err(OrderError::Unavailable(last_problem)),
-                },
-            };
-            suspect = false;
-            let Some(replica) = self.replicas.get(&leader) else {
-                // The record names a replica this front end was not configured with (an
-                // operator's override, or front ends with different peer lists).
-                last_problem = format!("the recorded leader {leader} is not among --order-peers");
-                self.pause(deadline).await;
-                suspect = true;
-                continue;
-            };
-            let budget = (deadline - now).min(self.attempt);
-            let answer = replica.call_within(request, budget).await;
-            match answer {
-                Ok(OrderResponse::NotLeader { .. } | OrderResponse::StaleEpoch { .. }) => {
-                    last_problem = format!("replica {leader} does not lead");
-                    suspect = true;
-                    self.pause(deadline).await;
-                }
-                Ok(answer) => return Ok(answer),
-                Err(common::Error::Remote(e)) if e.kind == RemoteErrorKind::BadRequest => {
-                    return Err(OrderError::BadRequest(e.message));
-                }
-                Err(common::Error::Remote(e)) => {
-                    // The leader is there but cannot finish now (its quorum, the catalog,
-                    // taking over): the same leader is asked again after a pause.
-                    last_problem = e.message;
-                    self.pause(deadline).await;
-                }
-                Err(e) => {
-                    last_problem = format!("replica {leader}: {e}");
-                    suspect = true;
-                }
-            }
-            self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+    pub async fn call(
+        self: &Arc<Self>,
+        request: &OrderRequest,
+    ) -> Result<OrderResponse, OrderError> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let input = Input::Submit {
+            token,
+            request: request.clone(),
+        };
+        match self.step(input, Some(token)) {
+            Some(Ok(reply)) => reply,
+            Some(Err(receiver)) => receiver.await.unwrap_or_else(|_| {
+                Err(OrderError::Unavailable(
+                    "the front end is shutting down".into(),
+                ))
+            }),
+            None => Err(OrderError::Unavailable(
+                "the front end is shutting down".into(),
+            )),
         }
     }
 
-    async fn pause(&self, deadline: Instant) {
-        tokio::time::sleep_until(deadline.min(Instant::now() + RETRY_PAUSE)).await;
+    /// Feeds `input` to the router and executes its commands. The reply to `own` is returned
+    /// rather than sent; `Err` carries the receiver of one that is not ready yet.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        self: &Arc<Self>,
+        input: Input,
+        own: Option<Token>,
+    ) -> Option<
+        Result<
+            Result<OrderResponse, OrderError>,
+            oneshot::Receiver<Result<OrderResponse, OrderError>>,
+        >,
+    > {
+        let mut calls = Vec::new();
+        let mut sends = Vec::new();
+        let mut mine = None;
+        let mut waiting = None;
+        {
+            let mut guard = lock(&self.inner);
+            let inner = &mut *guard;
+            inner
+                .router
+                .handle(self.origin.elapsed(), input, &mut inner.commands);
+            for command in inner.commands.drain(..) {
+                match command {
+                    Command::Call {
+                        call,
+                        to,
+                        request,
+                        timeout,
+                    } => calls.push((call, to, request, timeout)),
+                    Command::Reply { token, reply } => {
+                        if Some(token) == own {
+                            mine = Some(reply);
+                        } else if let Some(sender) = inner.replies.remove(&token) {
+                            sends.push((sender, reply));
+                        }
+                    }
+                }
+            }
+            if let (Some(token), None) = (own, &mine) {
+                let (sender, receiver) = oneshot::channel();
+                inner.replies.insert(token, sender);
+                waiting = Some(receiver);
+            }
+            let counters = inner.router.counters();
+            self.metrics
+                .elections
+                .store(counters.elections, Ordering::Relaxed);
+            self.metrics
+                .failovers
+                .store(counters.failovers, Ordering::Relaxed);
+            self.metrics
+                .retries
+                .store(counters.retries, Ordering::Relaxed);
+            let next = inner.router.next_timer();
+            if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+                self.timer.notify_one();
+            }
+        }
+        for (sender, reply) in sends {
+            let _ = sender.send(reply);
+        }
+        for (call, to, request, timeout) in calls {
+            let leader = self.clone();
+            tokio::spawn(async move {
+                let answer = leader.send(to, request, timeout).await;
+                leader.step(Input::Answer { call, answer }, None);
+            });
+        }
+        match (mine, waiting) {
+            (Some(reply), _) => Some(Ok(reply)),
+            (None, Some(receiver)) => Some(Err(receiver)),
+            (None, None) => None,
+        }
     }
 
-    /// Checks the leadership every `interval`, electing when the recorded leader cannot
-    /// serve. Ends with `shutdown`.
-    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    async fn send(&self, to: Peer, request: Outgoing, timeout: Duration) -> CallResult {
+        let answer = match (to, request) {
+            (Peer::Replica(id), Outgoing::Order(request)) => match self.replicas.get(&id) {
+                Some(replica) => replica
+                    .call_within(&request, timeout)
+                    .await
+                    .map(Answer::Order),
+                None => return Err(CallError::Failed(format!("replica {id} is not configured"))),
+            },
+            (Peer::Catalog, Outgoing::Catalog(request)) => self
+                .catalog
+                .call_within(&request, timeout)
+                .await
+                .map(Answer::Catalog),
+            _ => {
+                return Err(CallError::Failed(
+                    "request sent to the wrong service".into(),
+                ))
+            }
+        };
+        answer.map_err(CallError::from)
+    }
+
+    /// Runs the router's clock (its health checks, pauses and deadlines) until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let _ = self.check().await;
+            let next = {
+                let mut inner = lock(&self.inner);
+                let next = inner.router.next_timer();
+                inner.timer_at = next;
+                next
+            };
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = self.timer.notified() => continue,
+                () = sleep => {}
             }
+            self.step(Input::Tick, None);
         }
     }
+}
+
+/// The router's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a request is retried before `Unavailable`.
+    pub deadline: Duration,
+    /// How long one attempt (and each call of a check) may take.
+    pub attempt: Duration,
+    /// How often the leader is checked when nothing else does.
+    pub health_interval: Duration,
 }

@@ -3,8 +3,8 @@
 //! order leader's election and failover, invisible to clients.
 //!
 //! Seams: [`http`] parses and encodes (no I/O), [`cache`] is the versioned LRU (no I/O),
-//! [`api`] the routes, [`leader`] the order leader, [`server`] the connections,
-//! [`metrics`] the counters.
+//! [`router`] the order leader's election and failover decisions (no I/O), [`leader`] their
+//! runtime, [`api`] the routes, [`server`] the connections, [`metrics`] the counters.
 
 pub mod api;
 pub mod cache;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod router;
 pub mod server;
 
 use std::sync::atomic::Ordering;
@@ -53,8 +54,11 @@ pub async fn run(
         &config.order_peers,
         catalog.clone(),
         &config.client,
-        config.failover_deadline,
-        config.attempt_timeout,
+        leader::Timing {
+            deadline: config.failover_deadline,
+            attempt: config.attempt_timeout,
+            health_interval: config.health_interval,
+        },
         metrics.clone(),
     ));
     let app = Arc::new(api::App::new(
@@ -65,7 +69,7 @@ pub async fn run(
         config.max_trade,
     ));
     let invalidations = tokio::spawn(follow_invalidations(app.clone(), shutdown.clone()));
-    let health = tokio::spawn(orders.watch(config.health_interval, shutdown.clone()));
+    let health = tokio::spawn(orders.watch(shutdown.clone()));
     info!(addr = %listener.local_addr()?, cache_size = config.cache_size, "front end serving");
     server::serve(listener, app, config.http, shutdown).await;
     let _ = invalidations.await;

@@ -162,6 +162,20 @@ impl ReplicaConfig {
         Ok((config, listen))
     }
 
+    /// The engine's settings.
+    pub fn engine(&self) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            id: self.id,
+            peers: self.peers.keys().copied().collect(),
+            write_quorum: self.write_quorum,
+            replicate_timeout: self.replicate_timeout,
+            commit_timeout: self.commit_timeout,
+            call_timeout: self.client.call_timeout,
+            dedup_window: self.dedup_window,
+            rules: common::safety::Rules::ALL,
+        }
+    }
+
     /// How many replicas the cluster has, this one included.
     pub fn replicas(&self) -> usize {
         self.peers.len() + 1

@@ -6,14 +6,20 @@
 //! follow it. The catalog also refuses to depose a leader that renewed its lease (it told the
 //! catalog it serves within the lease): an elector that cannot reach such a leader is the one
 //! cut off. Epochs are the catalog's counter, never a clock.
+//!
+//! [`Election`] is one round as a state machine without I/O, which the front end's router
+//! drives on its runtime (and the simulator on its own); [`ensure_leader`] drives it with
+//! real calls for `order elect`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use catalog::{CatalogClient, LeadershipOutcome};
 use common::rpc::RpcClient;
+use common::safety::{Rule, Rules};
 use common::wire::{
-    Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus, Role,
+    Epoch, Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus,
+    Role,
 };
 use tracing::{info, warn};
 
@@ -67,6 +73,7 @@ pub fn judge(
     record: &Leadership,
     statuses: &BTreeMap<ReplicaId, ReplicaStatus>,
     replicas: &[ReplicaId],
+    rules: Rules,
 ) -> Verdict {
     let linked = |s: &&ReplicaStatus| s.catalog_link;
     let Some(leader) = record.leader else {
@@ -91,7 +98,8 @@ pub fn judge(
         .values()
         .filter(linked)
         .filter(|s| !s.stalled && s.storage_failure.is_none())
-        .filter(|s| record.in_sync.contains(&s.id))
+        // Broken on purpose (simulator only): any live replica may be chosen.
+        .filter(|s| record.in_sync.contains(&s.id) || !rules.holds(Rule::InSyncElection))
         .map(|s| s.id)
         .max();
     match candidate {
@@ -108,95 +116,220 @@ pub fn judge(
     }
 }
 
-/// Asks every replica for its status, each within `timeout`.
-pub async fn statuses(
-    replicas: &BTreeMap<ReplicaId, ReplicaClient>,
-    timeout: Duration,
-) -> BTreeMap<ReplicaId, ReplicaStatus> {
-    let asks = replicas.iter().map(|(&id, client)| async move {
-        match client.call_within(&OrderRequest::Status, timeout).await {
-            Ok(OrderResponse::Status(status)) if status.id == id => Some(status),
-            Ok(OrderResponse::Status(status)) => {
-                warn!(
-                    expected = id,
-                    answered = status.id,
-                    "replica answered with another id"
-                );
-                None
-            }
-            _ => None,
-        }
-    });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .map(|s| (s.id, s))
-        .collect()
-}
-
-/// What [`ensure_leader`] found or did.
+/// What an election round found or did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ensured {
     /// The record to follow.
     pub record: Leadership,
-    /// Whether this call's election changed it.
+    /// Whether this round's election changed it.
     pub elected: bool,
     /// Replicas whose disk failed, as `order-ID: reason`.
     pub storage_failures: Vec<String>,
 }
 
+/// What an election round needs to know, asked of the catalog and the replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// The leadership record, from the catalog.
+    Record,
+    /// A replica's status.
+    Status(ReplicaId),
+    /// The compare-and-set of an election, at the catalog.
+    Change {
+        /// The epoch the record was read at.
+        expected: Epoch,
+        /// The election.
+        change: LeadershipChange,
+    },
+}
+
+/// Where an election round stands after an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for more answers.
+    Waiting,
+    /// Ask this next (the election itself).
+    Ask(Ask),
+    /// Finished.
+    Done(Result<Ensured, ElectionError>),
+}
+
+/// One election round without I/O: read the record and every replica's status, and elect by
+/// compare-and-set if the recorded leader cannot serve. Losing to a concurrent election is not
+/// an error: the winner's record comes back.
+#[derive(Debug)]
+pub struct Election {
+    replicas: Vec<ReplicaId>,
+    rules: Rules,
+    record: Option<Result<Leadership, String>>,
+    statuses: BTreeMap<ReplicaId, ReplicaStatus>,
+    unanswered: BTreeSet<ReplicaId>,
+    /// The record an election was asked against.
+    electing: Option<Ensured>,
+}
+
+impl Election {
+    /// A round among `replicas`, and what it asks first (the record and every status).
+    pub fn start(replicas: &[ReplicaId], rules: Rules) -> (Election, Vec<Ask>) {
+        let asks = std::iter::once(Ask::Record)
+            .chain(replicas.iter().map(|&id| Ask::Status(id)))
+            .collect();
+        let election = Election {
+            replicas: replicas.to_vec(),
+            rules,
+            record: None,
+            statuses: BTreeMap::new(),
+            unanswered: replicas.iter().copied().collect(),
+            electing: None,
+        };
+        (election, asks)
+    }
+
+    /// The catalog's record, or why it could not be read.
+    pub fn record(&mut self, record: Result<Leadership, String>) -> Progress {
+        if self.record.is_none() {
+            self.record = Some(record);
+        }
+        self.judge()
+    }
+
+    /// Replica `id`'s status, or `None` if it did not answer (or answered for another id).
+    pub fn status(&mut self, id: ReplicaId, status: Option<ReplicaStatus>) -> Progress {
+        if !self.unanswered.remove(&id) {
+            return Progress::Waiting;
+        }
+        match status {
+            Some(status) if status.id == id => {
+                self.statuses.insert(id, status);
+            }
+            Some(status) => warn!(
+                expected = id,
+                answered = status.id,
+                "replica answered with another id"
+            ),
+            None => {}
+        }
+        self.judge()
+    }
+
+    /// The catalog's answer to the election, or why there is none.
+    pub fn changed(&mut self, outcome: Result<LeadershipOutcome, String>) -> Progress {
+        let Some(read) = self.electing.take() else {
+            return Progress::Waiting;
+        };
+        let ensured = |record, elected| Ensured {
+            record,
+            elected,
+            storage_failures: read.storage_failures.clone(),
+        };
+        Progress::Done(match outcome {
+            Ok(LeadershipOutcome::Changed(record)) => {
+                info!(%record, "order leader elected");
+                Ok(ensured(record, true))
+            }
+            Ok(LeadershipOutcome::Refused { current, reason })
+                if current.epoch > read.record.epoch =>
+            {
+                info!(%current, %reason, "another election won; following it");
+                Ok(ensured(current, false))
+            }
+            Ok(LeadershipOutcome::Refused { reason, .. }) => Err(ElectionError::LeaderElsewhere(
+                format!("{reason}, but it does not serve from here"),
+            )),
+            Err(e) => Err(ElectionError::CatalogUnreachable(e)),
+        })
+    }
+
+    fn judge(&mut self) -> Progress {
+        if !self.unanswered.is_empty() || self.electing.is_some() {
+            return Progress::Waiting;
+        }
+        let record = match &self.record {
+            None => return Progress::Waiting,
+            Some(Err(e)) => {
+                return Progress::Done(Err(ElectionError::CatalogUnreachable(e.clone())))
+            }
+            Some(Ok(record)) => record.clone(),
+        };
+        let storage_failures: Vec<String> = self
+            .statuses
+            .values()
+            .filter_map(|s| Some(format!("order-{}: {}", s.id, s.storage_failure.as_ref()?)))
+            .collect();
+        match judge(&record, &self.statuses, &self.replicas, self.rules) {
+            Verdict::Healthy => Progress::Done(Ok(Ensured {
+                record,
+                elected: false,
+                storage_failures,
+            })),
+            Verdict::NoCandidate(reason) => Progress::Done(Err(ElectionError::NoCandidate(reason))),
+            Verdict::Elect { leader, in_sync } => {
+                let expected = record.epoch;
+                self.electing = Some(Ensured {
+                    record,
+                    elected: false,
+                    storage_failures,
+                });
+                Progress::Ask(Ask::Change {
+                    expected,
+                    change: LeadershipChange::Elect { leader, in_sync },
+                })
+            }
+        }
+    }
+}
+
+/// Asks every replica for its status, each within `timeout`.
+pub async fn statuses(
+    replicas: &BTreeMap<ReplicaId, ReplicaClient>,
+    timeout: Duration,
+) -> BTreeMap<ReplicaId, Option<ReplicaStatus>> {
+    let asks = replicas.iter().map(|(&id, client)| async move {
+        let status = match client.call_within(&OrderRequest::Status, timeout).await {
+            Ok(OrderResponse::Status(status)) => Some(status),
+            _ => None,
+        };
+        (id, status)
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
 /// Reads the record and, if its leader cannot serve, elects the highest-id live in-sync
-/// replica by compare-and-set. Losing to a concurrent election is not an error: the winner's
-/// record comes back. Every call takes at most `timeout`.
+/// replica by compare-and-set ([`Election`], driven with real calls). Every call takes at
+/// most `timeout`.
 pub async fn ensure_leader(
     catalog: &CatalogClient,
     replicas: &BTreeMap<ReplicaId, ReplicaClient>,
     timeout: Duration,
 ) -> Result<Ensured, ElectionError> {
-    let (record, statuses) = tokio::join!(catalog.leadership(timeout), statuses(replicas, timeout));
-    let record = record.map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?;
     let ids: Vec<ReplicaId> = replicas.keys().copied().collect();
-    let storage_failures: Vec<String> = statuses
-        .values()
-        .filter_map(|s| Some(format!("order-{}: {}", s.id, s.storage_failure.as_ref()?)))
-        .collect();
-    let (leader, in_sync) = match judge(&record, &statuses, &ids) {
-        Verdict::Healthy => {
-            return Ok(Ensured {
-                record,
-                elected: false,
-                storage_failures,
-            })
+    let (mut election, _) = Election::start(&ids, Rules::ALL);
+    let (record, statuses) = tokio::join!(catalog.leadership(timeout), statuses(replicas, timeout));
+    let mut progress = election.record(record.map_err(|e| e.to_string()));
+    for (id, status) in statuses {
+        progress = election.status(id, status);
+    }
+    loop {
+        match progress {
+            Progress::Done(done) => return done,
+            Progress::Waiting => {
+                return Err(ElectionError::NoCandidate(
+                    "the election round did not finish".into(),
+                ))
+            }
+            Progress::Ask(Ask::Change { expected, change }) => {
+                let outcome = catalog
+                    .change_leadership(expected, change, timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+                progress = election.changed(outcome);
+            }
+            Progress::Ask(other) => {
+                return Err(ElectionError::NoCandidate(format!(
+                    "the election round asked {other:?} again"
+                )))
+            }
         }
-        Verdict::NoCandidate(reason) => return Err(ElectionError::NoCandidate(reason)),
-        Verdict::Elect { leader, in_sync } => (leader, in_sync),
-    };
-    let change = LeadershipChange::Elect { leader, in_sync };
-    match catalog
-        .change_leadership(record.epoch, change, timeout)
-        .await
-        .map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?
-    {
-        LeadershipOutcome::Changed(record) => {
-            info!(%record, "order leader elected");
-            Ok(Ensured {
-                record,
-                elected: true,
-                storage_failures,
-            })
-        }
-        LeadershipOutcome::Refused { current, reason } if current.epoch > record.epoch => {
-            info!(%current, %reason, "another election won; following it");
-            Ok(Ensured {
-                record: current,
-                elected: false,
-                storage_failures,
-            })
-        }
-        LeadershipOutcome::Refused { reason, .. } => Err(ElectionError::LeaderElsewhere(format!(
-            "{reason}, but it does not serve from here"
-        ))),
     }
 }
 
@@ -218,7 +351,11 @@ pub async fn elect_unclean(
         .leadership(timeout)
         .await
         .map_err(|e| ElectionError::CatalogUnreachable(e.to_string()))?;
-    let statuses = statuses(replicas, timeout).await;
+    let statuses: BTreeMap<ReplicaId, ReplicaStatus> = statuses(replicas, timeout)
+        .await
+        .into_iter()
+        .filter_map(|(id, status)| Some((id, status.filter(|s| s.id == id)?)))
+        .collect();
     let chosen = statuses.get(&leader).and_then(|s| s.last);
     let mut risk = format!(
         "replica {leader} (last entry {}) leads alone; ",
@@ -303,10 +440,13 @@ mod tests {
             status(2, Role::Leader, 4, true),
             status(3, Role::Follower, 4, true),
         ]);
-        assert_eq!(judge(&now, &all, &[1, 2, 3]), Verdict::Healthy);
+        assert_eq!(judge(&now, &all, &[1, 2, 3], Rules::ALL), Verdict::Healthy);
         // Elected but not told yet: give it the time to hear.
         let pending = answered(&[status(2, Role::Follower, 3, true)]);
-        assert_eq!(judge(&now, &pending, &[1, 2, 3]), Verdict::Healthy);
+        assert_eq!(
+            judge(&now, &pending, &[1, 2, 3], Rules::ALL),
+            Verdict::Healthy
+        );
     }
 
     #[test]
@@ -317,7 +457,7 @@ mod tests {
             status(2, Role::Follower, 4, true),
         ]);
         assert_eq!(
-            judge(&now, &leader_gone, &[1, 2, 3]),
+            judge(&now, &leader_gone, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 2,
                 in_sync: vec![]
@@ -326,7 +466,7 @@ mod tests {
         // Replica 2 was dropped from the set: it may lack acknowledged orders.
         let shrunk = record(4, 3, &[1, 3]);
         assert_eq!(
-            judge(&shrunk, &leader_gone, &[1, 2, 3]),
+            judge(&shrunk, &leader_gone, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 1,
                 in_sync: vec![]
@@ -334,7 +474,7 @@ mod tests {
         );
         let only_2 = answered(&[status(2, Role::Follower, 4, true)]);
         assert!(matches!(
-            judge(&shrunk, &only_2, &[1, 2, 3]),
+            judge(&shrunk, &only_2, &[1, 2, 3], Rules::ALL),
             Verdict::NoCandidate(_)
         ));
     }
@@ -347,7 +487,7 @@ mod tests {
             status(3, Role::Leader, 4, false),
         ]);
         assert_eq!(
-            judge(&now, &cut, &[1, 2, 3]),
+            judge(&now, &cut, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 2,
                 in_sync: vec![]
@@ -358,20 +498,20 @@ mod tests {
         stalled.stalled = true;
         let cut_from_followers = answered(&[status(2, Role::Follower, 4, true), stalled.clone()]);
         assert_eq!(
-            judge(&now, &cut_from_followers, &[1, 2, 3]),
+            judge(&now, &cut_from_followers, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 2,
                 in_sync: vec![]
             }
         );
         assert!(matches!(
-            judge(&now, &answered(&[stalled]), &[1, 2, 3]),
+            judge(&now, &answered(&[stalled]), &[1, 2, 3], Rules::ALL),
             Verdict::NoCandidate(_)
         ));
         // Restarted: it may not lead its old epoch again, but may lead the next one.
         let restarted = answered(&[status(3, Role::Idle, 4, true)]);
         assert_eq!(
-            judge(&now, &restarted, &[1, 2, 3]),
+            judge(&now, &restarted, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 3,
                 in_sync: vec![]
@@ -386,14 +526,19 @@ mod tests {
             status(2, Role::Idle, 0, true),
         ]);
         assert_eq!(
-            judge(&Leadership::default(), &live, &[1, 2, 3]),
+            judge(&Leadership::default(), &live, &[1, 2, 3], Rules::ALL),
             Verdict::Elect {
                 leader: 2,
                 in_sync: vec![1, 2, 3]
             }
         );
         assert!(matches!(
-            judge(&Leadership::default(), &BTreeMap::new(), &[1, 2, 3]),
+            judge(
+                &Leadership::default(),
+                &BTreeMap::new(),
+                &[1, 2, 3],
+                Rules::ALL
+            ),
             Verdict::NoCandidate(_)
         ));
     }

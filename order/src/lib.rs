@@ -4,21 +4,24 @@
 //! it once every in-sync replica holds it; followers persist what the leader sends and catch
 //! up with `SyncUp` after a restart or a gap.
 //!
-//! Seams: [`log`] is the storage (append, cut, read), [`replication`] the decisions (pure),
-//! [`replica`] the network and the state machine that ties them together, [`election`] who
-//! may lead (shared with the front end), [`audit`] the consistency check across replicas and
-//! the catalog.
+//! Seams: [`engine`] is the protocol as a state machine without I/O (term changes, the
+//! leader's path, the follower's catch-up, each in its own file), [`replication`] its pure
+//! decisions, [`log`] the storage (append, cut, read), [`runtime`] the only code that does
+//! I/O (it executes the engine's commands on tokio, the log and the network), [`election`]
+//! who may lead (shared with the front end), [`audit`] the consistency check across replicas
+//! and the catalog.
 
 pub mod audit;
 pub mod config;
 pub mod election;
+pub mod engine;
 pub mod log;
-pub mod replica;
 pub mod replication;
+pub mod runtime;
 
 pub use config::ReplicaConfig;
-pub use replica::run;
 pub use replication::WriteQuorum;
+pub use runtime::run;
 
 /// What can go wrong in an order replica.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,9 @@
 //! - `diverged.log`: entries set aside because the leader's history replaced them.
 //!
 //! In memory it keeps, per entry, only its epoch and file offset, plus the most recent
-//! entries and request ids in bounded windows; older entries are read back from the file.
+//! entries in a bounded window; older entries are read back from the file. Which entries the
+//! log should hold is the engine's business ([`crate::engine`]); this module only keeps the
+//! files in step with its commands.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -18,10 +20,11 @@ use std::path::{Path, PathBuf};
 
 use common::files;
 use common::group_commit::Maintenance;
-use common::window::RecentWindow;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, ReplicaId, RequestId, StockName, TradeKind, TransactionNumber,
 };
+
+use crate::engine::Recovered;
 use tracing::{error, warn};
 
 use crate::Error;
@@ -64,12 +67,18 @@ pub fn parse_line(line: &str) -> Option<OrderEntry> {
 /// Reads every intact entry of a log file, stopping at a torn tail. Returns the entries and
 /// the byte length of the intact prefix. Damage followed by intact lines is corruption.
 pub fn read_entries(path: &Path) -> Result<(Vec<OrderEntry>, u64), Error> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e.into()),
-    };
-    let mut reader = BufReader::new(file);
+    match File::open(path) {
+        Ok(file) => read_entries_from(BufReader::new(file), &path.display().to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), 0)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`read_entries`] of a log image read from `reader`; `name` names it in errors.
+pub fn read_entries_from(
+    mut reader: impl BufRead,
+    name: &str,
+) -> Result<(Vec<OrderEntry>, u64), Error> {
     let mut entries = Vec::new();
     let mut intact = 0u64;
     let mut damaged_at: Option<u64> = None;
@@ -94,14 +103,12 @@ pub fn read_entries(path: &Path) -> Result<(Vec<OrderEntry>, u64), Error> {
         match (entry, damaged_at) {
             (Some(_), Some(at)) => {
                 return Err(Error::Corrupt(format!(
-                    "{}: damaged line at byte {at} is followed by intact entries",
-                    path.display()
+                    "{name}: damaged line at byte {at} is followed by intact entries"
                 )))
             }
             (Some(entry), None) if entry.number != entries.len() as u64 => {
                 return Err(Error::Corrupt(format!(
-                    "{}: entry {} at byte {offset} where {} belongs",
-                    path.display(),
+                    "{name}: entry {} at byte {offset} where {} belongs",
                     entry.number,
                     entries.len()
                 )))
@@ -134,7 +141,7 @@ pub struct EpochRecord {
     pub leader: Option<ReplicaId>,
 }
 
-/// A replica's order log.
+/// A replica's order log files.
 pub struct OrderLog {
     dir: PathBuf,
     reader: File,
@@ -143,17 +150,14 @@ pub struct OrderLog {
     end: u64,
     /// The most recent entries, up to `TAIL_CAPACITY`.
     tail: VecDeque<OrderEntry>,
-    /// Request id of each of the most recent entries, for exactly-once.
-    ids: RecentWindow<RequestId, TransactionNumber>,
-    /// The last entry of each epoch, oldest first.
-    boundaries: Vec<LogPosition>,
     _lock: File,
 }
 
 impl OrderLog {
     /// Opens the log in `dir` (creating it), cutting a torn last line. Returns the log, the
-    /// file handle the group-commit thread appends with, and the stored epoch.
-    pub fn open(dir: &Path, window: usize) -> Result<(OrderLog, File, EpochRecord), Error> {
+    /// file handle the group-commit thread appends with, and what was recovered (the entries
+    /// and the stored epoch) for the engine.
+    pub fn open(dir: &Path) -> Result<(OrderLog, File, Recovered), Error> {
         let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
         let path = dir.join(LOG_FILE);
         let (entries, intact) = read_entries(&path)?;
@@ -175,15 +179,13 @@ impl OrderLog {
             slots: Vec::with_capacity(entries.len()),
             end: 0,
             tail: VecDeque::new(),
-            ids: RecentWindow::new(window),
-            boundaries: Vec::new(),
             _lock: lock,
         };
-        for entry in entries {
-            log.index(entry);
+        for entry in &entries {
+            log.index(entry.clone());
         }
         let epoch = read_epoch(dir)?;
-        Ok((log, append, epoch))
+        Ok((log, append, Recovered { entries, epoch }))
     }
 
     /// Records `entry` in the in-memory index and returns its line to append.
@@ -194,11 +196,6 @@ impl OrderLog {
             offset: self.end,
         });
         self.end += line.len() as u64;
-        match self.boundaries.last_mut() {
-            Some(last) if last.epoch == entry.epoch => *last = entry.position(),
-            _ => self.boundaries.push(entry.position()),
-        }
-        self.ids.insert(entry.request_id.clone(), entry.number);
         if self.tail.len() == TAIL_CAPACITY {
             self.tail.pop_front();
         }
@@ -223,16 +220,6 @@ impl OrderLog {
             epoch: slot.epoch,
             number,
         })
-    }
-
-    /// The last entry of each epoch, oldest first.
-    pub fn boundaries(&self) -> &[LogPosition] {
-        &self.boundaries
-    }
-
-    /// The number of the entry placed by `request_id`, if it is among the recent ones.
-    pub fn number_of(&self, request_id: &RequestId) -> Option<TransactionNumber> {
-        self.ids.get(request_id).copied()
     }
 
     /// Appends `entry`, which must be the next number; returns the bytes for the commit thread.
@@ -304,14 +291,6 @@ impl OrderLog {
         let tail_start = self.slots.len() + removed.len() - self.tail.len();
         let keep = (from as usize).saturating_sub(tail_start);
         self.tail.truncate(keep);
-        self.ids.retain(|_, &number| number < from);
-        self.boundaries.retain(|b| b.number < from);
-        if let Some(last) = self.last() {
-            match self.boundaries.last_mut() {
-                Some(b) if b.epoch == last.epoch => *b = last,
-                _ => self.boundaries.push(last),
-            }
-        }
         let side = self.dir.join(SIDE_FILE);
         let mut text = format!(
             "# set aside {} entries from #{from}: {reason}\n",
@@ -340,23 +319,32 @@ impl OrderLog {
         Ok((removed, work))
     }
 
-    /// Stores the highest epoch seen, atomically and durably.
-    pub fn store_epoch(&self, record: EpochRecord) -> Result<(), Error> {
-        let text = match record.leader {
-            Some(leader) => format!("{} {leader}\n", record.epoch),
-            None => format!("{} -\n", record.epoch),
-        };
-        files::replace_file(&self.dir, EPOCH_FILE, text.as_bytes())?;
-        Ok(())
+    /// The work that stores the highest epoch seen, atomically and durably; run it on the
+    /// commit thread, in order with the appends.
+    pub fn store_epoch(&self, record: EpochRecord) -> Maintenance {
+        let dir = self.dir.clone();
+        Box::new(move |_| files::replace_file(&dir, EPOCH_FILE, epoch_text(record).as_bytes()))
+    }
+}
+
+/// The `epoch` file's text for `record`.
+pub fn epoch_text(record: EpochRecord) -> String {
+    match record.leader {
+        Some(leader) => format!("{} {leader}\n", record.epoch),
+        None => format!("{} -\n", record.epoch),
     }
 }
 
 fn read_epoch(dir: &Path) -> Result<EpochRecord, Error> {
-    let text = match fs::read_to_string(dir.join(EPOCH_FILE)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EpochRecord::default()),
-        Err(e) => return Err(e.into()),
-    };
+    match fs::read_to_string(dir.join(EPOCH_FILE)) {
+        Ok(text) => parse_epoch(&text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(EpochRecord::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the `epoch` file's text.
+pub fn parse_epoch(text: &str) -> Result<EpochRecord, Error> {
     let mut fields = text.split_whitespace();
     let epoch = fields.next().and_then(|e| e.parse().ok());
     let leader = fields.next();
@@ -419,7 +407,7 @@ mod tests {
         let good: String = (0..3).map(|n| format_line(&entry(n, 1))).collect();
         let torn = format_line(&entry(3, 1));
         write_log(dir.path(), &format!("{good}{}", &torn[..torn.len() - 5]));
-        let (log, _, _) = OrderLog::open(dir.path(), 10).unwrap();
+        let (log, _, _) = OrderLog::open(dir.path()).unwrap();
         assert_eq!(
             log.last(),
             Some(LogPosition {
@@ -434,10 +422,7 @@ mod tests {
         let mut bad = good.clone();
         bad.insert_str(format_line(&entry(0, 1)).len(), "garbage\n");
         write_log(&broken, &bad);
-        assert!(matches!(
-            OrderLog::open(&broken, 10),
-            Err(Error::Corrupt(_))
-        ));
+        assert!(matches!(OrderLog::open(&broken), Err(Error::Corrupt(_))));
     }
 
     #[test]
@@ -447,40 +432,22 @@ mod tests {
         let second = format_line(&entry(0, 1)).len() + 3;
         text.replace_range(second..second + 1, "X");
         write_log(dir.path(), &text);
-        assert!(matches!(
-            OrderLog::open(dir.path(), 10),
-            Err(Error::Corrupt(_))
-        ));
+        assert!(matches!(OrderLog::open(dir.path()), Err(Error::Corrupt(_))));
         assert_eq!(fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), text);
     }
 
     #[test]
-    fn append_read_cut_and_boundaries() {
+    fn append_read_cut_and_store_the_epoch() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, mut file, epoch) = OrderLog::open(dir.path(), 3).unwrap();
-        assert_eq!(epoch, EpochRecord::default());
+        let (mut log, mut file, recovered) = OrderLog::open(dir.path()).unwrap();
+        assert_eq!(recovered.epoch, EpochRecord::default());
+        assert!(recovered.entries.is_empty());
         for (n, e) in [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)] {
             file.write_all(&log.append(entry(n, e)).unwrap()).unwrap();
         }
         assert!(log.append(entry(9, 2)).is_err());
-        assert_eq!(
-            log.boundaries(),
-            &[
-                LogPosition {
-                    epoch: 1,
-                    number: 1
-                },
-                LogPosition {
-                    epoch: 2,
-                    number: 4
-                }
-            ]
-        );
         assert_eq!(log.get(3).unwrap(), Some(entry(3, 2)));
         assert_eq!(log.entries(1, 2).unwrap(), vec![entry(1, 1), entry(2, 2)]);
-        // Window of 3 request ids.
-        assert_eq!(log.number_of(&entry(4, 2).request_id), Some(4));
-        assert_eq!(log.number_of(&entry(0, 1).request_id), None);
 
         let (removed, work) = log.cut_from(3, "test".into()).unwrap();
         assert_eq!(removed, vec![entry(3, 2), entry(4, 2)]);
@@ -492,55 +459,34 @@ mod tests {
                 number: 2
             })
         );
-        assert_eq!(log.number_of(&entry(4, 2).request_id), None);
         file.write_all(&log.append(entry(3, 5)).unwrap()).unwrap();
-        assert_eq!(
-            log.boundaries(),
-            &[
-                LogPosition {
-                    epoch: 1,
-                    number: 1
-                },
-                LogPosition {
-                    epoch: 2,
-                    number: 2
-                },
-                LogPosition {
-                    epoch: 5,
-                    number: 3
-                }
-            ]
-        );
         let side = fs::read_to_string(dir.path().join(SIDE_FILE)).unwrap();
         assert!(side.contains(&format_line(&entry(4, 2))), "{side}");
+        let record = EpochRecord {
+            epoch: 9,
+            leader: Some(2),
+        };
+        log.store_epoch(record)(&mut file).unwrap();
         drop(log);
-        let (reopened, _, _) = OrderLog::open(dir.path(), 3).unwrap();
+        let (reopened, _, recovered) = OrderLog::open(dir.path()).unwrap();
         assert_eq!(reopened.entries(0, 10).unwrap().len(), 4);
         assert_eq!(reopened.get(3).unwrap(), Some(entry(3, 5)));
-
-        reopened
-            .store_epoch(EpochRecord {
-                epoch: 9,
-                leader: Some(2),
-            })
-            .unwrap();
-        assert_eq!(
-            read_epoch(dir.path()).unwrap(),
-            EpochRecord {
-                epoch: 9,
-                leader: Some(2)
-            }
-        );
+        assert_eq!(recovered.entries.len(), 4);
+        assert_eq!(recovered.epoch, record);
+        assert_eq!(parse_epoch(&epoch_text(record)).unwrap(), record);
+        let no_leader = EpochRecord {
+            epoch: 3,
+            leader: None,
+        };
+        assert_eq!(parse_epoch(&epoch_text(no_leader)).unwrap(), no_leader);
+        assert!(parse_epoch("x y").is_err());
     }
 
     #[test]
     fn a_second_process_cannot_open_the_same_log() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = OrderLog::open(dir.path(), 3).unwrap();
-        assert!(matches!(
-            OrderLog::open(dir.path(), 3),
-            Err(Error::Locked(_))
-        ));
+        let _first = OrderLog::open(dir.path()).unwrap();
+        assert!(matches!(OrderLog::open(dir.path()), Err(Error::Locked(_))));
     }
 
     proptest! {

@@ -1,0 +1,154 @@
+//! What the services' engines share. Each service keeps its protocol in a state machine
+//! without I/O (an engine): inputs in, commands out, the time given with every input. These
+//! are the names they have in common: tokens of requests being answered, ids of calls made
+//! and of writes queued, whom a call goes to, what it came to, and a queue of deadlines.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use crate::wire::{CatalogResponse, OrderResponse, RemoteError, ReplicaId};
+
+/// A point in time, as a runtime's monotonic clock gives it (from an arbitrary origin).
+pub type Time = Duration;
+/// A request an engine is answering; chosen by the runtime, echoed by the engine's reply.
+pub type Token = u64;
+/// A call an engine made; chosen by the engine, echoed by the answer the runtime feeds back.
+pub type CallId = u64;
+/// A write an engine queued; reported back by the runtime once it is on disk.
+pub type WriteId = u64;
+
+/// Whom a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// An order replica.
+    Replica(ReplicaId),
+    /// The catalog.
+    Catalog,
+}
+
+/// The answer a call got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// From a replica.
+    Order(OrderResponse),
+    /// From the catalog.
+    Catalog(CatalogResponse),
+}
+
+/// Why a call got no answer of its protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// The peer answered with an error of its own.
+    Remote(RemoteError),
+    /// No answer: unreachable, timed out, or the connection broke. The request may or may not
+    /// have been applied.
+    Failed(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Remote(e) => write!(f, "{e}"),
+            CallError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<crate::Error> for CallError {
+    fn from(error: crate::Error) -> Self {
+        match error {
+            crate::Error::Remote(remote) => CallError::Remote(remote),
+            other => CallError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// What a call came to.
+pub type CallResult = Result<Answer, CallError>;
+
+/// Requests waiting, each until a deadline. One kind of wait has one length, so deadlines
+/// arrive in order and the oldest is first; a request answered early is forgotten lazily.
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    queue: VecDeque<(Time, Token)>,
+    live: HashSet<Token>,
+}
+
+impl Deadlines {
+    /// `token` waits until `at` (deadlines must come in order).
+    pub fn add(&mut self, token: Token, at: Time) {
+        if self.live.insert(token) {
+            self.queue.push_back((at, token));
+        }
+    }
+
+    /// Takes `token` out; true if it was still waiting (and must be answered now).
+    pub fn take(&mut self, token: Token) -> bool {
+        self.live.remove(&token)
+    }
+
+    /// Whether `token` still waits.
+    pub fn waits(&self, token: Token) -> bool {
+        self.live.contains(&token)
+    }
+
+    /// Takes out the waiting tokens whose deadline is past.
+    pub fn due(&mut self, now: Time) -> Vec<Token> {
+        let mut due = Vec::new();
+        while let Some(&(at, token)) = self.queue.front() {
+            if self.live.contains(&token) && at > now {
+                break;
+            }
+            self.queue.pop_front();
+            if self.live.remove(&token) {
+                due.push(token);
+            }
+        }
+        due
+    }
+
+    /// The earliest deadline of a token still waiting.
+    pub fn earliest(&mut self) -> Option<Time> {
+        while let Some(&(at, token)) = self.queue.front() {
+            if self.live.contains(&token) {
+                return Some(at);
+            }
+            self.queue.pop_front();
+        }
+        None
+    }
+
+    /// Takes out every waiting token, oldest first.
+    pub fn drain(&mut self) -> Vec<Token> {
+        let mut live = std::mem::take(&mut self.live);
+        self.queue
+            .drain(..)
+            .filter_map(|(_, token)| live.remove(&token).then_some(token))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_come_due_in_order_and_answered_tokens_are_skipped() {
+        let mut deadlines = Deadlines::default();
+        let ms = Duration::from_millis;
+        deadlines.add(1, ms(10));
+        deadlines.add(2, ms(20));
+        deadlines.add(3, ms(30));
+        deadlines.add(2, ms(99));
+        assert_eq!(deadlines.earliest(), Some(ms(10)));
+        assert!(deadlines.take(1));
+        assert!(!deadlines.take(1));
+        assert_eq!(deadlines.earliest(), Some(ms(20)));
+        assert_eq!(deadlines.due(ms(25)), vec![2]);
+        assert!(deadlines.waits(3));
+        assert_eq!(deadlines.due(ms(25)), Vec::<Token>::new());
+        assert_eq!(deadlines.drain(), vec![3]);
+        assert_eq!(deadlines.earliest(), None);
+    }
+}

@@ -1,0 +1,563 @@
+//! The front end's order routing as a state machine without I/O: which leader it follows
+//! (the catalog's leadership record, pushed or read), when it checks and elects
+//! ([`order::election::Election`], shared by concurrent requests and run on a health
+//! interval), and what each request does with each answer: retried under its own request id,
+//! at the same leader after a refusal it can wait out, after a check when the leader does not
+//! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
+//! calls and timers on tokio; the simulator on a simulated network.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use catalog::LeadershipOutcome;
+use common::engine::{Answer, CallError, CallId, CallResult, Peer, Time, Token};
+use common::safety::Rules;
+use common::wire::{
+    CatalogRequest, CatalogResponse, Epoch, Leadership, OrderRequest, OrderResponse,
+    RemoteErrorKind, ReplicaId,
+};
+use order::election::{Ask, Election, Progress};
+use tracing::{info, warn};
+
+/// Wait between attempts while the leader is busy.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// After a failed check, requests wait this long before another is tried, instead of each
+/// running its own.
+pub const CHECK_GAP: Duration = Duration::from_millis(100);
+
+/// Why a request got no answer from the order service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// No leader answered before the deadline.
+    #[error("no order replica is available: {0}")]
+    Unavailable(String),
+    /// The order service refused the request as malformed.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// What happens to the router.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A request to the order service, answered by [`Command::Reply`].
+    Submit {
+        /// Echoed by the reply.
+        token: Token,
+        /// The request; it carries its own id, so retries are safe.
+        request: OrderRequest,
+    },
+    /// What became of a [`Command::Call`]; every call gets exactly one.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// Its answer, or why there is none.
+        answer: CallResult,
+    },
+    /// The catalog's leadership record, pushed on the subscription.
+    Record(Leadership),
+    /// The clock moved.
+    Tick,
+}
+
+/// What the router asks its runtime to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Send a request; its answer comes back as [`Input::Answer`].
+    Call {
+        /// Echoed by the answer.
+        call: CallId,
+        /// Who.
+        to: Peer,
+        /// What.
+        request: Outgoing,
+        /// How long to wait.
+        timeout: Duration,
+    },
+    /// Answer a submitted request.
+    Reply {
+        /// The request's token.
+        token: Token,
+        /// The answer.
+        reply: Result<OrderResponse, OrderError>,
+    },
+}
+
+/// A request to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// To a replica.
+    Order(OrderRequest),
+    /// To the catalog.
+    Catalog(CatalogRequest),
+}
+
+/// The router's settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Every configured replica.
+    pub replicas: Vec<ReplicaId>,
+    /// How long a request is retried before `Unavailable`.
+    pub deadline: Duration,
+    /// How long one attempt (and each call of a check) may take.
+    pub attempt: Duration,
+    /// How often the leader is checked when nothing else does.
+    pub health_interval: Duration,
+    /// The safety rules (all of them, but in the simulator's mutation runs).
+    pub rules: Rules,
+}
+
+/// Counters the metrics page shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Elections this front end won.
+    pub elections: u64,
+    /// Changes of leader it followed.
+    pub failovers: u64,
+    /// Attempts retried.
+    pub retries: u64,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// An attempt is on its way to a leader.
+    Calling,
+    /// Waiting before the next attempt.
+    Pausing(Time),
+    /// Waiting for the check it joined.
+    Checking,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    request: OrderRequest,
+    deadline: Time,
+    /// The known leader is not to be trusted: check before the next attempt.
+    suspect: bool,
+    last_problem: String,
+    stage: Stage,
+}
+
+/// A check running: an election round, and the requests waiting for it.
+#[derive(Debug)]
+struct Check {
+    election: Election,
+    waiters: Vec<Token>,
+}
+
+#[derive(Debug)]
+enum Purpose {
+    Attempt { token: Token, leader: ReplicaId },
+    Record,
+    Status(ReplicaId),
+    Elect,
+}
+
+/// The order leader as one front end knows it.
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
+    now: Time,
+    /// The newest leadership record seen.
+    record: Leadership,
+    /// Why the last check found no leader able to serve; `None` when it found one.
+    problem: Option<String>,
+    /// Replicas whose disk failed, as the last check found them.
+    storage_failures: Vec<String>,
+    check: Option<Check>,
+    /// The last failed check, shared by the requests that come right after it.
+    last_failure: Option<(Time, String)>,
+    next_health: Time,
+    attempts: BTreeMap<Token, Attempt>,
+    calls: HashMap<CallId, Purpose>,
+    next_call: CallId,
+    counters: Counters,
+    out: Vec<Command>,
+}
+
+impl Router {
+    /// A router that knows no record yet; its first check is due at once.
+    pub fn new(config: RouterConfig, now: Time) -> Self {
+        Router {
+            config,
+            now,
+            record: Leadership::default(),
+            problem: Some("no check made yet".into()),
+            storage_failures: Vec::new(),
+            check: None,
+            last_failure: None,
+            next_health: now,
+            attempts: BTreeMap::new(),
+            calls: HashMap::new(),
+            next_call: 1,
+            counters: Counters::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles one input at time `now`, appending the commands it gives to `out`.
+    pub fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Command>) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Submit { token, request } => {
+                self.attempts.insert(
+                    token,
+                    Attempt {
+                        request,
+                        deadline: self.now + self.config.deadline,
+                        suspect: false,
+                        last_problem: String::from("no attempt made"),
+                        stage: Stage::Calling,
+                    },
+                );
+                self.advance(token);
+            }
+            Input::Answer { call, answer } => self.answer(call, answer),
+            Input::Record(record) => self.observe(&record),
+            Input::Tick => self.tick(),
+        }
+        out.append(&mut self.out);
+    }
+
+    /// The earliest time the router has something to do.
+    pub fn next_timer(&self) -> Option<Time> {
+        let attempts = self.attempts.values().filter_map(|a| match a.stage {
+            Stage::Pausing(at) => Some(at),
+            Stage::Checking => Some(a.deadline),
+            Stage::Calling => None,
+        });
+        attempts.chain([self.next_health]).min()
+    }
+
+    /// The recorded leader and epoch, if one was ever elected.
+    pub fn current(&self) -> Option<(ReplicaId, Epoch)> {
+        self.record.leader.map(|leader| (leader, self.record.epoch))
+    }
+
+    /// The leader that serves, as the last check found, or why there is none.
+    pub fn serving(&self) -> Result<(ReplicaId, Epoch), String> {
+        if let Some(problem) = &self.problem {
+            return Err(problem.clone());
+        }
+        self.current()
+            .ok_or_else(|| "no order leader is recorded".to_owned())
+    }
+
+    /// The newest record seen.
+    pub fn record(&self) -> &Leadership {
+        &self.record
+    }
+
+    /// The replicas whose disk failed, as `order-ID: reason`, as the last check found them.
+    pub fn storage_failures(&self) -> &[String] {
+        &self.storage_failures
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Requests not answered yet.
+    pub fn pending(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Takes a record from the catalog (pushed or read) if it is newer than the one held.
+    fn observe(&mut self, record: &Leadership) {
+        let held = &self.record;
+        let newer = record.epoch > held.epoch
+            || (record.epoch == held.epoch && record.in_sync != held.in_sync);
+        if !newer {
+            return;
+        }
+        if record.epoch > held.epoch && held.leader.is_some() {
+            self.counters.failovers += 1;
+        }
+        if record.leader != held.leader || record.epoch != held.epoch {
+            info!(%record, "following the order leader");
+        }
+        self.record = record.clone();
+    }
+
+    fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, purpose: Purpose) {
+        let call = self.next_call;
+        self.next_call += 1;
+        self.calls.insert(call, purpose);
+        self.out.push(Command::Call {
+            call,
+            to,
+            request,
+            timeout,
+        });
+    }
+
+    fn reply(&mut self, token: Token, reply: Result<OrderResponse, OrderError>) {
+        self.attempts.remove(&token);
+        self.out.push(Command::Reply { token, reply });
+    }
+
+    /// The next step of request `token`: an attempt at the known leader, or a check first.
+    fn advance(&mut self, token: Token) {
+        let now = self.now;
+        let known = self.current();
+        let Some(attempt) = self.attempts.get_mut(&token) else {
+            return;
+        };
+        if now >= attempt.deadline {
+            let problem = attempt.last_problem.clone();
+            return self.reply(token, Err(OrderError::Unavailable(problem)));
+        }
+        match known.filter(|_| !attempt.suspect) {
+            Some((leader, _)) => self.send(token, leader),
+            None => match self.join_check(token) {
+                Ok(()) => {
+                    if let Some(attempt) = self.attempts.get_mut(&token) {
+                        attempt.stage = Stage::Checking;
+                    }
+                }
+                Err(problem) => {
+                    if let Some(attempt) = self.attempts.get_mut(&token) {
+                        attempt.last_problem = problem;
+                    }
+                    self.pause(token);
+                }
+            },
+        }
+    }
+
+    fn send(&mut self, token: Token, leader: ReplicaId) {
+        let now = self.now;
+        let attempt_timeout = self.config.attempt;
+        let configured = self.config.replicas.contains(&leader);
+        let Some(attempt) = self.attempts.get_mut(&token) else {
+            return;
+        };
+        attempt.suspect = false;
+        if !configured {
+            // The record names a replica this front end was not configured with (an
+            // operator's override, or front ends with different peer lists).
+            attempt.last_problem =
+                format!("the recorded leader {leader} is not among --order-peers");
+            attempt.suspect = true;
+            return self.pause(token);
+        }
+        attempt.stage = Stage::Calling;
+        let budget = attempt.deadline.saturating_sub(now).min(attempt_timeout);
+        let request = Outgoing::Order(attempt.request.clone());
+        self.call(
+            Peer::Replica(leader),
+            request,
+            budget,
+            Purpose::Attempt { token, leader },
+        );
+    }
+
+    fn pause(&mut self, token: Token) {
+        let now = self.now;
+        if let Some(attempt) = self.attempts.get_mut(&token) {
+            attempt.stage = Stage::Pausing(attempt.deadline.min(now + RETRY_PAUSE));
+        }
+    }
+
+    fn attempted(&mut self, token: Token, leader: ReplicaId, answer: CallResult) {
+        let Some(attempt) = self.attempts.get_mut(&token) else {
+            return;
+        };
+        match answer {
+            Ok(Answer::Order(
+                OrderResponse::NotLeader { .. } | OrderResponse::StaleEpoch { .. },
+            )) => {
+                attempt.last_problem = format!("replica {leader} does not lead");
+                attempt.suspect = true;
+                self.counters.retries += 1;
+                self.pause(token);
+            }
+            Ok(Answer::Order(answer)) => self.reply(token, Ok(answer)),
+            Ok(Answer::Catalog(other)) => {
+                attempt.last_problem = format!("replica {leader} answered {other:?}");
+                attempt.suspect = true;
+                self.counters.retries += 1;
+                self.pause(token);
+            }
+            Err(CallError::Remote(e)) if e.kind == RemoteErrorKind::BadRequest => {
+                self.reply(token, Err(OrderError::BadRequest(e.message)));
+            }
+            Err(CallError::Remote(e)) => {
+                // The leader is there but cannot finish now (its quorum, the catalog, taking
+                // over): the same leader is asked again after a pause.
+                attempt.last_problem = e.message;
+                self.counters.retries += 1;
+                self.pause(token);
+            }
+            Err(CallError::Failed(e)) => {
+                attempt.last_problem = format!("replica {leader}: {e}");
+                attempt.suspect = true;
+                self.counters.retries += 1;
+                self.advance(token);
+            }
+        }
+    }
+
+    /// Joins the check running, or starts one; `Err` with the reason when a check failed a
+    /// moment ago (requests do not each run their own).
+    fn join_check(&mut self, token: Token) -> Result<(), String> {
+        if let Some(check) = &mut self.check {
+            check.waiters.push(token);
+            return Ok(());
+        }
+        if let Some((at, reason)) = &self.last_failure {
+            if self.now.saturating_sub(*at) < CHECK_GAP {
+                return Err(reason.clone());
+            }
+        }
+        self.start_check(vec![token]);
+        Ok(())
+    }
+
+    fn start_check(&mut self, waiters: Vec<Token>) {
+        let (election, asks) = Election::start(&self.config.replicas, self.config.rules);
+        self.check = Some(Check { election, waiters });
+        for ask in asks {
+            self.ask(ask);
+        }
+    }
+
+    fn ask(&mut self, ask: Ask) {
+        let timeout = self.config.attempt;
+        match ask {
+            Ask::Record => self.call(
+                Peer::Catalog,
+                Outgoing::Catalog(CatalogRequest::ReadLeadership),
+                timeout,
+                Purpose::Record,
+            ),
+            Ask::Status(id) => self.call(
+                Peer::Replica(id),
+                Outgoing::Order(OrderRequest::Status),
+                timeout,
+                Purpose::Status(id),
+            ),
+            Ask::Change { expected, change } => self.call(
+                Peer::Catalog,
+                Outgoing::Catalog(CatalogRequest::ChangeLeadership { expected, change }),
+                timeout,
+                Purpose::Elect,
+            ),
+        }
+    }
+
+    fn answer(&mut self, call: CallId, answer: CallResult) {
+        let Some(purpose) = self.calls.remove(&call) else {
+            return;
+        };
+        let progress = match (purpose, &mut self.check) {
+            (Purpose::Attempt { token, leader }, _) => {
+                return self.attempted(token, leader, answer)
+            }
+            (Purpose::Record, Some(check)) => check.election.record(match answer {
+                Ok(Answer::Catalog(CatalogResponse::Leadership(record))) => Ok(record),
+                Ok(other) => Err(format!("unexpected catalog answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }),
+            (Purpose::Status(id), Some(check)) => check.election.status(
+                id,
+                match answer {
+                    Ok(Answer::Order(OrderResponse::Status(status))) => Some(status),
+                    _ => None,
+                },
+            ),
+            (Purpose::Elect, Some(check)) => check.election.changed(match answer {
+                Ok(Answer::Catalog(CatalogResponse::Leadership(record))) => {
+                    Ok(LeadershipOutcome::Changed(record))
+                }
+                Ok(Answer::Catalog(CatalogResponse::Fenced { current, reason })) => {
+                    Ok(LeadershipOutcome::Refused { current, reason })
+                }
+                Ok(other) => Err(format!("unexpected catalog answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }),
+            (_, None) => return,
+        };
+        match progress {
+            Progress::Waiting => {}
+            Progress::Ask(ask) => self.ask(ask),
+            Progress::Done(done) => self.finish_check(done.map_err(|e| e.to_string())),
+        }
+    }
+
+    fn finish_check(&mut self, done: Result<order::election::Ensured, String>) {
+        let Some(check) = self.check.take() else {
+            return;
+        };
+        let outcome = match done {
+            Ok(ensured) => {
+                if ensured.elected {
+                    self.counters.elections += 1;
+                }
+                self.observe(&ensured.record);
+                self.storage_failures = ensured.storage_failures;
+                self.last_failure = None;
+                self.problem = None;
+                self.current()
+                    .map(|(leader, _)| leader)
+                    .ok_or_else(|| "no order leader is recorded".to_owned())
+            }
+            Err(reason) => {
+                warn!(error = %reason, "no order leader can serve");
+                self.problem = Some(reason.clone());
+                self.last_failure = Some((self.now, reason.clone()));
+                Err(reason)
+            }
+        };
+        for token in check.waiters {
+            match &outcome {
+                Ok(leader) => self.send(token, *leader),
+                Err(problem) => {
+                    if let Some(attempt) = self.attempts.get_mut(&token) {
+                        attempt.last_problem = problem.clone();
+                    }
+                    self.pause(token);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        let due: Vec<(Token, Stage)> = self
+            .attempts
+            .iter()
+            .filter_map(|(&token, a)| match a.stage {
+                Stage::Pausing(at) if at <= now => Some((token, a.stage)),
+                Stage::Checking if a.deadline <= now => Some((token, a.stage)),
+                _ => None,
+            })
+            .collect();
+        for (token, stage) in due {
+            match stage {
+                Stage::Checking => {
+                    if let Some(check) = &mut self.check {
+                        check.waiters.retain(|&t| t != token);
+                    }
+                    let problem = self.attempts.get(&token).map(|a| a.last_problem.clone());
+                    self.reply(
+                        token,
+                        Err(OrderError::Unavailable(problem.unwrap_or_default())),
+                    );
+                }
+                Stage::Pausing(_) | Stage::Calling => self.advance(token),
+            }
+        }
+        if now >= self.next_health {
+            self.next_health = now + self.config.health_interval;
+            let recently_failed = self
+                .last_failure
+                .as_ref()
+                .is_some_and(|(at, _)| now.saturating_sub(*at) < CHECK_GAP);
+            if self.check.is_none() && !recently_failed {
+                self.start_check(Vec::new());
+            }
+        }
+    }
+}

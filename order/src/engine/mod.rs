@@ -1,0 +1,762 @@
+//! The replica's protocol as a state machine without I/O, in the manner of openraft's engine:
+//! [`Input`]s in (a request, the answer to a call it made, a write flushed, the leadership
+//! record, a tick of the clock), [`Command`]s out (append, cut, store the epoch, call a peer,
+//! reply). No tokio, no files and no clock inside: the time comes with every input. The
+//! runtime ([`crate::runtime`]) executes the commands on tokio, the order log and the network;
+//! the simulator executes them on a simulated network and disk.
+//!
+//! The parts, each in the file named after it: [`term`] (term changes: the leadership record,
+//! elections, stepping down), [`leader`] (placing, committing, replicating, the in-sync set,
+//! reconciliation with the catalog), [`catch_up`] (the follower: `Replicate`, epoch
+//! confirmation, `SyncUp`), [`log_index`] (the log's shape), and here the inputs, commands,
+//! durability accounting and queries they share.
+
+pub mod catch_up;
+pub mod leader;
+pub mod log_index;
+pub mod term;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use common::engine::Deadlines;
+use common::safety::{Rule, Rules};
+use common::wire::{
+    CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
+    ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber,
+};
+
+use crate::log::EpochRecord;
+use crate::replication::WriteQuorum;
+
+use catch_up::CatchUp;
+use leader::Leading;
+pub use log_index::{LogIndex, Placed};
+
+pub use common::engine::{Answer, CallError, CallId, CallResult, Peer, Time, Token, WriteId};
+
+/// Most entries in one `Replicate` or `SyncUp` answer (well under the frame limit).
+pub const MAX_BATCH: u64 = 1_000;
+/// Most epoch boundaries a follower sends in `SyncUp`.
+pub const MAX_KNOWN: usize = 64;
+/// Shortest and longest wait before retrying a follower or the leader.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// See [`MIN_BACKOFF`].
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest a request waits for the local disk before it is answered `Unavailable`.
+pub const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Above this many waiting orders, those already answered are pruned.
+const PRUNE_COMMITTING_ABOVE: usize = 10_000;
+
+/// What happens to the engine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A request from a peer or a front end, to be answered with [`Command::Reply`].
+    Request {
+        /// Echoed by the reply.
+        token: Token,
+        /// The request.
+        request: OrderRequest,
+    },
+    /// What became of a [`Command::Call`]; every call gets exactly one.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// Its answer, or why there is none.
+        answer: CallResult,
+    },
+    /// The catalog's leadership record, pushed on the subscription or read.
+    Record(common::wire::Leadership),
+    /// Whether the subscription to the catalog is up (its heartbeats arrive).
+    CatalogLink(bool),
+    /// Every write up to this one is on disk.
+    Flushed(WriteId),
+    /// The log cannot be written; nothing queued will become durable.
+    StorageFailed(String),
+    /// The clock moved; the engine acts on whatever is due.
+    Tick,
+}
+
+/// What the engine asks the runtime to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Append `entries` to the log, after every write before; report `write` once flushed.
+    Append {
+        /// Reported by [`Input::Flushed`].
+        write: WriteId,
+        /// Consecutive entries that follow the log.
+        entries: Vec<OrderEntry>,
+    },
+    /// Set aside every entry from `from` on (a side file), then cut them off the log.
+    Cut {
+        /// Reported by [`Input::Flushed`].
+        write: WriteId,
+        /// The first entry set aside.
+        from: TransactionNumber,
+        /// Why, for the side file and the log.
+        reason: String,
+    },
+    /// Store the epoch record, atomically, after every write before.
+    StoreEpoch {
+        /// Reported by [`Input::Flushed`].
+        write: WriteId,
+        /// The record.
+        record: EpochRecord,
+    },
+    /// Send a request; its answer (or failure) comes back as [`Input::Answer`].
+    Call {
+        /// Echoed by the answer.
+        call: CallId,
+        /// Who.
+        to: Peer,
+        /// What.
+        request: Outgoing,
+        /// How long to wait for the answer.
+        timeout: Duration,
+    },
+    /// Answer a request.
+    Reply {
+        /// The request's token.
+        token: Token,
+        /// The answer.
+        body: ReplyBody,
+    },
+}
+
+/// A request to send. `Replicate` names its entries by number: the runtime reads them from
+/// the log it keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// To a replica, as it is.
+    Order(OrderRequest),
+    /// `OrderRequest::Replicate` with the `count` entries from `from` on.
+    Replicate {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// The leader.
+        leader_id: ReplicaId,
+        /// The entry before `from`.
+        prev: Option<LogPosition>,
+        /// First entry to send.
+        from: TransactionNumber,
+        /// How many.
+        count: u64,
+    },
+    /// To the catalog.
+    Catalog(CatalogRequest),
+}
+
+/// An answer, which the runtime may have to complete from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyBody {
+    /// Complete as it is.
+    Ready(Reply<OrderResponse>),
+    /// `OrderResponse::Entries` with the `count` entries from `start` on.
+    Entries {
+        /// Where the logs meet.
+        from: Option<LogPosition>,
+        /// First entry to send.
+        start: TransactionNumber,
+        /// How many.
+        count: u64,
+        /// The leader's last entry.
+        leader_last: Option<LogPosition>,
+    },
+    /// `OrderResponse::Order` with entry `number` (`OrderNotFound` if the log lacks it).
+    Order {
+        /// The entry.
+        number: TransactionNumber,
+    },
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This replica.
+    pub id: ReplicaId,
+    /// The other replicas.
+    pub peers: Vec<ReplicaId>,
+    /// When an order counts as committed.
+    pub write_quorum: WriteQuorum,
+    /// How long a follower has to answer a `Replicate`.
+    pub replicate_timeout: Duration,
+    /// How long an order waits for its quorum before `Unavailable`.
+    pub commit_timeout: Duration,
+    /// How long other calls (catalog, sync-up) may take.
+    pub call_timeout: Duration,
+    /// Recent request ids remembered.
+    pub dedup_window: usize,
+    /// The safety rules (all of them, but in the simulator's mutation runs).
+    pub rules: Rules,
+}
+
+impl EngineConfig {
+    /// The smallest in-sync set a leader may shrink to.
+    pub fn min_in_sync(&self) -> usize {
+        self.write_quorum.min_in_sync(self.peers.len() + 1)
+    }
+}
+
+/// What a replica recovered from its disk.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The log's entries, in order.
+    pub entries: Vec<OrderEntry>,
+    /// The stored epoch record.
+    pub epoch: EpochRecord,
+}
+
+/// What the engine does in its current term.
+#[derive(Debug)]
+enum State {
+    /// No leader it may follow or lead.
+    Idle,
+    /// Fetching what it lacks from the leader.
+    Syncing(CatchUp),
+    /// Caught up, following the leader.
+    Following,
+    /// Leading.
+    Leading(Box<Leading>),
+}
+
+/// A write on its way to disk.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    Append(TransactionNumber),
+    Cut(TransactionNumber),
+    Epoch(EpochRecord),
+}
+
+/// What an outstanding call is for.
+#[derive(Debug)]
+enum Pending {
+    /// A placement's trade at the catalog.
+    Trade {
+        term: u64,
+        request_id: common::wire::RequestId,
+    },
+    /// A batch to a follower.
+    Replicate { term: u64, peer: ReplicaId },
+    /// A change of the in-sync set.
+    InSync { term: u64 },
+    /// A reconciliation round.
+    Reconcile { term: u64 },
+    /// A follower's sync-up request.
+    SyncUp { term: u64 },
+    /// A `Replicate` from a newer epoch, waiting for the catalog to confirm it.
+    Confirm {
+        token: Token,
+        epoch: Epoch,
+        leader: ReplicaId,
+        prev: Option<LogPosition>,
+        entries: Vec<OrderEntry>,
+    },
+}
+
+/// One order replica's protocol state.
+#[derive(Debug)]
+pub struct Engine {
+    id: ReplicaId,
+    config: EngineConfig,
+    now: Time,
+    log: LogIndex,
+    /// Writes queued and not yet flushed, oldest first.
+    writes: VecDeque<(WriteId, Write)>,
+    next_write: WriteId,
+    /// Cuts among `writes`.
+    pending_cuts: usize,
+    /// The last entry the log file holds (some may since have been cut from the index).
+    on_disk: Option<TransactionNumber>,
+    /// The newest entry of the index that is on disk.
+    durable: Option<TransactionNumber>,
+    /// The epoch record on disk.
+    stored: EpochRecord,
+    /// Why the log cannot be written, once it cannot.
+    failed: Option<String>,
+    catalog_link: bool,
+    epoch: Epoch,
+    leader: Option<ReplicaId>,
+    /// Bumped at every change of role or term; calls of an older term are ignored.
+    term: u64,
+    state: State,
+    calls: HashMap<CallId, Pending>,
+    next_call: CallId,
+    /// Follower: `Replicate` answers waiting for their entries to reach the disk.
+    durable_waiters: BTreeMap<TransactionNumber, Vec<(Token, LogPosition)>>,
+    durable_deadlines: Deadlines,
+    out: Vec<Command>,
+}
+
+impl Engine {
+    /// A replica that recovered `recovered` from its disk, at time `now`. One that knew another
+    /// leader before it stopped catches up with it at once; one that led waits for a new
+    /// election. The catalog's record decides from then on.
+    pub fn new(config: EngineConfig, recovered: Recovered, now: Time) -> Self {
+        let mut log = LogIndex::new(config.dedup_window);
+        for entry in &recovered.entries {
+            log.append(entry);
+        }
+        let durable = log.last().map(|p| p.number);
+        let mut engine = Engine {
+            id: config.id,
+            now,
+            log,
+            writes: VecDeque::new(),
+            next_write: 1,
+            pending_cuts: 0,
+            on_disk: durable,
+            durable,
+            stored: recovered.epoch,
+            failed: None,
+            catalog_link: false,
+            epoch: recovered.epoch.epoch,
+            leader: recovered.epoch.leader,
+            term: 0,
+            state: State::Idle,
+            calls: HashMap::new(),
+            next_call: 1,
+            durable_waiters: BTreeMap::new(),
+            durable_deadlines: Deadlines::default(),
+            out: Vec::new(),
+            config,
+        };
+        if let Some(leader) = recovered.epoch.leader {
+            if leader != engine.id && engine.knows(leader) {
+                engine.adopt(recovered.epoch.epoch, leader, &[]);
+            }
+        }
+        engine
+    }
+
+    /// Handles one input at time `now`, appending the commands it gives to `out`.
+    pub fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Command>) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Request { token, request } => self.request(token, request),
+            Input::Answer { call, answer } => self.answer(call, answer),
+            Input::Record(record) => self.observe_record(&record),
+            Input::CatalogLink(up) => self.catalog_link = up,
+            Input::Flushed(write) => self.flushed(write),
+            Input::StorageFailed(reason) => self.storage_failed(reason),
+            Input::Tick => self.tick(),
+        }
+        out.append(&mut self.out);
+    }
+
+    /// The earliest time at which the engine has something to do ([`Input::Tick`]).
+    pub fn next_timer(&mut self) -> Option<Time> {
+        let mut next = self.durable_deadlines.earliest();
+        let mut consider = |at: Option<Time>| {
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n: Time| n.min(at)));
+            }
+        };
+        match &mut self.state {
+            State::Leading(leading) => consider(leading.next_timer()),
+            State::Syncing(catch_up) => consider(catch_up.retry_at),
+            State::Idle | State::Following => {}
+        }
+        next
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// What it is doing.
+    pub fn role(&self) -> Role {
+        match self.state {
+            State::Idle => Role::Idle,
+            State::Syncing(_) => Role::Syncing,
+            State::Following => Role::Follower,
+            State::Leading(_) => Role::Leader,
+        }
+    }
+
+    /// The highest epoch it has seen.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The log's shape.
+    pub fn log(&self) -> &LogIndex {
+        &self.log
+    }
+
+    /// The newest entry on disk.
+    pub fn durable(&self) -> Option<TransactionNumber> {
+        self.durable
+    }
+
+    /// Leader only: the newest committed entry of this term.
+    pub fn commit(&self) -> Option<TransactionNumber> {
+        match &self.state {
+            State::Leading(leading) => leading.commit,
+            _ => None,
+        }
+    }
+
+    /// Leader only: the in-sync set it waits for.
+    pub fn in_sync(&self) -> Option<&[ReplicaId]> {
+        match &self.state {
+            State::Leading(leading) => Some(&leading.in_sync),
+            _ => None,
+        }
+    }
+
+    /// Its answer to `Status`.
+    pub fn status(&self) -> ReplicaStatus {
+        let (placing, stalled) = match &self.state {
+            State::Leading(leading) => (
+                leading.in_office && leading.reconcile.reconciled,
+                self.stalled(leading),
+            ),
+            _ => (false, false),
+        };
+        ReplicaStatus {
+            id: self.id,
+            role: self.role(),
+            epoch: self.epoch,
+            leader_id: self.leader,
+            last: self.durable.and_then(|n| self.log.position(n)),
+            catalog_link: self.catalog_link,
+            placing,
+            stalled,
+            storage_failure: self.failed.clone(),
+        }
+    }
+
+    fn knows(&self, id: ReplicaId) -> bool {
+        self.config.peers.contains(&id)
+    }
+
+    fn reply(&mut self, token: Token, reply: Reply<OrderResponse>) {
+        self.out.push(Command::Reply {
+            token,
+            body: ReplyBody::Ready(reply),
+        });
+    }
+
+    fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, pending: Pending) -> CallId {
+        let call = self.next_call;
+        self.next_call += 1;
+        self.calls.insert(call, pending);
+        self.out.push(Command::Call {
+            call,
+            to,
+            request,
+            timeout,
+        });
+        call
+    }
+
+    fn not_leader(&self) -> OrderResponse {
+        OrderResponse::NotLeader {
+            epoch: self.epoch,
+            leader_id: self.leader,
+        }
+    }
+
+    fn write(&mut self, write: Write) -> WriteId {
+        let id = self.next_write;
+        self.next_write += 1;
+        self.writes.push_back((id, write));
+        id
+    }
+
+    /// Appends `entries` (which follow the log) and queues them for the disk.
+    fn append(&mut self, entries: Vec<OrderEntry>) -> Result<(), RemoteError> {
+        if let Some(reason) = &self.failed {
+            return Err(RemoteError::unavailable(format!(
+                "order log failed: {reason}"
+            )));
+        }
+        let Some(last) = entries.last().map(|e| e.number) else {
+            return Ok(());
+        };
+        let was_idle = self.nothing_waiting();
+        for entry in &entries {
+            if !self.log.append(entry) {
+                return Err(RemoteError::unavailable(format!(
+                    "entry {} does not follow the log (next is {})",
+                    entry.number,
+                    self.log.next_number()
+                )));
+            }
+        }
+        let write = self.write(Write::Append(last));
+        self.out.push(Command::Append { write, entries });
+        self.recompute_durable();
+        self.after_append(was_idle);
+        if !self.config.rules.holds(Rule::DurableBeforeAck) {
+            self.answer_durable_waiters();
+            self.after_durable();
+        }
+        Ok(())
+    }
+
+    /// Sets aside every entry from `from` on.
+    fn cut_from(&mut self, from: TransactionNumber, reason: &str) {
+        if from >= self.log.next_number() {
+            return;
+        }
+        self.log.cut_from(from);
+        let write = self.write(Write::Cut(from));
+        self.pending_cuts += 1;
+        self.recompute_durable();
+        self.out.push(Command::Cut {
+            write,
+            from,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn store_epoch(&mut self, record: EpochRecord) {
+        let write = self.write(Write::Epoch(record));
+        self.out.push(Command::StoreEpoch { write, record });
+    }
+
+    /// The newest entry of the index that is on disk: what the file holds, short of any cut
+    /// still on its way (the file may hold entries the index has already replaced).
+    fn recompute_durable(&mut self) {
+        if !self.config.rules.holds(Rule::DurableBeforeAck) {
+            // Broken on purpose (simulator only): every appended entry counts as on disk.
+            self.durable = self.log.last().map(|p| p.number);
+            return;
+        }
+        let mut durable = self.on_disk.min(self.log.last().map(|p| p.number));
+        if self.pending_cuts > 0 {
+            for (_, write) in &self.writes {
+                if let Write::Cut(from) = write {
+                    durable = durable.min(from.checked_sub(1));
+                }
+            }
+        }
+        self.durable = durable;
+    }
+
+    fn flushed(&mut self, through: WriteId) {
+        let mut epoch_stored = false;
+        while let Some(&(id, write)) = self.writes.front() {
+            if id > through {
+                break;
+            }
+            self.writes.pop_front();
+            match write {
+                Write::Append(last) => self.on_disk = self.on_disk.max(Some(last)),
+                Write::Cut(from) => {
+                    self.on_disk = self.on_disk.min(from.checked_sub(1));
+                    self.pending_cuts -= 1;
+                }
+                Write::Epoch(record) => {
+                    self.stored = record;
+                    epoch_stored = true;
+                }
+            }
+        }
+        self.recompute_durable();
+        if self.failed.is_some() {
+            return;
+        }
+        if epoch_stored {
+            self.take_office();
+        }
+        self.answer_durable_waiters();
+        self.after_durable();
+    }
+
+    /// Something reached the disk: commits move, a catch-up may finish.
+    fn after_durable(&mut self) {
+        match &self.state {
+            State::Leading(_) => self.advance_commit(),
+            State::Syncing(_) => self.finish_catch_up(),
+            State::Idle | State::Following => {}
+        }
+    }
+
+    fn storage_failed(&mut self, reason: String) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.failed = Some(reason.clone());
+        self.writes.clear();
+        self.pending_cuts = 0;
+        let answer = Err(RemoteError::unavailable(format!(
+            "order log failed: {reason}"
+        )));
+        for token in self.durable_deadlines.drain() {
+            self.reply(token, answer.clone());
+        }
+        self.durable_waiters.clear();
+        self.fail_waiting(answer);
+    }
+
+    /// Answers the `Replicate`s whose entries are now on disk, if they are still the ones
+    /// the leader sent (a later cut may have replaced them: then the leader learns where this
+    /// log stands instead).
+    fn answer_durable_waiters(&mut self) {
+        let Some(durable) = self.durable else {
+            return;
+        };
+        let later = self.durable_waiters.split_off(&(durable + 1));
+        let ready = std::mem::replace(&mut self.durable_waiters, later);
+        for (_, waiters) in ready {
+            for (token, position) in waiters {
+                if !self.durable_deadlines.take(token) {
+                    continue;
+                }
+                let answer = if self.log.position(position.number) == Some(position) {
+                    OrderResponse::Replicated {
+                        last: Some(position),
+                    }
+                } else {
+                    OrderResponse::Behind {
+                        last: self.log.last(),
+                    }
+                };
+                self.reply(token, Ok(answer));
+            }
+        }
+    }
+
+    /// Answers `Replicated` once `position` is on disk.
+    fn reply_when_durable(&mut self, token: Token, position: LogPosition) {
+        if self.durable >= Some(position.number) {
+            self.reply(
+                token,
+                Ok(OrderResponse::Replicated {
+                    last: Some(position),
+                }),
+            );
+            return;
+        }
+        self.durable_deadlines
+            .add(token, self.now + DURABILITY_TIMEOUT);
+        self.durable_waiters
+            .entry(position.number)
+            .or_default()
+            .push((token, position));
+    }
+
+    fn tick(&mut self) {
+        for token in self.durable_deadlines.due(self.now) {
+            self.reply(
+                token,
+                Err(RemoteError::unavailable("order log is not keeping up")),
+            );
+        }
+        match &self.state {
+            State::Leading(_) => self.leader_tick(),
+            State::Syncing(_) => self.catch_up_tick(),
+            State::Idle | State::Following => {}
+        }
+    }
+
+    fn request(&mut self, token: Token, request: OrderRequest) {
+        match request {
+            OrderRequest::PlaceOrder(order) => self.place(token, order),
+            OrderRequest::GetOrder { number } => self.get_order(token, number),
+            OrderRequest::Status => {
+                let status = self.status();
+                self.reply(token, Ok(OrderResponse::Status(status)));
+            }
+            OrderRequest::Replicate {
+                epoch,
+                leader_id,
+                prev,
+                entries,
+            } => self.replicate(token, epoch, leader_id, prev, entries),
+            OrderRequest::SyncUp {
+                epoch,
+                follower_id,
+                known,
+            } => self.sync_up(token, epoch, follower_id, &known),
+        }
+    }
+
+    fn answer(&mut self, call: CallId, answer: CallResult) {
+        let Some(pending) = self.calls.remove(&call) else {
+            return;
+        };
+        match pending {
+            Pending::Trade { term, request_id } => self.traded(term, request_id, answer),
+            Pending::Replicate { term, peer } if term == self.term => self.replicated(peer, answer),
+            Pending::InSync { term } if term == self.term => self.in_sync_changed(answer),
+            Pending::Reconcile { term } if term == self.term => self.reconciled(answer),
+            Pending::SyncUp { term } if term == self.term => self.synced(answer),
+            Pending::Confirm {
+                token,
+                epoch,
+                leader,
+                prev,
+                entries,
+            } => self.confirmed(token, epoch, leader, prev, entries, answer),
+            Pending::Replicate { .. }
+            | Pending::InSync { .. }
+            | Pending::Reconcile { .. }
+            | Pending::SyncUp { .. } => {}
+        }
+    }
+
+    /// One recorded order, if this replica may show it: a leader shows committed orders, a
+    /// follower what is on its disk.
+    fn get_order(&mut self, token: Token, number: TransactionNumber) {
+        let visible = match &self.state {
+            State::Leading(leading) => {
+                if Some(number) > leading.commit && number < self.log.next_number() {
+                    // Recorded but not yet on every in-sync replica: not final until then.
+                    let answer = Err(RemoteError::unavailable(format!(
+                        "order {number} is not committed yet"
+                    )));
+                    return self.reply(token, answer);
+                }
+                leading.commit
+            }
+            State::Following => self.durable,
+            State::Syncing(_) | State::Idle => {
+                let answer = Err(RemoteError::unavailable(
+                    "replica is not caught up with a leader",
+                ));
+                return self.reply(token, answer);
+            }
+        };
+        if Some(number) > visible {
+            return self.reply(token, Ok(OrderResponse::OrderNotFound));
+        }
+        self.out.push(Command::Reply {
+            token,
+            body: ReplyBody::Order { number },
+        });
+    }
+}
+
+/// Refuses entries that claim an epoch newer than the leader sending them: no leader can
+/// hold such an entry, so it is forged or corrupt, and is never stored.
+fn beyond_epoch(
+    epoch: Epoch,
+    prev: Option<LogPosition>,
+    entries: &[OrderEntry],
+) -> Result<(), RemoteError> {
+    let newest = entries
+        .iter()
+        .map(|e| e.epoch)
+        .chain(prev.map(|p| p.epoch))
+        .max();
+    match newest {
+        Some(newest) if newest > epoch => {
+            tracing::warn!(
+                epoch,
+                newest,
+                "refused entries from an epoch newer than their leader's"
+            );
+            Err(RemoteError::bad_request(format!(
+                "entries of epoch {newest} cannot come from a leader of epoch {epoch}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,505 @@
+//! The replica's runtime, the only part of the order service that does I/O. It feeds the
+//! engine ([`crate::engine`]) what happens (requests from the server, answers to its calls,
+//! flushes of the group-commit thread, the catalog's leadership record, the clock) and
+//! executes the commands the engine gives: writes go to the commit thread in order, while the
+//! engine's lock is held (sending on a channel, nothing more); calls and replies go out on
+//! tokio after it is released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use catalog::CatalogClient;
+use common::group_commit::{self, Job};
+use common::rpc::RpcClient;
+use common::server::{self, RequestContext, Service};
+use common::storage::{Ended, Recovery};
+use common::sync::lock;
+use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, ReplicaId, Reply};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::engine::{
+    Answer, CallError, CallId, CallResult, Command, Engine, Input, Outgoing, Peer, ReplyBody, Time,
+    Token, WriteId, MAX_BACKOFF, MIN_BACKOFF,
+};
+use crate::log::OrderLog;
+use crate::{Error, ReplicaConfig};
+
+/// Messages of the catalog's subscription a replica may fall behind by.
+const SUBSCRIPTION_BACKLOG: usize = 256;
+
+type PeerClient = RpcClient<OrderRequest, OrderResponse>;
+
+/// What the engine's lock guards: the engine and the files it commands.
+struct Inner {
+    engine: Engine,
+    log: OrderLog,
+    /// The group-commit queue; taken at shutdown so the writer drains and stops.
+    jobs: Option<mpsc::Sender<Job<WriteId>>>,
+    /// Requests waiting for their answer, by token.
+    replies: HashMap<Token, oneshot::Sender<Reply<OrderResponse>>>,
+    /// Reused for every step.
+    commands: Vec<Command>,
+    /// The deadline the timer task sleeps until.
+    timer_at: Option<Time>,
+}
+
+/// Work to do once the lock is released.
+enum Effect {
+    Call {
+        call: CallId,
+        to: Peer,
+        request: OutgoingRequest,
+        timeout: std::time::Duration,
+    },
+    Reply(oneshot::Sender<Reply<OrderResponse>>, Reply<OrderResponse>),
+    Input(Input),
+}
+
+/// What became of a request fed to the engine.
+enum Outcome {
+    Replied(Reply<OrderResponse>),
+    Waiting(oneshot::Receiver<Reply<OrderResponse>>),
+    Nothing,
+}
+
+enum OutgoingRequest {
+    Order(OrderRequest),
+    Catalog(common::wire::CatalogRequest),
+}
+
+struct Node {
+    inner: Mutex<Inner>,
+    peers: BTreeMap<ReplicaId, PeerClient>,
+    catalog: CatalogClient,
+    origin: Instant,
+    /// Wakes the timer task when the engine's next deadline moved earlier.
+    timer: Notify,
+    next_token: AtomicU64,
+}
+
+impl Node {
+    fn now(&self) -> Time {
+        self.origin.elapsed()
+    }
+
+    /// Feeds `input` to the engine and executes its commands. The reply to `own` (a request
+    /// fed in this step) is returned rather than sent.
+    fn step(self: &Arc<Self>, input: Input, own: Option<Token>) -> Outcome {
+        let mut effects = Vec::new();
+        let mut mine = None;
+        let mut waiting = None;
+        {
+            let mut guard = lock(&self.inner);
+            let now = self.now();
+            let Inner {
+                engine,
+                log,
+                jobs,
+                replies,
+                commands,
+                timer_at,
+            } = &mut *guard;
+            engine.handle(now, input, commands);
+            for command in commands.drain(..) {
+                execute(
+                    command,
+                    log,
+                    jobs.as_ref(),
+                    &mut effects,
+                    &mut |token, reply| {
+                        if Some(token) == own {
+                            mine = Some(reply);
+                            None
+                        } else {
+                            replies.remove(&token).map(|sender| (sender, reply))
+                        }
+                    },
+                );
+            }
+            if let (Some(token), None) = (own, &mine) {
+                let (sender, receiver) = oneshot::channel();
+                replies.insert(token, sender);
+                waiting = Some(receiver);
+            }
+            let next = engine.next_timer();
+            if next.is_some() && (timer_at.is_none() || next < *timer_at) {
+                self.timer.notify_one();
+            }
+        }
+        self.run_effects(effects);
+        match (mine, waiting) {
+            (Some(reply), _) => Outcome::Replied(reply),
+            (None, Some(receiver)) => Outcome::Waiting(receiver),
+            (None, None) => Outcome::Nothing,
+        }
+    }
+
+    fn run_effects(self: &Arc<Self>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Reply(sender, reply) => {
+                    let _ = sender.send(reply);
+                }
+                Effect::Call {
+                    call,
+                    to,
+                    request,
+                    timeout,
+                } => {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let answer = node.call(to, request, timeout).await;
+                        node.step(Input::Answer { call, answer }, None);
+                    });
+                }
+                Effect::Input(input) => {
+                    self.step(input, None);
+                }
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        to: Peer,
+        request: OutgoingRequest,
+        timeout: std::time::Duration,
+    ) -> CallResult {
+        let answer = match (to, request) {
+            (Peer::Replica(id), OutgoingRequest::Order(request)) => match self.peers.get(&id) {
+                Some(peer) => peer.call_within(&request, timeout).await.map(Answer::Order),
+                None => return Err(CallError::Failed(format!("replica {id} is not a peer"))),
+            },
+            (Peer::Catalog, OutgoingRequest::Catalog(request)) => self
+                .catalog
+                .call_within(&request, timeout)
+                .await
+                .map(Answer::Catalog),
+            _ => {
+                return Err(CallError::Failed(
+                    "request sent to the wrong service".into(),
+                ))
+            }
+        };
+        answer.map_err(CallError::from)
+    }
+
+    /// Answers one request through the engine.
+    async fn request(self: &Arc<Self>, request: OrderRequest) -> Reply<OrderResponse> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        match self.step(Input::Request { token, request }, Some(token)) {
+            Outcome::Replied(reply) => reply,
+            Outcome::Waiting(receiver) => receiver
+                .await
+                .unwrap_or_else(|_| Err(RemoteError::unavailable("replica is shutting down"))),
+            Outcome::Nothing => Err(RemoteError::unavailable("replica is shutting down")),
+        }
+    }
+
+    /// Ticks the engine whenever its next deadline comes.
+    async fn keep_time(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let next = {
+                let mut inner = lock(&self.inner);
+                let next = inner.engine.next_timer();
+                inner.timer_at = next;
+                next
+            };
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.timer.notified() => continue,
+                () = sleep => {}
+            }
+            self.step(Input::Tick, None);
+        }
+    }
+
+    /// Follows the catalog's leadership record for as long as the replica runs, and tells the
+    /// engine whether the subscription's heartbeats arrive.
+    async fn follow_record(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        while !shutdown.is_cancelled() {
+            let subscribed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                subscribed = self.catalog.subscribe(false, SUBSCRIPTION_BACKLOG) => subscribed,
+            };
+            if let Ok((record, mut stream)) = subscribed {
+                backoff = MIN_BACKOFF;
+                self.step(Input::CatalogLink(true), None);
+                info!(%record, "following the leadership record");
+                self.step(Input::Record(record), None);
+                loop {
+                    let message = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        message = stream.next() => message,
+                    };
+                    match message {
+                        Some(Ok(CatalogResponse::Leadership(record))) => {
+                            info!(%record, "leadership record changed");
+                            self.step(Input::Record(record), None);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                self.step(Input::CatalogLink(false), None);
+                warn!("lost the catalog's subscription; reconnecting");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Executes one command under the engine's lock: writes are queued for the commit thread,
+/// requests and replies are completed from the log. `reply` routes an answer: it returns the
+/// waiting sender when one must be told after the lock is released.
+fn execute(
+    command: Command,
+    log: &mut OrderLog,
+    jobs: Option<&mpsc::Sender<Job<WriteId>>>,
+    effects: &mut Vec<Effect>,
+    reply: &mut impl FnMut(
+        Token,
+        Reply<OrderResponse>,
+    ) -> Option<(oneshot::Sender<Reply<OrderResponse>>, Reply<OrderResponse>)>,
+) {
+    let queue = |job: Job<WriteId>| {
+        // Without a queue the replica is shutting down: the write is dropped, and whoever
+        // waits for it is answered when the engine goes.
+        if let Some(jobs) = jobs {
+            let _ = jobs.send(job);
+        }
+    };
+    match command {
+        Command::Append { write, entries } => {
+            let mut bytes = Vec::new();
+            for entry in entries {
+                match log.append(entry) {
+                    Ok(line) => bytes.extend_from_slice(&line),
+                    Err(e) => {
+                        error!(error = %e, "the order log refused an append");
+                        effects.push(Effect::Input(Input::StorageFailed(e.to_string())));
+                        return;
+                    }
+                }
+            }
+            queue(Job::Append { bytes, item: write });
+        }
+        Command::Cut {
+            write,
+            from,
+            reason,
+        } => match log.cut_from(from, reason) {
+            Ok((_, work)) => queue(Job::Maintain {
+                work,
+                item: Some(write),
+            }),
+            Err(e) => effects.push(Effect::Input(Input::StorageFailed(e.to_string()))),
+        },
+        Command::StoreEpoch { write, record } => queue(Job::Maintain {
+            work: log.store_epoch(record),
+            item: Some(write),
+        }),
+        Command::Call {
+            call,
+            to,
+            request,
+            timeout,
+        } => {
+            let request = match request {
+                Outgoing::Order(request) => Ok(OutgoingRequest::Order(request)),
+                Outgoing::Catalog(request) => Ok(OutgoingRequest::Catalog(request)),
+                Outgoing::Replicate {
+                    epoch,
+                    leader_id,
+                    prev,
+                    from,
+                    count,
+                } => log
+                    .entries(from, count as usize)
+                    .map(|entries| {
+                        OutgoingRequest::Order(OrderRequest::Replicate {
+                            epoch,
+                            leader_id,
+                            prev,
+                            entries,
+                        })
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            match request {
+                Ok(request) => effects.push(Effect::Call {
+                    call,
+                    to,
+                    request,
+                    timeout,
+                }),
+                Err(e) => {
+                    error!(error = %e, "cannot read entries to replicate");
+                    effects.push(Effect::Input(Input::Answer {
+                        call,
+                        answer: Err(CallError::Failed(e)),
+                    }));
+                }
+            }
+        }
+        Command::Reply { token, body } => {
+            let answer = match body {
+                ReplyBody::Ready(answer) => answer,
+                ReplyBody::Entries {
+                    from,
+                    start,
+                    count,
+                    leader_last,
+                } => log
+                    .entries(start, count as usize)
+                    .map(|entries| OrderResponse::Entries {
+                        from,
+                        entries,
+                        leader_last,
+                    })
+                    .map_err(|e| RemoteError::unavailable(e.to_string())),
+                ReplyBody::Order { number } => match log.get(number) {
+                    Ok(Some(entry)) => Ok(OrderResponse::Order(entry)),
+                    Ok(None) => Ok(OrderResponse::OrderNotFound),
+                    Err(e) => Err(RemoteError::unavailable(e.to_string())),
+                },
+            };
+            if let Some((sender, answer)) = reply(token, answer) {
+                effects.push(Effect::Reply(sender, answer));
+            }
+        }
+    }
+}
+
+/// The replica as a [`Service`].
+struct ReplicaService(Arc<Node>);
+
+impl Service for ReplicaService {
+    type Request = OrderRequest;
+    type Response = OrderResponse;
+
+    async fn call(&self, request: OrderRequest, _context: RequestContext) -> Reply<OrderResponse> {
+        self.0.request(request).await
+    }
+}
+
+/// Opens the order log in `config.state_dir`, serves order requests on `listener` until
+/// `shutdown` fires, then finishes the requests in flight and flushes the log.
+///
+/// If the order log's disk fails, it acknowledges nothing more and reports why in its status;
+/// once the state directory takes writes again it stops the same way and returns
+/// [`Ended::RestartFromLog`] (the binary then restarts in place).
+pub async fn run(
+    listener: TcpListener,
+    config: ReplicaConfig,
+    shutdown: CancellationToken,
+) -> Result<Ended, Error> {
+    let recovery = Recovery::new(&shutdown);
+    let shutdown = recovery.stop().clone();
+    let dir = config.state_dir.clone();
+    let (log, file, recovered) = tokio::task::spawn_blocking(move || OrderLog::open(&dir))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let (events, mut flushes) = tokio::sync::mpsc::unbounded_channel::<Result<WriteId, String>>();
+    let failures = events.clone();
+    let (jobs, writer) = group_commit::start(
+        &format!("order-{}-log", config.id),
+        file,
+        move |batch: Vec<WriteId>| {
+            if let Some(&last) = batch.iter().max() {
+                let _ = events.send(Ok(last));
+            }
+        },
+        move |e| {
+            error!(error = %e, "order log failed: acknowledging nothing; restarting from the log once the state directory takes writes again");
+            let _ = failures.send(Err(format!("order log write failed: {e}")));
+        },
+    )?;
+    let origin = Instant::now();
+    info!(
+        addr = %listener.local_addr()?,
+        id = config.id,
+        epoch = recovered.epoch.epoch,
+        last = ?recovered.entries.last().map(|e| e.position()),
+        "order serving"
+    );
+    let engine = Engine::new(config.engine(), recovered, origin.elapsed());
+    let node = Arc::new(Node {
+        inner: Mutex::new(Inner {
+            engine,
+            log,
+            jobs: Some(jobs),
+            replies: HashMap::new(),
+            commands: Vec::new(),
+            timer_at: None,
+        }),
+        peers: config
+            .peers
+            .iter()
+            .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), config.client.clone())))
+            .collect(),
+        catalog: CatalogClient::new(config.catalog.clone(), config.client.clone()),
+        origin,
+        timer: Notify::new(),
+        next_token: AtomicU64::new(1),
+    });
+    // The commands of the engine's first step (a catch-up with the stored leader).
+    node.step(Input::Tick, None);
+    // One wake-up per group commit; waiters are woken from inside the runtime.
+    let relay = tokio::spawn({
+        let node = node.clone();
+        let recovery = recovery.clone();
+        let dir = config.state_dir.clone();
+        async move {
+            while let Some(event) = flushes.recv().await {
+                match event {
+                    Ok(write) => node.step(Input::Flushed(write), None),
+                    Err(reason) => {
+                        recovery.after_failure(dir.clone());
+                        node.step(Input::StorageFailed(reason), None)
+                    }
+                };
+            }
+        }
+    });
+    let timer = tokio::spawn(node.clone().keep_time(shutdown.clone()));
+    let follower = tokio::spawn(node.clone().follow_record(shutdown.clone()));
+    server::serve(
+        listener,
+        Arc::new(ReplicaService(node.clone())),
+        config.server.clone(),
+        shutdown,
+    )
+    .await;
+
+    let _ = follower.await;
+    let _ = timer.await;
+    lock(&node.inner).jobs.take();
+    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        warn!("order log writer did not stop cleanly");
+    }
+    let _ = relay.await;
+    let ended = recovery.ended();
+    match ended {
+        Ended::RestartFromLog => info!("order replica stopped to restart from its log"),
+        Ended::Stopped => info!("order replica stopped"),
+    }
+    Ok(ended)
+}
