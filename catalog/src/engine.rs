@@ -525,3 +525,257 @@ impl CatalogEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::safety::Rule;
+    use common::wire::{TradeKind, TradeReceipt};
+
+    struct Harness {
+        engine: CatalogEngine,
+        now: Time,
+        next: Token,
+        out: Vec<Command>,
+    }
+
+    fn harness(rules: Rules) -> Harness {
+        let stocks = Book::parse_seed("GameStart,15.99,10\n").unwrap();
+        let mut book = Book::new(stocks, 100);
+        book.set_leadership(Leadership {
+            epoch: 1,
+            leader: Some(3),
+            in_sync: vec![1, 2, 3],
+        });
+        Harness {
+            engine: CatalogEngine::new(book, Duration::from_millis(800), rules, Time::ZERO),
+            now: Time::ZERO,
+            next: 1,
+            out: Vec::new(),
+        }
+    }
+
+    impl Harness {
+        fn request(&mut self, request: CatalogRequest) -> Token {
+            let token = self.next;
+            self.next += 1;
+            self.engine
+                .handle(self.now, Input::Request { token, request }, &mut self.out);
+            token
+        }
+
+        fn flush(&mut self) {
+            let last = self
+                .out
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Append { write, .. } | Command::StoreLeadership { write, .. } => {
+                        Some(*write)
+                    }
+                    _ => None,
+                })
+                .max();
+            if let Some(last) = last {
+                self.engine
+                    .handle(self.now, Input::Flushed(last), &mut self.out);
+            }
+        }
+
+        fn reply(&mut self, token: Token) -> Option<Reply<CatalogResponse>> {
+            let at = self
+                .out
+                .iter()
+                .position(|c| matches!(c, Command::Reply { token: t, .. } if *t == token))?;
+            match self.out.remove(at) {
+                Command::Reply { reply, .. } => Some(reply),
+                _ => unreachable!("matched a reply"),
+            }
+        }
+    }
+
+    fn trade(epoch: Epoch, id: &str, quantity: i64, kind: TradeKind) -> CatalogRequest {
+        CatalogRequest::Trade(TradeRequest {
+            epoch,
+            request_id: RequestId::new(id).unwrap(),
+            name: StockName::new("GameStart").unwrap(),
+            quantity,
+            kind,
+        })
+    }
+
+    fn elect(expected: Epoch, leader: u32) -> CatalogRequest {
+        CatalogRequest::ChangeLeadership {
+            expected,
+            change: LeadershipChange::Elect {
+                leader,
+                in_sync: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn a_trade_is_answered_once_on_disk_and_its_invalidation_goes_first() {
+        let mut h = harness(Rules::ALL);
+        let token = h.request(trade(1, "a", 4, TradeKind::Buy));
+        assert_eq!(h.reply(token), None);
+        let lookup = h.request(CatalogRequest::Lookup {
+            name: StockName::new("GameStart").unwrap(),
+        });
+        assert_eq!(
+            h.reply(lookup),
+            None,
+            "a lookup never shows what is not on disk"
+        );
+        h.flush();
+        let invalidated = h
+            .out
+            .iter()
+            .position(|c| matches!(c, Command::Invalidate { version: 1, .. }));
+        let answered = h
+            .out
+            .iter()
+            .position(|c| matches!(c, Command::Reply { token: t, .. } if *t == token));
+        assert!(
+            invalidated.is_some() && invalidated < answered,
+            "{:?}",
+            h.out
+        );
+        assert_eq!(
+            h.reply(token),
+            Some(Ok(CatalogResponse::Traded {
+                receipt: TradeReceipt {
+                    quantity: 6,
+                    volume: 4,
+                    version: 1
+                },
+                seq: 1
+            }))
+        );
+        assert!(matches!(h.reply(lookup), Some(Ok(CatalogResponse::Stock(q))) if q.quantity == 6));
+    }
+
+    #[test]
+    fn a_trade_of_another_epoch_is_fenced_and_changes_nothing() {
+        let mut h = harness(Rules::ALL);
+        let token = h.request(trade(0, "a", 1, TradeKind::Buy));
+        assert!(matches!(
+            h.reply(token),
+            Some(Ok(CatalogResponse::Fenced { .. }))
+        ));
+        assert_eq!(h.engine.book().last_seq(), 0);
+        let mut broken = harness(Rules::without(Rule::Fencing));
+        broken.request(trade(0, "a", 1, TradeKind::Buy));
+        assert_eq!(broken.engine.book().last_seq(), 1);
+    }
+
+    #[test]
+    fn a_refusal_is_answered_once_on_disk_and_repeated_to_a_late_attempt() {
+        let mut h = harness(Rules::ALL);
+        let first = h.request(trade(1, "big", 50, TradeKind::Buy));
+        assert_eq!(h.reply(first), None);
+        let again = h.request(trade(1, "big", 50, TradeKind::Buy));
+        assert_eq!(h.reply(again), None, "the refusal is not on disk yet");
+        assert!(h.out.iter().any(|c| matches!(
+            c,
+            Command::Append {
+                record: LogRecord::Refused(_),
+                ..
+            }
+        )));
+        h.flush();
+        let refused = Ok(CatalogResponse::Rejected(TradeRejection::NotEnoughStock {
+            available: 10,
+        }));
+        assert_eq!(h.reply(first), Some(refused.clone()));
+        assert_eq!(h.reply(again), Some(refused.clone()));
+        // Stock comes back; a late attempt of the refused id still gets its refusal.
+        h.request(trade(1, "sell", 100, TradeKind::Sell));
+        h.flush();
+        let late = h.request(trade(1, "big", 50, TradeKind::Buy));
+        assert_eq!(h.reply(late), Some(refused));
+    }
+
+    #[test]
+    fn an_election_waits_for_the_lease_and_two_elections_never_both_win() {
+        let mut h = harness(Rules::ALL);
+        let renew = h.request(CatalogRequest::AppliedSince {
+            epoch: 1,
+            recorded_through: 0,
+            after: None,
+            max: 10,
+            serving: true,
+        });
+        assert!(matches!(
+            h.reply(renew),
+            Some(Ok(CatalogResponse::Applied { .. }))
+        ));
+        let early = h.request(elect(1, 2));
+        assert!(matches!(
+            h.reply(early),
+            Some(Ok(CatalogResponse::Fenced { reason, .. })) if reason.contains("not deposed")
+        ));
+        h.now += Duration::from_millis(801);
+        let first = h.request(elect(1, 2));
+        let second = h.request(elect(1, 1));
+        assert!(matches!(
+            h.reply(second),
+            Some(Ok(CatalogResponse::Fenced { .. }))
+        ));
+        assert_eq!(h.reply(first), None, "answered once the record is on disk");
+        h.flush();
+        let won = Leadership {
+            epoch: 2,
+            leader: Some(2),
+            in_sync: vec![1, 2, 3],
+        };
+        assert!(h.out.contains(&Command::Publish(won.clone())));
+        assert_eq!(
+            h.reply(first),
+            Some(Ok(CatalogResponse::Leadership(won.clone())))
+        );
+        assert_eq!(h.engine.published(), &won);
+    }
+
+    #[test]
+    fn an_unclean_election_snapshots_that_every_trade_must_be_looked_at_again() {
+        let mut h = harness(Rules::ALL);
+        h.request(trade(1, "a", 1, TradeKind::Buy));
+        h.flush();
+        let report = h.request(CatalogRequest::AppliedSince {
+            epoch: 1,
+            recorded_through: 1,
+            after: None,
+            max: 10,
+            serving: false,
+        });
+        assert!(h.reply(report).is_some());
+        assert_eq!(h.engine.book().recorded_through(), 1);
+        h.out.clear();
+        h.request(CatalogRequest::ChangeLeadership {
+            expected: 1,
+            change: LeadershipChange::Unclean { leader: 1 },
+        });
+        assert_eq!(h.engine.book().recorded_through(), 0);
+        let snapshot = h.out.iter().position(|c| *c == Command::Snapshot);
+        let record = h
+            .out
+            .iter()
+            .position(|c| matches!(c, Command::StoreLeadership { .. }));
+        assert!(snapshot.is_some() && snapshot < record, "{:?}", h.out);
+    }
+
+    #[test]
+    fn a_failed_disk_answers_every_waiting_request_and_refuses_trades() {
+        let mut h = harness(Rules::ALL);
+        let waiting = h.request(trade(1, "a", 1, TradeKind::Buy));
+        h.engine.handle(
+            h.now,
+            Input::StorageFailed("No space left on device".into()),
+            &mut h.out,
+        );
+        assert!(matches!(h.reply(waiting), Some(Err(e)) if e.message.contains("No space")));
+        let refused = h.request(trade(1, "b", 1, TradeKind::Buy));
+        assert!(matches!(h.reply(refused), Some(Err(_))));
+        assert_eq!(h.engine.storage_failure(), Some("No space left on device"));
+    }
+}

@@ -561,3 +561,335 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::safety::Rule;
+    use common::wire::{LeadershipChange, RemoteError, ReplicaStatus, Role};
+
+    struct Harness {
+        router: Router,
+        now: Time,
+        out: Vec<Command>,
+    }
+
+    fn harness(rules: Rules) -> Harness {
+        let config = RouterConfig {
+            replicas: vec![1, 2, 3],
+            deadline: Duration::from_secs(5),
+            attempt: Duration::from_secs(1),
+            health_interval: Duration::from_millis(500),
+            rules,
+        };
+        let mut h = Harness {
+            router: Router::new(config, Time::ZERO),
+            now: Time::ZERO,
+            out: Vec::new(),
+        };
+        // The first health check is due at once; settle it with a serving leader 3.
+        h.feed(Input::Tick);
+        h.answer_check(&record(4, 3, &[1, 2, 3]), &[(3, Role::Leader, true)]);
+        h
+    }
+
+    fn record(epoch: Epoch, leader: ReplicaId, in_sync: &[ReplicaId]) -> Leadership {
+        Leadership {
+            epoch,
+            leader: Some(leader),
+            in_sync: in_sync.to_vec(),
+        }
+    }
+
+    fn status(id: ReplicaId, role: Role, epoch: Epoch, serving: bool) -> ReplicaStatus {
+        ReplicaStatus {
+            id,
+            role,
+            epoch,
+            leader_id: None,
+            last: None,
+            catalog_link: serving,
+            placing: role == Role::Leader,
+            stalled: false,
+            storage_failure: None,
+        }
+    }
+
+    fn place() -> OrderRequest {
+        OrderRequest::PlaceOrder(common::wire::PlaceOrder {
+            request_id: common::wire::RequestId::new("r1").unwrap(),
+            name: common::wire::StockName::new("GameStart").unwrap(),
+            quantity: 1,
+            kind: common::wire::TradeKind::Buy,
+        })
+    }
+
+    impl Harness {
+        fn feed(&mut self, input: Input) {
+            self.router.handle(self.now, input, &mut self.out);
+        }
+
+        fn wait(&mut self, by: Duration) {
+            self.now += by;
+            self.feed(Input::Tick);
+        }
+
+        fn calls(&mut self) -> Vec<(CallId, Peer, Outgoing)> {
+            let mut calls = Vec::new();
+            self.out.retain(|c| match c {
+                Command::Call {
+                    call, to, request, ..
+                } => {
+                    calls.push((*call, *to, request.clone()));
+                    false
+                }
+                _ => true,
+            });
+            calls
+        }
+
+        fn answer(&mut self, call: CallId, answer: CallResult) {
+            self.feed(Input::Answer { call, answer });
+        }
+
+        /// Answers a check's calls: the record, and the replicas in `up` (others silent).
+        fn answer_check(&mut self, now: &Leadership, up: &[(ReplicaId, Role, bool)]) {
+            for (call, to, request) in self.calls() {
+                let answer = match (to, request) {
+                    (Peer::Catalog, Outgoing::Catalog(CatalogRequest::ReadLeadership)) => {
+                        Ok(Answer::Catalog(CatalogResponse::Leadership(now.clone())))
+                    }
+                    (Peer::Replica(id), Outgoing::Order(OrderRequest::Status)) => {
+                        match up.iter().find(|(r, _, _)| *r == id) {
+                            Some(&(id, role, serving)) => Ok(Answer::Order(OrderResponse::Status(
+                                status(id, role, now.epoch, serving),
+                            ))),
+                            None => Err(CallError::Failed("timed out".into())),
+                        }
+                    }
+                    other => panic!("not a check's call: {other:?}"),
+                };
+                self.answer(call, answer);
+            }
+        }
+
+        fn reply(&mut self) -> Option<Result<OrderResponse, OrderError>> {
+            let at = self
+                .out
+                .iter()
+                .position(|c| matches!(c, Command::Reply { .. }))?;
+            match self.out.remove(at) {
+                Command::Reply { reply, .. } => Some(reply),
+                _ => unreachable!("matched a reply"),
+            }
+        }
+    }
+
+    fn attempt_to(calls: &[(CallId, Peer, Outgoing)]) -> (CallId, ReplicaId) {
+        let attempts: Vec<_> = calls
+            .iter()
+            .filter_map(|(call, to, request)| match (to, request) {
+                (Peer::Replica(id), Outgoing::Order(OrderRequest::PlaceOrder(_))) => {
+                    Some((*call, *id))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts.len(), 1, "{calls:?}");
+        attempts[0]
+    }
+
+    #[test]
+    fn a_request_goes_to_the_known_leader_and_a_busy_leader_is_asked_again() {
+        let mut h = harness(Rules::ALL);
+        assert_eq!(h.router.serving(), Ok((3, 4)));
+        h.feed(Input::Submit {
+            token: 1,
+            request: place(),
+        });
+        let (call, leader) = attempt_to(&h.calls());
+        assert_eq!(leader, 3);
+        h.answer(
+            call,
+            Err(CallError::Remote(RemoteError::unavailable("reconciling"))),
+        );
+        assert!(h.calls().is_empty(), "it waits before asking again");
+        h.wait(RETRY_PAUSE);
+        let (call, leader) = attempt_to(&h.calls());
+        assert_eq!(leader, 3);
+        let placed = OrderResponse::Placed {
+            number: 7,
+            epoch: 4,
+        };
+        h.answer(call, Ok(Answer::Order(placed.clone())));
+        assert_eq!(h.reply(), Some(Ok(placed)));
+        assert_eq!(h.router.counters().retries, 1);
+    }
+
+    #[test]
+    fn an_unreachable_leader_is_replaced_by_the_highest_live_in_sync_replica() {
+        let mut h = harness(Rules::ALL);
+        h.feed(Input::Submit {
+            token: 1,
+            request: place(),
+        });
+        let (call, _) = attempt_to(&h.calls());
+        h.answer(call, Err(CallError::Failed("connection reset".into())));
+        // A check: the record and every status; replica 3 is gone, 1 and 2 follow; 2 is not
+        // in sync any more.
+        h.answer_check(
+            &record(4, 3, &[1, 3]),
+            &[(1, Role::Follower, true), (2, Role::Follower, true)],
+        );
+        let calls = h.calls();
+        let [(
+            elect,
+            Peer::Catalog,
+            Outgoing::Catalog(CatalogRequest::ChangeLeadership {
+                expected: 4,
+                change,
+            }),
+        )] = &calls[..]
+        else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(
+            change,
+            &LeadershipChange::Elect {
+                leader: 1,
+                in_sync: vec![]
+            }
+        );
+        h.answer(
+            *elect,
+            Ok(Answer::Catalog(CatalogResponse::Leadership(record(
+                5,
+                1,
+                &[1, 3],
+            )))),
+        );
+        let (_, leader) = attempt_to(&h.calls());
+        assert_eq!(leader, 1);
+        assert_eq!(h.router.counters().elections, 1);
+        assert_eq!(h.router.current(), Some((1, 5)));
+    }
+
+    #[test]
+    fn with_the_rule_off_an_election_may_choose_a_replica_not_in_sync() {
+        let mut h = harness(Rules::without(Rule::InSyncElection));
+        h.feed(Input::Submit {
+            token: 1,
+            request: place(),
+        });
+        let (call, _) = attempt_to(&h.calls());
+        h.answer(call, Err(CallError::Failed("connection reset".into())));
+        h.answer_check(
+            &record(4, 3, &[1, 3]),
+            &[(1, Role::Follower, true), (2, Role::Follower, true)],
+        );
+        let calls = h.calls();
+        assert!(matches!(
+            &calls[..],
+            [(
+                _,
+                Peer::Catalog,
+                Outgoing::Catalog(CatalogRequest::ChangeLeadership {
+                    change: LeadershipChange::Elect { leader: 2, .. },
+                    ..
+                })
+            )]
+        ));
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_check_and_a_failed_one_is_not_repeated_at_once() {
+        let mut h = harness(Rules::ALL);
+        for token in [1, 2] {
+            h.feed(Input::Submit {
+                token,
+                request: place(),
+            });
+        }
+        for (call, _, _) in h.calls() {
+            h.answer(
+                call,
+                Ok(Answer::Order(OrderResponse::NotLeader {
+                    epoch: 4,
+                    leader_id: None,
+                })),
+            );
+        }
+        h.wait(RETRY_PAUSE);
+        let calls = h.calls();
+        let reads = calls
+            .iter()
+            .filter(|(_, _, r)| matches!(r, Outgoing::Catalog(CatalogRequest::ReadLeadership)))
+            .count();
+        assert_eq!(reads, 1, "{calls:?}");
+        // Nobody serves: the check fails, and for a moment requests do not start another.
+        for (call, _, _) in calls {
+            h.answer(call, Err(CallError::Failed("timed out".into())));
+        }
+        assert!(h.router.serving().is_err());
+        h.wait(RETRY_PAUSE);
+        assert!(h.calls().is_empty());
+        h.wait(CHECK_GAP);
+        assert!(!h.calls().is_empty());
+    }
+
+    #[test]
+    fn a_request_gets_a_clear_unavailable_at_its_deadline() {
+        let mut h = harness(Rules::ALL);
+        h.feed(Input::Submit {
+            token: 1,
+            request: place(),
+        });
+        let (call, _) = attempt_to(&h.calls());
+        h.answer(
+            call,
+            Err(CallError::Remote(RemoteError::unavailable(
+                "order 0 did not reach its write quorum",
+            ))),
+        );
+        for _ in 0..300 {
+            h.wait(RETRY_PAUSE);
+            for (call, _, request) in h.calls() {
+                if matches!(request, Outgoing::Order(OrderRequest::PlaceOrder(_))) {
+                    h.answer(
+                        call,
+                        Err(CallError::Remote(RemoteError::unavailable(
+                            "order 0 did not reach its write quorum",
+                        ))),
+                    );
+                }
+            }
+            if let Some(reply) = h.reply() {
+                assert!(
+                    matches!(&reply, Err(OrderError::Unavailable(why)) if why.contains("write quorum")),
+                    "{reply:?}"
+                );
+                assert!(h.now >= Duration::from_secs(5));
+                return;
+            }
+        }
+        panic!("no answer after the deadline");
+    }
+
+    #[test]
+    fn a_malformed_request_is_answered_at_once() {
+        let mut h = harness(Rules::ALL);
+        h.feed(Input::Submit {
+            token: 1,
+            request: place(),
+        });
+        let (call, _) = attempt_to(&h.calls());
+        h.answer(
+            call,
+            Err(CallError::Remote(RemoteError::bad_request("no such thing"))),
+        );
+        assert_eq!(
+            h.reply(),
+            Some(Err(OrderError::BadRequest("no such thing".into())))
+        );
+    }
+}

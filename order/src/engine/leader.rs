@@ -214,11 +214,15 @@ impl Engine {
         }
     }
 
-    /// A leader that cannot commit: its in-sync set is below the minimum, or an order has
-    /// waited longer than a few replication timeouts without the commit point moving.
+    /// A leader that cannot commit: its disk failed, its in-sync set is below the minimum, or
+    /// an order has waited longer than a few replication timeouts without the commit point
+    /// moving.
     pub(super) fn stalled(&self, leading: &Leading) -> bool {
         let waiting = leading.commit.max(leading.inherited) < self.log.last().map(|p| p.number);
-        leading.in_sync.len() < self.config.min_in_sync()
+        // A leader whose disk failed commits nothing until it restarts from its log; it must
+        // not renew its lease meanwhile, or nobody could replace it.
+        self.failed.is_some()
+            || leading.in_sync.len() < self.config.min_in_sync()
             || (waiting
                 && self.now.saturating_sub(leading.commit_moved)
                     > self.config.replicate_timeout * 2)
@@ -900,7 +904,14 @@ impl Engine {
                 let more = trades.len() == RECONCILE_BATCH as usize
                     && trades.last().is_some_and(|t| t.seq < last_seq);
                 let next_cursor = trades.last().map(|t| t.seq).or(reconcile.asked_after);
-                let adopted = self.absorb(&trades, last_seq, was_reconciled);
+                let adopted = match self.absorb(&trades, last_seq, was_reconciled) {
+                    Ok(adopted) => adopted,
+                    Err(e) => {
+                        // Not reconciled: the next round tries again.
+                        warn!(error = %e, "reconciliation not applied");
+                        return;
+                    }
+                };
                 if adopted > 0 {
                     warn!(
                         adopted,
@@ -936,7 +947,12 @@ impl Engine {
 
     /// Records the applied trades that are neither in the log nor being placed right now;
     /// returns how many were adopted.
-    fn absorb(&mut self, trades: &[AppliedTrade], last_seq: u64, reconciled: bool) -> usize {
+    fn absorb(
+        &mut self,
+        trades: &[AppliedTrade],
+        last_seq: u64,
+        reconciled: bool,
+    ) -> Result<usize, RemoteError> {
         let adopt = self.config.rules.holds(Rule::OrphanAdoption);
         let epoch = self.epoch;
         let mut number = self.log.next_number();
@@ -944,7 +960,7 @@ impl Engine {
         let mut adopted = Vec::new();
         let log = &self.log;
         let State::Leading(leading) = &mut self.state else {
-            return 0;
+            return Ok(0);
         };
         let recorded = &mut leading.reconcile.recorded;
         if !reconciled && recorded.known.is_empty() && recorded.through == 0 {
@@ -987,17 +1003,14 @@ impl Engine {
             number += 1;
         }
         if entries.is_empty() {
-            return 0;
+            return Ok(0);
         }
-        if let Err(e) = self.append(entries) {
-            warn!(error = %e, "reconciliation not applied");
-            return 0;
-        }
+        self.append(entries)?;
         let count = adopted.len();
         if let Some(leading) = self.leading() {
             leading.reconcile.recorded.known.extend(adopted);
         }
-        count
+        Ok(count)
     }
 }
 
@@ -1227,6 +1240,20 @@ mod tests {
         assert!(matches!(h.reply(token), Some(Err(e)) if e.message.contains("write quorum")));
         // Waiting that long without a commit, the leader reports itself stalled.
         assert!(h.engine.status().stalled);
+    }
+
+    #[test]
+    fn a_leader_whose_disk_failed_stops_renewing_its_lease() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        h.feed(Input::StorageFailed("No space left on device".into()));
+        assert!(h.engine.status().stalled);
+        h.wait(super::RECONCILE_EVERY);
+        h.call_to(Peer::Catalog, |r| {
+            matches!(
+                r,
+                Outgoing::Catalog(CatalogRequest::AppliedSince { serving: false, .. })
+            )
+        });
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! A readable account of a run, recorded only when asked (a replay): every message delivered,
+//! every fault, and the engines' own log lines, each with its simulated time and process.
+//! A normal run records nothing and formats nothing.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use common::wire::OrderRequest;
+
+use crate::node::{Request, Returned};
+
+thread_local! {
+    /// The engines' log lines since the last drain.
+    static LOGGED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The account of a run.
+#[derive(Debug, Default)]
+pub struct Trace {
+    on: bool,
+    lines: Vec<String>,
+}
+
+impl Trace {
+    /// Records nothing.
+    pub fn off() -> Self {
+        Trace::default()
+    }
+
+    /// Records everything.
+    pub fn recording() -> Self {
+        Trace {
+            on: true,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Whether it records.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// Adds a line at simulated time `at`.
+    pub fn line(&mut self, at: Duration, text: String) {
+        self.lines
+            .push(format!("{:>10.6} {text}", at.as_secs_f64()));
+    }
+
+    /// Adds the engines' log lines written since the last call, as `process`'s.
+    pub fn engine_lines(&mut self, at: Duration, process: &str) {
+        if !self.on {
+            return;
+        }
+        let logged = LOGGED.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        for line in String::from_utf8_lossy(&logged).lines() {
+            self.line(at, format!("{process}: {}", line.trim()));
+        }
+    }
+
+    /// The lines recorded.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+}
+
+/// Where the engines' `tracing` output goes during a replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sink;
+
+impl io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        LOGGED.with(|l| l.borrow_mut().extend_from_slice(bytes));
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Sink {
+    type Writer = Sink;
+    fn make_writer(&'a self) -> Self::Writer {
+        Sink
+    }
+}
+
+fn brief(text: String) -> String {
+    const MAX: usize = 300;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A request, briefly.
+pub fn request(request: &Request) -> String {
+    match request {
+        Request::Order(OrderRequest::Replicate {
+            epoch,
+            leader_id,
+            prev,
+            entries,
+        }) => format!(
+            "Replicate epoch {epoch} from {leader_id} after {} with {} entries{}",
+            prev.map_or("the start".to_owned(), |p| p.to_string()),
+            entries.len(),
+            match (entries.first(), entries.last()) {
+                (Some(first), Some(last)) => format!(" {}..{}", first.position(), last.position()),
+                _ => String::new(),
+            }
+        ),
+        Request::Order(other) => brief(format!("{other:?}")),
+        Request::Catalog(other) => brief(format!("{other:?}")),
+        Request::Subscribe => "Subscribe".into(),
+        Request::Front(order) => brief(format!("client {order:?}")),
+    }
+}
+
+/// An answer, briefly.
+pub fn returned(answer: &Returned) -> String {
+    brief(format!("{answer:?}"))
+}
