@@ -4,11 +4,11 @@
 //! waiting requests, published records and invalidations to the subscribers. It also keeps
 //! the subscription streams (with their heartbeats) and the snapshots.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::engine::IdMap;
 use common::server::{self, Push, RequestContext, Service};
 use common::storage::{Ended, Recovery};
 use common::sync::lock;
@@ -29,7 +29,7 @@ struct Inner {
     /// The group-commit queue; taken at shutdown so the writer drains and stops.
     log: Option<LogWriter>,
     /// Requests waiting for their answer, by token.
-    replies: HashMap<Token, oneshot::Sender<Reply<CatalogResponse>>>,
+    replies: IdMap<oneshot::Sender<Reply<CatalogResponse>>>,
     /// Each subscription stream, and whether it wants invalidations (front ends) or only
     /// leadership (replicas).
     subscribers: Vec<(Push, bool)>,
@@ -268,7 +268,7 @@ pub async fn run(
         inner: Arc::new(Mutex::new(Inner {
             engine,
             log: Some(log),
-            replies: HashMap::new(),
+            replies: IdMap::default(),
             subscribers: Vec::new(),
             commands: Vec::new(),
             timer_at: None,

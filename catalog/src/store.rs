@@ -70,6 +70,16 @@ pub fn encode_record(record: &LogRecord) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// Reads one record's payload: a trade, or a refusal tagged `refused`.
+pub fn decode_payload(payload: &[u8]) -> Option<LogRecord> {
+    if let Ok(record) = rmp_serde::from_slice::<TradeRecord>(payload) {
+        return Some(LogRecord::Traded(record));
+    }
+    rmp_serde::from_slice::<RefusalPayload>(payload)
+        .ok()
+        .map(|p| LogRecord::Refused(p.refused))
+}
+
 /// Reads the records of a log image. Returns them with the length of the intact prefix; the
 /// bytes after it (a torn or corrupt tail) are not records.
 pub fn decode_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
@@ -86,12 +96,9 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<LogRecord>, usize) {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        if let Ok(record) = rmp_serde::from_slice::<TradeRecord>(payload) {
-            records.push(LogRecord::Traded(record));
-        } else if let Ok(refusal) = rmp_serde::from_slice::<RefusalPayload>(payload) {
-            records.push(LogRecord::Refused(refusal.refused));
-        } else {
-            break;
+        match decode_payload(payload) {
+            Some(record) => records.push(record),
+            None => break,
         }
         at += 8 + len;
     }

@@ -3,8 +3,9 @@
 //! are the names they have in common: tokens of requests being answered, ids of calls made
 //! and of writes queued, whom a call goes to, what it came to, and a queue of deadlines.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use crate::wire::{CatalogResponse, OrderResponse, RemoteError, ReplicaId};
@@ -17,6 +18,33 @@ pub type Token = u64;
 pub type CallId = u64;
 /// A write an engine queued; reported back by the runtime once it is on disk.
 pub type WriteId = u64;
+
+/// Hashes the ids engines hand out (tokens, calls): distinct integers, mostly consecutive,
+/// that need no protection against chosen collisions, only spreading over the buckets.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: consecutive ids land far apart.
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by engine ids.
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+/// A set of engine ids.
+pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// Whom a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,7 +100,7 @@ pub type CallResult = Result<Answer, CallError>;
 #[derive(Debug, Default)]
 pub struct Deadlines {
     queue: VecDeque<(Time, Token)>,
-    live: HashSet<Token>,
+    live: IdSet,
 }
 
 impl Deadlines {

@@ -4,13 +4,13 @@
 //! clock, and executes its commands: calls to the replicas and the catalog, and replies to
 //! the sessions waiting.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::CatalogClient;
-use common::engine::{Answer, CallError, CallResult, Peer, Time, Token};
+use common::engine::{Answer, CallError, CallId, CallResult, IdMap, Peer, Time, Token};
 use common::rpc::{ClientConfig, RpcClient};
 use common::safety::Rules;
 use common::sync::lock;
@@ -26,7 +26,7 @@ use crate::router::{Command, Input, Outgoing, Router, RouterConfig};
 /// What the router's lock guards.
 struct Inner {
     router: Router,
-    replies: HashMap<Token, oneshot::Sender<Result<OrderResponse, OrderError>>>,
+    replies: IdMap<oneshot::Sender<Result<OrderResponse, OrderError>>>,
     commands: Vec<Command>,
     /// The deadline the timer task sleeps until.
     timer_at: Option<Time>,
@@ -65,7 +65,7 @@ impl OrderLeader {
         OrderLeader {
             inner: Mutex::new(Inner {
                 router: Router::new(config, origin.elapsed()),
-                replies: HashMap::new(),
+                replies: IdMap::default(),
                 commands: Vec::new(),
                 timer_at: None,
             }),
@@ -108,19 +108,35 @@ impl OrderLeader {
 
     /// Sends `request` to the leader until it answers or the deadline passes, checking the
     /// leadership (and electing if need be) on failures and refusals. The request carries its
-    /// own id, so retries are safe.
+    /// own id, so retries are safe. Each attempt the router makes for it is made from this
+    /// task (no task of its own, no hand-over); checks and pauses are waited for.
     pub async fn call(
         self: &Arc<Self>,
         request: &OrderRequest,
     ) -> Result<OrderResponse, OrderError> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let input = Input::Submit {
+        let mut input = Input::Submit {
             token,
             request: request.clone(),
         };
-        match self.step(input, Some(token)) {
-            Some(Ok(reply)) => reply,
-            Some(Err(receiver)) => receiver.await.unwrap_or_else(|_| {
+        let mut waiting = None;
+        loop {
+            match self.step(input, Some((token, waiting.is_some()))) {
+                Stepped::Replied(reply) => return reply,
+                Stepped::Pending { receiver, attempt } => {
+                    if receiver.is_some() {
+                        waiting = receiver;
+                    }
+                    let Some((call, to, request, timeout)) = attempt else {
+                        break;
+                    };
+                    let answer = self.send(to, request, timeout).await;
+                    input = Input::Answer { call, answer };
+                }
+            }
+        }
+        match waiting {
+            Some(receiver) => receiver.await.unwrap_or_else(|_| {
                 Err(OrderError::Unavailable(
                     "the front end is shutting down".into(),
                 ))
@@ -131,23 +147,17 @@ impl OrderLeader {
         }
     }
 
-    /// Feeds `input` to the router and executes its commands. The reply to `own` is returned
-    /// rather than sent; `Err` carries the receiver of one that is not ready yet.
-    #[allow(clippy::type_complexity)]
-    fn step(
-        self: &Arc<Self>,
-        input: Input,
-        own: Option<Token>,
-    ) -> Option<
-        Result<
-            Result<OrderResponse, OrderError>,
-            oneshot::Receiver<Result<OrderResponse, OrderError>>,
-        >,
-    > {
+    /// Feeds `input` to the router and executes its commands. For `own` (the request this
+    /// step is made for, if any) its reply is returned rather than sent, and an attempt made
+    /// for it is returned to be made from its task; the flag says whether its task already
+    /// holds a receiver for the reply.
+    fn step(self: &Arc<Self>, input: Input, own: Option<(Token, bool)>) -> Stepped {
         let mut calls = Vec::new();
         let mut sends = Vec::new();
         let mut mine = None;
-        let mut waiting = None;
+        let mut attempt = None;
+        let mut receiver = None;
+        let token = own.map(|(token, _)| token);
         {
             let mut guard = lock(&self.inner);
             let inner = &mut *guard;
@@ -161,20 +171,31 @@ impl OrderLeader {
                         to,
                         request,
                         timeout,
-                    } => calls.push((call, to, request, timeout)),
-                    Command::Reply { token, reply } => {
-                        if Some(token) == own {
+                        owner,
+                    } => {
+                        if owner.is_some() && owner == token && attempt.is_none() {
+                            attempt = Some((call, to, request, timeout));
+                        } else {
+                            calls.push((call, to, request, timeout));
+                        }
+                    }
+                    Command::Reply { token: t, reply } => {
+                        if Some(t) == token {
                             mine = Some(reply);
-                        } else if let Some(sender) = inner.replies.remove(&token) {
+                        } else if let Some(sender) = inner.replies.remove(&t) {
                             sends.push((sender, reply));
                         }
                     }
                 }
             }
-            if let (Some(token), None) = (own, &mine) {
-                let (sender, receiver) = oneshot::channel();
-                inner.replies.insert(token, sender);
-                waiting = Some(receiver);
+            if let Some((token, receiving)) = own {
+                if mine.is_some() {
+                    inner.replies.remove(&token);
+                } else if !receiving {
+                    let (sender, waiting) = oneshot::channel();
+                    inner.replies.insert(token, sender);
+                    receiver = Some(waiting);
+                }
             }
             let counters = inner.router.counters();
             self.metrics
@@ -201,10 +222,9 @@ impl OrderLeader {
                 leader.step(Input::Answer { call, answer }, None);
             });
         }
-        match (mine, waiting) {
-            (Some(reply), _) => Some(Ok(reply)),
-            (None, Some(receiver)) => Some(Err(receiver)),
-            (None, None) => None,
+        match mine {
+            Some(reply) => Stepped::Replied(reply),
+            None => Stepped::Pending { receiver, attempt },
         }
     }
 
@@ -212,7 +232,7 @@ impl OrderLeader {
         let answer = match (to, request) {
             (Peer::Replica(id), Outgoing::Order(request)) => match self.replicas.get(&id) {
                 Some(replica) => replica
-                    .call_within(&request, timeout)
+                    .call_within(&*request, timeout)
                     .await
                     .map(Answer::Order),
                 None => return Err(CallError::Failed(format!("replica {id} is not configured"))),
@@ -254,6 +274,18 @@ impl OrderLeader {
             self.step(Input::Tick, None);
         }
     }
+}
+
+/// What became of a submitted request in one step.
+enum Stepped {
+    /// Answered.
+    Replied(Result<OrderResponse, OrderError>),
+    /// Not yet: the answer comes on the receiver (given here unless the caller holds one),
+    /// perhaps after the attempt made for it, which its own task makes.
+    Pending {
+        receiver: Option<oneshot::Receiver<Result<OrderResponse, OrderError>>>,
+        attempt: Option<(CallId, Peer, Outgoing, Duration)>,
+    },
 }
 
 /// The router's timings.

@@ -6,11 +6,12 @@
 //! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
 //! calls and timers on tokio; the simulator on a simulated network.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::LeadershipOutcome;
-use common::engine::{Answer, CallError, CallId, CallResult, Peer, Time, Token};
+use common::engine::{Answer, CallError, CallId, CallResult, IdMap, Peer, Time, Token};
 use common::safety::Rules;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, OrderRequest, OrderResponse,
@@ -72,6 +73,9 @@ pub enum Command {
         request: Outgoing,
         /// How long to wait.
         timeout: Duration,
+        /// The submitted request this attempt is for: a runtime may make the call from that
+        /// request's own task.
+        owner: Option<Token>,
     },
     /// Answer a submitted request.
     Reply {
@@ -85,8 +89,8 @@ pub enum Command {
 /// A request to send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// To a replica.
-    Order(OrderRequest),
+    /// To a replica (shared: a request is sent again on every attempt).
+    Order(Arc<OrderRequest>),
     /// To the catalog.
     Catalog(CatalogRequest),
 }
@@ -130,7 +134,7 @@ enum Stage {
 
 #[derive(Debug)]
 struct Attempt {
-    request: OrderRequest,
+    request: Arc<OrderRequest>,
     deadline: Time,
     /// The known leader is not to be trusted: check before the next attempt.
     suspect: bool,
@@ -169,7 +173,9 @@ pub struct Router {
     last_failure: Option<(Time, String)>,
     next_health: Time,
     attempts: BTreeMap<Token, Attempt>,
-    calls: HashMap<CallId, Purpose>,
+    /// When a paused or checking attempt must be looked at again (some may have moved on).
+    timers: BTreeSet<(Time, Token)>,
+    calls: IdMap<Purpose>,
     next_call: CallId,
     counters: Counters,
     out: Vec<Command>,
@@ -188,7 +194,8 @@ impl Router {
             last_failure: None,
             next_health: now,
             attempts: BTreeMap::new(),
-            calls: HashMap::new(),
+            timers: BTreeSet::new(),
+            calls: IdMap::default(),
             next_call: 1,
             counters: Counters::default(),
             out: Vec::new(),
@@ -203,7 +210,7 @@ impl Router {
                 self.attempts.insert(
                     token,
                     Attempt {
-                        request,
+                        request: Arc::new(request),
                         deadline: self.now + self.config.deadline,
                         suspect: false,
                         last_problem: String::from("no attempt made"),
@@ -221,12 +228,8 @@ impl Router {
 
     /// The earliest time the router has something to do.
     pub fn next_timer(&self) -> Option<Time> {
-        let attempts = self.attempts.values().filter_map(|a| match a.stage {
-            Stage::Pausing(at) => Some(at),
-            Stage::Checking => Some(a.deadline),
-            Stage::Calling => None,
-        });
-        attempts.chain([self.next_health]).min()
+        let attempts = self.timers.first().map(|&(at, _)| at);
+        Some(attempts.map_or(self.next_health, |at| at.min(self.next_health)))
     }
 
     /// The recorded leader and epoch, if one was ever elected.
@@ -283,12 +286,17 @@ impl Router {
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, purpose: Purpose) {
         let call = self.next_call;
         self.next_call += 1;
+        let owner = match purpose {
+            Purpose::Attempt { token, .. } => Some(token),
+            _ => None,
+        };
         self.calls.insert(call, purpose);
         self.out.push(Command::Call {
             call,
             to,
             request,
             timeout,
+            owner,
         });
     }
 
@@ -314,6 +322,7 @@ impl Router {
                 Ok(()) => {
                     if let Some(attempt) = self.attempts.get_mut(&token) {
                         attempt.stage = Stage::Checking;
+                        self.timers.insert((attempt.deadline, token));
                     }
                 }
                 Err(problem) => {
@@ -344,7 +353,7 @@ impl Router {
         }
         attempt.stage = Stage::Calling;
         let budget = attempt.deadline.saturating_sub(now).min(attempt_timeout);
-        let request = Outgoing::Order(attempt.request.clone());
+        let request = Outgoing::Order(Arc::clone(&attempt.request));
         self.call(
             Peer::Replica(leader),
             request,
@@ -356,7 +365,9 @@ impl Router {
     fn pause(&mut self, token: Token) {
         let now = self.now;
         if let Some(attempt) = self.attempts.get_mut(&token) {
-            attempt.stage = Stage::Pausing(attempt.deadline.min(now + RETRY_PAUSE));
+            let at = attempt.deadline.min(now + RETRY_PAUSE);
+            attempt.stage = Stage::Pausing(at);
+            self.timers.insert((at, token));
         }
     }
 
@@ -434,7 +445,7 @@ impl Router {
             ),
             Ask::Status(id) => self.call(
                 Peer::Replica(id),
-                Outgoing::Order(OrderRequest::Status),
+                Outgoing::Order(Arc::new(OrderRequest::Status)),
                 timeout,
                 Purpose::Status(id),
             ),
@@ -525,15 +536,22 @@ impl Router {
 
     fn tick(&mut self) {
         let now = self.now;
-        let due: Vec<(Token, Stage)> = self
-            .attempts
-            .iter()
-            .filter_map(|(&token, a)| match a.stage {
-                Stage::Pausing(at) if at <= now => Some((token, a.stage)),
-                Stage::Checking if a.deadline <= now => Some((token, a.stage)),
-                _ => None,
-            })
-            .collect();
+        let mut due = Vec::new();
+        while let Some(&(at, token)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            // Only if the attempt still waits for this moment.
+            let stage = self.attempts.get(&token).map(|a| (a.stage, a.deadline));
+            match stage {
+                Some((Stage::Pausing(p), _)) if p <= now => due.push((token, Stage::Pausing(p))),
+                Some((Stage::Checking, deadline)) if deadline <= now => {
+                    due.push((token, Stage::Checking))
+                }
+                _ => {}
+            }
+        }
         for (token, stage) in due {
             match stage {
                 Stage::Checking => {
@@ -659,7 +677,7 @@ mod tests {
                     (Peer::Catalog, Outgoing::Catalog(CatalogRequest::ReadLeadership)) => {
                         Ok(Answer::Catalog(CatalogResponse::Leadership(now.clone())))
                     }
-                    (Peer::Replica(id), Outgoing::Order(OrderRequest::Status)) => {
+                    (Peer::Replica(id), Outgoing::Order(r)) if *r == OrderRequest::Status => {
                         match up.iter().find(|(r, _, _)| *r == id) {
                             Some(&(id, role, serving)) => Ok(Answer::Order(OrderResponse::Status(
                                 status(id, role, now.epoch, serving),
@@ -689,7 +707,9 @@ mod tests {
         let attempts: Vec<_> = calls
             .iter()
             .filter_map(|(call, to, request)| match (to, request) {
-                (Peer::Replica(id), Outgoing::Order(OrderRequest::PlaceOrder(_))) => {
+                (Peer::Replica(id), Outgoing::Order(r))
+                    if matches!(**r, OrderRequest::PlaceOrder(_)) =>
+                {
                     Some((*call, *id))
                 }
                 _ => None,
@@ -854,7 +874,8 @@ mod tests {
         for _ in 0..300 {
             h.wait(RETRY_PAUSE);
             for (call, _, request) in h.calls() {
-                if matches!(request, Outgoing::Order(OrderRequest::PlaceOrder(_))) {
+                if matches!(&request, Outgoing::Order(r) if matches!(**r, OrderRequest::PlaceOrder(_)))
+                {
                     h.answer(
                         call,
                         Err(CallError::Remote(RemoteError::unavailable(

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use catalog::book::TradeRecord;
+use catalog::book::{LogRecord, Refusal, TradeRecord};
 use common::frame;
 use common::wire::{
     AppliedTrade, CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership,
@@ -411,8 +411,16 @@ fn trade_record(seq: u64, kind: TradeKind, quantity: u64) -> TradeRecord {
 
 fn records(c: &Corpus) -> Result<(), Error> {
     let t = "catalog_record";
-    let one = catalog::store::encode_record(&trade_record(1, TradeKind::Buy, 3))?;
-    let two = catalog::store::encode_record(&trade_record(2, TradeKind::Sell, 1))?;
+    let one = catalog::store::encode_record(&LogRecord::Traded(trade_record(1, TradeKind::Buy, 3)))?;
+    let two = catalog::store::encode_record(&LogRecord::Traded(trade_record(2, TradeKind::Sell, 1)))?;
+    let refused = catalog::store::encode_record(&LogRecord::Refused(Refusal {
+        request_id: id("key-refused"),
+        name: name("GameStart"),
+        kind: TradeKind::Buy,
+        quantity: 500,
+        rejection: common::wire::TradeRejection::NotEnoughStock { available: 3 },
+    }))?;
+    c.write(t, "a_refusal", &[one.clone(), refused].concat())?;
     c.write(t, "one_record", &one)?;
     let log = [one.clone(), two.clone()].concat();
     c.write(t, "two_records", &log)?;

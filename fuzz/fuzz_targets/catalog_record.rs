@@ -2,23 +2,23 @@
 //!
 //! The input is decoded as it is, and also cut at every 0xC1 byte (a byte MessagePack never
 //! uses) into payloads that are framed with a correct length and CRC, so that the payloads
-//! reach the MessagePack decoder of `TradeRecord`.
+//! reach the MessagePack decoders of a trade and of a refusal.
 //!
 //! Checks: no panic; the intact prefix is no longer than the input and ends on a record
 //! boundary; on framed payloads it stops exactly at the first payload that is empty or is
-//! not a `TradeRecord`; the records decoded re-encode (`encode_record`) to a log that decodes
-//! to the same records, all of it.
+//! neither (`decode_payload`); the records decoded re-encode (`encode_record`) to a log that
+//! decodes to the same records, all of it.
 #![no_main]
 
-use catalog::book::TradeRecord;
-use catalog::store::{decode_records, encode_record};
+use catalog::book::LogRecord;
+use catalog::store::{decode_payload, decode_records, encode_record};
 use libfuzzer_sys::fuzz_target;
 use stock_bazaar_fuzz::frame_record;
 
 /// MAX_RECORD_BYTES in catalog/src/store.rs.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 
-fn reencode(records: &[TradeRecord]) {
+fn reencode(records: &[LogRecord]) {
     let mut log = Vec::new();
     for record in records {
         log.extend_from_slice(&encode_record(record).expect("a decoded record encodes"));
@@ -61,9 +61,9 @@ fuzz_target!(|data: &[u8]| {
         if payload.is_empty() || payload.len() > MAX_RECORD_BYTES {
             break;
         }
-        match rmp_serde::from_slice::<TradeRecord>(payload) {
-            Ok(record) => assert_eq!(records.get(expected), Some(&record)),
-            Err(_) => break,
+        match decode_payload(payload) {
+            Some(record) => assert_eq!(records.get(expected), Some(&record)),
+            None => break,
         }
         expected += 1;
         expected_intact += 8 + payload.len();

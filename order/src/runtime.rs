@@ -5,11 +5,12 @@
 //! engine's lock is held (sending on a channel, nothing more); calls and replies go out on
 //! tokio after it is released.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use catalog::CatalogClient;
+use common::engine::IdMap;
 use common::group_commit::{self, Job};
 use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
@@ -41,7 +42,7 @@ struct Inner {
     /// The group-commit queue; taken at shutdown so the writer drains and stops.
     jobs: Option<mpsc::Sender<Job<WriteId>>>,
     /// Requests waiting for their answer, by token.
-    replies: HashMap<Token, oneshot::Sender<Reply<OrderResponse>>>,
+    replies: IdMap<oneshot::Sender<Reply<OrderResponse>>>,
     /// Reused for every step.
     commands: Vec<Command>,
     /// The deadline the timer task sleeps until.
@@ -55,6 +56,7 @@ enum Effect {
         to: Peer,
         request: OutgoingRequest,
         timeout: std::time::Duration,
+        owner: Option<Token>,
     },
     Reply(oneshot::Sender<Reply<OrderResponse>>, Reply<OrderResponse>),
     Input(Input),
@@ -62,9 +64,22 @@ enum Effect {
 
 /// What became of a request fed to the engine.
 enum Outcome {
+    /// Answered in this step.
     Replied(Reply<OrderResponse>),
-    Waiting(oneshot::Receiver<Reply<OrderResponse>>),
-    Nothing,
+    /// Not yet: the answer comes on the receiver (given here unless the caller holds one),
+    /// perhaps after the call the request needs, which its own task makes.
+    Pending {
+        receiver: Option<oneshot::Receiver<Reply<OrderResponse>>>,
+        call: Option<OwnedCall>,
+    },
+}
+
+/// A call the engine made for one request alone, made from that request's task.
+struct OwnedCall {
+    call: CallId,
+    to: Peer,
+    request: OutgoingRequest,
+    timeout: std::time::Duration,
 }
 
 enum OutgoingRequest {
@@ -87,12 +102,15 @@ impl Node {
         self.origin.elapsed()
     }
 
-    /// Feeds `input` to the engine and executes its commands. The reply to `own` (a request
-    /// fed in this step) is returned rather than sent.
-    fn step(self: &Arc<Self>, input: Input, own: Option<Token>) -> Outcome {
+    /// Feeds `input` to the engine and executes its commands. For `own` (the request this
+    /// step is made for, if any) its reply is returned rather than sent, and a call made for it
+    /// alone is returned to be made from its task; `receiving` says whether its task already
+    /// holds a receiver for the reply.
+    fn step(self: &Arc<Self>, input: Input, own: Option<(Token, bool)>) -> Outcome {
         let mut effects = Vec::new();
         let mut mine = None;
-        let mut waiting = None;
+        let mut owned = None;
+        let mut receiver = None;
         {
             let mut guard = lock(&self.inner);
             let now = self.now();
@@ -105,26 +123,52 @@ impl Node {
                 timer_at,
             } = &mut *guard;
             engine.handle(now, input, commands);
+            let token = own.map(|(token, _)| token);
             for command in commands.drain(..) {
                 execute(
                     command,
                     log,
                     jobs.as_ref(),
                     &mut effects,
-                    &mut |token, reply| {
-                        if Some(token) == own {
+                    &mut |t, reply| {
+                        if Some(t) == token {
                             mine = Some(reply);
                             None
                         } else {
-                            replies.remove(&token).map(|sender| (sender, reply))
+                            replies.remove(&t).map(|sender| (sender, reply))
                         }
                     },
                 );
             }
-            if let (Some(token), None) = (own, &mine) {
-                let (sender, receiver) = oneshot::channel();
-                replies.insert(token, sender);
-                waiting = Some(receiver);
+            if let Some((token, receiving)) = own {
+                if mine.is_some() {
+                    replies.remove(&token);
+                } else {
+                    // The call made for this request alone is made from its task.
+                    let at = effects.iter().position(
+                        |e| matches!(e, Effect::Call { owner: Some(o), .. } if *o == token),
+                    );
+                    if let Some(Effect::Call {
+                        call,
+                        to,
+                        request,
+                        timeout,
+                        ..
+                    }) = at.map(|at| effects.remove(at))
+                    {
+                        owned = Some(OwnedCall {
+                            call,
+                            to,
+                            request,
+                            timeout,
+                        });
+                    }
+                    if !receiving {
+                        let (sender, waiting) = oneshot::channel();
+                        replies.insert(token, sender);
+                        receiver = Some(waiting);
+                    }
+                }
             }
             let next = engine.next_timer();
             if next.is_some() && (timer_at.is_none() || next < *timer_at) {
@@ -132,10 +176,12 @@ impl Node {
             }
         }
         self.run_effects(effects);
-        match (mine, waiting) {
-            (Some(reply), _) => Outcome::Replied(reply),
-            (None, Some(receiver)) => Outcome::Waiting(receiver),
-            (None, None) => Outcome::Nothing,
+        match mine {
+            Some(reply) => Outcome::Replied(reply),
+            None => Outcome::Pending {
+                receiver,
+                call: owned,
+            },
         }
     }
 
@@ -150,6 +196,7 @@ impl Node {
                     to,
                     request,
                     timeout,
+                    ..
                 } => {
                     let node = self.clone();
                     tokio::spawn(async move {
@@ -189,15 +236,38 @@ impl Node {
         answer.map_err(CallError::from)
     }
 
-    /// Answers one request through the engine.
+    /// Answers one request through the engine. A call the engine makes for this request
+    /// alone (a placement's trade) is made from this task: no task of its own, no hand-over.
     async fn request(self: &Arc<Self>, request: OrderRequest) -> Reply<OrderResponse> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        match self.step(Input::Request { token, request }, Some(token)) {
-            Outcome::Replied(reply) => reply,
-            Outcome::Waiting(receiver) => receiver
+        let mut input = Input::Request { token, request };
+        let mut waiting = None;
+        loop {
+            match self.step(input, Some((token, waiting.is_some()))) {
+                Outcome::Replied(reply) => return reply,
+                Outcome::Pending { receiver, call } => {
+                    if receiver.is_some() {
+                        waiting = receiver;
+                    }
+                    let Some(OwnedCall {
+                        call,
+                        to,
+                        request,
+                        timeout,
+                    }) = call
+                    else {
+                        break;
+                    };
+                    let answer = self.call(to, request, timeout).await;
+                    input = Input::Answer { call, answer };
+                }
+            }
+        }
+        match waiting {
+            Some(receiver) => receiver
                 .await
                 .unwrap_or_else(|_| Err(RemoteError::unavailable("replica is shutting down"))),
-            Outcome::Nothing => Err(RemoteError::unavailable("replica is shutting down")),
+            None => Err(RemoteError::unavailable("replica is shutting down")),
         }
     }
 
@@ -320,6 +390,7 @@ fn execute(
             to,
             request,
             timeout,
+            owner,
         } => {
             let request = match request {
                 Outgoing::Order(request) => Ok(OutgoingRequest::Order(request)),
@@ -348,6 +419,7 @@ fn execute(
                     to,
                     request,
                     timeout,
+                    owner,
                 }),
                 Err(e) => {
                     error!(error = %e, "cannot read entries to replicate");
@@ -445,7 +517,7 @@ pub async fn run(
             engine,
             log,
             jobs: Some(jobs),
-            replies: HashMap::new(),
+            replies: IdMap::default(),
             commands: Vec::new(),
             timer_at: None,
         }),

@@ -59,16 +59,8 @@ pub fn run(seed: u64, options: Options) -> Outcome {
 
 /// Runs `seed` again, recording a readable trace of every event and every engine's log line.
 pub fn replay(seed: u64, options: Options) -> (Outcome, Vec<String>) {
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(trace::Sink)
-        .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        run_with(seed, options, trace::Trace::recording())
-    })
+    trace::listen_to_engines();
+    trace::recording(|| run_with(seed, options, trace::Trace::recording()))
 }
 
 fn run_with(seed: u64, options: Options, trace: trace::Trace) -> (Outcome, Vec<String>) {

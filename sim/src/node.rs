@@ -428,6 +428,7 @@ impl ReplicaNode {
                 to,
                 request,
                 timeout,
+                ..
             } => {
                 let request = match request {
                     Outgoing::Order(request) => Request::Order(request),
@@ -955,11 +956,14 @@ impl FrontendNode {
                     to,
                     request,
                     timeout,
+                    ..
                 } => ctx.actions.push(Action::Call {
                     to: proc_of(to),
                     call,
                     request: match request {
-                        router::Outgoing::Order(request) => Request::Order(request),
+                        router::Outgoing::Order(request) => {
+                            Request::Order(std::sync::Arc::unwrap_or_clone(request))
+                        }
                         router::Outgoing::Catalog(request) => Request::Catalog(request),
                     },
                     timeout,

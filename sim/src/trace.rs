@@ -2,8 +2,9 @@
 //! every fault, and the engines' own log lines, each with its simulated time and process.
 //! A normal run records nothing and formats nothing.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::sync::Once;
 use std::time::Duration;
 
 use common::wire::OrderRequest;
@@ -13,6 +14,38 @@ use crate::node::{Request, Returned};
 thread_local! {
     /// The engines' log lines since the last drain.
     static LOGGED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread is replaying a seed (and so keeps the engines' log lines).
+    static RECORDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the engines' `tracing` output reach the replays: once per process, a global
+/// subscriber that keeps the lines of the threads replaying a seed and drops the rest. (A
+/// subscriber scoped to one thread is not enough: another thread's run may settle a log
+/// call's interest as "never" for every thread.)
+pub fn listen_to_engines() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(Sink)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                *metadata.level() <= tracing::Level::INFO && RECORDING.with(Cell::get)
+            }));
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+    });
+}
+
+/// Runs `f` with this thread's engine log lines kept.
+pub fn recording<T>(f: impl FnOnce() -> T) -> T {
+    RECORDING.with(|r| r.set(true));
+    LOGGED.with(|l| l.borrow_mut().clear());
+    let result = f();
+    RECORDING.with(|r| r.set(false));
+    result
 }
 
 /// The account of a run.

@@ -310,7 +310,8 @@ impl Engine {
                 waiters: vec![token],
             },
         );
-        self.call(
+        self.call_for(
+            Some(token),
             Peer::Catalog,
             Outgoing::Catalog(CatalogRequest::Trade(trade)),
             call_timeout,

@@ -16,10 +16,10 @@ pub mod leader;
 pub mod log_index;
 pub mod term;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use common::engine::Deadlines;
+use common::engine::{Deadlines, IdMap};
 use common::safety::{Rule, Rules};
 use common::wire::{
     CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
@@ -113,6 +113,9 @@ pub enum Command {
         request: Outgoing,
         /// How long to wait for the answer.
         timeout: Duration,
+        /// The request this call is made for, if it is one request's own: a runtime may make
+        /// it from that request's task instead of a task of its own.
+        owner: Option<Token>,
     },
     /// Answer a request.
     Reply {
@@ -279,7 +282,7 @@ pub struct Engine {
     /// Bumped at every change of role or term; calls of an older term are ignored.
     term: u64,
     state: State,
-    calls: HashMap<CallId, Pending>,
+    calls: IdMap<Pending>,
     next_call: CallId,
     /// Follower: `Replicate` answers waiting for their entries to reach the disk.
     durable_waiters: BTreeMap<TransactionNumber, Vec<(Token, LogPosition)>>,
@@ -313,7 +316,7 @@ impl Engine {
             leader: recovered.epoch.leader,
             term: 0,
             state: State::Idle,
-            calls: HashMap::new(),
+            calls: IdMap::default(),
             next_call: 1,
             durable_waiters: BTreeMap::new(),
             durable_deadlines: Deadlines::default(),
@@ -439,6 +442,19 @@ impl Engine {
     }
 
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, pending: Pending) -> CallId {
+        self.call_for(None, to, request, timeout, pending)
+    }
+
+    /// A call made for request `owner` alone (its answer decides that request's reply), which
+    /// a runtime may make from the request's own task.
+    fn call_for(
+        &mut self,
+        owner: Option<Token>,
+        to: Peer,
+        request: Outgoing,
+        timeout: Duration,
+        pending: Pending,
+    ) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
         self.calls.insert(call, pending);
@@ -447,6 +463,7 @@ impl Engine {
             to,
             request,
             timeout,
+            owner,
         });
         call
     }
