@@ -29,7 +29,7 @@ for job in $(seq 0 $((jobs - 1))); do
     fi
 done
 awk '/ seeds, / { seeds += $1; events += $3; if ($(NF-5) + 0 > took) took = $(NF-5) + 0 }
-     END { printf "%d jobs: %d seeds, %d events in %.0f s: %.0f seeds/s, %.0f events/s\n",
+     END { printf "%d jobs: %.0f seeds, %.0f events in %.0f s: %.0f seeds/s, %.0f events/s\n",
            NR, seeds, events, took, seeds / took, events / took }' \
     <(grep -h " seeds, " "$out"/*) | sed "s/^[0-9]* jobs/$jobs jobs/"
 exit $failed

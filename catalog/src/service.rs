@@ -119,8 +119,7 @@ impl Catalog {
                 inner.snapshot_at = inner.engine.durable_seq() + self.snapshot_every;
                 self.snapshot(inner);
             }
-            let next = inner.engine.next_timer();
-            if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+            if common::engine::wakes_timer(inner.timer_at, inner.engine.next_timer()) {
                 self.timer.notify_one();
             }
         }
@@ -171,26 +170,16 @@ impl Catalog {
 
     /// Ticks the engine whenever its next deadline comes.
     async fn keep_time(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let next = {
-                let mut inner = lock(&self.inner);
-                let next = inner.engine.next_timer();
-                inner.timer_at = next;
-                next
-            };
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.timer.notified() => continue,
-                () = sleep => {}
-            }
+        let next = || {
+            let mut inner = lock(&self.inner);
+            let next = inner.engine.next_timer();
+            inner.timer_at = next;
+            next
+        };
+        common::engine::keep_time(self.origin, &self.timer, &shutdown, next, || {
             self.step(Input::Tick, None);
-        }
+        })
+        .await;
     }
 
     /// Sends a heartbeat to every subscriber each `interval`, so that a subscriber that hears

@@ -95,6 +95,40 @@ impl From<crate::Error> for CallError {
 /// What a call came to.
 pub type CallResult = Result<Answer, CallError>;
 
+/// Whether a step must wake the timer task: the engine's next deadline is now earlier than
+/// the one the task sleeps until (or the task sleeps with none).
+pub fn wakes_timer(sleeping_until: Option<Time>, next: Option<Time>) -> bool {
+    next.is_some() && (sleeping_until.is_none() || next < sleeping_until)
+}
+
+/// A runtime's timer task: ticks its engine whenever the next deadline comes. `next` reads the
+/// engine's next deadline and records it as the one slept until (under the engine's lock, so
+/// that [`wakes_timer`] in a step sees it); `wake` is notified by a step that moved it
+/// earlier; `tick` feeds the engine a tick. Times count from `origin`. Ends with `shutdown`.
+pub async fn keep_time(
+    origin: tokio::time::Instant,
+    wake: &tokio::sync::Notify,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut next: impl FnMut() -> Option<Time>,
+    mut tick: impl FnMut(),
+) {
+    loop {
+        let at = next();
+        let sleep = async {
+            match at {
+                Some(at) => tokio::time::sleep_until(origin + at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => continue,
+            () = sleep => {}
+        }
+        tick();
+    }
+}
+
 /// Requests waiting, each until a deadline. One kind of wait has one length, so deadlines
 /// arrive in order and the oldest is first; a request answered early is forgotten lazily.
 #[derive(Debug, Default)]

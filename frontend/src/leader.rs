@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::CatalogClient;
-use common::engine::{Answer, CallError, CallId, CallResult, IdMap, Peer, Time, Token};
-use common::rpc::{ClientConfig, RpcClient};
+use common::engine::{CallId, CallResult, IdMap, Peer, Time, Token};
+use common::rpc::ClientConfig;
 use common::safety::Rules;
 use common::sync::lock;
 use common::wire::{Epoch, Leadership, OrderRequest, OrderResponse, ReplicaId};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 pub use crate::router::OrderError;
 use crate::router::{Command, Input, Outgoing, Router, RouterConfig};
+use order::peers::{PeerRequest, Peers};
 
 /// What the router's lock guards.
 struct Inner {
@@ -35,8 +36,7 @@ struct Inner {
 /// The order leader as this front end knows it.
 pub struct OrderLeader {
     inner: Mutex<Inner>,
-    replicas: BTreeMap<ReplicaId, RpcClient<OrderRequest, OrderResponse>>,
-    catalog: CatalogClient,
+    peers: Peers,
     origin: Instant,
     timer: Notify,
     next_token: AtomicU64,
@@ -69,11 +69,7 @@ impl OrderLeader {
                 commands: Vec::new(),
                 timer_at: None,
             }),
-            replicas: addrs
-                .iter()
-                .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), client.clone())))
-                .collect(),
-            catalog,
+            peers: Peers::new(addrs, catalog, client),
             origin,
             timer: Notify::new(),
             next_token: AtomicU64::new(1),
@@ -207,8 +203,7 @@ impl OrderLeader {
             self.metrics
                 .retries
                 .store(counters.retries, Ordering::Relaxed);
-            let next = inner.router.next_timer();
-            if next.is_some() && (inner.timer_at.is_none() || next < inner.timer_at) {
+            if common::engine::wakes_timer(inner.timer_at, inner.router.next_timer()) {
                 self.timer.notify_one();
             }
         }
@@ -229,50 +224,25 @@ impl OrderLeader {
     }
 
     async fn send(&self, to: Peer, request: Outgoing, timeout: Duration) -> CallResult {
-        let answer = match (to, request) {
-            (Peer::Replica(id), Outgoing::Order(request)) => match self.replicas.get(&id) {
-                Some(replica) => replica
-                    .call_within(&*request, timeout)
-                    .await
-                    .map(Answer::Order),
-                None => return Err(CallError::Failed(format!("replica {id} is not configured"))),
-            },
-            (Peer::Catalog, Outgoing::Catalog(request)) => self
-                .catalog
-                .call_within(&request, timeout)
-                .await
-                .map(Answer::Catalog),
-            _ => {
-                return Err(CallError::Failed(
-                    "request sent to the wrong service".into(),
-                ))
-            }
+        let request = match &request {
+            Outgoing::Order(request) => PeerRequest::Order(request),
+            Outgoing::Catalog(request) => PeerRequest::Catalog(request),
         };
-        answer.map_err(CallError::from)
+        self.peers.call(to, request, timeout).await
     }
 
     /// Runs the router's clock (its health checks, pauses and deadlines) until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let next = {
-                let mut inner = lock(&self.inner);
-                let next = inner.router.next_timer();
-                inner.timer_at = next;
-                next
-            };
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.timer.notified() => continue,
-                () = sleep => {}
-            }
+        let next = || {
+            let mut inner = lock(&self.inner);
+            let next = inner.router.next_timer();
+            inner.timer_at = next;
+            next
+        };
+        common::engine::keep_time(self.origin, &self.timer, &shutdown, next, || {
             self.step(Input::Tick, None);
-        }
+        })
+        .await;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod election;
 pub mod engine;
 pub mod log;
+pub mod peers;
 pub mod replication;
 pub mod runtime;
 

@@ -5,18 +5,16 @@
 //! engine's lock is held (sending on a channel, nothing more); calls and replies go out on
 //! tokio after it is released.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use catalog::CatalogClient;
 use common::engine::IdMap;
 use common::group_commit::{self, Job};
-use common::rpc::RpcClient;
 use common::server::{self, RequestContext, Service};
 use common::storage::{Ended, Recovery};
 use common::sync::lock;
-use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, ReplicaId, Reply};
+use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, Reply};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -24,16 +22,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::engine::{
-    Answer, CallError, CallId, CallResult, Command, Engine, Input, Outgoing, Peer, ReplyBody, Time,
-    Token, WriteId, MAX_BACKOFF, MIN_BACKOFF,
+    CallError, CallId, CallResult, Command, Engine, Input, Outgoing, Peer, ReplyBody, Time, Token,
+    WriteId, MAX_BACKOFF, MIN_BACKOFF,
 };
 use crate::log::OrderLog;
+use crate::peers::{PeerRequest, Peers};
 use crate::{Error, ReplicaConfig};
 
 /// Messages of the catalog's subscription a replica may fall behind by.
 const SUBSCRIPTION_BACKLOG: usize = 256;
-
-type PeerClient = RpcClient<OrderRequest, OrderResponse>;
 
 /// What the engine's lock guards: the engine and the files it commands.
 struct Inner {
@@ -89,8 +86,7 @@ enum OutgoingRequest {
 
 struct Node {
     inner: Mutex<Inner>,
-    peers: BTreeMap<ReplicaId, PeerClient>,
-    catalog: CatalogClient,
+    peers: Peers,
     origin: Instant,
     /// Wakes the timer task when the engine's next deadline moved earlier.
     timer: Notify,
@@ -170,8 +166,7 @@ impl Node {
                     }
                 }
             }
-            let next = engine.next_timer();
-            if next.is_some() && (timer_at.is_none() || next < *timer_at) {
+            if common::engine::wakes_timer(*timer_at, engine.next_timer()) {
                 self.timer.notify_one();
             }
         }
@@ -217,23 +212,11 @@ impl Node {
         request: OutgoingRequest,
         timeout: std::time::Duration,
     ) -> CallResult {
-        let answer = match (to, request) {
-            (Peer::Replica(id), OutgoingRequest::Order(request)) => match self.peers.get(&id) {
-                Some(peer) => peer.call_within(&request, timeout).await.map(Answer::Order),
-                None => return Err(CallError::Failed(format!("replica {id} is not a peer"))),
-            },
-            (Peer::Catalog, OutgoingRequest::Catalog(request)) => self
-                .catalog
-                .call_within(&request, timeout)
-                .await
-                .map(Answer::Catalog),
-            _ => {
-                return Err(CallError::Failed(
-                    "request sent to the wrong service".into(),
-                ))
-            }
+        let request = match &request {
+            OutgoingRequest::Order(request) => PeerRequest::Order(request),
+            OutgoingRequest::Catalog(request) => PeerRequest::Catalog(request),
         };
-        answer.map_err(CallError::from)
+        self.peers.call(to, request, timeout).await
     }
 
     /// Answers one request through the engine. A call the engine makes for this request
@@ -273,26 +256,16 @@ impl Node {
 
     /// Ticks the engine whenever its next deadline comes.
     async fn keep_time(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let next = {
-                let mut inner = lock(&self.inner);
-                let next = inner.engine.next_timer();
-                inner.timer_at = next;
-                next
-            };
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(self.origin + at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.timer.notified() => continue,
-                () = sleep => {}
-            }
+        let next = || {
+            let mut inner = lock(&self.inner);
+            let next = inner.engine.next_timer();
+            inner.timer_at = next;
+            next
+        };
+        common::engine::keep_time(self.origin, &self.timer, &shutdown, next, || {
             self.step(Input::Tick, None);
-        }
+        })
+        .await;
     }
 
     /// Follows the catalog's leadership record for as long as the replica runs, and tells the
@@ -302,7 +275,7 @@ impl Node {
         while !shutdown.is_cancelled() {
             let subscribed = tokio::select! {
                 () = shutdown.cancelled() => return,
-                subscribed = self.catalog.subscribe(false, SUBSCRIPTION_BACKLOG) => subscribed,
+                subscribed = self.peers.catalog().subscribe(false, SUBSCRIPTION_BACKLOG) => subscribed,
             };
             if let Ok((record, mut stream)) = subscribed {
                 backoff = MIN_BACKOFF;
@@ -521,12 +494,11 @@ pub async fn run(
             commands: Vec::new(),
             timer_at: None,
         }),
-        peers: config
-            .peers
-            .iter()
-            .map(|(&id, addr)| (id, RpcClient::new(addr.clone(), config.client.clone())))
-            .collect(),
-        catalog: CatalogClient::new(config.catalog.clone(), config.client.clone()),
+        peers: Peers::new(
+            &config.peers,
+            CatalogClient::new(config.catalog.clone(), config.client.clone()),
+            &config.client,
+        ),
         origin,
         timer: Notify::new(),
         next_token: AtomicU64::new(1),

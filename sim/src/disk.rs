@@ -33,14 +33,21 @@ impl<W> Default for Disk<W> {
     }
 }
 
-/// How a crash leaves the batch that was being flushed.
-#[derive(Debug)]
-pub struct Torn<W> {
-    /// Writes that reached the disk whole.
-    pub whole: Vec<W>,
-    /// The next write, of which only the first `bytes` reached the disk (an append), if any.
-    pub partial: Option<(W, usize)>,
+/// A process's files, as the writes to its disk change them.
+pub trait Files {
+    /// One write.
+    type Write;
+    /// The write reached the disk.
+    fn apply(&mut self, write: Self::Write);
+    /// An append's length in bytes; `None` for a write that is atomic (a file replaced).
+    fn append_len(write: &Self::Write) -> Option<usize>;
+    /// Only the first `len` bytes of an append reached the disk.
+    fn torn(&mut self, write: Self::Write, len: usize);
 }
+
+/// A flush failed: the disk was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed;
 
 impl<W> Disk<W> {
     /// Queues a write; `id` is reported once it is on disk. True when a flush must start.
@@ -61,17 +68,25 @@ impl<W> Disk<W> {
         true
     }
 
-    /// The flush completed: its writes, in order (none, and the disk fails, if it is full).
-    pub fn complete(&mut self) -> Vec<(Option<WriteId>, W)> {
+    /// The flush running completed: its writes reach `files`, and the newest id among them
+    /// is returned; if the disk is full, none does and the disk takes nothing more.
+    pub fn finish<F: Files<Write = W>>(
+        &mut self,
+        files: &mut F,
+    ) -> Result<Option<WriteId>, Failed> {
         if self.full {
             self.failed = true;
             self.queue.clear();
             self.flushing = 0;
-            return Vec::new();
+            return Err(Failed);
         }
-        let done = self.queue.drain(..self.flushing).collect();
+        let mut last = None;
+        for (id, write) in self.queue.drain(..self.flushing) {
+            last = id.or(last);
+            files.apply(write);
+        }
         self.flushing = 0;
-        done
+        Ok(last)
     }
 
     /// Whether a flush failed (the disk was full).
@@ -84,29 +99,33 @@ impl<W> Disk<W> {
         !self.queue.is_empty()
     }
 
-    /// A crash: everything queued is lost but for what of the batch being flushed reached the
-    /// disk. `len` gives an append's length in bytes (`None`: the write is atomic).
-    pub fn crash(&mut self, rng: &mut Rng, len: impl Fn(&W) -> Option<usize>) -> Torn<W> {
+    /// A crash: everything queued is lost but for what of the batch being flushed reached
+    /// `files`: most often nothing, else any prefix of its writes and perhaps a torn piece of
+    /// the next append.
+    pub fn crash<F: Files<Write = W>>(&mut self, rng: &mut Rng, files: &mut F) {
         let flushing: Vec<W> = self.queue.drain(..self.flushing).map(|(_, w)| w).collect();
         self.queue.clear();
         self.flushing = 0;
-        // Most often nothing of an unfinished flush is there; otherwise any prefix.
+        if self.failed {
+            return;
+        }
         let reached = if rng.chance(500) {
             0
         } else {
             rng.range(0, flushing.len() as u64 + 1) as usize
         };
         let mut rest = flushing.into_iter();
-        let whole: Vec<W> = rest.by_ref().take(reached).collect();
-        let partial = rest.next().and_then(|next| {
-            let bytes = len(&next)?;
-            if bytes > 1 && rng.chance(500) {
-                Some((next, rng.range(1, bytes as u64) as usize))
-            } else {
-                None
+        for write in rest.by_ref().take(reached) {
+            files.apply(write);
+        }
+        if let Some(next) = rest.next() {
+            if let Some(bytes) = F::append_len(&next) {
+                if bytes > 1 && rng.chance(500) {
+                    let len = rng.range(1, bytes as u64) as usize;
+                    files.torn(next, len);
+                }
             }
-        });
-        Torn { whole, partial }
+        }
     }
 }
 
@@ -114,20 +133,50 @@ impl<W> Disk<W> {
 mod tests {
     use super::*;
 
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+
+    impl Files for Bytes {
+        type Write = Vec<u8>;
+        fn apply(&mut self, write: Vec<u8>) {
+            self.0.extend(write);
+        }
+        fn append_len(write: &Vec<u8>) -> Option<usize> {
+            Some(write.len())
+        }
+        fn torn(&mut self, write: Vec<u8>, len: usize) {
+            self.0.extend(&write[..len]);
+        }
+    }
+
     #[test]
     fn writes_flush_in_batches_and_a_crash_keeps_at_most_a_prefix() {
         let mut disk: Disk<Vec<u8>> = Disk::default();
+        let mut files = Bytes::default();
         assert!(disk.push(Some(1), b"aa".to_vec()));
         assert!(disk.start());
         assert!(!disk.push(Some(2), b"bb".to_vec()));
         assert!(!disk.start());
-        let done = disk.complete();
-        assert_eq!(done.len(), 1);
+        assert_eq!(disk.finish(&mut files), Ok(Some(1)));
+        assert_eq!(files.0, b"aa");
         assert!(disk.start());
         disk.push(Some(3), b"cc".to_vec());
         let mut rng = Rng::new(1);
-        let torn = disk.crash(&mut rng, |w| Some(w.len()));
-        assert!(torn.whole.len() <= 1);
+        disk.crash(&mut rng, &mut files);
+        assert!(files.0.len() <= 4 && files.0.starts_with(b"aa"));
         assert!(!disk.busy());
+    }
+
+    #[test]
+    fn a_full_disk_fails_its_flush_and_takes_nothing_more() {
+        let mut disk: Disk<Vec<u8>> = Disk::default();
+        let mut files = Bytes::default();
+        disk.push(Some(1), b"aa".to_vec());
+        disk.start();
+        disk.full = true;
+        assert_eq!(disk.finish(&mut files), Err(Failed));
+        assert!(!disk.push(Some(2), b"bb".to_vec()));
+        disk.crash(&mut Rng::new(2), &mut files);
+        assert!(files.0.is_empty());
     }
 }

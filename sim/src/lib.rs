@@ -54,6 +54,7 @@ pub struct Outcome {
 
 /// Runs `seed`, recording nothing.
 pub fn run(seed: u64, options: Options) -> Outcome {
+    trace::listen_to_engines();
     run_with(seed, options, trace::Trace::off()).0
 }
 

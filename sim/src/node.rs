@@ -18,7 +18,7 @@ use frontend::router::{self, OrderError, Router, RouterConfig};
 use order::engine::{self as replica_engine, Engine, EngineConfig, Outgoing, ReplyBody};
 
 use crate::check::{Checker, Order};
-use crate::disk::Disk;
+use crate::disk::{Disk, Failed, Files};
 use crate::plan::{Proc, CATALOG};
 use crate::rng::Rng;
 
@@ -571,22 +571,14 @@ impl ReplicaNode {
 
     /// The flush running completed (or failed: the disk is full).
     pub fn flushed(&mut self, ctx: &mut Ctx<'_>) {
-        let done = self.disk.complete();
-        if self.disk.failed() {
-            self.storage_failed = true;
-            self.feed(
-                ctx,
-                replica_engine::Input::StorageFailed("No space left on device".into()),
-            );
-            return;
-        }
-        let mut last = None;
-        for (id, write) in done {
-            last = id.or(last);
-            apply_replica_write(&mut self.files, write);
-        }
-        if let Some(last) = last {
-            self.feed(ctx, replica_engine::Input::Flushed(last));
+        match self.disk.finish(&mut self.files) {
+            Err(Failed) => {
+                self.storage_failed = true;
+                let reason = "No space left on device".to_owned();
+                return self.feed(ctx, replica_engine::Input::StorageFailed(reason));
+            }
+            Ok(Some(last)) => self.feed(ctx, replica_engine::Input::Flushed(last)),
+            Ok(None) => {}
         }
         if self.disk.busy() {
             ctx.actions.push(Action::Flush);
@@ -595,17 +587,8 @@ impl ReplicaNode {
 
     /// SIGKILL: what of the flush running reached the disk stays, the rest is lost.
     pub fn crash(&mut self, rng: &mut Rng) -> ReplicaFiles {
-        let torn = self.disk.crash(rng, |w| match w {
-            ReplicaWrite::Append(bytes) => Some(bytes.len()),
-            _ => None,
-        });
         let mut files = std::mem::take(&mut self.files);
-        for write in torn.whole {
-            apply_replica_write(&mut files, write);
-        }
-        if let Some((ReplicaWrite::Append(bytes), len)) = torn.partial {
-            files.log.extend_from_slice(&bytes[..len]);
-        }
+        self.disk.crash(rng, &mut files);
         files
     }
 
@@ -615,11 +598,28 @@ impl ReplicaNode {
     }
 }
 
-fn apply_replica_write(files: &mut ReplicaFiles, write: ReplicaWrite) {
-    match write {
-        ReplicaWrite::Append(bytes) => files.log.extend_from_slice(&bytes),
-        ReplicaWrite::Cut(offset) => files.log.truncate(offset as usize),
-        ReplicaWrite::Epoch(text) => files.epoch = Some(text),
+impl Files for ReplicaFiles {
+    type Write = ReplicaWrite;
+
+    fn apply(&mut self, write: ReplicaWrite) {
+        match write {
+            ReplicaWrite::Append(bytes) => self.log.extend_from_slice(&bytes),
+            ReplicaWrite::Cut(offset) => self.log.truncate(offset as usize),
+            ReplicaWrite::Epoch(text) => self.epoch = Some(text),
+        }
+    }
+
+    fn append_len(write: &ReplicaWrite) -> Option<usize> {
+        match write {
+            ReplicaWrite::Append(bytes) => Some(bytes.len()),
+            _ => None,
+        }
+    }
+
+    fn torn(&mut self, write: ReplicaWrite, len: usize) {
+        if let ReplicaWrite::Append(bytes) = write {
+            self.log.extend_from_slice(&bytes[..len]);
+        }
     }
 }
 
@@ -867,22 +867,14 @@ impl CatalogNode {
 
     /// The flush running completed (or failed: the disk is full).
     pub fn flushed(&mut self, ctx: &mut Ctx<'_>) {
-        let done = self.disk.complete();
-        if self.disk.failed() {
-            self.storage_failed = true;
-            self.feed(
-                ctx,
-                catalog_engine::Input::StorageFailed("No space left on device".into()),
-            );
-            return;
-        }
-        let mut last = None;
-        for (id, write) in done {
-            last = id.or(last);
-            apply_catalog_write(&mut self.files, write);
-        }
-        if let Some(last) = last {
-            self.feed(ctx, catalog_engine::Input::Flushed(last));
+        match self.disk.finish(&mut self.files) {
+            Err(Failed) => {
+                self.storage_failed = true;
+                let reason = "No space left on device".to_owned();
+                return self.feed(ctx, catalog_engine::Input::StorageFailed(reason));
+            }
+            Ok(Some(last)) => self.feed(ctx, catalog_engine::Input::Flushed(last)),
+            Ok(None) => {}
         }
         if self.disk.busy() {
             ctx.actions.push(Action::Flush);
@@ -891,28 +883,36 @@ impl CatalogNode {
 
     /// SIGKILL.
     pub fn crash(&mut self, rng: &mut Rng) -> CatalogFiles {
-        let torn = self.disk.crash(rng, |w| match w {
-            CatalogWrite::Append(bytes) => Some(bytes.len()),
-            _ => None,
-        });
         let mut files = std::mem::take(&mut self.files);
-        for write in torn.whole {
-            apply_catalog_write(&mut files, write);
-        }
-        if let Some((CatalogWrite::Append(bytes), len)) = torn.partial {
-            files.wal.extend_from_slice(&bytes[..len]);
-        }
+        self.disk.crash(rng, &mut files);
         files
     }
 }
 
-fn apply_catalog_write(files: &mut CatalogFiles, write: CatalogWrite) {
-    match write {
-        CatalogWrite::Append(bytes) => files.wal.extend_from_slice(&bytes),
-        CatalogWrite::Leadership(bytes) => files.leadership = Some(bytes),
-        CatalogWrite::Snapshot(bytes) => {
-            files.snapshot = bytes;
-            files.wal.clear();
+impl Files for CatalogFiles {
+    type Write = CatalogWrite;
+
+    fn apply(&mut self, write: CatalogWrite) {
+        match write {
+            CatalogWrite::Append(bytes) => self.wal.extend_from_slice(&bytes),
+            CatalogWrite::Leadership(bytes) => self.leadership = Some(bytes),
+            CatalogWrite::Snapshot(bytes) => {
+                self.snapshot = bytes;
+                self.wal.clear();
+            }
+        }
+    }
+
+    fn append_len(write: &CatalogWrite) -> Option<usize> {
+        match write {
+            CatalogWrite::Append(bytes) => Some(bytes.len()),
+            _ => None,
+        }
+    }
+
+    fn torn(&mut self, write: CatalogWrite, len: usize) {
+        if let CatalogWrite::Append(bytes) = write {
+            self.wal.extend_from_slice(&bytes[..len]);
         }
     }
 }

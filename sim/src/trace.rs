@@ -18,10 +18,11 @@ thread_local! {
     static RECORDING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes the engines' `tracing` output reach the replays: once per process, a global
-/// subscriber that keeps the lines of the threads replaying a seed and drops the rest. (A
-/// subscriber scoped to one thread is not enough: another thread's run may settle a log
-/// call's interest as "never" for every thread.)
+/// Makes the engines' `tracing` output reach the replays: once per process, before any seed
+/// runs, a global subscriber that keeps the lines of the threads replaying a seed and drops
+/// the rest. (A subscriber scoped to one thread is not enough, nor one set while other
+/// threads run seeds: a log call's interest, once settled as "never", holds for every
+/// thread.)
 pub fn listen_to_engines() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -32,9 +33,14 @@ pub fn listen_to_engines() {
             .with_ansi(false)
             .without_time()
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                *metadata.level() <= tracing::Level::INFO && RECORDING.with(Cell::get)
-            }));
+            .with_filter(
+                // Dynamic: whether a line is kept depends on the thread, so no log call's
+                // interest may be cached.
+                tracing_subscriber::filter::dynamic_filter_fn(|metadata, _| {
+                    *metadata.level() <= tracing::Level::INFO && RECORDING.with(Cell::get)
+                })
+                .with_max_level_hint(tracing::Level::INFO),
+            );
         let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
     });
 }
