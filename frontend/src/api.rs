@@ -148,7 +148,7 @@ impl App {
             Err(response) => return response,
         };
         let name = order.name.clone();
-        match self.orders.call(&OrderRequest::PlaceOrder(order)).await {
+        match self.orders.call(OrderRequest::PlaceOrder(order)).await {
             Ok(OrderResponse::Placed { number, .. }) => {
                 // Read-your-writes: the next lookup through this front end shows the trade.
                 lock(&self.cache).forget(&name);
@@ -204,7 +204,7 @@ impl App {
             Ok(n) if raw.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Response::error(400, "order number must be a non-negative integer"),
         };
-        match self.orders.call(&OrderRequest::GetOrder { number }).await {
+        match self.orders.call(OrderRequest::GetOrder { number }).await {
             Ok(OrderResponse::Order(entry)) => Response::json(
                 200,
                 data(&OrderBody {

@@ -108,13 +108,10 @@ impl OrderLeader {
     /// task (no task of its own, no hand-over); checks and pauses are waited for.
     pub async fn call(
         self: &Arc<Self>,
-        request: &OrderRequest,
+        request: OrderRequest,
     ) -> Result<OrderResponse, OrderError> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut input = Input::Submit {
-            token,
-            request: request.clone(),
-        };
+        let mut input = Input::Submit { token, request };
         let mut waiting = None;
         loop {
             match self.step(input, Some((token, waiting.is_some()))) {

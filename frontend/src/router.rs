@@ -6,7 +6,7 @@
 //! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
 //! calls and timers on tokio; the simulator on a simulated network.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,8 +138,17 @@ struct Attempt {
     deadline: Time,
     /// The known leader is not to be trusted: check before the next attempt.
     suspect: bool,
-    last_problem: String,
+    /// Why the last attempt failed (`None`: none was made yet).
+    last_problem: Option<String>,
     stage: Stage,
+}
+
+impl Attempt {
+    fn problem(&self) -> String {
+        self.last_problem
+            .clone()
+            .unwrap_or_else(|| "no attempt made".to_owned())
+    }
 }
 
 /// A check running: an election round, and the requests waiting for it.
@@ -172,7 +181,7 @@ pub struct Router {
     /// The last failed check, shared by the requests that come right after it.
     last_failure: Option<(Time, String)>,
     next_health: Time,
-    attempts: BTreeMap<Token, Attempt>,
+    attempts: IdMap<Attempt>,
     /// When a paused or checking attempt must be looked at again (some may have moved on).
     timers: BTreeSet<(Time, Token)>,
     calls: IdMap<Purpose>,
@@ -193,7 +202,7 @@ impl Router {
             check: None,
             last_failure: None,
             next_health: now,
-            attempts: BTreeMap::new(),
+            attempts: IdMap::default(),
             timers: BTreeSet::new(),
             calls: IdMap::default(),
             next_call: 1,
@@ -213,7 +222,7 @@ impl Router {
                         request: Arc::new(request),
                         deadline: self.now + self.config.deadline,
                         suspect: false,
-                        last_problem: String::from("no attempt made"),
+                        last_problem: None,
                         stage: Stage::Calling,
                     },
                 );
@@ -313,7 +322,7 @@ impl Router {
             return;
         };
         if now >= attempt.deadline {
-            let problem = attempt.last_problem.clone();
+            let problem = attempt.problem();
             return self.reply(token, Err(OrderError::Unavailable(problem)));
         }
         match known.filter(|_| !attempt.suspect) {
@@ -327,7 +336,7 @@ impl Router {
                 }
                 Err(problem) => {
                     if let Some(attempt) = self.attempts.get_mut(&token) {
-                        attempt.last_problem = problem;
+                        attempt.last_problem = Some(problem);
                     }
                     self.pause(token);
                 }
@@ -346,8 +355,9 @@ impl Router {
         if !configured {
             // The record names a replica this front end was not configured with (an
             // operator's override, or front ends with different peer lists).
-            attempt.last_problem =
-                format!("the recorded leader {leader} is not among --order-peers");
+            attempt.last_problem = Some(format!(
+                "the recorded leader {leader} is not among --order-peers"
+            ));
             attempt.suspect = true;
             return self.pause(token);
         }
@@ -379,14 +389,14 @@ impl Router {
             Ok(Answer::Order(
                 OrderResponse::NotLeader { .. } | OrderResponse::StaleEpoch { .. },
             )) => {
-                attempt.last_problem = format!("replica {leader} does not lead");
+                attempt.last_problem = Some(format!("replica {leader} does not lead"));
                 attempt.suspect = true;
                 self.counters.retries += 1;
                 self.pause(token);
             }
             Ok(Answer::Order(answer)) => self.reply(token, Ok(answer)),
             Ok(Answer::Catalog(other)) => {
-                attempt.last_problem = format!("replica {leader} answered {other:?}");
+                attempt.last_problem = Some(format!("replica {leader} answered {other:?}"));
                 attempt.suspect = true;
                 self.counters.retries += 1;
                 self.pause(token);
@@ -397,12 +407,12 @@ impl Router {
             Err(CallError::Remote(e)) => {
                 // The leader is there but cannot finish now (its quorum, the catalog, taking
                 // over): the same leader is asked again after a pause.
-                attempt.last_problem = e.message;
+                attempt.last_problem = Some(e.message);
                 self.counters.retries += 1;
                 self.pause(token);
             }
             Err(CallError::Failed(e)) => {
-                attempt.last_problem = format!("replica {leader}: {e}");
+                attempt.last_problem = Some(format!("replica {leader}: {e}"));
                 attempt.suspect = true;
                 self.counters.retries += 1;
                 self.advance(token);
@@ -526,7 +536,7 @@ impl Router {
                 Ok(leader) => self.send(token, *leader),
                 Err(problem) => {
                     if let Some(attempt) = self.attempts.get_mut(&token) {
-                        attempt.last_problem = problem.clone();
+                        attempt.last_problem = Some(problem.clone());
                     }
                     self.pause(token);
                 }
@@ -558,7 +568,7 @@ impl Router {
                     if let Some(check) = &mut self.check {
                         check.waiters.retain(|&t| t != token);
                     }
-                    let problem = self.attempts.get(&token).map(|a| a.last_problem.clone());
+                    let problem = self.attempts.get(&token).map(Attempt::problem);
                     self.reply(
                         token,
                         Err(OrderError::Unavailable(problem.unwrap_or_default())),
