@@ -1,13 +1,49 @@
-//! `catalog`: parses flags, binds, and runs the catalog until SIGINT or SIGTERM.
+//! `catalog`: parses flags, binds, and runs the catalog until SIGINT or SIGTERM; or, as
+//! `catalog health`, asks the catalog on this host whether it answers.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use catalog::config::CatalogArgs;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use common::storage::{restart_in_place, Ended};
 
-fn main() -> anyhow::Result<()> {
+#[derive(Parser)]
+#[command(
+    name = "catalog",
+    about = "Stock Bazaar catalog: durable stocks, exactly-once trades",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    catalog: CatalogArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exit 0 when the catalog at `--listen` (loopback for an any-address) answers a read of
+    /// the leadership record, with the same token; for health checks.
+    Health,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
     common::telemetry::init();
-    let args = CatalogArgs::parse();
+    let cli = Cli::parse();
+    let args = cli.catalog;
+    if let Some(Command::Health) = cli.command {
+        let addr = common::config::local_dial(&args.listen);
+        let client =
+            catalog::CatalogClient::new(addr.clone(), args.transport.client_config("health"));
+        let outcome = common::health::check(async {
+            match client.leadership(common::health::TIMEOUT).await {
+                Ok(record) => Ok(format!("{addr} answers; leadership {record}")),
+                Err(e) => Err(format!("{addr}: {e}")),
+            }
+        });
+        return Ok(common::health::report("catalog", outcome));
+    }
     let ended = common::runtime::block_on(args.transport.worker_threads, async {
         let listener = args
             .transport
@@ -20,5 +56,5 @@ fn main() -> anyhow::Result<()> {
     if ended == Ended::RestartFromLog {
         return Err(restart_in_place()).context("cannot restart in place after a storage failure");
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! The flag and environment conventions: every setting is a clap flag with an environment
 //! fallback, and the transport settings every service shares live here once.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,6 +11,22 @@ use crate::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::rpc::ClientConfig;
 use crate::server::ServerConfig;
 use crate::Error;
+
+/// The address a process on the same host dials to reach a service listening on `listen`:
+/// loopback in place of an any-address (`0.0.0.0`, `[::]`), anything else as given.
+pub fn local_dial(listen: &str) -> String {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let loopback: IpAddr = if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(loopback, addr.port()).to_string()
+        }
+        _ => listen.to_owned(),
+    }
+}
 
 /// Transport settings shared by every service; `#[command(flatten)]` them into a service's
 /// flags.
@@ -144,6 +161,14 @@ pub fn parse_token(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_service_on_every_address_is_dialed_on_loopback() {
+        assert_eq!(local_dial("0.0.0.0:7000"), "127.0.0.1:7000");
+        assert_eq!(local_dial("[::]:8080"), "[::1]:8080");
+        assert_eq!(local_dial("10.0.0.5:7001"), "10.0.0.5:7001");
+        assert_eq!(local_dial("catalog:7000"), "catalog:7000");
+    }
 
     #[derive(Debug, Parser)]
     struct Flags {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod files;
 pub mod frame;
 pub mod group_commit;
+pub mod health;
 pub mod rpc;
 pub mod runtime;
 pub mod safety;

@@ -1,9 +1,10 @@
 //! `order`: runs one order replica (`order --id N ...`), or audits replicas and the catalog
-//! (`order audit --state-dir D ... --catalog ADDR`).
+//! (`order audit --state-dir D ... --catalog ADDR`), or checks this host's replica
+//! (`order health`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use common::wire::ReplicaId;
+use common::wire::{OrderRequest, OrderResponse, ReplicaId};
 use order::audit::AuditArgs;
 use order::config::ReplicaArgs;
 
@@ -48,6 +49,9 @@ enum Command {
     },
     /// Compare the replicas' logs and check the catalog against them; exits 1 on any finding.
     Audit(AuditArgs),
+    /// Exit 0 when the replica configured here (`--id`, `--peers`, `--listen`; loopback for an
+    /// any-address) answers `Status`, with the same token; for health checks.
+    Health,
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -121,6 +125,26 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             } else {
                 std::process::ExitCode::FAILURE
             })
+        }
+        (Some(Command::Health), args) => {
+            let (_, listen) = order::ReplicaConfig::from_args(&args)?;
+            let addr = common::config::local_dial(&listen);
+            let replica: common::rpc::RpcClient<OrderRequest, OrderResponse> =
+                common::rpc::RpcClient::new(addr.clone(), args.transport.client_config("health"));
+            let outcome = common::health::check(async {
+                match replica
+                    .call_within(&OrderRequest::Status, common::health::TIMEOUT)
+                    .await
+                {
+                    Ok(OrderResponse::Status(status)) => Ok(format!(
+                        "{addr} answers: replica {} {:?} in epoch {}, last entry {:?}",
+                        status.id, status.role, status.epoch, status.last
+                    )),
+                    Ok(other) => Err(format!("{addr} answered {other:?}")),
+                    Err(e) => Err(format!("{addr}: {e}")),
+                }
+            });
+            Ok(common::health::report("order", outcome))
         }
         (None, args) => {
             let (config, listen) = order::ReplicaConfig::from_args(&args)?;
