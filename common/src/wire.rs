@@ -586,7 +586,18 @@ pub enum OrderRequest {
         /// The last entry of each epoch in the follower's log, oldest first.
         known: Vec<LogPosition>,
     },
+    /// The entries this replica holds on disk from `from` on, at most `max` (and at most
+    /// [`READ_LOG_MAX`]) of them: how an audit reads every replica's log over the network.
+    ReadLog {
+        /// The first entry wanted.
+        from: TransactionNumber,
+        /// Most entries in the answer.
+        max: u32,
+    },
 }
+
+/// Most entries one `ReadLog` answer carries.
+pub const READ_LOG_MAX: u32 = 4_096;
 
 /// What a replica is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -665,6 +676,15 @@ pub enum OrderResponse {
         entries: Vec<OrderEntry>,
         /// The leader's last entry, so the follower knows when it has everything.
         leader_last: Option<LogPosition>,
+    },
+    /// Answer to `ReadLog`: consecutive entries from the one asked for (none past the end).
+    Log {
+        /// The entries.
+        entries: Vec<OrderEntry>,
+        /// This replica's last durable entry.
+        last: Option<LogPosition>,
+        /// Orders it has set aside (a suffix the leader did not hold; see `diverged.log`).
+        set_aside: u64,
     },
     /// This replica does not lead; retry at the one named.
     NotLeader {

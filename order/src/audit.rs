@@ -1,6 +1,8 @@
-//! The audit: reads the replicas' order logs, reports whether they are identical and where
-//! they differ, and checks the catalog's quantities and volumes against the log (guarantee 4:
-//! quantity = initial - buys + sells, volume = all traded shares, per stock).
+//! The audit: reads the replicas' order logs, from their state directories on this disk or
+//! over the internal protocol from the replicas themselves (`--peers`, for replicas on other
+//! hosts), reports whether they are identical and where they differ, and checks the catalog's
+//! quantities and volumes against the log (guarantee 4: quantity = initial - buys + sells,
+//! volume = all traded shares, per stock).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,14 +13,24 @@ use catalog::CatalogClient;
 use common::rpc::ClientConfig;
 use common::wire::{OrderEntry, StockName, TradeKind};
 
-use crate::log::read_entries;
+use common::rpc::RpcClient;
+use common::wire::{OrderRequest, OrderResponse, READ_LOG_MAX};
+
+use crate::log::{count_set_aside, log_file, read_entries, side_file};
 
 /// Flags of `order audit`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuditArgs {
     /// A replica's state directory; give one per replica.
-    #[arg(long = "state-dir", required = true)]
+    #[arg(
+        long = "state-dir",
+        required_unless_present = "peers",
+        conflicts_with = "peers"
+    )]
     pub state_dirs: Vec<PathBuf>,
+    /// Read the logs from the replicas themselves instead: `1=host:port,2=host:port,...`.
+    #[arg(long)]
+    pub peers: Option<String>,
     /// The catalog to check against; without it only the logs are compared.
     #[arg(long)]
     pub catalog: Option<String>,
@@ -101,13 +113,74 @@ pub fn expected_stock(
     Ok(stock)
 }
 
-/// Runs the audit.
-pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
-    let mut report = AuditReport {
-        clean: true,
-        ..AuditReport::default()
-    };
+/// One replica's log as the audit found it.
+struct FoundLog {
+    /// Where it was read (a directory, or a replica and its address).
+    name: String,
+    entries: Vec<OrderEntry>,
+    /// Entries it set aside.
+    set_aside: u64,
+    /// Where those are, when known.
+    side: Option<String>,
+}
+
+/// Reads a replica's durable log over the internal protocol, a page at a time.
+async fn read_remote_log(
+    replica: &RpcClient<OrderRequest, OrderResponse>,
+) -> anyhow::Result<(Vec<OrderEntry>, u64)> {
+    let timeout = std::time::Duration::from_secs(5);
+    let mut entries = Vec::new();
+    loop {
+        let request = OrderRequest::ReadLog {
+            from: entries.len() as u64,
+            max: READ_LOG_MAX,
+        };
+        match replica.call_within(&request, timeout).await? {
+            OrderResponse::Log {
+                entries: page,
+                last,
+                set_aside,
+            } => {
+                let end = last.map_or(0, |p| p.number + 1);
+                let empty = page.is_empty();
+                entries.extend(page);
+                if entries.len() as u64 >= end || empty {
+                    return Ok((entries, set_aside));
+                }
+            }
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// Every replica's log, with a finding for each one that cannot be read.
+async fn find_logs(args: &AuditArgs, report: &mut AuditReport) -> anyhow::Result<Vec<FoundLog>> {
     let mut logs = Vec::new();
+    if let Some(peers) = &args.peers {
+        let config = ClientConfig {
+            cluster_token: args.cluster_token.clone(),
+            ..ClientConfig::new("audit")
+        };
+        for (id, addr) in crate::config::parse_peers(peers)? {
+            let name = format!("replica {id} at {addr}");
+            let replica = RpcClient::new(addr, config.clone());
+            match read_remote_log(&replica).await {
+                Ok((entries, set_aside)) => logs.push(FoundLog {
+                    name,
+                    entries,
+                    set_aside,
+                    side: None,
+                }),
+                Err(e) => {
+                    report.clean = false;
+                    report
+                        .lines
+                        .push(format!("{name}: cannot read its log: {e}"));
+                }
+            }
+        }
+        return Ok(logs);
+    }
     for dir in &args.state_dirs {
         if !dir.is_dir() {
             report.clean = false;
@@ -116,21 +189,40 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
                 .push(format!("{}: no such state directory", dir.display()));
             continue;
         }
-        let (entries, _) = read_entries(&dir.join("orders.log"))?;
+        let (entries, _) = read_entries(&log_file(dir))?;
+        logs.push(FoundLog {
+            name: dir.display().to_string(),
+            entries,
+            set_aside: count_set_aside(dir)?,
+            side: Some(side_file(dir).display().to_string()),
+        });
+    }
+    Ok(logs)
+}
+
+/// Runs the audit.
+pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let mut report = AuditReport {
+        clean: true,
+        ..AuditReport::default()
+    };
+    let found = find_logs(args, &mut report).await?;
+    for log in &found {
         report
             .lines
-            .push(format!("{}: {} orders", dir.display(), entries.len()));
-        logs.push((dir.display().to_string(), entries));
-        let side = dir.join("diverged.log");
-        if let Ok(text) = std::fs::read_to_string(&side) {
-            let set_aside = text.lines().filter(|l| !l.starts_with('#')).count();
+            .push(format!("{}: {} orders", log.name, log.entries.len()));
+        if log.set_aside > 0 {
+            let place = log.side.as_deref().unwrap_or("its diverged.log");
             report.lines.push(format!(
-                "{}: {set_aside} orders set aside in {}",
-                dir.display(),
-                side.display()
+                "{}: {} orders set aside in {place}",
+                log.name, log.set_aside
             ));
         }
     }
+    let logs: Vec<(String, Vec<OrderEntry>)> = found
+        .into_iter()
+        .map(|log| (log.name, log.entries))
+        .collect();
     let differences = compare_logs(&logs);
     if differences.is_empty() {
         report.lines.push("order logs: identical".into());

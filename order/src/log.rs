@@ -150,7 +150,33 @@ pub struct OrderLog {
     end: u64,
     /// The most recent entries, up to `TAIL_CAPACITY`.
     tail: VecDeque<OrderEntry>,
+    /// Entries in the side file.
+    set_aside: u64,
     _lock: File,
+}
+
+/// How many entries the replica whose state directory is `dir` has set aside (0 when none).
+pub fn count_set_aside(dir: &Path) -> Result<u64, Error> {
+    let file = match File::open(dir.join(SIDE_FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut count = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        count += u64::from(!line?.starts_with('#'));
+    }
+    Ok(count)
+}
+
+/// The order log of the replica whose state directory is `dir`.
+pub fn log_file(dir: &Path) -> PathBuf {
+    dir.join(LOG_FILE)
+}
+
+/// The side file of the replica whose state directory is `dir`.
+pub fn side_file(dir: &Path) -> PathBuf {
+    dir.join(SIDE_FILE)
 }
 
 impl OrderLog {
@@ -179,6 +205,7 @@ impl OrderLog {
             slots: Vec::with_capacity(entries.len()),
             end: 0,
             tail: VecDeque::new(),
+            set_aside: count_set_aside(dir)?,
             _lock: lock,
         };
         for entry in &entries {
@@ -201,6 +228,11 @@ impl OrderLog {
         }
         self.tail.push_back(entry);
         line
+    }
+
+    /// Entries set aside in the side file so far.
+    pub fn set_aside(&self) -> u64 {
+        self.set_aside
     }
 
     /// Number the next entry gets.
@@ -291,6 +323,7 @@ impl OrderLog {
         let tail_start = self.slots.len() + removed.len() - self.tail.len();
         let keep = (from as usize).saturating_sub(tail_start);
         self.tail.truncate(keep);
+        self.set_aside += removed.len() as u64;
         let side = self.dir.join(SIDE_FILE);
         let mut text = format!(
             "# set aside {} entries from #{from}: {reason}\n",

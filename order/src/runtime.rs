@@ -419,6 +419,14 @@ fn execute(
                         leader_last,
                     })
                     .map_err(|e| RemoteError::unavailable(e.to_string())),
+                ReplyBody::Log { start, count, last } => log
+                    .entries(start, count as usize)
+                    .map(|entries| OrderResponse::Log {
+                        entries,
+                        last,
+                        set_aside: log.set_aside(),
+                    })
+                    .map_err(|e| RemoteError::unavailable(e.to_string())),
                 ReplyBody::Order { number } => match log.get(number) {
                     Ok(Some(entry)) => Ok(OrderResponse::Order(entry)),
                     Ok(None) => Ok(OrderResponse::OrderNotFound),

@@ -24,6 +24,29 @@ async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
     .await;
 }
 
+/// `order audit` of the cluster: over the network from the replicas themselves, or from their
+/// state directories on this disk.
+async fn audit(cluster: &Cluster, over_the_network: bool) -> order::audit::AuditReport {
+    let peers = cluster
+        .addrs
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let args = order::audit::AuditArgs {
+        state_dirs: if over_the_network {
+            Vec::new()
+        } else {
+            cluster.dirs.values().cloned().collect()
+        },
+        peers: over_the_network.then_some(peers),
+        catalog: Some(cluster.catalog.addr.clone()),
+        seed: seed(),
+        cluster_token: None,
+    };
+    order::audit::audit(&args).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_orders_are_numbered_without_gaps_and_every_follower_holds_them() {
     let cluster = Cluster::start(WriteQuorum::All).await;
@@ -274,6 +297,20 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
         task.await.unwrap();
     }
     assert_eq!(cluster.log(3).len(), 1);
+    let down = audit(&cluster, true).await;
+    assert!(!down.clean, "{:?}", down.lines);
+    assert!(
+        down.lines
+            .iter()
+            .any(|l| l.starts_with("replica 3 at") && l.contains("cannot read its log")),
+        "{:?}",
+        down.lines
+    );
+    assert!(
+        down.lines.iter().any(|l| l == "order logs: identical"),
+        "the two live replicas hold the same 1,001 orders: {:?}",
+        down.lines
+    );
     cluster.restart(3).await;
     // Orders keep coming while it catches up; none it acknowledges may be set aside.
     let during: Vec<_> = (0..4)
@@ -305,6 +342,20 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
             .unwrap(),
     );
     assert_eq!(cluster.log(3).len(), 1_202);
+    for over_the_network in [true, false] {
+        let report = audit(&cluster, over_the_network).await;
+        assert!(report.clean, "{:?}", report.lines);
+        assert_eq!(
+            report
+                .lines
+                .iter()
+                .filter(|l| l.ends_with(": 1202 orders"))
+                .count(),
+            3,
+            "{:?}",
+            report.lines
+        );
+    }
     cluster.stop_all().await;
 }
 
@@ -405,6 +456,21 @@ async fn only_an_unclean_election_skips_the_in_sync_replica_and_its_tail_is_set_
         !side.contains("shared"),
         "shared entries were set aside: {side}"
     );
+    // Both audits find one history, conservation, and replica 1's two orders set aside.
+    for over_the_network in [true, false] {
+        let report = audit(&cluster, over_the_network).await;
+        assert!(report.clean, "{:?}", report.lines);
+        let set_aside: Vec<_> = report
+            .lines
+            .iter()
+            .filter(|l| l.contains("orders set aside"))
+            .collect();
+        assert_eq!(set_aside.len(), 1, "{:?}", report.lines);
+        assert!(
+            set_aside[0].contains(": 2 orders set aside"),
+            "{set_aside:?}"
+        );
+    }
     cluster.stop_all().await;
 }
 

@@ -473,6 +473,12 @@ impl ReplicaNode {
                         Some(entry) => OrderResponse::Order(entry.clone()),
                         None => OrderResponse::OrderNotFound,
                     }),
+                    // No simulated client audits; set-aside suffixes are not kept.
+                    ReplyBody::Log { start, count, last } => Ok(OrderResponse::Log {
+                        entries: self.entries(start, count),
+                        last,
+                        set_aside: 0,
+                    }),
                 };
                 let Some((caller, placing)) = self.inbound.remove(&token) else {
                     return;

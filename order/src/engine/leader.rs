@@ -1258,6 +1258,33 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_reads_only_what_is_on_disk_a_bounded_page_at_a_time() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        let read = |h: &mut Harness, from, max| {
+            let token = h.request(OrderRequest::ReadLog { from, max });
+            let at = h
+                .out
+                .iter()
+                .position(|c| matches!(c, Command::Reply { token: t, .. } if *t == token))
+                .expect("a reply");
+            match h.out.remove(at) {
+                Command::Reply {
+                    body: super::ReplyBody::Log { start, count, .. },
+                    ..
+                } => (start, count),
+                other => panic!("not a log page: {other:?}"),
+            }
+        };
+        h.place_traded("o1", 1);
+        assert_eq!(read(&mut h, 0, 10), (0, 0), "nothing is durable yet");
+        h.flush();
+        assert_eq!(read(&mut h, 0, 10), (0, 1));
+        assert_eq!(read(&mut h, 0, 0), (0, 0));
+        assert_eq!(read(&mut h, 1, 10), (1, 0));
+        assert_eq!(read(&mut h, u64::MAX, u32::MAX), (u64::MAX, 0));
+    }
+
+    #[test]
     fn only_committed_orders_are_shown_by_the_leader() {
         let mut h = Harness::leading(1, 2, vec![]);
         h.place_traded("o1", 1);

@@ -23,7 +23,7 @@ use common::engine::{Deadlines, IdMap};
 use common::safety::{Rule, Rules};
 use common::wire::{
     CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
-    ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber,
+    ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber, READ_LOG_MAX,
 };
 
 use crate::log::EpochRecord;
@@ -169,6 +169,15 @@ pub enum ReplyBody {
     Order {
         /// The entry.
         number: TransactionNumber,
+    },
+    /// `OrderResponse::Log` with the `count` durable entries from `start` on.
+    Log {
+        /// First entry to send.
+        start: TransactionNumber,
+        /// How many.
+        count: u64,
+        /// The last durable entry.
+        last: Option<LogPosition>,
     },
 }
 
@@ -689,6 +698,20 @@ impl Engine {
                 follower_id,
                 known,
             } => self.sync_up(token, epoch, follower_id, &known),
+            OrderRequest::ReadLog { from, max } => {
+                let end = self.durable.map_or(0, |n| n + 1);
+                let count = end
+                    .saturating_sub(from)
+                    .min(u64::from(max.min(READ_LOG_MAX)));
+                self.out.push(Command::Reply {
+                    token,
+                    body: ReplyBody::Log {
+                        start: from,
+                        count,
+                        last: self.durable.and_then(|n| self.log.position(n)),
+                    },
+                });
+            }
         }
     }
 
