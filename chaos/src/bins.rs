@@ -1,6 +1,6 @@
 //! Where the binaries under test are: the directory in `BAZAAR_BIN_DIR` when it is set, else
 //! the profile directory of the running test executable (`target/<profile>`), where
-//! `catalog`, `order` and `frontend` are built once per test process with cargo.
+//! `catalog`, `order`, `frontend` and `client` are built once per test process with cargo.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use crate::{Error, Result};
 /// built.
 pub const BIN_DIR_ENV: &str = "BAZAAR_BIN_DIR";
 
-/// The binaries a cluster runs.
-pub const BINARIES: [&str; 3] = ["catalog", "order", "frontend"];
+/// The binaries a cluster runs, and the load generator a deployment test drives it with.
+pub const BINARIES: [&str; 4] = ["catalog", "order", "frontend", "client"];
 
 static LOCATED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
@@ -28,7 +28,7 @@ pub fn seed_file() -> PathBuf {
     workspace_root().join("data").join("catalog.csv")
 }
 
-/// The directory holding `catalog`, `order` and `frontend`; the first call builds them
+/// The directory holding `catalog`, `order`, `frontend` and `client`; the first call builds them
 /// unless `BAZAAR_BIN_DIR` is set. Blocks while cargo runs.
 pub fn bin_dir() -> Result<PathBuf> {
     LOCATED.get_or_init(locate).clone().map_err(Error::Binaries)

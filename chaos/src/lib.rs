@@ -16,6 +16,7 @@ pub mod bins;
 pub mod check;
 pub mod cluster;
 pub mod disk;
+pub mod docker;
 pub mod history;
 pub mod http;
 pub mod netns;
@@ -48,6 +49,9 @@ pub enum Error {
     /// No process of that name in the cluster.
     #[error("no process named {0}")]
     UnknownProcess(String),
+    /// Building the image or driving the container engine failed.
+    #[error("containers: {0}")]
+    Setup(String),
     /// Setting up or changing the network namespaces failed.
     #[error("network namespaces: {0}")]
     Network(String),
