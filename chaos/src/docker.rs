@@ -62,15 +62,30 @@ fn output(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Output>
         .map_err(|e| Error::Setup(format!("cannot run {program}: {e}")))
 }
 
-/// Builds the image from this checkout with `image/build.sh` (`profile`: `dev` or
-/// `release`) under `tag`.
-pub fn build_image(tag: &str, profile: &str) -> Result<()> {
-    run(
-        "bash",
-        &["image/build.sh"],
-        &[("BAZAAR_IMAGE", tag), ("PROFILE", profile)],
-    )
-    .map(|_| ())
+/// An image built from this checkout, removed when dropped.
+pub struct Image {
+    /// Its tag.
+    pub tag: String,
+}
+
+impl Image {
+    /// Builds it with `image/build.sh` (`profile`: `dev` or `release`) under `tag`.
+    pub fn build(tag: &str, profile: &str) -> Result<Image> {
+        run(
+            "bash",
+            &["image/build.sh"],
+            &[("BAZAAR_IMAGE", tag), ("PROFILE", profile)],
+        )?;
+        Ok(Image {
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = output("docker", &["rmi", &self.tag], &[]);
+    }
 }
 
 /// A running `compose.yaml` stack.
@@ -83,20 +98,12 @@ pub struct Stack {
     pub cluster_env: PathBuf,
     /// The front end's port on this host.
     pub frontend_port: u16,
-    /// Whether to remove the image when the stack goes.
-    remove_image: bool,
 }
 
 impl Stack {
     /// Brings the stack up (`docker-compose up -d`) under `project` with a fresh token and
     /// waits until every service's health check passes.
-    pub fn up(
-        project: &str,
-        image: &str,
-        dir: &Path,
-        frontend_port: u16,
-        remove_image: bool,
-    ) -> Result<Stack> {
+    pub fn up(project: &str, image: &str, dir: &Path, frontend_port: u16) -> Result<Stack> {
         let cluster_env = dir.join("cluster.env");
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -108,7 +115,6 @@ impl Stack {
             image: image.to_owned(),
             cluster_env,
             frontend_port,
-            remove_image,
         };
         stack.compose(&["up", "-d"])?;
         for service in SERVICES {
@@ -284,9 +290,6 @@ impl Drop for Stack {
         if let Err(e) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]) {
             eprintln!("cannot take down {}: {e}", self.project);
         }
-        if self.remove_image {
-            let _ = output("docker", &["rmi", &self.image], &[]);
-        }
     }
 }
 
@@ -310,5 +313,128 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Optio
             });
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `compose.yaml` deployed as a swarm stack on this engine (`docker stack deploy`), on a
+/// single-node swarm made for it when the engine is not in one; dropped, it removes the
+/// stack, its volumes, and the swarm if it made it.
+pub struct SwarmStack {
+    /// The stack's name; its services are `<name>_<service>`.
+    pub name: String,
+    /// The front end's published port on this host.
+    pub frontend_port: u16,
+    made_swarm: bool,
+}
+
+impl SwarmStack {
+    /// Deploys the stack of `image` with the token in `cluster_env`. `Ok(None)` with the
+    /// reason when this engine cannot run a swarm (it is a worker of another one, or swarm
+    /// mode is refused).
+    pub fn deploy(
+        name: &str,
+        image: &str,
+        cluster_env: &Path,
+        frontend_port: u16,
+    ) -> Result<std::result::Result<SwarmStack, String>> {
+        let state = run(
+            "docker",
+            &[
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+            ],
+            &[],
+        )?;
+        let made_swarm = match state.split_whitespace().collect::<Vec<_>>()[..] {
+            ["inactive", ..] => {
+                if let Err(e) = run(
+                    "docker",
+                    &["swarm", "init", "--advertise-addr", "127.0.0.1"],
+                    &[],
+                ) {
+                    return Ok(Err(format!("the engine refuses swarm mode: {e}")));
+                }
+                true
+            }
+            ["active", "true"] => false,
+            _ => {
+                return Ok(Err(format!(
+                    "the engine is in a swarm it does not manage: {}",
+                    state.trim()
+                )))
+            }
+        };
+        let stack = SwarmStack {
+            name: name.to_owned(),
+            frontend_port,
+            made_swarm,
+        };
+        let file = workspace_root().join("compose.yaml");
+        let port = frontend_port.to_string();
+        run(
+            "docker",
+            &["stack", "deploy", "-c", &file.to_string_lossy(), name],
+            &[
+                ("BAZAAR_IMAGE", image),
+                ("BAZAAR_CLUSTER_ENV", &cluster_env.to_string_lossy()),
+                ("FRONTEND_PORT", &port),
+            ],
+        )?;
+        Ok(Ok(stack))
+    }
+
+    /// The running container of `service`'s task, if there is one.
+    pub fn container(&self, service: &str) -> Option<String> {
+        let filter = format!(
+            "label=com.docker.swarm.service.name={}_{service}",
+            self.name
+        );
+        let ids = run("docker", &["ps", "-q", "--filter", &filter], &[]).ok()?;
+        ids.lines().next().map(str::to_owned)
+    }
+
+    /// `docker exec` of `args` in `service`'s task; its exit status and output.
+    pub fn exec(&self, service: &str, args: &[&str]) -> Result<(bool, String)> {
+        let container = self
+            .container(service)
+            .ok_or_else(|| Error::Setup(format!("no running task of {service}")))?;
+        let mut all = vec!["exec", container.as_str()];
+        all.extend_from_slice(args);
+        let out = output("docker", &all, &[])?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+}
+
+impl Drop for SwarmStack {
+    fn drop(&mut self) {
+        let _ = output("docker", &["stack", "rm", &self.name], &[]);
+        let label = format!("label=com.docker.stack.namespace={}", self.name);
+        // Tasks stop, then their volumes and network can go.
+        let _ = wait_for("the stack's tasks gone", Duration::from_secs(60), || {
+            run("docker", &["ps", "-aq", "--filter", &label], &[])
+                .ok()
+                .filter(|ids| ids.trim().is_empty())
+        });
+        if let Ok(volumes) = run("docker", &["volume", "ls", "-q", "--filter", &label], &[]) {
+            for volume in volumes.lines() {
+                let _ = output("docker", &["volume", "rm", volume], &[]);
+            }
+        }
+        if self.made_swarm {
+            let _ = wait_for("the stack's network gone", Duration::from_secs(30), || {
+                run("docker", &["network", "ls", "-q", "--filter", &label], &[])
+                    .ok()
+                    .filter(|ids| ids.trim().is_empty())
+            });
+            let _ = output("docker", &["swarm", "leave", "--force"], &[]);
+        }
     }
 }

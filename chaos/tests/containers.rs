@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos::docker::{self, Stack};
+use chaos::docker::{self, Image, Stack, SwarmStack};
 use chaos::http::HttpClient;
 
 /// Client runs, one after another, while the faults go on; each is short so that one is
@@ -68,11 +68,10 @@ fn the_stack_survives_container_faults_under_the_client() {
             .unwrap()
             .subsec_nanos()
     );
-    let image = format!("stock-bazaar:{unique}");
-    docker::build_image(&image, "dev").unwrap();
+    let image = Image::build(&format!("stock-bazaar:{unique}"), "dev").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = testkit::spare_ports(1)[0];
-    let stack = Stack::up(&unique, &image, dir.path(), port, true).unwrap();
+    let stack = Stack::up(&unique, &image.tag, dir.path(), port).unwrap();
     let (first_leader, _) =
         docker::wait_for("a leader", Duration::from_secs(30), || leadership(port)).unwrap();
 
@@ -254,4 +253,81 @@ fn the_stack_survives_container_faults_under_the_client() {
         runs.len(),
         faults.len()
     );
+    drop(stack);
+
+    // The same compose.yaml as a swarm stack, where the engine can run a single-node swarm.
+    let port = testkit::spare_ports(1)[0];
+    let swarm = match SwarmStack::deploy(&unique, &image.tag, &dir.path().join("cluster.env"), port)
+        .unwrap()
+    {
+        Ok(swarm) => swarm,
+        Err(why) => {
+            eprintln!("SKIPPED the swarm stack: {why}");
+            return;
+        }
+    };
+    for service in docker::SERVICES {
+        docker::wait_for(
+            &format!("{service}'s task healthy"),
+            Duration::from_secs(90),
+            || {
+                let container = swarm.container(service)?;
+                let health = docker::run(
+                    "docker",
+                    &[
+                        "inspect",
+                        "--format",
+                        "{{.State.Health.Status}}",
+                        &container,
+                    ],
+                    &[],
+                )
+                .ok()?;
+                (health.trim() == "healthy").then_some(())
+            },
+        )
+        .unwrap();
+    }
+    let client = std::process::Command::new(chaos::bins::binary("client").unwrap())
+        .args([
+            "run",
+            "--port",
+            &port.to_string(),
+            "--sessions",
+            "4",
+            "--requests",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "client against the swarm stack: {}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let audit = [
+        "order",
+        "audit",
+        "--peers",
+        docker::PEERS,
+        "--catalog",
+        "catalog:7000",
+    ];
+    let (clean, report) = docker::wait_for(
+        "a clean audit of the swarm stack",
+        Duration::from_secs(60),
+        || {
+            swarm
+                .exec("frontend", &audit)
+                .ok()
+                .filter(|(clean, _)| *clean)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", swarm.exec("frontend", &audit)));
+    assert!(
+        clean && report.contains("order logs: identical"),
+        "{report}"
+    );
+    eprintln!("swarm stack: client clean; audit:\n{report}");
 }
