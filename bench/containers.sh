@@ -43,16 +43,19 @@ for port in "$base" "$((base + 1))"; do
     curl -sf -m 2 "http://127.0.0.1:$port/health" >/dev/null
 done
 
+compose_ps() { # project service: its container (Compose v1 and v2 name them differently)
+    compose "$1" "$base" -f compose.yaml ps -q "$2"
+}
 rss() { # project label
     local line="$2:"
     for service in catalog order1 order2 order3 frontend; do
-        pid=$(docker inspect --format '{{.State.Pid}}' "$1_${service}_1")
+        pid=$(docker inspect --format "{{.State.Pid}}" "$(compose_ps "$1" "$service")")
         kb=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
         line+=" $service $((kb / 1024)).$(((kb % 1024) * 10 / 1024)) MiB,"
     done
     echo "${line%,}"
 }
-limits=$(docker inspect --format '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}' "${tag}l_frontend_1")
+limits=$(docker inspect --format '{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}' "$(compose_ps "${tag}l" frontend)")
 echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "limited stack: NanoCpus Memory = $limits"
 rss "${tag}u" "resident, idle, unlimited"

@@ -23,7 +23,9 @@ RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --profile "$profile" --quiet --target "$target" -p catalog -p order -p frontend -p client
 for binary in catalog order frontend client; do
     # A static(-pie) binary asks for no program interpreter and no shared library.
-    if readelf -lW "$bin_dir/$binary" | grep -q INTERP || readelf -d "$bin_dir/$binary" | grep -q NEEDED; then
+    headers="$(readelf -lW "$bin_dir/$binary")"
+    dynamic="$(readelf -d "$bin_dir/$binary")"
+    if [[ $headers == *INTERP* || $dynamic == *NEEDED* ]]; then
         echo "image/build.sh: $bin_dir/$binary is not static" >&2
         exit 1
     fi

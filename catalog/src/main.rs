@@ -23,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Exit 0 when the catalog at `--listen` (loopback for an any-address) answers a read of
-    /// the leadership record, with the same token; for health checks.
+    /// Exit 0 when the catalog this host's settings describe answers a read of the leadership
+    /// record: its address and token come from the environment the service runs with
+    /// (`CATALOG_LISTEN`, loopback for an any-address; `BAZAAR_CLUSTER_TOKEN`). For health
+    /// checks.
     Health,
 }
 

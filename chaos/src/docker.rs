@@ -4,8 +4,10 @@
 //! through the `docker` and `docker-compose` commands; [`Stack`] takes down what it made
 //! when dropped.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bins::workspace_root;
@@ -53,13 +55,73 @@ pub fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<String
     }
 }
 
+/// How long one docker command may take (building the image takes longer: [`BUILD_LIMIT`]).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+/// How long building the image may take.
+pub const BUILD_LIMIT: Duration = Duration::from_secs(1_200);
+
 fn output(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Output> {
-    Command::new(program)
+    output_within(program, args, envs, COMMAND_LIMIT)
+}
+
+/// Runs a command to completion, killed if it takes longer than `limit`.
+pub fn output_within(
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> Result<Output> {
+    let mut child = Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
         .current_dir(workspace_root())
-        .output()
-        .map_err(|e| Error::Setup(format!("cannot run {program}: {e}")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Setup(format!("cannot run {program}: {e}")))?;
+    // Drained while it runs, so that a full pipe never blocks it.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Timeout {
+                what: format!("`{program} {}`", args.join(" ")),
+                limit,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// An image built from this checkout, removed when dropped.
@@ -71,11 +133,19 @@ pub struct Image {
 impl Image {
     /// Builds it with `image/build.sh` (`profile`: `dev` or `release`) under `tag`.
     pub fn build(tag: &str, profile: &str) -> Result<Image> {
-        run(
+        let out = output_within(
             "bash",
             &["image/build.sh"],
             &[("BAZAAR_IMAGE", tag), ("PROFILE", profile)],
+            BUILD_LIMIT,
         )?;
+        if !out.status.success() {
+            return Err(Error::Setup(format!(
+                "image/build.sh failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         Ok(Image {
             tag: tag.to_owned(),
         })
@@ -98,6 +168,8 @@ pub struct Stack {
     pub cluster_env: PathBuf,
     /// The front end's port on this host.
     pub frontend_port: u16,
+    /// Each service's container id, as Compose made it (v1 and v2 name them differently).
+    containers: BTreeMap<String, String>,
 }
 
 impl Stack {
@@ -110,13 +182,23 @@ impl Stack {
             .collect();
         std::fs::write(&cluster_env, format!("BAZAAR_CLUSTER_TOKEN={token}\n"))
             .map_err(|e| Error::Setup(format!("cannot write the token file: {e}")))?;
-        let stack = Stack {
+        let mut stack = Stack {
             project: project.to_owned(),
             image: image.to_owned(),
             cluster_env,
             frontend_port,
+            containers: BTreeMap::new(),
         };
         stack.compose(&["up", "-d"])?;
+        for service in SERVICES {
+            let id = stack.compose(&["ps", "-q", service])?.trim().to_owned();
+            if id.is_empty() {
+                return Err(Error::Setup(format!(
+                    "compose made no container for {service}"
+                )));
+            }
+            stack.containers.insert(service.to_owned(), id);
+        }
         for service in SERVICES {
             stack.wait_healthy(service, Duration::from_secs(90))?;
         }
@@ -144,7 +226,10 @@ impl Stack {
 
     /// The container of `service`.
     pub fn container(&self, service: &str) -> String {
-        format!("{}_{service}_1", self.project)
+        self.containers
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| format!("(no container for {service})"))
     }
 
     /// The stack's network.
@@ -325,6 +410,18 @@ pub struct SwarmStack {
     /// The front end's published port on this host.
     pub frontend_port: u16,
     made_swarm: bool,
+    /// Whether `swarm init` made the `docker_gwbridge` network (removed after leaving).
+    made_gwbridge: bool,
+}
+
+/// Whether the engine has a network of that name.
+fn has_network(name: &str) -> bool {
+    run(
+        "docker",
+        &["network", "ls", "-q", "--filter", &format!("name=^{name}$")],
+        &[],
+    )
+    .is_ok_and(|ids| !ids.trim().is_empty())
 }
 
 impl SwarmStack {
@@ -346,6 +443,7 @@ impl SwarmStack {
             ],
             &[],
         )?;
+        let had_gwbridge = has_network("docker_gwbridge");
         let made_swarm = match state.split_whitespace().collect::<Vec<_>>()[..] {
             ["inactive", ..] => {
                 if let Err(e) = run(
@@ -369,6 +467,7 @@ impl SwarmStack {
             name: name.to_owned(),
             frontend_port,
             made_swarm,
+            made_gwbridge: made_swarm && !had_gwbridge,
         };
         let file = workspace_root().join("compose.yaml");
         let port = frontend_port.to_string();
@@ -435,6 +534,9 @@ impl Drop for SwarmStack {
                     .filter(|ids| ids.trim().is_empty())
             });
             let _ = output("docker", &["swarm", "leave", "--force"], &[]);
+            if self.made_gwbridge {
+                let _ = output("docker", &["network", "rm", "docker_gwbridge"], &[]);
+            }
         }
     }
 }

@@ -81,6 +81,8 @@ fn remove_stale() {
             continue;
         }
         let _ = ip(&["netns", "del", name]);
+        // A namespace's own /etc files (`ip netns exec` mounts them), if a test made any.
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
     }
 }
 

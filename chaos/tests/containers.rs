@@ -16,8 +16,31 @@ use chaos::docker::{self, Image, Stack, SwarmStack};
 use chaos::http::HttpClient;
 
 /// Client runs, one after another, while the faults go on; each is short so that one is
-/// always under way, and bounded in count.
-const MOST_RUNS: usize = 60;
+/// always under way. Bounded in count and in time.
+const MOST_RUNS: usize = 500;
+const RUNS_LIMIT: Duration = Duration::from_secs(600);
+
+/// The client loop's thread: told to stop and joined when dropped, so that a failing test
+/// stops starting clients before the stack is taken down.
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
 
 /// What one `client run` in a container reported.
 struct ClientRun {
@@ -79,42 +102,58 @@ fn the_stack_survives_container_faults_under_the_client() {
     let stop = Arc::new(AtomicBool::new(false));
     let running = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(Mutex::new(Vec::<ClientRun>::new()));
-    let client = {
+    let mut client = {
         let (stack_image, network, env) = (
             stack.image.clone(),
             stack.network(),
-            stack.cluster_env.clone(),
+            stack.cluster_env.to_string_lossy().into_owned(),
         );
         let name = format!("{}-client", stack.project);
-        let (stop, running, runs) = (stop.clone(), running.clone(), runs.clone());
-        std::thread::spawn(move || {
+        let (stop_thread, running, runs) = (stop.clone(), running.clone(), runs.clone());
+        let begun = Instant::now();
+        let thread = std::thread::spawn(move || {
             for round in 0..MOST_RUNS {
-                if stop.load(Ordering::SeqCst) {
+                if stop_thread.load(Ordering::SeqCst) || begun.elapsed() > RUNS_LIMIT {
                     break;
                 }
                 let seed = (round + 1).to_string();
                 let started = Instant::now();
                 running.store(true, Ordering::SeqCst);
-                let out = std::process::Command::new("docker")
-                    .args(["run", "--rm", "--name", &name, "--network", &network])
-                    .arg("--env-file")
-                    .arg(&env)
-                    .args([
-                        &stack_image,
-                        "client",
-                        "run",
-                        "--host",
-                        "frontend",
-                        "--sessions",
-                        "4",
-                        "--requests",
-                        "150",
-                        "--seed",
-                        &seed,
-                    ])
-                    .output()
-                    .unwrap();
+                let args = [
+                    "run",
+                    "--rm",
+                    "--name",
+                    &name,
+                    "--network",
+                    &network,
+                    "--env-file",
+                    &env,
+                    &stack_image,
+                    "client",
+                    "run",
+                    "--host",
+                    "frontend",
+                    "--sessions",
+                    "4",
+                    "--requests",
+                    "150",
+                    "--seed",
+                    &seed,
+                ];
+                let out = docker::output_within("docker", &args, &[], Duration::from_secs(180));
                 running.store(false, Ordering::SeqCst);
+                let out = match out {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // A client that hangs is not clean.
+                        let _ = docker::run("docker", &["rm", "-f", &name], &[]);
+                        std::process::Output {
+                            status: std::process::Command::new("false").status().unwrap(),
+                            stdout: Vec::new(),
+                            stderr: e.to_string().into_bytes(),
+                        }
+                    }
+                };
                 runs.lock().unwrap().push(ClientRun {
                     started,
                     ended: Instant::now(),
@@ -126,7 +165,11 @@ fn the_stack_survives_container_faults_under_the_client() {
                     ),
                 });
             }
-        })
+        });
+        ClientLoop {
+            stop: stop.clone(),
+            thread: Some(thread),
+        }
     };
     // Each fault is injected while a client run is under way.
     let mut faults: Vec<(Instant, String)> = Vec::new();
@@ -135,8 +178,8 @@ fn the_stack_survives_container_faults_under_the_client() {
             running.load(Ordering::SeqCst).then_some(())
         })
         .unwrap();
-        fault().unwrap();
         faults.push((Instant::now(), what));
+        fault().unwrap();
     };
     let leader_service = format!("order{first_leader}");
     let followers: Vec<u64> = (1..=3).filter(|&id| id != first_leader).collect();
@@ -222,8 +265,7 @@ fn the_stack_survives_container_faults_under_the_client() {
         },
     )
     .unwrap();
-    stop.store(true, Ordering::SeqCst);
-    client.join().unwrap();
+    client.finish();
 
     let runs = runs.lock().unwrap();
     let dirty: Vec<&ClientRun> = runs.iter().filter(|run| !run.clean).collect();
@@ -262,6 +304,11 @@ fn the_stack_survives_container_faults_under_the_client() {
     {
         Ok(swarm) => swarm,
         Err(why) => {
+            assert!(
+                std::env::var_os(docker::REQUIRE_ENV).is_none(),
+                "{} is set but the swarm stack cannot run: {why}",
+                docker::REQUIRE_ENV
+            );
             eprintln!("SKIPPED the swarm stack: {why}");
             return;
         }

@@ -31,10 +31,12 @@ fn binary(service: &str) -> &'static str {
     }
 }
 
-/// A host: a network namespace with its `/etc/netns/<ns>/hosts`, removed on drop.
+/// The hosts: network namespaces with their `/etc/netns/<ns>/hosts`, and the mount points
+/// this test made; removed on drop.
 struct Hosts {
     topology: Topology,
     etc: Vec<PathBuf>,
+    mount_points: Vec<&'static str>,
 }
 
 impl Drop for Hosts {
@@ -42,8 +44,15 @@ impl Drop for Hosts {
         for dir in &self.etc {
             let _ = std::fs::remove_dir_all(dir);
         }
+        for dir in &self.mount_points {
+            // Only if still empty: nothing of anyone else's is removed.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
+
+/// The tests of this file one at a time (both start processes and build bundles).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `script` with `sh` as a host `member` would: in its namespace, with the bundle at
 /// `/opt/bazaar`, `state` at `/var/lib/bazaar`, and only the environment the bundle gives
@@ -75,8 +84,8 @@ fn on_host(
             "-c",
         ])
         .arg(format!(
-            "mount --bind {} /opt/bazaar && mount --bind {} /var/lib/bazaar && cd /opt/bazaar \
-             && {env}{script}",
+            "set -e; mount --bind {} /opt/bazaar; mount --bind {} /var/lib/bazaar; \
+             cd /opt/bazaar; {env}{script}",
             bundle.display(),
             state.display()
         ));
@@ -117,10 +126,15 @@ fn one_process_per_host_from_the_bundle() {
         eprintln!("SKIPPED: no unshare command (util-linux)");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The mount points every host's services expect (empty; the bundle and the state are
     // mounted over them inside each namespace only).
+    let mut mount_points = Vec::new();
     for dir in ["/opt/bazaar", "/var/lib/bazaar"] {
-        std::fs::create_dir_all(dir).unwrap();
+        if !Path::new(dir).exists() {
+            std::fs::create_dir_all(dir).unwrap();
+            mount_points.push(dir);
+        }
     }
     let topology = Topology::create(&SERVICES).unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -146,6 +160,7 @@ fn one_process_per_host_from_the_bundle() {
     let mut hosts = Hosts {
         topology,
         etc: Vec::new(),
+        mount_points,
     };
     for member in SERVICES.iter().chain([&CLIENT]) {
         let namespace = hosts.topology.member(member).unwrap().namespace.clone();
@@ -286,6 +301,7 @@ fn one_process_per_host_from_the_bundle() {
 /// `systemd-analyze verify`, which refuses broken ones.
 #[test]
 fn the_bundle_installs_and_its_units_verify() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bins = bin_dir().unwrap();
     let deploy = Command::new("bash")
         .arg(workspace_root().join("deploy/test.sh"))

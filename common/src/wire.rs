@@ -596,8 +596,10 @@ pub enum OrderRequest {
     },
 }
 
-/// Most entries one `ReadLog` answer carries.
-pub const READ_LOG_MAX: u32 = 4_096;
+/// Most entries one `ReadLog` answer carries: as many as a `SyncUp` batch, so that a page of
+/// the longest entries (128-byte request ids, 64-byte names) stays far below the default
+/// frame limit and costs the replica no more than a follower's catch-up step does.
+pub const READ_LOG_MAX: u32 = 1_000;
 
 /// What a replica is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

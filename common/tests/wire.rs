@@ -246,6 +246,7 @@ fn order_request() -> impl Strategy<Value = OrderRequest> {
                 follower_id,
                 known,
             }),
+        (any::<u64>(), any::<u32>()).prop_map(|(from, max)| OrderRequest::ReadLog { from, max }),
     ]
 }
 
@@ -300,6 +301,16 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
                 from,
                 entries,
                 leader_last,
+            }),
+        (
+            proptest::collection::vec(order_entry(), 0..4),
+            proptest::option::of(position()),
+            any::<u64>()
+        )
+            .prop_map(|(entries, last, set_aside)| OrderResponse::Log {
+                entries,
+                last,
+                set_aside,
             }),
         (any::<u64>(), leader.clone())
             .prop_map(|(epoch, leader_id)| OrderResponse::NotLeader { epoch, leader_id }),

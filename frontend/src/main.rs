@@ -1,13 +1,13 @@
 //! `frontend`: parses flags, binds, and serves the REST API until SIGINT or SIGTERM; or, as
 //! `frontend health`, asks the front end on this host for `GET /health`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use frontend::config::FrontendArgs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// jemalloc, with its background thread, hands freed pages back to the system within seconds
 /// of a burst: with the system allocator, a front end kept ~50 MB after a flood of 4,500
@@ -30,8 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Exit 0 when the front end at `--listen` (loopback for an any-address) answers
-    /// `GET /health` with 200: it reaches the catalog and knows a leader.
+    /// Exit 0 when the front end this host's settings describe (`FRONTEND_LISTEN` from the
+    /// environment, loopback for an any-address) answers `GET /health` with 200: it reaches
+    /// the catalog and knows a leader. For health checks.
     Health,
 }
 
@@ -55,31 +56,28 @@ fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `GET /health` on one connection, bounded in time and size: the status line and body.
+/// `GET /health` on one connection, bounded as a whole in time (`common::health::TIMEOUT`)
+/// and in size: the status line and body.
 fn get_health(addr: &str) -> Result<String, String> {
-    let fail = |e: std::io::Error| format!("{addr}: {e}");
-    let resolved = std::net::ToSocketAddrs::to_socket_addrs(addr)
-        .map_err(fail)?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&resolved, common::health::TIMEOUT).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(common::health::TIMEOUT))
-        .map_err(fail)?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n")
-        .map_err(fail)?;
-    let mut answer = Vec::new();
-    stream
-        .take(64 * 1024)
-        .read_to_end(&mut answer)
-        .map_err(fail)?;
-    let answer = String::from_utf8_lossy(&answer);
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-    match answer.lines().next() {
-        Some(status) if status.starts_with("HTTP/1.1 200") => Ok(format!("{addr}: {body}")),
-        Some(status) => Err(format!("{addr}: {status}: {body}")),
-        None => Err(format!("{addr} closed without an answer")),
-    }
+    common::health::check(async {
+        let fail = |e: std::io::Error| format!("{addr}: {e}");
+        let mut stream = TcpStream::connect(addr).await.map_err(fail)?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(fail)?;
+        let mut answer = Vec::new();
+        stream
+            .take(64 * 1024)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(fail)?;
+        let answer = String::from_utf8_lossy(&answer);
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+        match answer.lines().next() {
+            Some(status) if status.starts_with("HTTP/1.1 200") => Ok(format!("{addr}: {body}")),
+            Some(status) => Err(format!("{addr}: {status}: {body}")),
+            None => Err(format!("{addr} closed without an answer")),
+        }
+    })
 }

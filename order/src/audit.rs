@@ -10,11 +10,8 @@ use std::path::PathBuf;
 
 use catalog::book::Book;
 use catalog::CatalogClient;
-use common::rpc::ClientConfig;
-use common::wire::{OrderEntry, StockName, TradeKind};
-
-use common::rpc::RpcClient;
-use common::wire::{OrderRequest, OrderResponse, READ_LOG_MAX};
+use common::rpc::{ClientConfig, RpcClient};
+use common::wire::{OrderEntry, OrderRequest, OrderResponse, StockName, TradeKind, READ_LOG_MAX};
 
 use crate::log::{count_set_aside, log_file, read_entries, side_file};
 
@@ -31,6 +28,10 @@ pub struct AuditArgs {
     /// Read the logs from the replicas themselves instead: `1=host:port,2=host:port,...`.
     #[arg(long)]
     pub peers: Option<String>,
+    /// Entries asked for per call with `--peers` (a replica answers at most 1,000).
+    #[arg(long, default_value_t = READ_LOG_MAX,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(READ_LOG_MAX)))]
+    pub page: u32,
     /// The catalog to check against; without it only the logs are compared.
     #[arg(long)]
     pub catalog: Option<String>,
@@ -124,26 +125,39 @@ struct FoundLog {
     side: Option<String>,
 }
 
-/// Reads a replica's durable log over the internal protocol, a page at a time.
+/// Reads a replica's durable log over the internal protocol, `page` entries at a time; an
+/// error if a page does not continue the log where the last one ended.
 async fn read_remote_log(
     replica: &RpcClient<OrderRequest, OrderResponse>,
+    page: u32,
 ) -> anyhow::Result<(Vec<OrderEntry>, u64)> {
     let timeout = std::time::Duration::from_secs(5);
-    let mut entries = Vec::new();
+    let mut entries: Vec<OrderEntry> = Vec::new();
     loop {
-        let request = OrderRequest::ReadLog {
-            from: entries.len() as u64,
-            max: READ_LOG_MAX,
-        };
+        let from = entries.len() as u64;
+        let request = OrderRequest::ReadLog { from, max: page };
         match replica.call_within(&request, timeout).await? {
             OrderResponse::Log {
-                entries: page,
+                entries: got,
                 last,
                 set_aside,
             } => {
+                if got.len() > page as usize {
+                    anyhow::bail!("asked for {page} entries, got {}", got.len());
+                }
+                if let Some((i, entry)) = got
+                    .iter()
+                    .enumerate()
+                    .find(|(i, entry)| entry.number != from + *i as u64)
+                {
+                    anyhow::bail!(
+                        "asked for entries from #{from}, got #{} in place {i}",
+                        entry.number
+                    );
+                }
                 let end = last.map_or(0, |p| p.number + 1);
-                let empty = page.is_empty();
-                entries.extend(page);
+                let empty = got.is_empty();
+                entries.extend(got);
                 if entries.len() as u64 >= end || empty {
                     return Ok((entries, set_aside));
                 }
@@ -164,7 +178,7 @@ async fn find_logs(args: &AuditArgs, report: &mut AuditReport) -> anyhow::Result
         for (id, addr) in crate::config::parse_peers(peers)? {
             let name = format!("replica {id} at {addr}");
             let replica = RpcClient::new(addr, config.clone());
-            match read_remote_log(&replica).await {
+            match read_remote_log(&replica, args.page).await {
                 Ok((entries, set_aside)) => logs.push(FoundLog {
                     name,
                     entries,

@@ -155,16 +155,20 @@ pub struct OrderLog {
     _lock: File,
 }
 
-/// How many entries the replica whose state directory is `dir` has set aside (0 when none).
+/// How many entries the replica whose state directory is `dir` has set aside (0 when none):
+/// the side file's lines that parse as entries (a torn last line, left by a crash while it
+/// was appended, does not count).
 pub fn count_set_aside(dir: &Path) -> Result<u64, Error> {
     let file = match File::open(dir.join(SIDE_FILE)) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e.into()),
     };
     let mut count = 0;
-    for line in std::io::BufReader::new(file).lines() {
-        count += u64::from(!line?.starts_with('#'));
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        let entry = std::str::from_utf8(&line).ok().and_then(parse_line);
+        count += u64::from(entry.is_some());
     }
     Ok(count)
 }
@@ -205,7 +209,11 @@ impl OrderLog {
             slots: Vec::with_capacity(entries.len()),
             end: 0,
             tail: VecDeque::new(),
-            set_aside: count_set_aside(dir)?,
+            // Only reported, so an unreadable side file does not keep the replica down.
+            set_aside: count_set_aside(dir).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot count the entries set aside");
+                0
+            }),
             _lock: lock,
         };
         for entry in &entries {

@@ -49,8 +49,9 @@ enum Command {
     },
     /// Compare the replicas' logs and check the catalog against them; exits 1 on any finding.
     Audit(AuditArgs),
-    /// Exit 0 when the replica configured here (`--id`, `--peers`, `--listen`; loopback for an
-    /// any-address) answers `Status`, with the same token; for health checks.
+    /// Exit 0 when the replica this host's settings describe (`ORDER_ID`, `ORDER_PEERS`,
+    /// `ORDER_LISTEN`, loopback for an any-address; `BAZAAR_CLUSTER_TOKEN`, all from the
+    /// environment) answers `Status` with a working disk. For health checks.
     Health,
 }
 
@@ -136,6 +137,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     .call_within(&OrderRequest::Status, common::health::TIMEOUT)
                     .await
                 {
+                    Ok(OrderResponse::Status(status)) if status.storage_failure.is_some() => {
+                        Err(format!(
+                            "{addr}: replica {} cannot write its log: {}",
+                            status.id,
+                            status.storage_failure.unwrap_or_default()
+                        ))
+                    }
                     Ok(OrderResponse::Status(status)) => Ok(format!(
                         "{addr} answers: replica {} {:?} in epoch {}, last entry {:?}",
                         status.id, status.role, status.epoch, status.last

@@ -40,6 +40,8 @@ async fn audit(cluster: &Cluster, over_the_network: bool) -> order::audit::Audit
             cluster.dirs.values().cloned().collect()
         },
         peers: over_the_network.then_some(peers),
+        // Pages far smaller than the log, so that paging is exercised.
+        page: 97,
         catalog: Some(cluster.catalog.addr.clone()),
         seed: seed(),
         cluster_token: None,

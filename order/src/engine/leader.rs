@@ -1282,6 +1282,14 @@ mod tests {
         assert_eq!(read(&mut h, 0, 0), (0, 0));
         assert_eq!(read(&mut h, 1, 10), (1, 0));
         assert_eq!(read(&mut h, u64::MAX, u32::MAX), (u64::MAX, 0));
+        // However much is asked for, a page holds at most READ_LOG_MAX entries.
+        for i in 0..1_200 {
+            h.place_traded(&format!("more{i}"), 2 + i);
+        }
+        h.flush();
+        let max = u64::from(common::wire::READ_LOG_MAX);
+        assert_eq!(read(&mut h, 0, u32::MAX), (0, max));
+        assert_eq!(read(&mut h, max, u32::MAX), (max, 1_201 - max));
     }
 
     #[test]
