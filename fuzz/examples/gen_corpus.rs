@@ -306,6 +306,15 @@ fn frames(c: &Corpus) -> Result<(), Error> {
             ],
         },
     )?;
+    message(
+        c,
+        "order_read_log",
+        8,
+        OrderRequest::ReadLog {
+            from: 1_000,
+            max: 1_000,
+        },
+    )?;
     let ok: Reply<CatalogResponse> = Ok(CatalogResponse::Stock(StockQuote {
         name: name("GameStart"),
         price: 15.99,
