@@ -13,19 +13,23 @@ use serde::Serialize;
 
 use crate::http::{Answer, Session};
 
-/// The stocks of the shipped catalog, looked up and traded at random.
-pub const STOCKS: [&str; 10] = [
-    "GameStart",
-    "RottenFishCo",
-    "BoarCo",
-    "MenhirCo",
-    "FishCo",
-    "StarCo",
-    "SkyRoute",
-    "IronLeaf",
-    "BlueOtter",
-    "QuillWorks",
-];
+/// The shipped catalog (`data/catalog.csv`), whose stocks the sessions look up and trade.
+const CATALOG: &str = include_str!("../../data/catalog.csv");
+
+/// The stocks of the shipped catalog, looked up and traded at random: the first field of
+/// every line of `data/catalog.csv` after its header.
+pub fn stocks() -> &'static [&'static str] {
+    static STOCKS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    STOCKS.get_or_init(|| {
+        CATALOG
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split(',').next())
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect()
+    })
+}
 
 /// How many unexpected answers are kept verbatim for the report.
 const KEPT_PROBLEMS: usize = 20;
@@ -214,7 +218,8 @@ async fn run_session(
     let mut placed = Vec::new();
     for i in 0..config.requests {
         progress.inc(1);
-        let name = STOCKS[rng.gen_range(0..STOCKS.len())];
+        let stocks = stocks();
+        let name = stocks[rng.gen_range(0..stocks.len())];
         let path = format!("/stocks/{name}");
         let Some(answer) = worker.request(Kind::Lookup, "GET", &path, None, None).await else {
             continue;
@@ -300,4 +305,15 @@ pub async fn run(config: &LoadConfig, progress: ProgressBar) -> anyhow::Result<O
     progress.finish_and_clear();
     outcome.elapsed = started.elapsed();
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stocks_are_the_shipped_catalog() {
+        let stocks = super::stocks();
+        assert!(stocks.len() >= 10, "{stocks:?}");
+        assert_eq!(stocks[0], "GameStart");
+        assert!(stocks.iter().all(|s| !s.contains(',') && *s != "name"));
+    }
 }
