@@ -101,6 +101,38 @@ pub fn wakes_timer(sleeping_until: Option<Time>, next: Option<Time>) -> bool {
     next.is_some() && (sleeping_until.is_none() || next < sleeping_until)
 }
 
+/// An exponential backoff: waits that double from `min` up to `max`, back to `min` after a
+/// success. Pure (no clock, no sleeping): the caller schedules each wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Waits from `min` to `max`.
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The wait before the next try, doubling the one after it (up to `max`).
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        wait
+    }
+
+    /// After a success: the next wait is `min` again.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
 /// A runtime's timer task: ticks its engine whenever the next deadline comes. `next` reads the
 /// engine's next deadline and records it as the one slept until (under the engine's lock, so
 /// that [`wakes_timer`] in a step sees it); `wake` is notified by a step that moved it
@@ -194,6 +226,15 @@ impl Deadlines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
+        let waits: Vec<u128> = (0..5).map(|_| backoff.next_wait().as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 50, 50]);
+        backoff.reset();
+        assert_eq!(backoff.next_wait(), Duration::from_millis(10));
+    }
 
     #[test]
     fn deadlines_come_due_in_order_and_answered_tokens_are_skipped() {

@@ -18,6 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::engine::Backoff;
 use crate::frame;
 use crate::sync::lock;
 use crate::wire::{Envelope, Hello, Reply};
@@ -95,11 +96,12 @@ struct Inner<Resp> {
     current: Mutex<Option<Link<Resp>>>,
     /// Held across the dial's `.await` so that concurrent callers share one attempt instead of
     /// each opening a connection; hence an async lock.
-    dial: tokio::sync::Mutex<Backoff>,
+    dial: tokio::sync::Mutex<Dialing>,
 }
 
-struct Backoff {
-    failures: u32,
+/// When the next dial may be made, after failures.
+struct Dialing {
+    backoff: Backoff,
     retry_at: Option<Instant>,
 }
 
@@ -161,14 +163,15 @@ where
 {
     /// A client of the peer at `addr`. Nothing is dialed until the first call.
     pub fn new(addr: impl Into<String>, config: ClientConfig) -> Self {
+        let backoff = Backoff::new(config.backoff_min, config.backoff_max);
         RpcClient {
             inner: Arc::new(Inner {
                 addr: addr.into(),
                 config,
                 next_id: AtomicU64::new(1),
                 current: Mutex::new(None),
-                dial: tokio::sync::Mutex::new(Backoff {
-                    failures: 0,
+                dial: tokio::sync::Mutex::new(Dialing {
+                    backoff,
                     retry_at: None,
                 }),
             }),
@@ -278,11 +281,11 @@ where
         if let Some(link) = self.open_link() {
             return Ok(link);
         }
-        let mut backoff = self.inner.dial.lock().await;
+        let mut dialing = self.inner.dial.lock().await;
         if let Some(link) = self.open_link() {
             return Ok(link);
         }
-        if let Some(retry_at) = backoff.retry_at {
+        if let Some(retry_at) = dialing.retry_at {
             if Instant::now() < retry_at {
                 return Err(Error::Unavailable(format!(
                     "{} is down; next dial in {:?}",
@@ -295,8 +298,8 @@ where
         let dialed = tokio::time::timeout(config.connect_timeout, self.dial()).await;
         match dialed {
             Ok(Ok(link)) => {
-                backoff.failures = 0;
-                backoff.retry_at = None;
+                dialing.backoff.reset();
+                dialing.retry_at = None;
                 *lock(&self.inner.current) = Some(link.clone());
                 Ok(link)
             }
@@ -308,13 +311,8 @@ where
                         self.inner.addr, config.connect_timeout
                     )),
                 };
-                let exponent = backoff.failures.min(16);
-                backoff.failures = backoff.failures.saturating_add(1);
-                let delay = config
-                    .backoff_min
-                    .saturating_mul(1 << exponent)
-                    .min(config.backoff_max);
-                backoff.retry_at = Some(Instant::now() + delay);
+                let delay = dialing.backoff.next_wait();
+                dialing.retry_at = Some(Instant::now() + delay);
                 debug!(addr = %self.inner.addr, error = %error, ?delay, "dial failed");
                 Err(match error {
                     Error::Io(e) => Error::Unavailable(format!("{}: {e}", self.inner.addr)),

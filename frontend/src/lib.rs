@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::CatalogClient;
+use common::engine::Backoff;
 use common::sync::lock;
 use common::wire::CatalogResponse;
 use tokio::net::TcpListener;
@@ -82,14 +83,14 @@ pub async fn run(
 /// its leadership record; while the stream is down (broken, or silent for three heartbeats)
 /// the cache is empty and unused.
 async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
         let subscribed = tokio::select! {
             () = shutdown.cancelled() => return,
             subscribed = app.catalog.subscribe(true, INVALIDATION_BACKLOG) => subscribed,
         };
         if let Ok((record, mut stream)) = subscribed {
-            backoff = Duration::from_millis(20);
+            backoff.reset();
             app.orders.observe(&record);
             lock(&app.cache).enable();
             app.catalog_up.store(true, Ordering::Relaxed);
@@ -125,8 +126,7 @@ async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }

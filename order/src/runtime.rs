@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use catalog::CatalogClient;
-use common::engine::IdMap;
+use common::engine::{Backoff, IdMap};
 use common::group_commit::{self, Job};
 use common::server::{self, RequestContext, Service};
 use common::storage::{Ended, Recovery};
@@ -271,14 +271,14 @@ impl Node {
     /// Follows the catalog's leadership record for as long as the replica runs, and tells the
     /// engine whether the subscription's heartbeats arrive.
     async fn follow_record(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             let subscribed = tokio::select! {
                 () = shutdown.cancelled() => return,
                 subscribed = self.peers.catalog().subscribe(false, SUBSCRIPTION_BACKLOG) => subscribed,
             };
             if let Ok((record, mut stream)) = subscribed {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 self.step(Input::CatalogLink(true), None);
                 info!(%record, "following the leadership record");
                 self.step(Input::Record(record), None);
@@ -301,9 +301,8 @@ impl Node {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_wait()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

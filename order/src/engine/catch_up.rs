@@ -4,8 +4,7 @@
 //! does not have), and follows once its log equals the leader's as of the answer. A newer
 //! epoch in a `Replicate` is believed only once the catalog's record holds it.
 
-use std::time::Duration;
-
+use common::engine::Backoff;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse,
     RemoteError, ReplicaId,
@@ -24,7 +23,7 @@ pub(super) struct CatchUp {
     in_flight: bool,
     /// When to ask again, after a failure.
     pub(super) retry_at: Option<Time>,
-    backoff: Duration,
+    backoff: Backoff,
     fetched: usize,
     /// The log equals the leader's as of its answer: follow once this entry is on disk.
     finishing: Option<Option<u64>>,
@@ -35,7 +34,7 @@ impl Default for CatchUp {
         CatchUp {
             in_flight: false,
             retry_at: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             fetched: 0,
             finishing: None,
         }
@@ -263,7 +262,7 @@ impl Engine {
                 leader_last,
             })) => {
                 if let Some(catch_up) = self.catching_up() {
-                    catch_up.backoff = MIN_BACKOFF;
+                    catch_up.backoff.reset();
                     catch_up.fetched += entries.len();
                 }
                 self.adopt_batch(from, entries, leader_last)
@@ -286,8 +285,7 @@ impl Engine {
                 }
                 let now = self.now;
                 if let Some(catch_up) = self.catching_up() {
-                    catch_up.retry_at = Some(now + catch_up.backoff);
-                    catch_up.backoff = (catch_up.backoff * 2).min(MAX_BACKOFF);
+                    catch_up.retry_at = Some(now + catch_up.backoff.next_wait());
                 }
             }
         }

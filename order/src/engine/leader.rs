@@ -17,7 +17,7 @@ use common::wire::{
 };
 use tracing::{debug, error, info, warn};
 
-use common::engine::Deadlines;
+use common::engine::{Backoff, Deadlines};
 
 use super::{
     Answer, CallResult, Command, Engine, Outgoing, Peer, Pending, ReplyBody, State, Time, Token,
@@ -43,7 +43,7 @@ struct Link {
     /// A batch is on its way.
     in_flight: bool,
     /// Wait before the next try after a failure.
-    backoff: Duration,
+    backoff: Backoff,
     /// When to try again, after a failure.
     retry_at: Option<Time>,
 }
@@ -141,7 +141,7 @@ impl Leading {
                             next,
                             probe: true,
                             in_flight: false,
-                            backoff: MIN_BACKOFF,
+                            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
                             retry_at: None,
                         },
                     )
@@ -592,14 +592,13 @@ impl Engine {
         if persisted {
             link.next = next.unwrap_or(0);
             link.probe = false;
-            link.backoff = MIN_BACKOFF;
+            link.backoff.reset();
         } else {
             if let Some(next) = next {
                 link.next = link.next.min(next);
             }
             link.probe = true;
-            link.retry_at = Some(now + link.backoff);
-            link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+            link.retry_at = Some(now + link.backoff.next_wait());
         }
         let more = persisted && link.next < next_number;
         self.report(peer, report);
@@ -694,7 +693,7 @@ impl Engine {
                 progress.silent = false;
             }
             if let Some(link) = leading.links.get_mut(&follower) {
-                link.backoff = MIN_BACKOFF;
+                link.backoff.reset();
                 if !link.in_flight {
                     link.retry_at = Some(now);
                 }
