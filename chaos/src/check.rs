@@ -500,7 +500,7 @@ pub fn analyze(observed: &Observed) -> Report {
 
 /// Reads replica `id`'s `orders.log`.
 fn read_log(cluster: &Cluster, id: u32) -> Result<Vec<LogEntry>, String> {
-    let path = cluster.order_dir(id).join("orders.log");
+    let path = order::log::log_file(&cluster.order_dir(id));
     let (entries, _) = order::log::read_entries(&path).map_err(|e| e.to_string())?;
     entries
         .into_iter()

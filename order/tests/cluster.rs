@@ -333,7 +333,7 @@ async fn a_follower_down_for_a_thousand_orders_catches_up_and_ends_identical() {
     assert_eq!(cluster.log(3), cluster.log(1));
     assert_eq!(cluster.log(1).len(), 1_201);
     assert!(
-        !cluster.dirs[&3].join("diverged.log").exists(),
+        !order::log::side_file(&cluster.dirs[&3]).exists(),
         "a catching-up follower set aside entries it had acknowledged"
     );
     // Back in the fold: new orders reach it before they are acknowledged.
@@ -449,7 +449,7 @@ async fn only_an_unclean_election_skips_the_in_sync_replica_and_its_tail_is_set_
         .iter()
         .filter(|e| e.request_id.as_str().starts_with("lonely"))
         .all(|e| e.epoch == record.epoch));
-    let side = std::fs::read_to_string(cluster.dirs[&1].join("diverged.log")).unwrap();
+    let side = std::fs::read_to_string(order::log::side_file(&cluster.dirs[&1])).unwrap();
     assert!(
         side.contains("\tlonely0\t") && side.contains("\tlonely1\t"),
         "{side}"

@@ -263,11 +263,11 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
         (status.role == Role::Follower && status.last == target).then_some(())
     })
     .await;
-    let reference = order::log::read_entries(&replicas.dir(new_leader).join("orders.log"))
+    let reference = order::log::read_entries(&order::log::log_file(&replicas.dir(new_leader)))
         .unwrap()
         .0;
     for id in 1..=3 {
-        let log = order::log::read_entries(&replicas.dir(id).join("orders.log"))
+        let log = order::log::read_entries(&order::log::log_file(&replicas.dir(id)))
             .unwrap()
             .0;
         assert_eq!(log, reference, "replica {id} differs");

@@ -182,11 +182,11 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
         })
     );
     assert!(
-        !state.path().join("diverged.log").exists(),
+        !order::log::side_file(state.path()).exists(),
         "acknowledged entries were set aside"
     );
     assert_eq!(
-        order::log::read_entries(&state.path().join("orders.log"))
+        order::log::read_entries(&order::log::log_file(state.path()))
             .unwrap()
             .0,
         vec![entry(0), entry(1)]

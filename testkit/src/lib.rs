@@ -272,7 +272,7 @@ impl Cluster {
     }
 
     pub fn log(&self, id: ReplicaId) -> Vec<common::wire::OrderEntry> {
-        order::log::read_entries(&self.dirs[&id].join("orders.log"))
+        order::log::read_entries(&order::log::log_file(&self.dirs[&id]))
             .unwrap()
             .0
     }
