@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::engine::{
-    CallError, CallId, CallResult, Command, Engine, Input, Outgoing, Peer, ReplyBody, Time, Token,
+    CallError, CallId, CallResult, Command, Engine, Input, Peer, ReplyBody, Request, Time, Token,
     WriteId, MAX_BACKOFF, MIN_BACKOFF,
 };
 use crate::log::OrderLog;
@@ -51,7 +51,7 @@ enum Effect {
     Call {
         call: CallId,
         to: Peer,
-        request: OutgoingRequest,
+        request: Request,
         timeout: std::time::Duration,
         owner: Option<Token>,
     },
@@ -75,13 +75,8 @@ enum Outcome {
 struct OwnedCall {
     call: CallId,
     to: Peer,
-    request: OutgoingRequest,
+    request: Request,
     timeout: std::time::Duration,
-}
-
-enum OutgoingRequest {
-    Order(OrderRequest),
-    Catalog(common::wire::CatalogRequest),
 }
 
 struct Node {
@@ -206,15 +201,10 @@ impl Node {
         }
     }
 
-    async fn call(
-        &self,
-        to: Peer,
-        request: OutgoingRequest,
-        timeout: std::time::Duration,
-    ) -> CallResult {
+    async fn call(&self, to: Peer, request: Request, timeout: std::time::Duration) -> CallResult {
         let request = match &request {
-            OutgoingRequest::Order(request) => PeerRequest::Order(request),
-            OutgoingRequest::Catalog(request) => PeerRequest::Catalog(request),
+            Request::Order(request) => PeerRequest::Order(request),
+            Request::Catalog(request) => PeerRequest::Catalog(request),
         };
         self.peers.call(to, request, timeout).await
     }
@@ -364,27 +354,9 @@ fn execute(
             timeout,
             owner,
         } => {
-            let request = match request {
-                Outgoing::Order(request) => Ok(OutgoingRequest::Order(request)),
-                Outgoing::Catalog(request) => Ok(OutgoingRequest::Catalog(request)),
-                Outgoing::Replicate {
-                    epoch,
-                    leader_id,
-                    prev,
-                    from,
-                    count,
-                } => log
-                    .entries(from, count as usize)
-                    .map(|entries| {
-                        OutgoingRequest::Order(OrderRequest::Replicate {
-                            epoch,
-                            leader_id,
-                            prev,
-                            entries,
-                        })
-                    })
-                    .map_err(|e| e.to_string()),
-            };
+            let request = request
+                .into_request(|from, count| log.entries(from, count as usize))
+                .map_err(|e| e.to_string());
             match request {
                 Ok(request) => effects.push(Effect::Call {
                     call,

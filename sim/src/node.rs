@@ -5,6 +5,7 @@
 //! definite answer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::time::Duration;
 
 use catalog::engine::{self as catalog_engine, CatalogEngine};
@@ -15,7 +16,7 @@ use common::wire::{
     Reply, RequestId, Role, StockName, TradeKind, TradeRejection,
 };
 use frontend::router::{self, OrderError, Router, RouterConfig};
-use order::engine::{self as replica_engine, Engine, EngineConfig, Outgoing, ReplyBody};
+use order::engine::{self as replica_engine, Engine, EngineConfig, ReplyBody};
 
 use crate::check::{Checker, Order};
 use crate::disk::{Disk, Failed, Files};
@@ -430,24 +431,15 @@ impl ReplicaNode {
                 timeout,
                 ..
             } => {
-                let request = match request {
-                    Outgoing::Order(request) => Request::Order(request),
-                    Outgoing::Catalog(request) => {
+                let ready = request
+                    .into_request(|from, count| Ok::<_, Infallible>(self.entries(from, count)));
+                let request = match ready {
+                    Ok(replica_engine::Request::Order(request)) => Request::Order(request),
+                    Ok(replica_engine::Request::Catalog(request)) => {
                         self.traded += u32::from(matches!(request, CatalogRequest::Trade(_)));
                         Request::Catalog(request)
                     }
-                    Outgoing::Replicate {
-                        epoch,
-                        leader_id,
-                        prev,
-                        from,
-                        count,
-                    } => Request::Order(OrderRequest::Replicate {
-                        epoch,
-                        leader_id,
-                        prev,
-                        entries: self.entries(from, count),
-                    }),
+                    Err(never) => match never {},
                 };
                 ctx.actions.push(Action::Call {
                     to: proc_of(to),

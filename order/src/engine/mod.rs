@@ -149,6 +149,41 @@ pub enum Outgoing {
     Catalog(CatalogRequest),
 }
 
+/// What an [`Outgoing`] becomes once the entries it names are read: the request to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// To a replica.
+    Order(OrderRequest),
+    /// To the catalog.
+    Catalog(CatalogRequest),
+}
+
+impl Outgoing {
+    /// The request to send, with `entries(from, count)` reading the entries a `Replicate`
+    /// names (each runtime from its own log).
+    pub fn into_request<E>(
+        self,
+        entries: impl FnOnce(TransactionNumber, u64) -> Result<Vec<OrderEntry>, E>,
+    ) -> Result<Request, E> {
+        Ok(match self {
+            Outgoing::Order(request) => Request::Order(request),
+            Outgoing::Catalog(request) => Request::Catalog(request),
+            Outgoing::Replicate {
+                epoch,
+                leader_id,
+                prev,
+                from,
+                count,
+            } => Request::Order(OrderRequest::Replicate {
+                epoch,
+                leader_id,
+                prev,
+                entries: entries(from, count)?,
+            }),
+        })
+    }
+}
+
 /// An answer, which the runtime may have to complete from the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyBody {
