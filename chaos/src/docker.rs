@@ -5,9 +5,8 @@
 //! when dropped.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::bins::workspace_root;
@@ -64,64 +63,20 @@ fn output(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Output>
     output_within(program, args, envs, COMMAND_LIMIT)
 }
 
-/// Runs a command to completion, killed if it takes longer than `limit`.
+/// Runs `program args` in the workspace to completion, killed if it takes longer than
+/// `limit`.
 pub fn output_within(
     program: &str,
     args: &[&str],
     envs: &[(&str, &str)],
     limit: Duration,
 ) -> Result<Output> {
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .envs(envs.iter().copied())
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Setup(format!("cannot run {program}: {e}")))?;
-    // Drained while it runs, so that a full pipe never blocks it.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Timeout {
-                what: format!("`{program} {}`", args.join(" ")),
-                limit,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+        .current_dir(workspace_root());
+    crate::process::output_within(command, limit)
 }
 
 /// An image built from this checkout, removed when dropped.

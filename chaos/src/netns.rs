@@ -32,10 +32,13 @@ fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
 }
 
+/// How long one `ip` or `iptables` command may take.
+const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn run(program: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
+    let mut command = Command::new(program);
+    command.args(args);
+    let output = crate::process::output_within(command, COMMAND_LIMIT)
         .map_err(|e| Error::Network(format!("{program} {}: {e}", args.join(" "))))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
