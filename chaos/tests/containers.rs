@@ -142,27 +142,26 @@ fn the_stack_survives_container_faults_under_the_client() {
                 ];
                 let out = docker::output_within("docker", &args, &[], Duration::from_secs(180));
                 running.store(false, Ordering::SeqCst);
-                let out = match out {
-                    Ok(out) => out,
+                let (clean, output) = match out {
+                    Ok(out) => (
+                        out.status.success(),
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        ),
+                    ),
                     Err(e) => {
                         // A client that hangs is not clean.
                         let _ = docker::run("docker", &["rm", "-f", &name], &[]);
-                        std::process::Output {
-                            status: std::process::Command::new("false").status().unwrap(),
-                            stdout: Vec::new(),
-                            stderr: e.to_string().into_bytes(),
-                        }
+                        (false, e.to_string())
                     }
                 };
                 runs.lock().unwrap().push(ClientRun {
                     started,
                     ended: Instant::now(),
-                    clean: out.status.success(),
-                    output: format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
+                    clean,
+                    output,
                 });
             }
         });
