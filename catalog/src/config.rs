@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use common::config::TransportArgs;
+use common::metrics::MetricsArgs;
 use common::server::ServerConfig;
 
 /// Flags of the `catalog` binary.
@@ -45,6 +46,10 @@ pub struct CatalogArgs {
     /// Internal transport settings.
     #[command(flatten)]
     pub transport: TransportArgs,
+
+    /// The metrics port.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Everything a catalog needs to run.

@@ -13,12 +13,13 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod leadership;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
 pub use client::{AppliedTrades, CatalogClient, LeadershipOutcome, Subscription, TradeOutcome};
 pub use config::CatalogConfig;
-pub use service::run;
+pub use service::{run, run_with_metrics};
 
 /// What can go wrong in the catalog.
 #[derive(Debug, thiserror::Error)]

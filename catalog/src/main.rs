@@ -52,8 +52,13 @@ fn main() -> anyhow::Result<ExitCode> {
             .bind_internal(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let metrics = args
+            .metrics
+            .bind(&args.transport)
+            .await
+            .context("cannot listen for metrics")?;
         let shutdown = common::shutdown::on_signal();
-        anyhow::Ok(catalog::run(listener, (&args).into(), shutdown).await?)
+        anyhow::Ok(catalog::run_with_metrics(listener, metrics, (&args).into(), shutdown).await?)
     })??;
     if ended == Ended::RestartFromLog {
         return Err(restart_in_place()).context("cannot restart in place after a storage failure");

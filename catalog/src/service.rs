@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::engine::{CatalogEngine, Command, Input, Time, Token};
+use crate::metrics::{CatalogMetrics, Counted};
 use crate::store::{LogEvent, LogWriter, Store};
 use crate::{CatalogConfig, Error};
 
@@ -57,6 +58,7 @@ enum Outcome {
 
 struct Catalog {
     inner: Arc<Mutex<Inner>>,
+    metrics: CatalogMetrics,
     origin: Instant,
     /// Wakes the timer task when the engine's next deadline moved earlier.
     timer: Notify,
@@ -131,6 +133,23 @@ impl Catalog {
             (None, Some(receiver)) => Some(Outcome::Waiting(receiver)),
             (None, None) => None,
         }
+    }
+
+    /// The metrics exposition, read from the engine and the subscriber list as they are now.
+    fn render_metrics(&self, format: common::metrics::Format) -> String {
+        let (record, durable, failed, subscribers) = {
+            let mut inner = lock(&self.inner);
+            inner.subscribers.retain(|(push, _)| !push.is_closed());
+            let front_ends = inner.subscribers.iter().filter(|(_, i)| *i).count();
+            (
+                inner.engine.published().clone(),
+                inner.engine.durable_seq(),
+                inner.engine.storage_failure().is_some(),
+                (front_ends, inner.subscribers.len() - front_ends),
+            )
+        };
+        self.metrics
+            .render(&record, durable, failed, subscribers, format)
     }
 
     /// Queues a snapshot of the book, taken on the commit thread.
@@ -218,7 +237,12 @@ impl Service for CatalogService {
             CatalogRequest::Subscribe { invalidations } => {
                 self.0.subscribe(&context, invalidations)
             }
-            request => self.0.request(request).await,
+            request => {
+                let counted = Counted::of(&request);
+                let reply = self.0.request(request).await;
+                self.0.metrics.answered(counted, &reply);
+                reply
+            }
         }
     }
 }
@@ -233,6 +257,16 @@ pub async fn run(
     config: CatalogConfig,
     shutdown: CancellationToken,
 ) -> Result<Ended, Error> {
+    run_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`run`], serving its metrics on `metrics` too (see [`common::metrics::serve`]).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: CatalogConfig,
+    shutdown: CancellationToken,
+) -> Result<Ended, Error> {
     let recovery = Recovery::new(&shutdown);
     let stop = recovery.stop().clone();
     let (state_dir, seed, window) = (
@@ -244,7 +278,8 @@ pub async fn run(
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
-    let (log, writer) = store.start(events)?;
+    let counters = CatalogMetrics::default();
+    let (log, writer) = store.start(events, counters.commit.clone())?;
     let origin = Instant::now();
     let snapshot_at = book.last_seq() + config.snapshot_every;
     let engine = CatalogEngine::new(
@@ -263,6 +298,7 @@ pub async fn run(
             timer_at: None,
             snapshot_at,
         })),
+        metrics: counters,
         origin,
         timer: Notify::new(),
         next_token: AtomicU64::new(1),
@@ -290,6 +326,17 @@ pub async fn run(
     });
     let timer = tokio::spawn(catalog.clone().keep_time(stop.clone()));
     let heartbeat = tokio::spawn(catalog.clone().heartbeats(config.heartbeat, stop.clone()));
+    let exposition = metrics.map(|listener| {
+        let catalog = catalog.clone();
+        let render: common::metrics::Render =
+            Arc::new(move |format| catalog.render_metrics(format));
+        tokio::spawn(common::metrics::serve(
+            listener,
+            render,
+            config.server.cluster_token.clone(),
+            stop.clone(),
+        ))
+    });
     info!(addr = %listener.local_addr()?, state = %config.state_dir.display(), "catalog serving");
     server::serve(
         listener,
@@ -312,6 +359,9 @@ pub async fn run(
     let _ = relay.await;
     let _ = timer.await;
     let _ = heartbeat.await;
+    if let Some(exposition) = exposition {
+        let _ = exposition.await;
+    }
     let ended = recovery.ended();
     match ended {
         Ended::RestartFromLog => info!("catalog stopped to restart from its log"),

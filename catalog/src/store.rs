@@ -256,11 +256,13 @@ impl Store {
     pub fn start(
         self,
         events: tokio::sync::mpsc::UnboundedSender<LogEvent>,
+        metrics: common::metrics::CommitMetrics,
     ) -> io::Result<(LogWriter, JoinHandle<()>)> {
         let failures = events.clone();
         let (jobs, handle) = group_commit::start(
             "catalog-wal",
             self.wal,
+            metrics,
             move |batch: Vec<WriteId>| {
                 // Nobody listening means the service is gone; the log is still written.
                 if let Some(&last) = batch.iter().max() {

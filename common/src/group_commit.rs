@@ -7,6 +7,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::metrics::CommitMetrics;
 
 /// Most appends in one batch.
 const MAX_BATCH: usize = 4096;
@@ -39,6 +42,7 @@ pub enum Job<T> {
 pub fn start<T: Send + 'static>(
     name: &str,
     mut file: File,
+    metrics: CommitMetrics,
     mut on_durable: impl FnMut(Vec<T>) + Send + 'static,
     on_failure: impl FnOnce(io::Error) + Send + 'static,
 ) -> io::Result<(mpsc::Sender<Job<T>>, JoinHandle<()>)> {
@@ -47,7 +51,7 @@ pub fn start<T: Send + 'static>(
     let handle = std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            if let Err(e) = run(&mut file, &receiver, &mut on_durable) {
+            if let Err(e) = run(&mut file, &receiver, &metrics, &mut on_durable) {
                 on_failure(e);
             }
         })?;
@@ -57,6 +61,7 @@ pub fn start<T: Send + 'static>(
 fn run<T>(
     file: &mut File,
     receiver: &mpsc::Receiver<Job<T>>,
+    metrics: &CommitMetrics,
     on_durable: &mut impl FnMut(Vec<T>),
 ) -> io::Result<()> {
     let mut bytes = Vec::new();
@@ -96,8 +101,13 @@ fn run<T>(
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         file.write_all(&bytes)?;
         file.sync_data()?;
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(items.len() as f64);
         on_durable(items);
     }
 }
@@ -123,6 +133,7 @@ mod tests {
         let (sender, handle) = start(
             "test-commit",
             file,
+            CommitMetrics::default(),
             {
                 let seen = seen.clone();
                 move |items: Vec<u32>| seen.lock().unwrap().extend(items)

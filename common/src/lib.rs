@@ -9,6 +9,7 @@ pub mod files;
 pub mod frame;
 pub mod group_commit;
 pub mod health;
+pub mod metrics;
 pub mod rpc;
 pub mod runtime;
 pub mod safety;

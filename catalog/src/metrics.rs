@@ -1,0 +1,216 @@
+//! What the catalog shows on its metrics port: lookups and trades by outcome, the
+//! write-ahead log's fsyncs and group-commit batches, its subscribers, and the leadership
+//! record it holds.
+
+use common::metrics::{CommitMetrics, Format};
+use common::wire::{CatalogRequest, CatalogResponse, Leadership, Reply};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The label of a request's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// The label of a kind of subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SubscriberLabel {
+    kind: &'static str,
+}
+
+/// Which count a request goes to, taken before the request is handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A lookup.
+    Lookup,
+    /// A trade.
+    Trade,
+    /// Anything else (not counted).
+    Other,
+}
+
+impl Counted {
+    /// The count `request` goes to.
+    pub fn of(request: &CatalogRequest) -> Self {
+        match request {
+            CatalogRequest::Lookup { .. } => Counted::Lookup,
+            CatalogRequest::Trade(_) => Counted::Trade,
+            _ => Counted::Other,
+        }
+    }
+}
+
+/// The catalog's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct CatalogMetrics {
+    registry: Registry,
+    lookups: [Counter; 2],
+    trades: [Counter; 4],
+    subscribers: Family<SubscriberLabel, Gauge>,
+    epoch: Gauge,
+    leader: Gauge,
+    in_sync: Gauge,
+    durable_seq: Gauge,
+    storage_failed: Gauge,
+    /// Measured by the write-ahead log's commit thread.
+    pub commit: CommitMetrics,
+}
+
+const LOOKUP_OUTCOMES: [&str; 2] = ["found", "not_found"];
+const TRADE_OUTCOMES: [&str; 4] = ["traded", "rejected", "fenced", "error"];
+
+impl Default for CatalogMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bazaar_catalog");
+        let lookups_family = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "lookups",
+            "Lookups answered, by outcome",
+            lookups_family.clone(),
+        );
+        let trades_family = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "trades",
+            "Trade requests answered, by outcome (a retry of an applied trade counts as traded)",
+            trades_family.clone(),
+        );
+        let lookups = LOOKUP_OUTCOMES
+            .map(|outcome| lookups_family.get_or_create_owned(&OutcomeLabel { outcome }));
+        let trades = TRADE_OUTCOMES
+            .map(|outcome| trades_family.get_or_create_owned(&OutcomeLabel { outcome }));
+        let subscribers = Family::<SubscriberLabel, Gauge>::default();
+        registry.register(
+            "subscribers",
+            "Open subscription streams: front ends (invalidations) and replicas (leadership)",
+            subscribers.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let epoch = gauge(
+            &mut registry,
+            "leadership_epoch",
+            "Epoch of the leadership record",
+        );
+        let leader = gauge(
+            &mut registry,
+            "leadership_leader",
+            "Replica the leadership record names (0: none)",
+        );
+        let in_sync = gauge(
+            &mut registry,
+            "leadership_in_sync",
+            "Replicas in the recorded in-sync set",
+        );
+        let durable_seq = gauge(
+            &mut registry,
+            "durable_seq",
+            "Sequence number of the newest durable record",
+        );
+        let storage_failed = gauge(
+            &mut registry,
+            "storage_failed",
+            "1 when the write-ahead log cannot be written (trades are refused)",
+        );
+        let commit = CommitMetrics::registered(&mut registry, "wal");
+        CatalogMetrics {
+            registry,
+            lookups,
+            trades,
+            subscribers,
+            epoch,
+            leader,
+            in_sync,
+            durable_seq,
+            storage_failed,
+            commit,
+        }
+    }
+}
+
+impl CatalogMetrics {
+    /// Counts one answered request.
+    pub fn answered(&self, request: Counted, reply: &Reply<CatalogResponse>) {
+        match request {
+            Counted::Lookup => {
+                let found = matches!(reply, Ok(CatalogResponse::Stock(_)));
+                self.lookups[usize::from(!found)].inc();
+            }
+            Counted::Trade => {
+                let slot = match reply {
+                    Ok(CatalogResponse::Traded { .. }) => 0,
+                    Ok(CatalogResponse::Rejected(_)) => 1,
+                    Ok(CatalogResponse::Fenced { .. }) => 2,
+                    _ => 3,
+                };
+                self.trades[slot].inc();
+            }
+            Counted::Other => {}
+        }
+    }
+
+    /// The exposition, with the state gauges set from what the catalog holds now.
+    pub fn render(
+        &self,
+        record: &Leadership,
+        durable_seq: u64,
+        storage_failed: bool,
+        subscribers: (usize, usize),
+        format: Format,
+    ) -> String {
+        self.epoch.set(record.epoch as i64);
+        self.leader.set(record.leader.map_or(0, i64::from));
+        self.in_sync.set(record.in_sync.len() as i64);
+        self.durable_seq.set(durable_seq as i64);
+        self.storage_failed.set(i64::from(storage_failed));
+        let (front_ends, replicas) = subscribers;
+        let kind = |kind| SubscriberLabel { kind };
+        self.subscribers
+            .get_or_create(&kind("front_end"))
+            .set(front_ends as i64);
+        self.subscribers
+            .get_or_create(&kind("replica"))
+            .set(replicas as i64);
+        common::metrics::encode(&self.registry, format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::wire::{RemoteError, StockName};
+
+    #[test]
+    fn outcomes_and_state_show_in_the_exposition() {
+        let metrics = CatalogMetrics::default();
+        let lookup = CatalogRequest::Lookup {
+            name: StockName::new("GameStart").unwrap(),
+        };
+        metrics.answered(Counted::of(&lookup), &Ok(CatalogResponse::NotFound));
+        metrics.answered(Counted::of(&lookup), &Err(RemoteError::unavailable("x")));
+        let record = Leadership {
+            epoch: 4,
+            leader: Some(3),
+            in_sync: vec![2, 3],
+        };
+        let text = metrics.render(&record, 17, false, (1, 3), Format::OpenMetrics);
+        for line in [
+            "bazaar_catalog_lookups_total{outcome=\"not_found\"} 2",
+            "bazaar_catalog_lookups_total{outcome=\"found\"} 0",
+            "bazaar_catalog_leadership_epoch 4",
+            "bazaar_catalog_leadership_leader 3",
+            "bazaar_catalog_leadership_in_sync 2",
+            "bazaar_catalog_durable_seq 17",
+            "bazaar_catalog_subscribers{kind=\"replica\"} 3",
+            "bazaar_catalog_wal_fsync_seconds_count 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
