@@ -639,6 +639,31 @@ pub struct ReplicaStatus {
     /// Why its order log cannot be written (its disk failed), if so: it acknowledges nothing
     /// and may not lead until it has restarted from its log.
     pub storage_failure: Option<String>,
+    /// Leader only: the newest committed entry of its term.
+    pub commit: Option<TransactionNumber>,
+    /// Leader only: the in-sync set it waits for.
+    pub in_sync: Vec<ReplicaId>,
+    /// Leader only: how far each follower is behind it.
+    pub followers: Vec<FollowerLag>,
+    /// Entries it has set aside (a suffix the leader of the time did not hold).
+    pub set_aside: u64,
+    /// Catch-ups with a leader it has begun since it started.
+    pub catch_ups: u64,
+}
+
+/// How far a follower is behind its leader, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerLag {
+    /// The follower.
+    pub id: ReplicaId,
+    /// It answers and is caught up enough to be waited for.
+    pub up: bool,
+    /// The newest entry it has persisted, as far as the leader knows.
+    pub persisted: Option<TransactionNumber>,
+    /// Entries the leader holds that it has not persisted.
+    pub entries: u64,
+    /// Milliseconds since it last held every entry the leader held (0 when it does now).
+    pub millis: u64,
 }
 
 /// Answers of the order replicas.

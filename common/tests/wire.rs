@@ -287,6 +287,17 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
                         placing,
                         stalled,
                         storage_failure: None,
+                        commit: last.map(|p| p.number),
+                        in_sync: vec![id],
+                        followers: vec![FollowerLag {
+                            id: id.wrapping_add(1),
+                            up: placing,
+                            persisted: last.map(|p| p.number),
+                            entries: epoch,
+                            millis: epoch / 2,
+                        }],
+                        set_aside: epoch,
+                        catch_ups: 1,
                     })
                 }
             ),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::config::TransportArgs;
+use common::metrics::MetricsArgs;
 use common::rpc::ClientConfig;
 use common::server::ServerConfig;
 use common::wire::ReplicaId;
@@ -60,6 +61,10 @@ pub struct ReplicaArgs {
     /// Internal transport settings.
     #[command(flatten)]
     pub transport: TransportArgs,
+
+    /// The metrics port.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Parses `1=host:port,2=host:port`.

@@ -417,6 +417,11 @@ mod tests {
             placing: role == Role::Leader,
             stalled: false,
             storage_failure: None,
+            commit: None,
+            in_sync: Vec::new(),
+            followers: Vec::new(),
+            set_aside: 0,
+            catch_ups: 0,
         }
     }
 

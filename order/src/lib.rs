@@ -16,13 +16,14 @@ pub mod config;
 pub mod election;
 pub mod engine;
 pub mod log;
+pub mod metrics;
 pub mod peers;
 pub mod replication;
 pub mod runtime;
 
 pub use config::ReplicaConfig;
 pub use replication::WriteQuorum;
-pub use runtime::run;
+pub use runtime::{run, run_with_metrics};
 
 /// What can go wrong in an order replica.
 #[derive(Debug, thiserror::Error)]

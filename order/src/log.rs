@@ -220,7 +220,16 @@ impl OrderLog {
             log.index(entry.clone());
         }
         let epoch = read_epoch(dir)?;
-        Ok((log, append, Recovered { entries, epoch }))
+        let set_aside = log.set_aside;
+        Ok((
+            log,
+            append,
+            Recovered {
+                entries,
+                epoch,
+                set_aside,
+            },
+        ))
     }
 
     /// Records `entry` in the in-memory index and returns its line to append.

@@ -162,8 +162,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     .bind_internal(&listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
+                let metrics = args
+                    .metrics
+                    .bind(&args.transport)
+                    .await
+                    .context("cannot listen for metrics")?;
                 let shutdown = common::shutdown::on_signal();
-                anyhow::Ok(order::run(listener, config, shutdown).await?)
+                anyhow::Ok(order::run_with_metrics(listener, metrics, config, shutdown).await?)
             })??;
             if ended == common::storage::Ended::RestartFromLog {
                 return Err(common::storage::restart_in_place())

@@ -47,6 +47,11 @@ impl Peers {
         &self.catalog
     }
 
+    /// The replicas' ids, ascending.
+    pub fn replica_ids(&self) -> Vec<ReplicaId> {
+        self.replicas.keys().copied().collect()
+    }
+
     /// Sends `request` to `to` and waits at most `timeout` for its answer.
     pub async fn call(&self, to: Peer, request: PeerRequest<'_>, timeout: Duration) -> CallResult {
         let answer = match (to, request) {

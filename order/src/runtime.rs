@@ -26,6 +26,7 @@ use crate::engine::{
     WriteId, MAX_BACKOFF, MIN_BACKOFF,
 };
 use crate::log::OrderLog;
+use crate::metrics::ReplicaMetrics;
 use crate::peers::{PeerRequest, Peers};
 use crate::{Error, ReplicaConfig};
 
@@ -81,6 +82,7 @@ struct OwnedCall {
 
 struct Node {
     inner: Mutex<Inner>,
+    metrics: ReplicaMetrics,
     peers: Peers,
     origin: Instant,
     /// Wakes the timer task when the engine's next deadline moved earlier.
@@ -114,6 +116,7 @@ impl Node {
                 timer_at,
             } = &mut *guard;
             engine.handle(now, input, commands);
+            engine.drain_commit_waits(|waited| self.metrics.committed(waited));
             let token = own.map(|(token, _)| token);
             for command in commands.drain(..) {
                 execute(
@@ -419,6 +422,18 @@ impl Service for ReplicaService {
     type Response = OrderResponse;
 
     async fn call(&self, request: OrderRequest, _context: RequestContext) -> Reply<OrderResponse> {
+        self.0.metrics.request(&request);
+        if matches!(request, OrderRequest::PlaceOrder(_)) {
+            let started = Instant::now();
+            let reply = self.0.request(request).await;
+            if matches!(reply, Ok(OrderResponse::Placed { .. })) {
+                self.0
+                    .metrics
+                    .place_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            return reply;
+        }
         self.0.request(request).await
     }
 }
@@ -434,6 +449,16 @@ pub async fn run(
     config: ReplicaConfig,
     shutdown: CancellationToken,
 ) -> Result<Ended, Error> {
+    run_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`run`], serving its metrics on `metrics` too (see [`common::metrics::serve`]).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: ReplicaConfig,
+    shutdown: CancellationToken,
+) -> Result<Ended, Error> {
     let recovery = Recovery::new(&shutdown);
     let shutdown = recovery.stop().clone();
     let dir = config.state_dir.clone();
@@ -442,9 +467,11 @@ pub async fn run(
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let (events, mut flushes) = tokio::sync::mpsc::unbounded_channel::<Result<WriteId, String>>();
     let failures = events.clone();
+    let counters = ReplicaMetrics::default();
     let (jobs, writer) = group_commit::start(
         &format!("order-{}-log", config.id),
         file,
+        counters.log_commit.clone(),
         move |batch: Vec<WriteId>| {
             if let Some(&last) = batch.iter().max() {
                 let _ = events.send(Ok(last));
@@ -473,6 +500,7 @@ pub async fn run(
             commands: Vec::new(),
             timer_at: None,
         }),
+        metrics: counters,
         peers: Peers::new(
             &config.peers,
             CatalogClient::new(config.catalog.clone(), config.client.clone()),
@@ -503,6 +531,19 @@ pub async fn run(
     });
     let timer = tokio::spawn(node.clone().keep_time(shutdown.clone()));
     let follower = tokio::spawn(node.clone().follow_record(shutdown.clone()));
+    let exposition = metrics.map(|listener| {
+        let node = node.clone();
+        let render: common::metrics::Render = Arc::new(move |format| {
+            let status = lock(&node.inner).engine.status();
+            node.metrics.render(&status, format)
+        });
+        tokio::spawn(common::metrics::serve(
+            listener,
+            render,
+            config.server.cluster_token.clone(),
+            shutdown.clone(),
+        ))
+    });
     server::serve(
         listener,
         Arc::new(ReplicaService(node.clone())),
@@ -513,6 +554,9 @@ pub async fn run(
 
     let _ = follower.await;
     let _ = timer.await;
+    if let Some(exposition) = exposition {
+        let _ = exposition.await;
+    }
     lock(&node.inner).jobs.take();
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

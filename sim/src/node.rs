@@ -328,6 +328,7 @@ impl ReplicaNode {
             replica_engine::Recovered {
                 entries: entries.clone(),
                 epoch,
+                ..Default::default()
             },
             local,
         );

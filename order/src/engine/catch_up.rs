@@ -193,6 +193,7 @@ impl Engine {
                         "behind the leader; catching up"
                     );
                     self.end_term();
+                    self.catch_ups += 1;
                     self.state = State::Syncing(CatchUp::default());
                     self.send_sync_up();
                 }

@@ -46,6 +46,8 @@ struct Link {
     backoff: Backoff,
     /// When to try again, after a failure.
     retry_at: Option<Time>,
+    /// When it last held every entry the leader held (the term's start at first).
+    caught_up_at: Time,
 }
 
 /// An order being traded at the catalog, and every request for it that waits.
@@ -109,7 +111,8 @@ pub(super) struct Leading {
     /// Its last entry when the term began: every order that may have been acknowledged
     /// before (a leader is always a member of the in-sync set, which holds them).
     pub(super) inherited: Option<TransactionNumber>,
-    committing: BTreeMap<TransactionNumber, Vec<Token>>,
+    /// Orders waiting for their commit: since when, and who waits.
+    committing: BTreeMap<TransactionNumber, (Time, Vec<Token>)>,
     commit_deadlines: Deadlines,
     placing: BTreeMap<RequestId, Placement>,
     pub(super) reconcile: Reconciliation,
@@ -118,6 +121,36 @@ pub(super) struct Leading {
 }
 
 impl Leading {
+    /// How far each follower is behind a leader whose last entry is `last`, at `now`.
+    pub(super) fn lags(
+        &self,
+        last: Option<TransactionNumber>,
+        now: Time,
+    ) -> Vec<common::wire::FollowerLag> {
+        self.progress
+            .iter()
+            .map(|(&id, progress)| {
+                let entries = match (last, progress.persisted) {
+                    (None, _) => 0,
+                    (Some(last), None) => last + 1,
+                    (Some(last), Some(persisted)) => last.saturating_sub(persisted),
+                };
+                let since = self.links.get(&id).map_or(now, |link| link.caught_up_at);
+                common::wire::FollowerLag {
+                    id,
+                    up: progress.up,
+                    persisted: progress.persisted,
+                    entries,
+                    millis: if entries == 0 {
+                        0
+                    } else {
+                        now.saturating_sub(since).as_millis() as u64
+                    },
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn new(
         peers: &[ReplicaId],
         in_sync: Vec<ReplicaId>,
@@ -143,6 +176,7 @@ impl Leading {
                             in_flight: false,
                             backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
                             retry_at: None,
+                            caught_up_at: now,
                         },
                     )
                 })
@@ -401,7 +435,8 @@ impl Engine {
     /// timeout (the order stays in the log; a retry with the same id finds it).
     pub(super) fn answer_when_committed(&mut self, token: Token, number: TransactionNumber) {
         let position = self.log.position(number);
-        let deadline = self.now + self.config.commit_timeout;
+        let now = self.now;
+        let deadline = now + self.config.commit_timeout;
         let not_leader = self.not_leader();
         let Some(leading) = self.leading() else {
             return self.reply(token, Ok(not_leader));
@@ -419,13 +454,18 @@ impl Engine {
         }
         if leading.committing.len() > PRUNE_COMMITTING_ABOVE {
             let deadlines = &leading.commit_deadlines;
-            leading.committing.retain(|_, tokens| {
+            leading.committing.retain(|_, (_, tokens)| {
                 tokens.retain(|&t| deadlines.waits(t));
                 !tokens.is_empty()
             });
         }
         leading.commit_deadlines.add(token, deadline);
-        leading.committing.entry(number).or_default().push(token);
+        leading
+            .committing
+            .entry(number)
+            .or_insert_with(|| (now, Vec::new()))
+            .1
+            .push(token);
     }
 
     /// Recomputes the commit point and answers the orders it passed.
@@ -461,13 +501,17 @@ impl Engine {
         let later = leading.committing.split_off(&(commit + 1));
         let ready = std::mem::replace(&mut leading.committing, later);
         let mut answers = Vec::new();
-        for (number, tokens) in ready {
+        let mut waits = Vec::new();
+        for (number, (since, tokens)) in ready {
+            waits.push(now.saturating_sub(since));
             for token in tokens {
                 if leading.commit_deadlines.take(token) {
                     answers.push((token, number));
                 }
             }
         }
+        let room = super::MAX_COMMIT_SAMPLES.saturating_sub(self.commit_waits.len());
+        self.commit_waits.extend(waits.into_iter().take(room));
         for (token, number) in answers {
             let epoch = self.log.epoch_of(number).unwrap_or(self.epoch);
             self.reply(token, Ok(OrderResponse::Placed { number, epoch }));
@@ -609,9 +653,16 @@ impl Engine {
 
     fn report(&mut self, peer: ReplicaId, report: Report) {
         let now = self.now;
+        let last = self.log.last().map(|p| p.number);
         let Some(leading) = self.leading() else {
             return;
         };
+        if let (Report::Persisted(persisted), Some(link)) = (&report, leading.links.get_mut(&peer))
+        {
+            if *persisted >= last {
+                link.caught_up_at = now;
+            }
+        }
         let Some(follower) = leading.progress.get_mut(&peer) else {
             return;
         };

@@ -251,6 +251,8 @@ pub struct Recovered {
     pub entries: Vec<OrderEntry>,
     /// The stored epoch record.
     pub epoch: EpochRecord,
+    /// Entries set aside in earlier lives.
+    pub set_aside: u64,
 }
 
 /// What the engine does in its current term.
@@ -331,8 +333,18 @@ pub struct Engine {
     /// Follower: `Replicate` answers waiting for their entries to reach the disk.
     durable_waiters: BTreeMap<TransactionNumber, Vec<(Token, LogPosition)>>,
     durable_deadlines: Deadlines,
+    /// Entries set aside, by earlier lives too.
+    set_aside: u64,
+    /// Catch-ups begun since it started.
+    catch_ups: u64,
+    /// Leader: how long each order committed since the runtime last asked waited, from its
+    /// append to its commit (at most [`MAX_COMMIT_SAMPLES`] are kept between two asks).
+    commit_waits: Vec<Duration>,
     out: Vec<Command>,
 }
+
+/// Most commit waits the engine keeps for its runtime between two reads.
+pub const MAX_COMMIT_SAMPLES: usize = 4096;
 
 impl Engine {
     /// A replica that recovered `recovered` from its disk, at time `now`. One that knew another
@@ -364,6 +376,9 @@ impl Engine {
             next_call: 1,
             durable_waiters: BTreeMap::new(),
             durable_deadlines: Deadlines::default(),
+            set_aside: recovered.set_aside,
+            catch_ups: 0,
+            commit_waits: Vec::new(),
             out: Vec::new(),
             config,
         };
@@ -452,6 +467,12 @@ impl Engine {
         }
     }
 
+    /// Leader: hands `each` the time every order committed since the last call waited for
+    /// its commit.
+    pub fn drain_commit_waits(&mut self, each: impl FnMut(Duration)) {
+        self.commit_waits.drain(..).for_each(each);
+    }
+
     /// Its answer to `Status`.
     pub fn status(&self) -> ReplicaStatus {
         let (placing, stalled) = match &self.state {
@@ -460,6 +481,14 @@ impl Engine {
                 self.stalled(leading),
             ),
             _ => (false, false),
+        };
+        let (commit, in_sync, followers) = match &self.state {
+            State::Leading(leading) => (
+                leading.commit,
+                leading.in_sync.clone(),
+                leading.lags(self.log.last().map(|p| p.number), self.now),
+            ),
+            _ => (None, Vec::new(), Vec::new()),
         };
         ReplicaStatus {
             id: self.id,
@@ -471,6 +500,11 @@ impl Engine {
             placing,
             stalled,
             storage_failure: self.failed.clone(),
+            commit,
+            in_sync,
+            followers,
+            set_aside: self.set_aside,
+            catch_ups: self.catch_ups,
         }
     }
 
@@ -562,6 +596,7 @@ impl Engine {
         if from >= self.log.next_number() {
             return;
         }
+        self.set_aside += self.log.next_number() - from;
         self.log.cut_from(from);
         let write = self.write(Write::Cut(from));
         self.pending_cuts += 1;

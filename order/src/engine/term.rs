@@ -87,6 +87,7 @@ impl Engine {
                 warn!(epoch, leader, "stepping down");
             }
             info!(epoch, leader, "following; catching up first");
+            self.catch_ups += 1;
             self.state = State::Syncing(CatchUp::default());
             self.send_sync_up();
         }

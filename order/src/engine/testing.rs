@@ -75,7 +75,15 @@ impl Harness {
     }
 
     pub fn with(config: EngineConfig, entries: Vec<OrderEntry>, epoch: EpochRecord) -> Self {
-        let mut engine = Engine::new(config, Recovered { entries, epoch }, Duration::ZERO);
+        let mut engine = Engine::new(
+            config,
+            Recovered {
+                entries,
+                epoch,
+                set_aside: 0,
+            },
+            Duration::ZERO,
+        );
         let mut out = Vec::new();
         engine.handle(Duration::ZERO, Input::Tick, &mut out);
         Harness {
