@@ -18,6 +18,8 @@ use crate::cache::StockCache;
 use crate::http::{Request, Response};
 use crate::leader::{OrderError, OrderLeader};
 use crate::metrics::{Metrics, Route};
+use crate::status;
+use common::metrics::Format;
 
 /// Everything the handlers share.
 pub struct App {
@@ -38,6 +40,12 @@ pub struct App {
     /// Makes request ids unique across front-end restarts.
     pub nonce: String,
     next_request: AtomicU64,
+    /// When it started.
+    started: std::time::Instant,
+    /// The last status snapshot. An async lock, held while a snapshot is gathered (across
+    /// its calls), so that concurrent requests for the page wait for one gathering and reuse
+    /// it instead of each calling every service.
+    status: tokio::sync::Mutex<status::Reused>,
 }
 
 impl App {
@@ -59,6 +67,8 @@ impl App {
             catalog_storage: Mutex::new(None),
             nonce: format!("{:016x}", rand::random::<u64>()),
             next_request: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            status: tokio::sync::Mutex::new(status::Reused::default()),
         }
     }
 
@@ -108,12 +118,62 @@ impl App {
             "/metrics" => (
                 Route::Metrics,
                 match method {
-                    "GET" => self.metrics_page(),
+                    "GET" => self.metrics_page(request),
+                    _ => not_allowed("GET, HEAD"),
+                },
+            ),
+            "/status" => (
+                Route::Status,
+                match method {
+                    "GET" => Response {
+                        status: 200,
+                        allow: None,
+                        content_type: "text/html; charset=utf-8",
+                        body: Bytes::from_static(status::PAGE.as_bytes()),
+                    },
+                    _ => not_allowed("GET, HEAD"),
+                },
+            ),
+            "/status.json" => (
+                Route::Status,
+                match method {
+                    "GET" => Response::json(200, self.status_snapshot().await),
                     _ => not_allowed("GET, HEAD"),
                 },
             ),
             _ => (Route::Other, Response::error(404, "not found")),
         }
+    }
+
+    /// The cluster as this front end sees it now, gathered at most once per
+    /// [`status::REUSE_FOR`].
+    async fn status_snapshot(&self) -> Bytes {
+        let mut reused = self.status.lock().await;
+        if let Some(body) = reused.fresh(std::time::Instant::now()) {
+            return body;
+        }
+        let (catalog, replicas) = tokio::join!(
+            self.catalog.leadership(status::CALL_TIMEOUT),
+            self.orders.replica_statuses(status::CALL_TIMEOUT)
+        );
+        let now = std::time::Instant::now();
+        let trades = self.metrics.answered(Route::Trade, 200);
+        let lookups = self.metrics.answered(Route::Lookup, 200);
+        let trades_per_second = reused.rate.sample(now, trades);
+        let snapshot = status::Snapshot::assemble(status::Inputs {
+            catalog: catalog.map_err(|e| e.to_string()),
+            held: self.orders.record(),
+            replicas,
+            cache: lock(&self.cache).stats(),
+            changes: self.orders.changes(),
+            uptime: self.started.elapsed(),
+            trades,
+            lookups,
+            trades_per_second,
+        });
+        let body = snapshot.to_json();
+        reused.last = Some((now, body.clone()));
+        body
     }
 
     async fn lookup(&self, raw_name: &str) -> Response {
@@ -246,17 +306,23 @@ impl App {
         }
     }
 
-    fn metrics_page(&self) -> Response {
+    fn metrics_page(&self, request: &Request) -> Response {
+        let format = if request.accepts_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        };
         let cache = lock(&self.cache).stats();
         let (leader, epoch) = self
             .orders
             .current()
             .map_or((None, 0), |(l, e)| (Some(l), e));
+        let counters = self.orders.counters();
         Response {
             status: 200,
             allow: None,
-            content_type: "text/plain; version=0.0.4",
-            body: Bytes::from(self.metrics.render(cache, leader, epoch)),
+            content_type: format.content_type(),
+            body: Bytes::from(self.metrics.render(cache, leader, epoch, counters, format)),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct CacheStats {
     pub entries: usize,
     /// Whether the cache is in use (the invalidation stream is up).
     pub enabled: bool,
+    /// Most entries it holds (0: no cache).
+    pub capacity: usize,
 }
 
 /// The versioned LRU.
@@ -165,6 +167,7 @@ impl StockCache {
         CacheStats {
             entries: self.lru.as_ref().map_or(0, LruCache::len),
             enabled: self.enabled && self.lru.is_some(),
+            capacity: self.lru.as_ref().map_or(0, |lru| lru.cap().get()),
             ..self.stats
         }
     }

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::CatalogClient;
-use common::engine::{CallId, CallResult, IdMap, Peer, Time, Token};
+use common::engine::{Answer, CallId, CallResult, IdMap, Peer, Time, Token};
 use common::rpc::ClientConfig;
 use common::safety::Rules;
 use common::sync::lock;
-use common::wire::{Epoch, Leadership, OrderRequest, OrderResponse, ReplicaId};
+use common::wire::{Epoch, Leadership, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,45 @@ impl OrderLeader {
     /// The replicas whose disk failed, as `order-ID: reason`, as the last check found them.
     pub fn storage_failures(&self) -> Vec<String> {
         lock(&self.inner).router.storage_failures().to_vec()
+    }
+
+    /// Elections, failovers and retries so far.
+    pub fn counters(&self) -> crate::router::Counters {
+        lock(&self.inner).router.counters()
+    }
+
+    /// The last changes of leader, oldest first, each with how long ago it was learnt.
+    pub fn changes(&self) -> Vec<(crate::router::LeaderChange, std::time::Duration)> {
+        let inner = lock(&self.inner);
+        let now = self.origin.elapsed();
+        inner
+            .router
+            .changes()
+            .map(|change| (change.clone(), now.saturating_sub(change.at)))
+            .collect()
+    }
+
+    /// Asks every replica for its status at once, each within `timeout`: the id and the
+    /// status or why there is none, in replica order.
+    pub async fn replica_statuses(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(ReplicaId, Result<ReplicaStatus, String>)> {
+        let ids = self.peers.replica_ids();
+        let asks = ids.iter().map(|&id| async move {
+            let status = self.send(
+                Peer::Replica(id),
+                Outgoing::Order(Arc::new(OrderRequest::Status)),
+                timeout,
+            );
+            let status = match status.await {
+                Ok(Answer::Order(OrderResponse::Status(status))) => Ok(status),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, status)
+        });
+        futures::future::join_all(asks).await
     }
 
     /// The newest record seen.
@@ -190,16 +229,9 @@ impl OrderLeader {
                     receiver = Some(waiting);
                 }
             }
-            let counters = inner.router.counters();
-            self.metrics
-                .elections
-                .store(counters.elections, Ordering::Relaxed);
-            self.metrics
-                .failovers
-                .store(counters.failovers, Ordering::Relaxed);
-            self.metrics
-                .retries
-                .store(counters.retries, Ordering::Relaxed);
+            inner.router.drain_failover_times(|took| {
+                self.metrics.failover_seconds.observe(took.as_secs_f64())
+            });
             if common::engine::wakes_timer(inner.timer_at, inner.router.next_timer()) {
                 self.timer.notify_one();
             }

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod router;
 pub mod server;
+pub mod status;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,10 +1,20 @@
-//! The front end's counters and latency histograms, rendered in the Prometheus text format.
+//! The front end's metrics (requests and their latency per route, the cache, the order leader,
+//! elections and failover durations), kept in a `prometheus-client` registry and served as
+//! OpenMetrics text on `GET /metrics`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::metrics::{Format, MirroredCounter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
 use crate::cache::CacheStats;
+use crate::router::Counters;
 
 /// The routes counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,16 +29,19 @@ pub enum Route {
     Health,
     /// `GET /metrics`
     Metrics,
+    /// `GET /status` and `GET /status.json`
+    Status,
     /// Anything else, bad requests included.
     Other,
 }
 
-const ROUTES: [Route; 6] = [
+const ROUTES: [Route; 7] = [
     Route::Lookup,
     Route::Trade,
     Route::Order,
     Route::Health,
     Route::Metrics,
+    Route::Status,
     Route::Other,
 ];
 
@@ -40,181 +53,215 @@ impl Route {
             Route::Order => "order",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Status => "status",
             Route::Other => "other",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// Upper bounds of the latency buckets, in seconds.
+/// Upper bounds of the request latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Statuses counted per route.
+/// Statuses counted per route; any other is counted as `other`.
 const STATUSES: [u16; 12] = [200, 400, 404, 405, 408, 409, 413, 414, 431, 501, 503, 505];
+const STATUS_LABELS: [&str; STATUSES.len() + 1] = [
+    "200", "400", "404", "405", "408", "409", "413", "414", "431", "501", "503", "505", "other",
+];
 
-#[derive(Default)]
-struct RouteMetrics {
-    by_status: [AtomicU64; STATUSES.len() + 1],
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: &'static str,
 }
 
-/// Everything the metrics page shows, updated without locks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(BUCKETS)
+    }
+}
+
+/// One route's series, created on first use so that a route never taken shows nothing, and
+/// then held so that counting takes no lookup.
 #[derive(Default)]
+struct RouteSeries {
+    by_status: [OnceLock<Counter>; STATUS_LABELS.len()],
+    duration: OnceLock<Histogram>,
+}
+
+/// Everything the metrics page shows. Requests are counted without locks but the histogram's.
 pub struct Metrics {
-    routes: [RouteMetrics; ROUTES.len()],
-    /// Leader elections run.
-    pub elections: AtomicU64,
-    /// Elections that replaced a leader.
-    pub failovers: AtomicU64,
-    /// Internal retries of a request after a failed or refused call.
-    pub retries: AtomicU64,
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    durations: Family<RouteLabel, Histogram, LatencyBuckets>,
+    routes: [RouteSeries; ROUTES.len()],
+    cache_hits: MirroredCounter,
+    cache_misses: MirroredCounter,
+    cache_evictions: MirroredCounter,
+    cache_entries: Gauge,
+    cache_enabled: Gauge,
+    leader: Gauge,
+    epoch: Gauge,
+    elections: MirroredCounter,
+    failovers: MirroredCounter,
+    retries: MirroredCounter,
+    /// From the moment this front end found its leader failing to a new leader recorded by
+    /// an election it ran.
+    pub failover_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bazaar");
+        let requests = Family::<RouteStatus, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let durations = Family::new_with_constructor(LatencyBuckets);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer, by route",
+            durations.clone(),
+        );
+        let counter =
+            |registry: &mut Registry, name, help| MirroredCounter::registered(registry, name, help);
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let cache_hits = counter(
+            &mut registry,
+            "cache_hits",
+            "Lookups answered from the cache",
+        );
+        let cache_misses = counter(&mut registry, "cache_misses", "Lookups sent to the catalog");
+        let cache_evictions = counter(
+            &mut registry,
+            "cache_evictions",
+            "Cache entries pushed out by newer ones",
+        );
+        let cache_entries = gauge(&mut registry, "cache_entries", "Stocks in the cache");
+        let cache_enabled = gauge(
+            &mut registry,
+            "cache_enabled",
+            "1 while the invalidation stream is up and the cache in use",
+        );
+        let leader = gauge(
+            &mut registry,
+            "order_leader_id",
+            "The order leader (0: none known)",
+        );
+        let epoch = gauge(
+            &mut registry,
+            "order_epoch",
+            "Epoch of the current order leader",
+        );
+        let elections = counter(&mut registry, "order_elections", "Leader elections won");
+        let failovers = counter(
+            &mut registry,
+            "order_failovers",
+            "Changes of order leader followed",
+        );
+        let retries = counter(
+            &mut registry,
+            "order_retries",
+            "Internal retries after a failed or refused call",
+        );
+        let failover_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        registry.register(
+            "order_failover_seconds",
+            "From finding the leader failing to a new leader recorded, for elections run here",
+            failover_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            routes: Default::default(),
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_entries,
+            cache_enabled,
+            leader,
+            epoch,
+            elections,
+            failovers,
+            retries,
+            failover_seconds,
+        }
+    }
 }
 
 impl Metrics {
     /// Counts one answered request.
     pub fn record(&self, route: Route, status: u16, took: Duration) {
-        let metrics = &self.routes[route.index()];
+        let series = &self.routes[route as usize];
         let slot = STATUSES
             .iter()
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len());
-        metrics.by_status[slot].fetch_add(1, Ordering::Relaxed);
-        let seconds = took.as_secs_f64();
-        if let Some(bucket) = BUCKETS.iter().position(|&b| seconds <= b) {
-            metrics.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        metrics.count.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        series.by_status[slot]
+            .get_or_init(|| {
+                self.requests.get_or_create_owned(&RouteStatus {
+                    route: route.label(),
+                    status: STATUS_LABELS[slot],
+                })
+            })
+            .inc();
+        series
+            .duration
+            .get_or_init(|| {
+                self.durations.get_or_create_owned(&RouteLabel {
+                    route: route.label(),
+                })
+            })
+            .observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text page.
-    pub fn render(&self, cache: CacheStats, leader: Option<u32>, epoch: u64) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP bazaar_http_requests_total Requests answered, by route and status.\n");
-        out.push_str("# TYPE bazaar_http_requests_total counter\n");
-        for route in ROUTES {
-            let metrics = &self.routes[route.index()];
-            for (slot, counter) in metrics.by_status.iter().enumerate() {
-                let count = counter.load(Ordering::Relaxed);
-                if count == 0 {
-                    continue;
-                }
-                let status = STATUSES
-                    .get(slot)
-                    .map_or_else(|| "other".to_string(), u16::to_string);
-                let _ = writeln!(
-                    out,
-                    "bazaar_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
-                    route.label()
-                );
-            }
-        }
-        out.push_str("# HELP bazaar_http_request_duration_seconds Time to answer, by route.\n");
-        out.push_str("# TYPE bazaar_http_request_duration_seconds histogram\n");
-        for route in ROUTES {
-            let metrics = &self.routes[route.index()];
-            let label = route.label();
-            let mut cumulative = 0;
-            for (bound, bucket) in BUCKETS.iter().zip(&metrics.buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "bazaar_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = metrics.count.load(Ordering::Relaxed);
-            let sum = metrics.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "bazaar_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "bazaar_http_request_duration_seconds_sum{{route=\"{label}\"}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "bazaar_http_request_duration_seconds_count{{route=\"{label}\"}} {count}"
-            );
-        }
-        let gauges: [(&str, &str, &str, String); 10] = [
-            (
-                "bazaar_cache_hits_total",
-                "counter",
-                "Lookups answered from the cache.",
-                cache.hits.to_string(),
-            ),
-            (
-                "bazaar_cache_misses_total",
-                "counter",
-                "Lookups sent to the catalog.",
-                cache.misses.to_string(),
-            ),
-            (
-                "bazaar_cache_evictions_total",
-                "counter",
-                "Cache entries pushed out by newer ones.",
-                cache.evictions.to_string(),
-            ),
-            (
-                "bazaar_cache_entries",
-                "gauge",
-                "Stocks in the cache.",
-                cache.entries.to_string(),
-            ),
-            (
-                "bazaar_cache_enabled",
-                "gauge",
-                "1 while the invalidation stream is up and the cache in use.",
-                u8::from(cache.enabled).to_string(),
-            ),
-            (
-                "bazaar_order_leader_id",
-                "gauge",
-                "The order leader (0: none known).",
-                leader.unwrap_or(0).to_string(),
-            ),
-            (
-                "bazaar_order_epoch",
-                "gauge",
-                "Epoch of the current order leader.",
-                epoch.to_string(),
-            ),
-            (
-                "bazaar_order_elections_total",
-                "counter",
-                "Leader elections run.",
-                self.elections.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "bazaar_order_failovers_total",
-                "counter",
-                "Elections that replaced a leader.",
-                self.failovers.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "bazaar_order_retries_total",
-                "counter",
-                "Internal retries after a failed or refused call.",
-                self.retries.load(Ordering::Relaxed).to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out
+    /// Requests of `route` answered with `status` so far.
+    pub fn answered(&self, route: Route, status: u16) -> u64 {
+        let slot = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.routes[route as usize].by_status[slot]
+            .get()
+            .map_or(0, Counter::get)
+    }
+
+    /// The exposition, with the cache and leader as they are now.
+    pub fn render(
+        &self,
+        cache: CacheStats,
+        leader: Option<u32>,
+        epoch: u64,
+        counters: Counters,
+        format: Format,
+    ) -> String {
+        self.cache_hits.set_total(cache.hits);
+        self.cache_misses.set_total(cache.misses);
+        self.cache_evictions.set_total(cache.evictions);
+        self.cache_entries.set(cache.entries as i64);
+        self.cache_enabled.set(i64::from(cache.enabled));
+        self.leader.set(leader.map_or(0, i64::from));
+        self.epoch.set(epoch as i64);
+        self.elections.set_total(counters.elections);
+        self.failovers.set_total(counters.failovers);
+        self.retries.set_total(counters.retries);
+        common::metrics::encode(&self.registry, format)
     }
 }
 
@@ -228,7 +275,8 @@ mod tests {
         metrics.record(Route::Lookup, 200, Duration::from_micros(80));
         metrics.record(Route::Lookup, 200, Duration::from_millis(3));
         metrics.record(Route::Lookup, 404, Duration::from_micros(90));
-        metrics.retries.fetch_add(2, Ordering::Relaxed);
+        metrics.record(Route::Other, 418, Duration::from_micros(90));
+        metrics.failover_seconds.observe(0.3);
         let page = metrics.render(
             CacheStats {
                 hits: 5,
@@ -236,23 +284,32 @@ mod tests {
                 evictions: 0,
                 entries: 1,
                 enabled: true,
+                capacity: 5,
             },
             Some(3),
             7,
+            Counters {
+                elections: 1,
+                failovers: 1,
+                retries: 2,
+            },
+            Format::OpenMetrics,
         );
-        assert!(
-            page.contains("bazaar_http_requests_total{route=\"lookup\",status=\"200\"} 2"),
-            "{page}"
-        );
-        assert!(page.contains("bazaar_http_requests_total{route=\"lookup\",status=\"404\"} 1"));
-        assert!(page.contains(
-            "bazaar_http_request_duration_seconds_bucket{route=\"lookup\",le=\"0.0001\"} 2"
-        ));
-        assert!(page.contains(
-            "bazaar_http_request_duration_seconds_bucket{route=\"lookup\",le=\"+Inf\"} 3"
-        ));
-        assert!(page.contains("bazaar_cache_hits_total 5"));
-        assert!(page.contains("bazaar_order_leader_id 3"));
-        assert!(page.contains("bazaar_order_retries_total 2"));
+        for line in [
+            "bazaar_http_requests_total{route=\"lookup\",status=\"200\"} 2",
+            "bazaar_http_requests_total{route=\"lookup\",status=\"404\"} 1",
+            "bazaar_http_requests_total{route=\"other\",status=\"other\"} 1",
+            "bazaar_http_request_duration_seconds_bucket{le=\"0.0001\",route=\"lookup\"} 2",
+            "bazaar_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"lookup\"} 3",
+            "bazaar_cache_hits_total 5",
+            "bazaar_order_leader_id 3",
+            "bazaar_order_retries_total 2",
+            "bazaar_order_failover_seconds_count 1",
+        ] {
+            assert!(page.contains(line), "{line} missing from\n{page}");
+        }
+        // A route never taken shows no series.
+        assert!(!page.contains("route=\"trade\""), "{page}");
+        assert!(page.ends_with("# EOF\n"));
     }
 }

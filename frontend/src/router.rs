@@ -6,7 +6,7 @@
 //! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
 //! calls and timers on tokio; the simulator on a simulated network.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +156,28 @@ impl Attempt {
 struct Check {
     election: Election,
     waiters: Vec<Token>,
+    /// When it began.
+    started: Time,
 }
+
+/// A change of order leader this front end saw (pushed, read, or made by its own election).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderChange {
+    /// The new epoch.
+    pub epoch: Epoch,
+    /// Its leader.
+    pub leader: Option<ReplicaId>,
+    /// The leader before it, if one was known.
+    pub previous: Option<ReplicaId>,
+    /// When this front end learnt of it.
+    pub at: Time,
+    /// For an election this front end ran: how long from the start of the check that ran it
+    /// (a leader found failing, or the first check) to the new record.
+    pub took: Option<Duration>,
+}
+
+/// Changes of leader remembered for the status page.
+pub const CHANGES_KEPT: usize = 8;
 
 #[derive(Debug)]
 enum Purpose {
@@ -187,6 +208,11 @@ pub struct Router {
     calls: IdMap<Purpose>,
     next_call: CallId,
     counters: Counters,
+    /// The last changes of leader, oldest first.
+    changes: VecDeque<LeaderChange>,
+    /// Durations of the elections run here that replaced a leader, not yet taken by the
+    /// runtime (at most [`CHANGES_KEPT`]).
+    failover_times: Vec<Duration>,
     out: Vec<Command>,
 }
 
@@ -207,8 +233,20 @@ impl Router {
             calls: IdMap::default(),
             next_call: 1,
             counters: Counters::default(),
+            changes: VecDeque::new(),
+            failover_times: Vec::new(),
             out: Vec::new(),
         }
+    }
+
+    /// The last changes of leader seen, oldest first.
+    pub fn changes(&self) -> impl Iterator<Item = &LeaderChange> {
+        self.changes.iter()
+    }
+
+    /// Hands `each` the duration of every failover elected here since the last call.
+    pub fn drain_failover_times(&mut self, each: impl FnMut(Duration)) {
+        self.failover_times.drain(..).for_each(each);
     }
 
     /// Handles one input at time `now`, appending the commands it gives to `out`.
@@ -288,8 +326,33 @@ impl Router {
         }
         if record.leader != held.leader || record.epoch != held.epoch {
             info!(%record, "following the order leader");
+            if self.changes.len() == CHANGES_KEPT {
+                self.changes.pop_front();
+            }
+            self.changes.push_back(LeaderChange {
+                epoch: record.epoch,
+                leader: record.leader,
+                previous: held.leader,
+                at: self.now,
+                took: None,
+            });
         }
         self.record = record.clone();
+    }
+
+    /// Notes how long the election that made `record` took.
+    fn timed(&mut self, record: &Leadership, took: Duration) {
+        let Some(change) = self.changes.back_mut() else {
+            return;
+        };
+        if change.epoch != record.epoch {
+            return;
+        }
+        change.took = Some(took);
+        if change.previous.is_some() && self.failover_times.len() < CHANGES_KEPT {
+            self.failover_times.push(took);
+        }
+        info!(epoch = record.epoch, leader = ?record.leader, took_ms = took.as_millis() as u64, "elected a new order leader");
     }
 
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, purpose: Purpose) {
@@ -438,7 +501,11 @@ impl Router {
 
     fn start_check(&mut self, waiters: Vec<Token>) {
         let (election, asks) = Election::start(&self.config.replicas, self.config.rules);
-        self.check = Some(Check { election, waiters });
+        self.check = Some(Check {
+            election,
+            waiters,
+            started: self.now,
+        });
         for ask in asks {
             self.ask(ask);
         }
@@ -517,6 +584,9 @@ impl Router {
                     self.counters.elections += 1;
                 }
                 self.observe(&ensured.record);
+                if ensured.elected {
+                    self.timed(&ensured.record, self.now.saturating_sub(check.started));
+                }
                 self.storage_failures = ensured.storage_failures;
                 self.last_failure = None;
                 self.problem = None;
@@ -640,6 +710,11 @@ mod tests {
             placing: role == Role::Leader,
             stalled: false,
             storage_failure: None,
+            commit: None,
+            in_sync: Vec::new(),
+            followers: Vec::new(),
+            set_aside: 0,
+            catch_ups: 0,
         }
     }
 
