@@ -10,6 +10,8 @@
 #   CACHE_SIZE     front-end lookup cache size, 0 = off (5)
 #   CATALOG_PORT   catalog port (7000)
 #   ORDER_PORTS    ports of order replicas 1,2,3 (7001,7002,7003)
+#   METRICS_PORTS  metrics ports of the catalog and replicas 1,2,3 (9100,9101,9102,9103);
+#                  the front end's metrics are on its own port, /metrics
 #   WRITE_QUORUM   all | majority (all)
 #   STATE_DIR      runtime state, logs and pid files (./state)
 #   RUST_LOG       log filter (info)
@@ -23,6 +25,7 @@ FRONTEND_PORT="${FRONTEND_PORT:-8080}"
 CACHE_SIZE="${CACHE_SIZE:-5}"
 CATALOG_PORT="${CATALOG_PORT:-7000}"
 ORDER_PORTS="${ORDER_PORTS:-7001,7002,7003}"
+METRICS_PORTS="${METRICS_PORTS:-9100,9101,9102,9103}"
 WRITE_QUORUM="${WRITE_QUORUM:-all}"
 STATE_DIR="${STATE_DIR:-$PWD/state}"
 mkdir -p "$STATE_DIR"
@@ -56,6 +59,11 @@ if ((${#order_ports[@]} != 3)); then
     echo "error: ORDER_PORTS must name three ports, e.g. 7001,7002,7003" >&2
     exit 2
 fi
+IFS=, read -r -a metrics_ports <<<"$METRICS_PORTS"
+if ((${#metrics_ports[@]} != 4)); then
+    echo "error: METRICS_PORTS must name four ports (catalog, replicas 1-3), e.g. 9100,9101,9102,9103" >&2
+    exit 2
+fi
 PEERS="1=127.0.0.1:${order_ports[0]},2=127.0.0.1:${order_ports[1]},3=127.0.0.1:${order_ports[2]}"
 SERVICES=(catalog order-1 order-2 order-3 frontend)
 
@@ -67,6 +75,14 @@ port_of() {
     catalog) echo "$CATALOG_PORT" ;;
     frontend) echo "$FRONTEND_PORT" ;;
     order-*) echo "${order_ports[$((${1#order-} - 1))]}" ;;
+    esac
+}
+
+metrics_url() { # name
+    case "$1" in
+    catalog) echo "http://127.0.0.1:${metrics_ports[0]}/metrics" ;;
+    frontend) echo "http://127.0.0.1:$FRONTEND_PORT/metrics" ;;
+    order-*) echo "http://127.0.0.1:${metrics_ports[${1#order-}]}/metrics" ;;
     esac
 }
 
@@ -87,13 +103,14 @@ launch() { # name command...
 
 start_catalog() {
     launch catalog "$BIN/catalog" --listen "127.0.0.1:$CATALOG_PORT" \
-        --state-dir "$STATE_DIR/catalog" --seed "$PWD/data/catalog.csv"
+        --state-dir "$STATE_DIR/catalog" --seed "$PWD/data/catalog.csv" \
+        --metrics-listen "127.0.0.1:${metrics_ports[0]}"
 }
 
 start_order() { # id
     launch "order-$1" "$BIN/order" --id "$1" --peers "$PEERS" \
         --catalog "127.0.0.1:$CATALOG_PORT" --state-dir "$STATE_DIR/order-$1" \
-        --write-quorum "$WRITE_QUORUM"
+        --write-quorum "$WRITE_QUORUM" --metrics-listen "127.0.0.1:${metrics_ports[$1]}"
 }
 
 start_frontend() {
@@ -168,7 +185,9 @@ start)
     for id in 1 2 3; do
         echo "order-$id  127.0.0.1:${order_ports[$((id - 1))]}  (pid $(pid_of "order-$id")), state $STATE_DIR/order-$id"
     done
+    echo "cluster page: http://127.0.0.1:$FRONTEND_PORT/status"
     echo "cluster token: $TOKEN_SOURCE"
+    echo "metrics: ./run.sh status lists every service's metrics URL"
     echo "logs: $STATE_DIR/<service>.log; stop with: ./run.sh stop"
     ;;
 stop)
@@ -183,11 +202,14 @@ start-order)
 status)
     for name in "${SERVICES[@]}"; do
         if alive "$name"; then
-            echo "$name  running, pid $(pid_of "$name"), port $(port_of "$name")"
+            echo "$name  running, pid $(pid_of "$name"), port $(port_of "$name"), metrics $(metrics_url "$name")"
         else
             echo "$name  not running"
         fi
     done
+    echo "cluster page: http://127.0.0.1:$FRONTEND_PORT/status"
+    echo "the backends' metrics need the cluster token ($TOKEN_SOURCE) as a bearer token, e.g. curl -H \"Authorization: Bearer \$(cat $TOKEN_FILE)\" URL"
+    echo "(in Prometheus: authorization: {credentials_file: $TOKEN_FILE})"
     if alive frontend && exec 3<>"/dev/tcp/127.0.0.1/$FRONTEND_PORT"; then
         printf 'GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
         reply="$(cat <&3)"

@@ -200,6 +200,8 @@ pub struct Cluster {
     options: ClusterOptions,
     processes: BTreeMap<String, Process>,
     addrs: BTreeMap<String, String>,
+    /// Where each backend serves its metrics.
+    metrics_addrs: BTreeMap<String, String>,
     token: String,
     net: NetRuntime,
     topology: Option<Topology>,
@@ -231,31 +233,38 @@ impl Cluster {
         names.extend(REPLICAS.iter().map(|&id| order_name(id)));
         names.extend((0..options.frontends).map(frontend_name));
 
-        let (addrs, topology, net) = match options.placement {
+        let backends = 1 + REPLICAS.len();
+        let (addrs, metrics_addrs, topology, net) = match options.placement {
             Placement::Loopback => {
-                let ports = testkit::spare_ports(names.len());
+                let ports = testkit::spare_ports(names.len() + backends);
                 let addrs = names
                     .iter()
-                    .zip(ports)
+                    .zip(&ports)
                     .map(|(name, port)| (name.clone(), format!("127.0.0.1:{port}")))
                     .collect();
-                (addrs, None, NetRuntime::current())
+                let metrics_addrs = names
+                    .iter()
+                    .zip(&ports[names.len()..])
+                    .map(|(name, port)| (name.clone(), format!("127.0.0.1:{port}")))
+                    .collect();
+                (addrs, metrics_addrs, None, NetRuntime::current())
             }
             Placement::Namespaces => {
                 let members: Vec<&str> = names.iter().map(String::as_str).collect();
                 // A few dozen short `ip` commands; fine to block on at start-up.
                 let topology = Topology::create(&members)?;
                 let mut addrs = BTreeMap::new();
+                let mut metrics_addrs = BTreeMap::new();
                 for (i, name) in names.iter().enumerate() {
-                    let port = 7000 + i;
-                    addrs.insert(
-                        name.clone(),
-                        format!("{}:{port}", topology.member(name)?.addr),
-                    );
+                    let host = &topology.member(name)?.addr;
+                    addrs.insert(name.clone(), format!("{host}:{}", 7000 + i));
+                    if i < backends {
+                        metrics_addrs.insert(name.clone(), format!("{host}:{}", 9100 + i));
+                    }
                 }
                 let client = topology.member(CLIENT)?.namespace.clone();
                 let net = NetRuntime::in_namespace(&client)?;
-                (addrs, Some(topology), net)
+                (addrs, metrics_addrs, Some(topology), net)
             }
         };
 
@@ -263,6 +272,7 @@ impl Cluster {
             options,
             processes: BTreeMap::new(),
             addrs,
+            metrics_addrs,
             token,
             net,
             topology,
@@ -325,6 +335,8 @@ impl Cluster {
             args.push(self.root.join(CATALOG).display().to_string());
             args.push("--seed".into());
             args.push(bins::seed_file().display().to_string());
+            args.push("--metrics-listen".into());
+            args.push(self.metrics_addrs.get(name).cloned().unwrap_or_default());
         } else if let Some(id) = REPLICAS.iter().find(|&&id| order_name(id) == name) {
             program = dir.join("order");
             args = vec![
@@ -344,6 +356,8 @@ impl Cluster {
                 options.replicate_timeout.as_millis().to_string(),
                 "--commit-timeout-ms".into(),
                 options.commit_timeout.as_millis().to_string(),
+                "--metrics-listen".into(),
+                self.metrics_addrs.get(name).cloned().unwrap_or_default(),
             ];
         } else if let Some(index) = (0..options.frontends).find(|&i| frontend_name(i) == name) {
             program = dir.join("frontend");
@@ -452,6 +466,14 @@ impl Cluster {
     /// The address `name` listens on.
     pub fn addr(&self, name: &str) -> Result<&str> {
         self.addrs
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
+    }
+
+    /// Where backend `name` (the catalog or a replica) serves its metrics.
+    pub fn metrics_addr(&self, name: &str) -> Result<&str> {
+        self.metrics_addrs
             .get(name)
             .map(String::as_str)
             .ok_or_else(|| Error::UnknownProcess(name.to_owned()))

@@ -20,6 +20,7 @@ pub mod docker;
 pub mod history;
 pub mod http;
 pub mod netns;
+pub mod observe;
 pub mod process;
 pub mod verdict;
 

@@ -16,10 +16,23 @@ use crate::{Error, Result};
 
 /// Runs `command` to completion with its output captured, killed if it takes longer than
 /// `limit`.
-pub fn output_within(mut command: Command, limit: Duration) -> Result<Output> {
+pub fn output_within(command: Command, limit: Duration) -> Result<Output> {
+    fed_output_within(command, None, limit)
+}
+
+/// [`output_within`], with `input` written to the command's stdin (then closed).
+pub fn fed_output_within(
+    mut command: Command,
+    input: Option<Vec<u8>>,
+    limit: Duration,
+) -> Result<Output> {
     let what = format!("{command:?}");
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,6 +52,12 @@ pub fn output_within(mut command: Command, limit: Duration) -> Result<Output> {
     }
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
+    // Fed from a thread too, so that a command that writes before it reads never blocks.
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait()? {
