@@ -2,8 +2,9 @@
 # Installs what the chaos tests need besides Rust (Debian packages), when missing: libfaketime
 # for the skewed-clock front end, iproute2 and iptables for the network-namespace partitions,
 # util-linux's unshare for the one-process-per-host test, systemd-analyze for the units of
-# deploy/, binutils (readelf, strip) for image/build.sh and docker-compose for the container
-# test (the Docker Engine itself is the machine's).
+# deploy/, binutils (readelf, strip) for image/build.sh, docker-compose for the container
+# test (the Docker Engine itself is the machine's), and chromium plus the Python client
+# prometheus_client (from PyPI) for the observability test.
 set -euo pipefail
 need=()
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
@@ -13,12 +14,15 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v readelf >/dev/null || need+=(binutils)
 command -v docker-compose >/dev/null || need+=(docker-compose)
-if ((${#need[@]} == 0)); then
-    exit 0
-fi
+command -v chromium >/dev/null || need+=(chromium)
 sudo=""
 if [[ "$(id -u)" != 0 ]]; then
     sudo="sudo"
 fi
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq "${need[@]}" >/dev/null
+if ((${#need[@]} > 0)); then
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20,<1'
+fi
