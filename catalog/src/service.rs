@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::engine::{CatalogEngine, Command, Input, Time, Token};
 use crate::metrics::{CatalogMetrics, Counted};
@@ -236,6 +236,22 @@ impl Service for CatalogService {
         match request {
             CatalogRequest::Subscribe { invalidations } => {
                 self.0.subscribe(&context, invalidations)
+            }
+            CatalogRequest::Trade(trade) => {
+                // Named by its request id, as at the front end and the leader.
+                let span = tracing::info_span!("trade", request = %trade.request_id);
+                async {
+                    debug!(stock = %trade.name, quantity = trade.quantity, epoch = trade.epoch, "trading");
+                    let reply = self.0.request(CatalogRequest::Trade(trade)).await;
+                    match &reply {
+                        Ok(CatalogResponse::Traded { seq, .. }) => debug!(seq, "traded"),
+                        other => debug!(answer = ?other, "not traded"),
+                    }
+                    self.0.metrics.answered(Counted::Trade, &reply);
+                    reply
+                }
+                .instrument(span)
+                .await
             }
             request => {
                 let counted = Counted::of(&request);

@@ -117,6 +117,8 @@ pub struct ClusterOptions {
     pub startup_timeout: Duration,
     /// `RUST_LOG` of every process.
     pub log_filter: String,
+    /// Environment added to every process.
+    pub env: Vec<(String, String)>,
     /// Processes whose state directory is a tmpfs of this many bytes (see [`crate::disk`]).
     pub small_disks: BTreeMap<String, u64>,
 }
@@ -137,6 +139,7 @@ impl ClusterOptions {
             placement: Placement::Loopback,
             startup_timeout: Duration::from_secs(30),
             log_filter: "info".into(),
+            env: Vec::new(),
             small_disks: BTreeMap::new(),
         }
     }
@@ -326,6 +329,12 @@ impl Cluster {
             // Every flag has an environment fallback; a binary without the flag ignores it.
             ("BAZAAR_CLUSTER_TOKEN".into(), self.token.clone().into()),
         ];
+        env.extend(
+            options
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone().into(), v.clone().into())),
+        );
         let mut args: Vec<String>;
         let program;
         if name == CATALOG {
@@ -469,6 +478,11 @@ impl Cluster {
             .get(name)
             .map(String::as_str)
             .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
+    }
+
+    /// Where process `name`'s log (its stderr) goes.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.stderr"))
     }
 
     /// Where backend `name` (the catalog or a replica) serves its metrics.

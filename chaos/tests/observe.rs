@@ -248,3 +248,81 @@ async fn every_service_is_observable_and_the_page_follows_a_failover() {
     let report = check(&mut cluster, &history).await;
     verdict.finish(&mut cluster, &history, &report);
 }
+
+/// The spans of a JSON log line that name `request`.
+fn names_request(line: &str, request: &str) -> bool {
+    let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+        return false;
+    };
+    event["spans"]
+        .as_array()
+        .is_some_and(|spans| spans.iter().any(|span| span["request"] == request))
+}
+
+/// One trade, followed with `grep` through every hop: its request id is a span field of log
+/// lines at the front end, the leader, the catalog and both followers, here in the JSON
+/// format for collectors (each line one JSON object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trade_is_followed_through_every_hop_by_its_request_id() {
+    let _serial = chaos::serial().await;
+    let mut options = ClusterOptions::new("trace", WriteQuorum::All);
+    options.log_filter = "info,frontend=debug,order=debug,catalog=debug".into();
+    options
+        .env
+        .push(("BAZAAR_LOG_FORMAT".into(), "json".into()));
+    let mut cluster = Cluster::start(options).await.unwrap();
+    let leader = cluster.health(0).await.and_then(|h| h.leader).unwrap();
+    let mut client = HttpClient::new(cluster.frontend_addr(0).unwrap());
+    let answer = client
+        .send(
+            "POST",
+            "/orders",
+            &[("Idempotency-Key", "trace-0042")],
+            Some(r#"{"name":"GameStart","quantity":1,"type":"buy"}"#),
+            5 * SECOND,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let request = "key-trace-0042";
+    let mut hops = vec![frontend_name(0), CATALOG.to_owned()];
+    hops.extend((1..=3).map(order_name));
+    let found = chaos::poll(
+        "the request id in every service's log",
+        10 * SECOND,
+        Duration::from_millis(100),
+        || {
+            let missing: Vec<String> = hops
+                .iter()
+                .filter(|name| {
+                    let log = std::fs::read_to_string(cluster.log_path(name)).unwrap_or_default();
+                    !log.lines().any(|line| names_request(line, request))
+                })
+                .cloned()
+                .collect();
+            async move { missing.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    if found.is_err() {
+        cluster.keep_state();
+    }
+    found.unwrap();
+    // Every line is JSON, and the leader's lines for it are its own placement.
+    for name in &hops {
+        let log = std::fs::read_to_string(cluster.log_path(name)).unwrap();
+        for line in log.lines().filter(|l| l.starts_with('{')) {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "{name}: {line}"
+            );
+        }
+    }
+    let leader_log = std::fs::read_to_string(cluster.log_path(&order_name(leader))).unwrap();
+    assert!(
+        leader_log
+            .lines()
+            .any(|l| names_request(l, request) && l.contains("\"placed\"")),
+        "{leader_log}"
+    );
+}

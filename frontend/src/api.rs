@@ -13,6 +13,7 @@ use common::wire::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::cache::StockCache;
 use crate::http::{Request, Response};
@@ -208,7 +209,24 @@ impl App {
             Err(response) => return response,
         };
         let name = order.name.clone();
-        match self.orders.call(OrderRequest::PlaceOrder(order)).await {
+        // The request id names this trade in every service's log lines (front end, leader,
+        // catalog, followers): `grep` it to follow one trade across the cluster.
+        let span = tracing::info_span!("trade", request = %order.request_id);
+        let placed = async {
+            tracing::debug!(stock = %order.name, quantity = order.quantity, kind = %order.kind, "trade received");
+            let placed = self.orders.call(OrderRequest::PlaceOrder(order)).await;
+            match &placed {
+                Ok(OrderResponse::Placed { number, epoch }) => {
+                    tracing::debug!(number, epoch, "trade placed")
+                }
+                Ok(other) => tracing::debug!(answer = ?other, "trade not placed"),
+                Err(e) => tracing::debug!(error = %e, "trade not placed"),
+            }
+            placed
+        }
+        .instrument(span)
+        .await;
+        match placed {
             Ok(OrderResponse::Placed { number, .. }) => {
                 // Read-your-writes: the next lookup through this front end shows the trade.
                 lock(&self.cache).forget(&name);

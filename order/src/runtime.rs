@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::engine::{
     CallError, CallId, CallResult, Command, Engine, Input, Peer, ReplyBody, Request, Time, Token,
@@ -423,9 +423,20 @@ impl Service for ReplicaService {
 
     async fn call(&self, request: OrderRequest, _context: RequestContext) -> Reply<OrderResponse> {
         self.0.metrics.request(&request);
-        if matches!(request, OrderRequest::PlaceOrder(_)) {
+        if let OrderRequest::PlaceOrder(order) = &request {
+            // Named by its request id, as at the front end and the catalog.
+            let span = tracing::info_span!("place", request = %order.request_id);
+            span.in_scope(
+                || tracing::debug!(stock = %order.name, quantity = order.quantity, "placing"),
+            );
             let started = Instant::now();
-            let reply = self.0.request(request).await;
+            let reply = self.0.request(request).instrument(span.clone()).await;
+            span.in_scope(|| match &reply {
+                Ok(OrderResponse::Placed { number, epoch }) => {
+                    tracing::debug!(number, epoch, "placed")
+                }
+                other => tracing::debug!(answer = ?other, "not placed"),
+            });
             if matches!(reply, Ok(OrderResponse::Placed { .. })) {
                 self.0
                     .metrics
@@ -433,6 +444,28 @@ impl Service for ReplicaService {
                     .observe(started.elapsed().as_secs_f64());
             }
             return reply;
+        }
+        match &request {
+            OrderRequest::Replicate {
+                epoch,
+                leader_id,
+                entries,
+                ..
+            } if tracing::enabled!(tracing::Level::DEBUG) => {
+                for entry in entries {
+                    tracing::debug_span!("replicated", request = %entry.request_id).in_scope(
+                        || {
+                            tracing::debug!(
+                                number = entry.number,
+                                epoch,
+                                leader = leader_id,
+                                "from the leader"
+                            )
+                        },
+                    );
+                }
+            }
+            _ => {}
         }
         self.0.request(request).await
     }
