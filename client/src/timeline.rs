@@ -336,6 +336,9 @@ pub struct KillEffect {
     pub slowest_trade: Option<(f64, f64)>,
     /// Trades in flight during that window.
     pub trades: usize,
+    /// The longest stretch of that window in which no request of any kind started, in ms:
+    /// the sessions wait for their answers one at a time, so a stall of the trades stops them.
+    pub quiet_ms: f64,
 }
 
 /// For every kill on the axis: whether it was the leader, when the election came, and the
@@ -393,6 +396,22 @@ pub fn kill_effects(
                 .iter()
                 .max_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms))
                 .map(|r| (r.latency_ms, (r.unix_ms as f64 - at as f64) / 1000.0));
+            let mut starts: Vec<u64> = records
+                .iter()
+                .map(|r| r.unix_ms)
+                .filter(|t| (at..until).contains(t))
+                .collect();
+            starts.sort_unstable();
+            let mut previous = at;
+            let mut quiet = 0;
+            for t in starts
+                .iter()
+                .copied()
+                .chain(std::iter::once(until.min(range.1)))
+            {
+                quiet = quiet.max(t.saturating_sub(previous));
+                previous = previous.max(t);
+            }
             KillEffect {
                 at_s: seconds_since(range.0, at),
                 replica,
@@ -400,6 +419,7 @@ pub fn kill_effects(
                 election,
                 slowest_trade,
                 trades: in_flight.len(),
+                quiet_ms: quiet as f64,
             }
         })
         .collect()
@@ -488,15 +508,16 @@ pub fn report(records: &[RequestRecord], kills: &[Event], leaders: &[Event]) -> 
         }
         match effect.slowest_trade {
             Some((latency, started)) => {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{} trades in flight, slowest {latency:.1} ms (started {:+.0} ms from the kill)",
+                    "{} trades in flight, slowest {latency:.1} ms (started {:+.0} ms from the kill); ",
                     effect.trades,
                     started * 1000.0
                 );
             }
-            None => out.push_str("no trade in flight\n"),
+            None => out.push_str("no trade in flight; "),
         }
+        let _ = writeln!(out, "no request started for {:.0} ms", effect.quiet_ms);
     }
     out
 }
@@ -681,6 +702,8 @@ bazaar_order_elections_total 4
                 election: Some((0.2, 2, 2)),
                 slowest_trade: Some((300.0, 0.05)),
                 trades: 2,
+                // Starts at 1050 and 2500 in the window 1000..2000: quiet from 1050 on.
+                quiet_ms: 950.0,
             }
         );
         assert_eq!(
@@ -692,6 +715,8 @@ bazaar_order_elections_total 4
                 election: None,
                 slowest_trade: Some((2.0, 0.01)),
                 trades: 1,
+                // The window ends with the axis, at 3002.
+                quiet_ms: 10.0,
             }
         );
         let text = report(&records, &kills, &leaders);

@@ -59,6 +59,14 @@ pub fn slice(records: &[RequestRecord], kind: Kind, slices: usize) -> Slices {
     out
 }
 
+/// How a legend entry is drawn.
+enum Marker {
+    /// A dot of this colour.
+    Dot(RGBColor),
+    /// A line in this style, dashed or not.
+    Line(ShapeStyle, bool),
+}
+
 /// Draws the timeline as SVG at `path`. `kills` are the kill log's events (kills and
 /// restarts), `leaders` the leader changes; events off the requests' axis are left out.
 pub fn plot(
@@ -77,14 +85,17 @@ pub fn plot(
         .fold(f64::INFINITY, f64::min);
     let highest = records.iter().map(|r| r.latency_ms).fold(0.0f64, f64::max);
     let bottom = 10f64.powf(lowest.max(0.001).log10().floor());
-    // Room above the slowest request for the rows of labels.
-    let top = 10f64.powf((highest.max(bottom * 10.0) * 30.0).log10().ceil());
+    // Room above the slowest request for the two rows of labels.
+    let top = 10f64.powf((highest.max(bottom * 10.0) * 4.0).log10().ceil());
     let (kill_events, _) = place(kills, range);
     let (election_events, _) = place(&elections(leaders), range);
-    let first_leader = {
-        let mut sorted = leaders.to_vec();
-        sorted.sort_by_key(|e| e.unix_ms);
-        sorted.first().copied()
+    let mut sorted_leaders = leaders.to_vec();
+    sorted_leaders.sort_by_key(|e| e.unix_ms);
+    let title = match sorted_leaders.first().map(|e| e.kind) {
+        Some(EventKind::Leader { leader, epoch }) => {
+            format!("{title} (leader at the start: {leader}, epoch {epoch})")
+        }
+        _ => title.to_owned(),
     };
     let mut rounds: Vec<(f64, f64)> = Vec::new();
     let mut by_time = records.to_vec();
@@ -95,11 +106,12 @@ pub fn plot(
         }
     }
 
-    let root = SVGBackend::new(path, (1200, 600)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 640)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+        let (upper, legend_area) = root.split_vertically(590);
+        let mut chart = ChartBuilder::on(&upper)
+            .caption(title.as_str(), ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -108,25 +120,35 @@ pub fn plot(
             .configure_mesh()
             .x_desc("time since the first request (s)")
             .y_desc("latency (ms, log scale)")
+            .y_label_formatter(&|v| {
+                if *v >= 1.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v}")
+                }
+            })
             .light_line_style(WHITE)
             .draw()?;
 
         // The rounds of the sweep, faint, behind everything.
         let round_style = RGBColor(180, 180, 180);
-        for (at, p) in &rounds {
+        for (index, (at, p)) in rounds.iter().enumerate() {
             chart.draw_series(LineSeries::new(
                 [(*at, bottom), (*at, top)],
                 round_style.stroke_width(1),
             ))?;
+            // Alternate heights, so that a short round's label does not cover the next one's.
+            let height = if index % 2 == 0 { 1.15 } else { 1.6 };
             chart.draw_series(std::iter::once(Text::new(
                 format!(" p={p:.1}"),
-                (*at, bottom * 1.3),
+                (*at, bottom * height),
                 ("sans-serif", 13)
                     .into_font()
-                    .color(&RGBColor(120, 120, 120)),
+                    .color(&RGBColor(110, 110, 110)),
             )))?;
         }
 
+        let mut legend: Vec<(Marker, String)> = Vec::new();
         let series = [
             (Kind::Lookup, RGBColor(60, 150, 60)),
             (Kind::Trade, RGBColor(40, 80, 200)),
@@ -136,83 +158,62 @@ pub fn plot(
             if slices.slowest.is_empty() {
                 continue;
             }
-            chart
-                .draw_series(
-                    slices
-                        .slowest
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, y), 2, color.mix(0.6).filled())),
-                )?
-                .label(format!(
+            chart.draw_series(
+                slices
+                    .slowest
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, color.mix(0.6).filled())),
+            )?;
+            for run in &slices.median_runs {
+                chart.draw_series(LineSeries::new(run.clone(), color.stroke_width(2)))?;
+            }
+            legend.push((
+                Marker::Dot(color),
+                format!(
                     "{}: slowest in each {:.0} ms",
                     kind.name(),
                     span / SLICES as f64 * 1000.0
-                ))
-                .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
-            for (index, run) in slices.median_runs.iter().enumerate() {
-                let drawn =
-                    chart.draw_series(LineSeries::new(run.clone(), color.stroke_width(2)))?;
-                if index == 0 {
-                    drawn
-                        .label(format!("{}: median", kind.name()))
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                        });
-                }
-            }
+                ),
+            ));
+            legend.push((
+                Marker::Line(color.stroke_width(2), false),
+                format!("{}: median", kind.name()),
+            ));
         }
 
         // Kills on the top row of labels, elections on the second, restarts at the bottom.
         let kill_color = RGBColor(210, 30, 30);
         let election_color = RGBColor(130, 40, 170);
         let restart_color = RGBColor(240, 150, 0);
-        let rows = (top / bottom).log10();
-        let row = |from_top: f64| top / 10f64.powf(rows * from_top);
+        let decades = (top / bottom).log10();
+        let row = |from_top: f64| top / 10f64.powf(decades * from_top);
         let label_font = |color: RGBColor| {
             ("sans-serif", 12)
                 .into_font()
                 .color(&color)
-                .pos(Pos::new(HPos::Center, VPos::Top))
+                .pos(Pos::new(HPos::Left, VPos::Top))
         };
-        let mut legend_done = [false; 3];
+        let kill_style = kill_color.stroke_width(2);
+        let election_style = election_color.stroke_width(1);
+        let restart_style = restart_color.mix(0.7).stroke_width(1);
         for (at, event) in kill_events.iter().chain(&election_events) {
-            let (color, style, label, y, which, legend) = match event.kind {
-                EventKind::Kill(r) => (
-                    kill_color,
-                    kill_color.stroke_width(2),
-                    format!("kill {r}"),
-                    row(0.01),
-                    0,
-                    "kill (SIGKILL) of replica N",
-                ),
-                EventKind::Restart(r) => (
-                    restart_color,
-                    restart_color.mix(0.7).stroke_width(1),
-                    format!("up {r}"),
-                    row(0.93),
-                    1,
-                    "replica N restarted and listening",
-                ),
+            let (color, style, label, y) = match event.kind {
+                EventKind::Kill(r) => (kill_color, kill_style, format!(" kill {r}"), row(0.01)),
+                EventKind::Restart(r) => {
+                    (restart_color, restart_style, format!(" up {r}"), row(0.9))
+                }
                 EventKind::Leader { leader, epoch } => (
                     election_color,
-                    election_color.stroke_width(1),
-                    format!("L{leader} e{epoch}"),
-                    row(0.07),
-                    2,
-                    "election: new leader L, epoch e",
+                    election_style,
+                    format!(" L{leader} e{epoch}"),
+                    row(0.06),
                 ),
             };
             let line: Vec<(f64, f64)> = vec![(*at, bottom), (*at, top)];
-            let drawn = if matches!(event.kind, EventKind::Leader { .. }) {
-                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))?
+            if matches!(event.kind, EventKind::Leader { .. }) {
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style))?;
             } else {
-                chart.draw_series(LineSeries::new(line, style))?
-            };
-            if !legend_done[which] {
-                legend_done[which] = true;
-                drawn
-                    .label(legend)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+                chart.draw_series(LineSeries::new(line, style))?;
             }
             chart.draw_series(std::iter::once(Text::new(
                 label,
@@ -220,21 +221,45 @@ pub fn plot(
                 label_font(color),
             )))?;
         }
-        if let Some(first) = first_leader {
-            if let EventKind::Leader { leader, epoch } = first.kind {
-                chart.draw_series(std::iter::once(Text::new(
-                    format!("leader at the start: {leader} (epoch {epoch})"),
-                    (span * 0.5, row(0.14)),
-                    label_font(RGBColor(90, 90, 90)),
-                )))?;
+        legend.extend([
+            (
+                Marker::Line(kill_style, false),
+                "kill N: SIGKILL of replica N".to_owned(),
+            ),
+            (
+                Marker::Line(election_style, true),
+                "L N e M: elected leader N, epoch M".to_owned(),
+            ),
+            (
+                Marker::Line(restart_style, false),
+                "up N: replica N listens again".to_owned(),
+            ),
+        ]);
+        // The legend in a strip under the plot, four entries a row, never over the data.
+        for (index, (marker, text)) in legend.iter().enumerate() {
+            let x = 80 + (index % 4) as i32 * 280;
+            let y = 4 + (index / 4) as i32 * 20;
+            match marker {
+                Marker::Dot(color) => {
+                    legend_area.draw(&Circle::new((x + 11, y + 7), 3, color.filled()))?
+                }
+                Marker::Line(style, false) => legend_area
+                    .draw(&PathElement::new(vec![(x, y + 7), (x + 22, y + 7)], *style))?,
+                Marker::Line(style, true) => {
+                    for dash in [0, 9, 18] {
+                        legend_area.draw(&PathElement::new(
+                            vec![(x + dash, y + 7), (x + dash + 5, y + 7)],
+                            *style,
+                        ))?;
+                    }
+                }
             }
+            legend_area.draw(&Text::new(
+                text.as_str(),
+                (x + 30, y),
+                ("sans-serif", 13).into_font(),
+            ))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::Coordinate(70, 90))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
         root.present()?;
         Ok(())
     };
