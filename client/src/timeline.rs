@@ -259,7 +259,12 @@ pub async fn watch_leader(
             _ = ticker.tick() => {}
         }
         let asked = Instant::now();
-        let Ok(answer) = session.send("GET", "/metrics", None, None).await else {
+        // A slow answer must not hold the end of the run up: stop wins over it.
+        let answer = tokio::select! {
+            _ = &mut stop => break,
+            answer = session.send("GET", "/metrics", None, None) => answer,
+        };
+        let Ok(answer) = answer else {
             continue;
         };
         let Some(now) = parse_leader_gauges(&answer.body) else {
