@@ -10,6 +10,14 @@
 #                                                       time the leader), restart it after
 #                                                       --restart-after (default 1), then
 #                                                       wait SECS
+#       [--while-running PID]                           ... stopping early, after a round,
+#                                                       once process PID has exited
+#
+# Every kill and restart is logged with the wall-clock time, for people (HH:MM:SS.mmm) and
+# for programs (unix_ms=, milliseconds since the epoch), e.g.
+#   01:46:17.123 unix_ms=1712345177123 killed order-3 (pid 22579) with SIGKILL
+#   01:46:18.456 unix_ms=1712345178456 order-3 restarted (pid 22665)
+# A restart is stamped when the replica listens again.
 #
 # A restarted replica catches up with the leader by itself. Killing the leader costs a
 # latency blip: the front end elects the most up-to-date survivor and retries the requests
@@ -20,8 +28,20 @@ STATE_DIR="${STATE_DIR:-$PWD/state}"
 FRONTEND_PORT="${FRONTEND_PORT:-8080}"
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
+}
+
+stamp() { # the time now: HH:MM:SS.mmm unix_ms=<milliseconds since the epoch>
+    local ms
+    ms="$(date +%s%3N)"
+    printf '%s.%03d unix_ms=%s' "$(date -d "@$((ms / 1000))" +%T)" "$((ms % 1000))" "$ms"
+}
+
+restart_replica() { # id
+    local started
+    started="$(./run.sh start-order "$1")"
+    echo "$(stamp) $started"
 }
 
 leader() { # prints the leader's id according to the front end
@@ -41,12 +61,14 @@ kill_replica() { # id
         return 1
     fi
     kill -KILL "$pid"
+    local at
+    at="$(stamp)"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
     rm -f "$STATE_DIR/order-$1.pid"
-    echo "$(date +%T) killed order-$1 (pid $pid) with SIGKILL"
+    echo "$at killed order-$1 (pid $pid) with SIGKILL"
 }
 
-target="" random=false count=1 interval=1 restart_after=""
+target="" random=false count=1 interval=1 restart_after="" while_running=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
     [123]) target="$1"; shift ;;
@@ -55,14 +77,19 @@ while [[ $# -gt 0 ]]; do
     --count) count="${2:?}"; shift 2 ;;
     --interval) interval="${2:?}"; shift 2 ;;
     --restart-after) restart_after="${2:?}"; shift 2 ;;
+    --while-running) while_running="${2:?}"; shift 2 ;;
     *) usage ;;
     esac
 done
 [[ "$count" =~ ^[0-9]+$ ]] || usage
+[[ -z "$while_running" || "$while_running" =~ ^[0-9]+$ ]] || usage
 
 if $random; then
     restart_after="${restart_after:-1}"
     for ((round = 1; round <= count; round++)); do
+        if [[ -n "$while_running" ]] && ! kill -0 "$while_running" 2>/dev/null; then
+            break
+        fi
         if ((round % 2 == 1)); then
             victim="$(leader || true)"
             victim="${victim:-$((RANDOM % 3 + 1))}"
@@ -71,7 +98,7 @@ if $random; then
         fi
         kill_replica "$victim" || continue
         sleep "$restart_after"
-        ./run.sh start-order "$victim" | sed "s/^/$(date +%T) /"
+        restart_replica "$victim"
         ((round < count)) && sleep "$interval"
     done
     exit 0
@@ -87,5 +114,5 @@ esac
 kill_replica "$target"
 if [[ -n "$restart_after" ]]; then
     sleep "$restart_after"
-    ./run.sh start-order "$target"
+    restart_replica "$target"
 fi

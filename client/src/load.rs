@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::http::{Answer, Session};
+use crate::timeline::{Clock, RequestRecord, MAX_REQUESTS};
 
 /// The shipped catalog (`data/catalog.csv`), whose stocks the sessions look up and trade.
 const CATALOG: &str = include_str!("../../data/catalog.csv");
@@ -51,6 +52,9 @@ pub struct LoadConfig {
     pub max_quantity: u32,
     /// How long a request is retried after connection errors before it counts as failed.
     pub retry_for: Duration,
+    /// When set, every request is kept on a timeline (at most [`MAX_REQUESTS`] a run),
+    /// timed by this clock.
+    pub timeline: Option<Clock>,
 }
 
 /// The request types measured.
@@ -94,6 +98,10 @@ pub struct Outcome {
     pub reconnects: u64,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// Every request, when a timeline was asked for (in no particular order).
+    pub requests: Vec<RequestRecord>,
+    /// Requests left off the timeline because it was full.
+    pub requests_dropped: u64,
 }
 
 impl Outcome {
@@ -111,6 +119,8 @@ impl Outcome {
             mismatches: 0,
             reconnects: 0,
             elapsed: Duration::ZERO,
+            requests: Vec::new(),
+            requests_dropped: 0,
         })
     }
 
@@ -127,6 +137,10 @@ impl Outcome {
         self.verified += other.verified;
         self.mismatches += other.mismatches;
         self.reconnects += other.reconnects;
+        let room = MAX_REQUESTS.saturating_sub(self.requests.len());
+        self.requests_dropped +=
+            other.requests_dropped + other.requests.len().saturating_sub(room) as u64;
+        self.requests.extend(other.requests.into_iter().take(room));
         for problem in other.problems {
             if self.problems.len() < KEPT_PROBLEMS {
                 self.problems.push(problem);
@@ -163,6 +177,26 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
+    /// Puts a request on the timeline, if one is kept and it has room (each session gets an
+    /// equal share of [`MAX_REQUESTS`]).
+    fn keep(&mut self, started: Instant, kind: Kind, status: u16, micros: u64) {
+        let Some(clock) = self.config.timeline else {
+            return;
+        };
+        let share = MAX_REQUESTS / self.config.sessions.max(1) as usize;
+        if self.outcome.requests.len() >= share {
+            self.outcome.requests_dropped += 1;
+            return;
+        }
+        self.outcome.requests.push(RequestRecord {
+            unix_ms: clock.unix_ms(started),
+            p: self.config.p,
+            kind,
+            status,
+            latency_ms: micros as f64 / 1000.0,
+        });
+    }
+
     /// Sends a request, retrying connection errors (the idempotency key makes a repeated
     /// trade safe) until `retry_for` passes; records the latency the user saw.
     async fn request(
@@ -179,6 +213,7 @@ impl Worker<'_> {
             match self.session.send(method, path, body, key).await {
                 Ok(answer) => {
                     let micros = started.elapsed().as_micros().max(1) as u64;
+                    self.keep(started, kind, answer.status, micros);
                     if let Some(histogram) = self.outcome.latency.get_mut(&kind) {
                         let _ = histogram.record(micros);
                     }
@@ -195,6 +230,8 @@ impl Worker<'_> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => {
+                    let micros = started.elapsed().as_micros() as u64;
+                    self.keep(started, kind, 0, micros);
                     self.outcome
                         .problem(format!("{method} {path}: no answer: {e:#}"));
                     return None;
