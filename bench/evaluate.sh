@@ -51,6 +51,8 @@ run_config() { # label cache-size crashes(yes|no) requests
         ./target/release/client timeline --requests "$out/$label-requests.csv" \
             --leaders "$out/$label-leaders.csv" --kills "$out/$label-kills.txt" \
             --out "$out/$label-timeline.svg" | tee "$out/$label-timeline.txt"
+        # Kept compressed (tens of thousands of rows); `gunzip -k` to re-render.
+        gzip -9f "$out/$label-requests.csv"
     fi
     local dirs=()
     for id in 1 2 3; do dirs+=(--state-dir "$work/order-$id"); done
