@@ -9,7 +9,6 @@
 //! engine's commands and the server loop, [`client`] the typed client other services use.
 
 pub mod book;
-pub mod client;
 pub mod config;
 pub mod engine;
 pub mod leadership;
@@ -17,7 +16,6 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 
-pub use client::{AppliedTrades, CatalogClient, LeadershipOutcome, Subscription, TradeOutcome};
 pub use config::CatalogConfig;
 pub use service::{run, run_with_metrics};
 

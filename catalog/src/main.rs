@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(Command::Health) = cli.command {
         let addr = common::config::local_dial(&args.listen);
         let client =
-            catalog::CatalogClient::new(addr.clone(), args.transport.client_config("health"));
+            clients::CatalogClient::new(addr.clone(), args.transport.client_config("health"));
         let outcome = common::health::check(async {
             match client.leadership(common::health::TIMEOUT).await {
                 Ok(record) => Ok(format!("{addr} answers; leadership {record}")),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::book::TradeRecord;
-use catalog::CatalogClient;
+use clients::CatalogClient;
 use common::rpc::ClientConfig;
 use common::wire::{RequestId, StockName, TradeKind, TradeReceipt, TradeRequest};
 

@@ -8,7 +8,8 @@ use support::{elect_stand_in, Receipt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use catalog::{CatalogClient, CatalogConfig};
+use catalog::CatalogConfig;
+use clients::CatalogClient;
 use common::rpc::ClientConfig;
 use common::wire::{
     CatalogResponse, RequestId, StockName, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
@@ -358,7 +359,7 @@ async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
     };
     assert!(matches!(
         client.change_leadership(1, set, timeout).await.unwrap(),
-        catalog::LeadershipOutcome::Changed(_)
+        clients::LeadershipOutcome::Changed(_)
     ));
     let renew = |serving| client.applied_since(1, 0, None, 10, serving);
     assert!(renew(true).await.unwrap().is_ok());
@@ -367,7 +368,7 @@ async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
         .await
         .unwrap()
     {
-        catalog::LeadershipOutcome::Refused { current, reason } => {
+        clients::LeadershipOutcome::Refused { current, reason } => {
             assert_eq!(current.epoch, 1);
             assert!(reason.contains("not deposed"), "{reason}");
         }
@@ -383,8 +384,8 @@ async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
             .await
             .unwrap()
         {
-            catalog::LeadershipOutcome::Changed(record) => break record,
-            catalog::LeadershipOutcome::Refused { .. } => {
+            clients::LeadershipOutcome::Changed(record) => break record,
+            clients::LeadershipOutcome::Refused { .. } => {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "the lease never ran out"

@@ -614,7 +614,7 @@ async fn read_catalog(
         cluster_token: Some(token),
         ..ClientConfig::new("chaos-check")
     };
-    let catalog = catalog::CatalogClient::new(addr, config);
+    let catalog = clients::CatalogClient::new(addr, config);
     let mut stocks = BTreeMap::new();
     for name in names {
         let stock = match StockName::new(name.clone()) {

@@ -19,7 +19,7 @@ use common::Error;
 use support::{show, System};
 
 type Catalog = RpcClient<CatalogRequest, CatalogResponse>;
-type Replica = RpcClient<OrderRequest, OrderResponse>;
+use clients::ReplicaClient as Replica;
 
 fn config(token: Option<&str>) -> ClientConfig {
     ClientConfig {

@@ -1,6 +1,7 @@
 //! The flag and environment conventions: every setting is a clap flag with an environment
 //! fallback, and the transport settings every service shares live here once.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -10,7 +11,62 @@ use tracing::warn;
 use crate::frame::DEFAULT_MAX_FRAME_BYTES;
 use crate::rpc::ClientConfig;
 use crate::server::ServerConfig;
+use crate::wire::ReplicaId;
 use crate::Error;
+
+/// The catalog's address when every service runs on one machine.
+pub const DEFAULT_CATALOG_ADDR: &str = "127.0.0.1:7000";
+/// Every replica's address when every service runs on one machine.
+pub const DEFAULT_ORDER_PEERS: &str = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
+
+/// Where the catalog is: the flag of every process that calls it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogAddrArgs {
+    /// The catalog's address.
+    #[arg(long = "catalog", env = "CATALOG_ADDR", default_value = DEFAULT_CATALOG_ADDR)]
+    pub catalog: String,
+}
+
+/// Where every order replica is: the flag of every process that calls them (`--peers`;
+/// `--order-peers` is the same flag).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrderPeersArgs {
+    /// Every replica's address: `1=host:port,2=host:port,3=host:port`.
+    #[arg(long = "peers", visible_alias = "order-peers", env = "ORDER_PEERS",
+          default_value = DEFAULT_ORDER_PEERS, value_parser = parse_peers)]
+    pub peers: BTreeMap<ReplicaId, String>,
+}
+
+/// The cluster token: the flag of every process that speaks to an internal port.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// Shared secret every internal connection's hello must carry (16 to 1024 visible ASCII
+    /// characters). Unset means none, which is allowed only on loopback addresses.
+    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
+          value_parser = parse_token)]
+    pub cluster_token: Option<String>,
+}
+
+/// Parses `1=host:port,2=host:port`: at least one replica, each id once.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<ReplicaId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not id=host:port"))?;
+        let id: ReplicaId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(format!("peer {id} listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no replica is named".into());
+    }
+    Ok(peers)
+}
 
 /// The address a process on the same host dials to reach a service listening on `listen`:
 /// loopback in place of an any-address (`0.0.0.0`, `[::]`), anything else as given.
@@ -37,11 +93,9 @@ pub struct TransportArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=(1 << 30)))]
     pub max_frame_bytes: usize,
 
-    /// Shared secret every internal connection's hello must carry (16 to 1024 visible ASCII
-    /// characters). Unset means none, which is allowed only on loopback addresses.
-    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
-          value_parser = parse_token)]
-    pub cluster_token: Option<String>,
+    /// The cluster token.
+    #[command(flatten)]
+    pub token: TokenArgs,
 
     /// Internal connections this process serves at once.
     #[arg(long, env = "BAZAAR_MAX_CONNECTIONS", default_value_t = 1024,
@@ -84,7 +138,7 @@ impl TransportArgs {
         ServerConfig {
             max_frame_bytes: self.max_frame_bytes,
             max_connections: self.max_connections,
-            cluster_token: self.cluster_token.clone(),
+            cluster_token: self.token.cluster_token.clone(),
             hello_timeout: Duration::from_millis(self.hello_timeout_ms),
             idle_timeout: self.idle_timeout(),
             silence_limit: self.heartbeat() * 3,
@@ -101,7 +155,7 @@ impl TransportArgs {
     pub fn client_config(&self, peer_name: &str) -> ClientConfig {
         ClientConfig {
             max_frame_bytes: self.max_frame_bytes,
-            cluster_token: self.cluster_token.clone(),
+            cluster_token: self.token.cluster_token.clone(),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             heartbeat: self.heartbeat(),
             idle_timeout: self.idle_timeout(),
@@ -120,7 +174,7 @@ impl TransportArgs {
     pub async fn bind_internal(&self, addr: &str) -> Result<TcpListener, Error> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        if self.cluster_token.is_none() && !local.ip().is_loopback() {
+        if self.token.cluster_token.is_none() && !local.ip().is_loopback() {
             return Err(Error::Refused(format!(
                 "refusing to listen on {local} without a cluster token: any host that reaches \
                  it could trade and rewrite the order log. Set the same random secret on every \
@@ -128,7 +182,7 @@ impl TransportArgs {
                  `openssl rand -hex 32`; run.sh does this for you"
             )));
         }
-        if self.cluster_token.is_none() {
+        if self.token.cluster_token.is_none() {
             warn!(%local, "no cluster token: any local process may call this service");
         }
         Ok(listener)
@@ -182,12 +236,24 @@ mod tests {
     }
 
     #[test]
+    fn peers_parse_and_errors_are_clear() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=h:2").unwrap();
+        assert_eq!(peers[&1], "127.0.0.1:7001");
+        assert_eq!(peers[&2], "h:2");
+        assert!(parse_peers("1=a,1=b").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("1:a").is_err());
+        assert!(parse_peers("").is_err());
+        assert_eq!(parse_peers(DEFAULT_ORDER_PEERS).unwrap().len(), 3);
+    }
+
+    #[test]
     fn tokens_too_short_long_or_invisible_are_refused() {
         assert!(flags(&["--cluster-token", "short"]).is_err());
         assert!(flags(&["--cluster-token", &"x".repeat(MAX_TOKEN_LEN + 1)]).is_err());
         assert!(flags(&["--cluster-token", "0123456789abcdef 0123"]).is_err());
         let ok = flags(&["--cluster-token", "0123456789abcdef"]).unwrap();
-        assert_eq!(ok.cluster_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(ok.token.cluster_token.as_deref(), Some("0123456789abcdef"));
     }
 
     #[tokio::test]

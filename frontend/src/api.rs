@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use catalog::CatalogClient;
+use clients::CatalogClient;
 use common::sync::lock;
 use common::wire::{
     OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind, TradeRejection,

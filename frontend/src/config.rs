@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::config::TransportArgs;
+use common::config::{CatalogAddrArgs, OrderPeersArgs, TransportArgs};
 use common::rpc::ClientConfig;
 use common::wire::ReplicaId;
 
@@ -22,17 +22,13 @@ pub struct FrontendArgs {
     #[arg(long, env = "FRONTEND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
-    /// The catalog's address.
-    #[arg(long, env = "CATALOG_ADDR", default_value = "127.0.0.1:7000")]
-    pub catalog: String,
+    /// The catalog.
+    #[command(flatten)]
+    pub catalog: CatalogAddrArgs,
 
-    /// Every order replica's address: `1=host:port,2=host:port,3=host:port`.
-    #[arg(
-        long,
-        env = "ORDER_PEERS",
-        default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
-    )]
-    pub order_peers: String,
+    /// Every order replica.
+    #[command(flatten)]
+    pub replicas: OrderPeersArgs,
 
     /// Stocks kept in the lookup cache; 0 turns the cache off.
     #[arg(long, env = "CACHE_SIZE", default_value_t = 5)]
@@ -127,16 +123,9 @@ impl FrontendConfig {
 
     /// Validates the flags.
     pub fn from_args(args: &FrontendArgs) -> Result<Self, crate::Error> {
-        let order_peers = order::config::parse_peers(&args.order_peers)
-            .map_err(|e| crate::Error::Config(e.to_string()))?;
-        if order_peers.is_empty() {
-            return Err(crate::Error::Config(
-                "--order-peers names no replica".into(),
-            ));
-        }
         Ok(FrontendConfig {
-            catalog: args.catalog.clone(),
-            order_peers,
+            catalog: args.catalog.catalog.clone(),
+            order_peers: args.replicas.peers.clone(),
             cache_size: args.cache_size,
             max_trade: args.max_trade,
             failover_deadline: Duration::from_millis(args.failover_deadline_ms),

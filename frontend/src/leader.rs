@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catalog::CatalogClient;
+use clients::CatalogClient;
 use common::engine::{Answer, CallId, CallResult, IdMap, Peer, Time, Token};
 use common::rpc::ClientConfig;
 use common::safety::Rules;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 pub use crate::router::OrderError;
 use crate::router::{Command, Input, Outgoing, Router, RouterConfig};
-use order::peers::{PeerRequest, Peers};
+use clients::peers::{PeerRequest, Peers};
 
 /// What the router's lock guards.
 struct Inner {

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::CatalogClient;
+use clients::CatalogClient;
 use common::engine::Backoff;
 use common::sync::lock;
 use common::wire::CatalogResponse;

@@ -1,6 +1,6 @@
 //! The front end's order routing as a state machine without I/O: which leader it follows
 //! (the catalog's leadership record, pushed or read), when it checks and elects
-//! ([`order::election::Election`], shared by concurrent requests and run on a health
+//! ([`clients::election::Election`], shared by concurrent requests and run on a health
 //! interval), and what each request does with each answer: retried under its own request id,
 //! at the same leader after a refusal it can wait out, after a check when the leader does not
 //! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
@@ -10,14 +10,14 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::LeadershipOutcome;
+use clients::election::{Ask, Election, Progress};
+use clients::LeadershipOutcome;
 use common::engine::{Answer, CallError, CallId, CallResult, IdMap, Peer, Time, Token};
 use common::safety::Rules;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, OrderRequest, OrderResponse,
     RemoteErrorKind, ReplicaId,
 };
-use order::election::{Ask, Election, Progress};
 use tracing::{info, warn};
 
 /// Wait between attempts while the leader is busy.
@@ -574,7 +574,7 @@ impl Router {
         }
     }
 
-    fn finish_check(&mut self, done: Result<order::election::Ensured, String>) {
+    fn finish_check(&mut self, done: Result<clients::election::Ensured, String>) {
         let Some(check) = self.check.take() else {
             return;
         };

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use catalog::book::Book;
-use catalog::CatalogClient;
-use common::rpc::{ClientConfig, RpcClient};
+use clients::{CatalogClient, ReplicaClient};
+use common::rpc::ClientConfig;
 use common::wire::{OrderEntry, OrderRequest, OrderResponse, StockName, TradeKind, READ_LOG_MAX};
 
 use crate::log::{count_set_aside, log_file, read_entries, side_file};
@@ -26,8 +26,8 @@ pub struct AuditArgs {
     )]
     pub state_dirs: Vec<PathBuf>,
     /// Read the logs from the replicas themselves instead: `1=host:port,2=host:port,...`.
-    #[arg(long)]
-    pub peers: Option<String>,
+    #[arg(long, value_parser = common::config::parse_peers)]
+    pub peers: Option<BTreeMap<common::wire::ReplicaId, String>>,
     /// Entries asked for per call with `--peers` (a replica answers at most 1,000).
     #[arg(long, default_value_t = READ_LOG_MAX,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(READ_LOG_MAX)))]
@@ -38,10 +38,9 @@ pub struct AuditArgs {
     /// The catalog's initial stock (for initial quantities).
     #[arg(long, default_value = "data/catalog.csv")]
     pub seed: PathBuf,
-    /// Cluster token, if the catalog requires one.
-    #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
-              value_parser = common::config::parse_token)]
-    pub cluster_token: Option<String>,
+    /// Cluster token, if the services require one.
+    #[command(flatten)]
+    pub token: common::config::TokenArgs,
 }
 
 /// What the audit found.
@@ -128,7 +127,7 @@ struct FoundLog {
 /// Reads a replica's durable log over the internal protocol, `page` entries at a time; an
 /// error if a page does not continue the log where the last one ended.
 async fn read_remote_log(
-    replica: &RpcClient<OrderRequest, OrderResponse>,
+    replica: &ReplicaClient,
     page: u32,
 ) -> anyhow::Result<(Vec<OrderEntry>, u64)> {
     let timeout = std::time::Duration::from_secs(5);
@@ -172,12 +171,12 @@ async fn find_logs(args: &AuditArgs, report: &mut AuditReport) -> anyhow::Result
     let mut logs = Vec::new();
     if let Some(peers) = &args.peers {
         let config = ClientConfig {
-            cluster_token: args.cluster_token.clone(),
+            cluster_token: args.token.cluster_token.clone(),
             ..ClientConfig::new("audit")
         };
-        for (id, addr) in crate::config::parse_peers(peers)? {
+        for (&id, addr) in peers {
             let name = format!("replica {id} at {addr}");
-            let replica = RpcClient::new(addr, config.clone());
+            let replica = ReplicaClient::new(addr.clone(), config.clone());
             match read_remote_log(&replica, args.page).await {
                 Ok((entries, set_aside)) => logs.push(FoundLog {
                     name,
@@ -266,7 +265,7 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         }
     };
     let config = ClientConfig {
-        cluster_token: args.cluster_token.clone(),
+        cluster_token: args.token.cluster_token.clone(),
         ..ClientConfig::new("audit")
     };
     let catalog = CatalogClient::new(addr.clone(), config);

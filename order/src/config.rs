@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::config::TransportArgs;
+use common::config::{CatalogAddrArgs, OrderPeersArgs, TransportArgs};
 use common::metrics::MetricsArgs;
 use common::rpc::ClientConfig;
 use common::server::ServerConfig;
@@ -20,21 +20,17 @@ pub struct ReplicaArgs {
     #[arg(long, env = "ORDER_ID", required = true)]
     pub id: Option<ReplicaId>,
 
-    /// Every replica's address, this one's included: `1=host:port,2=host:port,3=host:port`.
-    #[arg(
-        long,
-        env = "ORDER_PEERS",
-        default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
-    )]
-    pub peers: String,
+    /// Every replica's address, this one's included.
+    #[command(flatten)]
+    pub replicas: OrderPeersArgs,
 
     /// Address to listen on; defaults to this replica's entry in `--peers`.
     #[arg(long, env = "ORDER_LISTEN")]
     pub listen: Option<String>,
 
-    /// The catalog's address.
-    #[arg(long, env = "CATALOG_ADDR", default_value = "127.0.0.1:7000")]
-    pub catalog: String,
+    /// The catalog.
+    #[command(flatten)]
+    pub catalog: CatalogAddrArgs,
 
     /// Directory for this replica's order log; defaults to `state/order-<id>`.
     #[arg(long, env = "ORDER_STATE_DIR")]
@@ -65,24 +61,6 @@ pub struct ReplicaArgs {
     /// The metrics port.
     #[command(flatten)]
     pub metrics: MetricsArgs,
-}
-
-/// Parses `1=host:port,2=host:port`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<ReplicaId, String>, Error> {
-    let mut peers = BTreeMap::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| Error::Config(format!("peer {part:?} is not id=host:port")))?;
-        let id: ReplicaId = id
-            .trim()
-            .parse()
-            .map_err(|_| Error::Config(format!("peer id {id:?} is not a number")))?;
-        if peers.insert(id, addr.trim().to_owned()).is_some() {
-            return Err(Error::Config(format!("peer {id} listed twice")));
-        }
-    }
-    Ok(peers)
 }
 
 /// Everything a replica needs to run.
@@ -137,7 +115,7 @@ impl ReplicaConfig {
         let id = args
             .id
             .ok_or_else(|| Error::Config("--id is required".into()))?;
-        let mut peers = parse_peers(&args.peers)?;
+        let mut peers = args.replicas.peers.clone();
         let own = peers.remove(&id);
         let listen = match (&args.listen, own) {
             (Some(listen), _) => listen.clone(),
@@ -152,7 +130,7 @@ impl ReplicaConfig {
         let config = ReplicaConfig {
             id,
             peers,
-            catalog: args.catalog.clone(),
+            catalog: args.catalog.catalog.clone(),
             state_dir: args
                 .state_dir
                 .clone()
@@ -184,20 +162,5 @@ impl ReplicaConfig {
     /// How many replicas the cluster has, this one included.
     pub fn replicas(&self) -> usize {
         self.peers.len() + 1
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peers_parse_and_errors_are_clear() {
-        let peers = parse_peers("1=127.0.0.1:7001, 2=h:2").unwrap();
-        assert_eq!(peers[&1], "127.0.0.1:7001");
-        assert_eq!(peers[&2], "h:2");
-        assert!(parse_peers("1=a,1=b").is_err());
-        assert!(parse_peers("x=a").is_err());
-        assert!(parse_peers("1:a").is_err());
     }
 }

@@ -13,11 +13,9 @@
 
 pub mod audit;
 pub mod config;
-pub mod election;
 pub mod engine;
 pub mod log;
 pub mod metrics;
-pub mod peers;
 pub mod replication;
 pub mod runtime;
 

@@ -28,24 +28,19 @@ enum Command {
     /// cannot serve, elect the highest-id live in-sync replica (compare-and-set at the
     /// catalog). With `--unclean ID`, elect ID alone whatever the record says.
     Elect {
-        /// Every replica's address: `1=host:port,2=host:port,3=host:port`.
-        #[arg(
-            long,
-            env = "ORDER_PEERS",
-            default_value = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
-        )]
-        peers: String,
+        /// Every replica.
+        #[command(flatten)]
+        replicas: common::config::OrderPeersArgs,
         /// The catalog, which keeps the leadership record.
-        #[arg(long, env = "CATALOG_ADDR", default_value = "127.0.0.1:7000")]
-        catalog: String,
+        #[command(flatten)]
+        catalog: common::config::CatalogAddrArgs,
         /// The operator's override when no in-sync replica can return: this replica leads
         /// alone; what may be lost is printed.
         #[arg(long)]
         unclean: Option<ReplicaId>,
         /// Cluster token, if the services require one.
-        #[arg(long, env = "BAZAAR_CLUSTER_TOKEN", hide_env_values = true,
-              value_parser = common::config::parse_token)]
-        cluster_token: Option<String>,
+        #[command(flatten)]
+        token: common::config::TokenArgs,
     },
     /// Compare the replicas' logs and check the catalog against them; exits 1 on any finding.
     Audit(AuditArgs),
@@ -61,10 +56,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match (cli.command, cli.replica) {
         (
             Some(Command::Elect {
-                peers,
+                replicas,
                 catalog,
                 unclean,
-                cluster_token,
+                token,
             }),
             _,
         ) => {
@@ -73,26 +68,27 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .build()?;
             runtime.block_on(async {
                 let config = common::rpc::ClientConfig {
-                    cluster_token,
+                    cluster_token: token.cluster_token,
                     ..common::rpc::ClientConfig::new("elect")
                 };
-                let replicas = order::config::parse_peers(&peers)?
+                let replicas = replicas
+                    .peers
                     .into_iter()
-                    .map(|(id, addr)| (id, common::rpc::RpcClient::new(addr, config.clone())))
+                    .map(|(id, addr)| (id, clients::ReplicaClient::new(addr, config.clone())))
                     .collect();
-                let catalog = catalog::CatalogClient::new(catalog, config);
+                let catalog = clients::CatalogClient::new(catalog.catalog, config);
                 let timeout = std::time::Duration::from_secs(2);
                 match unclean {
                     Some(leader) => {
                         let (record, risk) =
-                            order::election::elect_unclean(&catalog, &replicas, leader, timeout)
+                            clients::election::elect_unclean(&catalog, &replicas, leader, timeout)
                                 .await?;
                         println!("{record}");
                         println!("{risk}");
                     }
                     None => {
                         let ensured =
-                            order::election::ensure_leader(&catalog, &replicas, timeout).await?;
+                            clients::election::ensure_leader(&catalog, &replicas, timeout).await?;
                         let what = if ensured.elected {
                             "elected"
                         } else {

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use catalog::CatalogClient;
+use clients::CatalogClient;
 use common::engine::{Backoff, IdMap};
 use common::group_commit::{self, Job};
 use common::server::{self, RequestContext, Service};
@@ -27,8 +27,8 @@ use crate::engine::{
 };
 use crate::log::OrderLog;
 use crate::metrics::ReplicaMetrics;
-use crate::peers::{PeerRequest, Peers};
 use crate::{Error, ReplicaConfig};
+use clients::peers::{PeerRequest, Peers};
 
 /// Messages of the catalog's subscription a replica may fall behind by.
 const SUBSCRIPTION_BACKLOG: usize = 256;

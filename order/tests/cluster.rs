@@ -27,12 +27,7 @@ async fn wait_caught_up(cluster: &Cluster, id: u32, leader: u32) {
 /// `order audit` of the cluster: over the network from the replicas themselves, or from their
 /// state directories on this disk.
 async fn audit(cluster: &Cluster, over_the_network: bool) -> order::audit::AuditReport {
-    let peers = cluster
-        .addrs
-        .iter()
-        .map(|(id, addr)| format!("{id}={addr}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = cluster.addrs.clone().into_iter().collect();
     let args = order::audit::AuditArgs {
         state_dirs: if over_the_network {
             Vec::new()
@@ -44,7 +39,9 @@ async fn audit(cluster: &Cluster, over_the_network: bool) -> order::audit::Audit
         page: 97,
         catalog: Some(cluster.catalog.addr.clone()),
         seed: seed(),
-        cluster_token: None,
+        token: common::config::TokenArgs {
+            cluster_token: None,
+        },
     };
     order::audit::audit(&args).await.unwrap()
 }
@@ -407,7 +404,7 @@ async fn only_an_unclean_election_skips_the_in_sync_replica_and_its_tail_is_set_
         .await
         .unwrap();
     assert!(
-        matches!(clean, catalog::LeadershipOutcome::Refused { .. }),
+        matches!(clean, clients::LeadershipOutcome::Refused { .. }),
         "{clean:?}"
     );
     // The operator's override: replica 2 leads alone, losing what only replica 1 held.
@@ -421,7 +418,7 @@ async fn only_an_unclean_election_skips_the_in_sync_replica_and_its_tail_is_set_
         )
         .await
         .unwrap();
-    let catalog::LeadershipOutcome::Changed(record) = unclean else {
+    let clients::LeadershipOutcome::Changed(record) = unclean else {
         panic!("{unclean:?}");
     };
     cluster.wait_placing(2, record.epoch).await;
@@ -636,7 +633,7 @@ async fn orphan_trade(cluster: &Cluster, epoch: u64, id: &str, stock: &str) {
     };
     let outcome = cluster.catalog.client.trade(&trade).await.unwrap();
     assert!(
-        matches!(outcome, catalog::TradeOutcome::Traded { .. }),
+        matches!(outcome, clients::TradeOutcome::Traded { .. }),
         "{outcome:?}"
     );
 }
@@ -712,7 +709,7 @@ async fn a_trade_applied_without_an_order_is_recorded_once_by_the_next_leader() 
         .await
         .unwrap();
     assert!(
-        matches!(stale, catalog::TradeOutcome::Fenced { .. }),
+        matches!(stale, clients::TradeOutcome::Fenced { .. }),
         "{stale:?}"
     );
     cluster.stop_all().await;

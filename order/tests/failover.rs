@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clients::ReplicaClient;
 use common::wire::{
     LeadershipChange, LogPosition, OrderRequest, OrderResponse, ReplicaId, Role, StockName,
     TradeKind,
@@ -66,8 +67,8 @@ impl Replicas {
         child.wait().unwrap();
     }
 
-    fn client(&self, id: ReplicaId) -> OrderClient {
-        OrderClient::new(self.addrs[&id].clone(), fast_client("failover-test"))
+    fn client(&self, id: ReplicaId) -> ReplicaClient {
+        ReplicaClient::new(self.addrs[&id].clone(), fast_client("failover-test"))
     }
 
     async fn status(&self, id: ReplicaId) -> Option<common::wire::ReplicaStatus> {
@@ -77,8 +78,8 @@ impl Replicas {
         }
     }
 
-    fn catalog_client(&self) -> catalog::CatalogClient {
-        catalog::CatalogClient::new(self.catalog.clone(), fast_client("failover-test"))
+    fn catalog_client(&self) -> clients::CatalogClient {
+        clients::CatalogClient::new(self.catalog.clone(), fast_client("failover-test"))
     }
 
     /// Elects `leader` as the very first leader, every replica in sync.
@@ -93,7 +94,7 @@ impl Replicas {
             .await
             .unwrap();
         assert!(
-            matches!(outcome, catalog::LeadershipOutcome::Changed(_)),
+            matches!(outcome, clients::LeadershipOutcome::Changed(_)),
             "{outcome:?}"
         );
     }
@@ -219,8 +220,8 @@ async fn sigkill_of_the_leader_mid_load_loses_and_duplicates_nothing() {
     let all = (1..=3).map(|id| (id, replicas.client(id))).collect();
     let recorder = replicas.catalog_client();
     let elected = eventually("an election", Duration::from_secs(10), || async {
-        match order::election::ensure_leader(&recorder, &all, Duration::from_secs(2)).await {
-            Err(order::election::ElectionError::LeaderElsewhere(_)) => None,
+        match clients::election::ensure_leader(&recorder, &all, Duration::from_secs(2)).await {
+            Err(clients::election::ElectionError::LeaderElsewhere(_)) => None,
             other => Some(other.unwrap()),
         }
     })

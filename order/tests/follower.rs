@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::LeadershipOutcome;
+use clients::LeadershipOutcome;
+use clients::ReplicaClient;
 use common::server::{serve, RequestContext, ServerConfig, Service};
 use common::wire::{
     LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, Reply, RequestId, Role,
@@ -130,7 +131,7 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
     };
     let replica_stop = CancellationToken::new();
     let replica = tokio::spawn(order::run(listener, config, replica_stop.clone()));
-    let client = OrderClient::new(addr, fast_client("test"));
+    let client = ReplicaClient::new(addr, fast_client("test"));
 
     // The leader's first (empty) `Replicate` tells the replica of the new epoch: it starts
     // syncing up; hold the leader's answer back.

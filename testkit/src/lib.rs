@@ -7,7 +7,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use catalog::{CatalogClient, CatalogConfig, LeadershipOutcome};
+use catalog::CatalogConfig;
+use clients::{CatalogClient, LeadershipOutcome, ReplicaClient};
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
     Leadership, LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId,
@@ -17,8 +18,6 @@ use order::ReplicaConfig;
 pub use order::WriteQuorum;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-pub type OrderClient = RpcClient<OrderRequest, OrderResponse>;
 
 /// Ports for processes that must know their addresses before they start (binaries, scripts):
 /// bound at 0, read, released.
@@ -200,7 +199,7 @@ impl Cluster {
         self.launch(id, listener);
     }
 
-    pub fn client(&self, id: ReplicaId) -> OrderClient {
+    pub fn client(&self, id: ReplicaId) -> ReplicaClient {
         RpcClient::new(self.addrs[&id].clone(), fast_client("test"))
     }
 

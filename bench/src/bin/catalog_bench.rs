@@ -4,8 +4,8 @@
 //! median of the rounds.
 
 use anyhow::{bail, Context};
-use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use clap::Parser;
+use clients::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use common::rpc::ClientConfig;
 use common::wire::{LeadershipChange, RequestId, StockName, TradeKind, TradeRequest};
 

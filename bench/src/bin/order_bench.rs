@@ -5,12 +5,11 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use common::rpc::{ClientConfig, RpcClient};
+use clients::ReplicaClient;
+use common::rpc::ClientConfig;
 use common::wire::{
     LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind,
 };
-
-type OrderClient = RpcClient<OrderRequest, OrderResponse>;
 
 #[derive(Parser)]
 #[command(about = "Measure a running order leader")]
@@ -45,7 +44,12 @@ struct Args {
     replicas: Vec<u32>,
 }
 
-async fn place(client: &OrderClient, stock: &StockName, id: String, i: u64) -> anyhow::Result<()> {
+async fn place(
+    client: &ReplicaClient,
+    stock: &StockName,
+    id: String,
+    i: u64,
+) -> anyhow::Result<()> {
     // Alternate buy and sell of one share so the stock never runs out.
     let request = OrderRequest::PlaceOrder(PlaceOrder {
         request_id: RequestId::new(id)?,
@@ -67,10 +71,10 @@ async fn place(client: &OrderClient, stock: &StockName, id: String, i: u64) -> a
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let stock = StockName::new(args.stock.clone())?;
-    let client = OrderClient::new(args.addr.clone(), ClientConfig::new("order-bench"));
+    let client = ReplicaClient::new(args.addr.clone(), ClientConfig::new("order-bench"));
     let run = std::process::id();
     if let Some(catalog) = args.elect_at.clone() {
-        let catalog = catalog::CatalogClient::new(catalog, ClientConfig::new("order-bench"));
+        let catalog = clients::CatalogClient::new(catalog, ClientConfig::new("order-bench"));
         let timeout = std::time::Duration::from_secs(5);
         let record = catalog.leadership(timeout).await?;
         if record.leader.is_none() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use catalog::{CatalogClient, LeadershipOutcome, TradeOutcome};
+use clients::{CatalogClient, LeadershipOutcome, TradeOutcome};
 use common::wire::{LeadershipChange, TradeReceipt, TradeRejection};
 
 /// Records replica 1 as the leader of epoch 1 if nobody was ever elected, as the first

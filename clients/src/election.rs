@@ -14,17 +14,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use catalog::{CatalogClient, LeadershipOutcome};
-use common::rpc::RpcClient;
+use crate::{CatalogClient, LeadershipOutcome, ReplicaClient};
 use common::safety::{Rule, Rules};
 use common::wire::{
     Epoch, Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, ReplicaStatus,
     Role,
 };
 use tracing::{info, warn};
-
-/// A client of one replica.
-pub type ReplicaClient = RpcClient<OrderRequest, OrderResponse>;
 
 /// Why no leader could be made to serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use catalog::CatalogClient;
+use crate::CatalogClient;
 use common::engine::{Answer, CallError, CallResult, Peer};
 use common::rpc::ClientConfig;
 use common::wire::{CatalogRequest, OrderRequest, ReplicaId};
 
-use crate::election::ReplicaClient;
+use crate::ReplicaClient;
 
 /// A request to one of the [`Peers`].
 #[derive(Debug, Clone, Copy)]
