@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::App;
-use crate::http::{self, Limits, Parsed, Response};
+use crate::http::{self, Connection, Framing, Limits, Parsed, Response};
 use crate::metrics::Route;
 
 /// Answers are written out once this much is buffered, whatever is still pipelined.
@@ -103,10 +103,12 @@ async fn session(
                     let (route, response) = app.handle(&request).await;
                     app.metrics.record(route, response.status, begun.elapsed());
                     started = (!input.is_empty()).then(Instant::now);
-                    let keep_alive = request.keep_alive && !shutdown.is_cancelled();
-                    let head_only = request.method == "HEAD";
-                    response.encode(&mut output, keep_alive, request.http10, head_only);
-                    if !keep_alive {
+                    let mut framing = Framing::answering(&request);
+                    if shutdown.is_cancelled() {
+                        framing.connection = Connection::Close;
+                    }
+                    response.encode(&mut output, framing);
+                    if framing.connection == Connection::Close {
                         close = true;
                         break;
                     }
@@ -132,12 +134,8 @@ async fn session(
                     );
                     app.metrics
                         .record(Route::Other, refusal.status, Duration::ZERO);
-                    Response::error(refusal.status, refusal.message).encode(
-                        &mut output,
-                        false,
-                        false,
-                        false,
-                    );
+                    Response::error(refusal.status, refusal.message)
+                        .encode(&mut output, Framing::CLOSE);
                     close = true;
                     break;
                 }
@@ -174,7 +172,7 @@ async fn session(
                 // A request begun and not finished in time.
                 let mut out = BytesMut::new();
                 Response::error(408, "request not completed in time")
-                    .encode(&mut out, false, false, false);
+                    .encode(&mut out, Framing::CLOSE);
                 app.metrics.record(Route::Other, 408, Duration::ZERO);
                 let _ = write_all(&mut socket, &out, config.write_timeout).await;
                 return Ok(());
