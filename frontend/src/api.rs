@@ -252,12 +252,11 @@ impl App {
             .orders
             .current()
             .map_or((None, 0), |(l, e)| (Some(l), e));
-        Response {
-            status: 200,
-            allow: None,
-            content_type: "text/plain; version=0.0.4",
-            body: Bytes::from(self.metrics.render(cache, leader, epoch)),
-        }
+        Response::with_content_type(
+            200,
+            "text/plain; version=0.0.4",
+            self.metrics.render(cache, leader, epoch),
+        )
     }
 }
 

@@ -335,14 +335,29 @@ pub struct Response {
 }
 
 impl Response {
-    /// A JSON response.
-    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+    /// A response whose body is of `content_type`, sent as given (for instance Prometheus
+    /// text, `text/plain; version=0.0.4`, or OpenMetrics).
+    pub fn with_content_type(
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Bytes>,
+    ) -> Self {
         Response {
             status,
             allow: None,
-            content_type: "application/json",
+            content_type,
             body: body.into(),
         }
+    }
+
+    /// A JSON response.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Response::with_content_type(status, "application/json", body)
+    }
+
+    /// An HTML page, `text/html; charset=utf-8`.
+    pub fn html(status: u16, body: impl Into<Bytes>) -> Self {
+        Response::with_content_type(status, "text/html; charset=utf-8", body)
     }
 
     /// The JSON error shape: `{"error":{"code":status,"message":...}}`.
@@ -569,6 +584,38 @@ mod tests {
         let text = encoded(&answer, Framing::answering(&head));
         assert!(text.contains("\r\nContent-Length: 2\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn html_pages_say_so() {
+        let page = Response::html(200, "<h1>cluster</h1>");
+        assert_eq!(page.content_type, "text/html; charset=utf-8");
+        let text = encoded(&page, Framing::CLOSE);
+        assert!(
+            text.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nContent-Length: 16\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n<h1>cluster</h1>"), "{text}");
+    }
+
+    #[test]
+    fn any_content_type_is_sent_as_given() {
+        let prometheus = "text/plain; version=0.0.4";
+        let text = encoded(
+            &Response::with_content_type(200, prometheus, "up 1\n"),
+            Framing::CLOSE,
+        );
+        assert!(
+            text.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nup 1\n"), "{text}");
+        let openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        let metrics = Response::with_content_type(200, openmetrics, "# EOF\n");
+        assert_eq!((metrics.status, metrics.content_type), (200, openmetrics));
+        assert_eq!(metrics.allow, None);
+        assert_eq!(&metrics.body[..], b"# EOF\n");
     }
 
     #[test]
