@@ -126,12 +126,7 @@ impl App {
             "/status" => (
                 Route::Status,
                 match method {
-                    "GET" => Response {
-                        status: 200,
-                        allow: None,
-                        content_type: "text/html; charset=utf-8",
-                        body: Bytes::from_static(status::PAGE.as_bytes()),
-                    },
+                    "GET" => Response::html(200, Bytes::from_static(status::PAGE.as_bytes())),
                     _ => not_allowed("GET, HEAD"),
                 },
             ),
@@ -336,12 +331,11 @@ impl App {
             .current()
             .map_or((None, 0), |(l, e)| (Some(l), e));
         let counters = self.orders.counters();
-        Response {
-            status: 200,
-            allow: None,
-            content_type: format.content_type(),
-            body: Bytes::from(self.metrics.render(cache, leader, epoch, counters, format)),
-        }
+        Response::with_content_type(
+            200,
+            format.content_type(),
+            self.metrics.render(cache, leader, epoch, counters, format),
+        )
     }
 }
 

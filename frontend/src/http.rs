@@ -257,6 +257,77 @@ fn put_date(out: &mut BytesMut) {
     });
 }
 
+/// What happens to the connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// It stays open for the next request.
+    KeepAlive,
+    /// It closes; the answer says `Connection: close`.
+    Close,
+}
+
+/// The HTTP version the client spoke. Answers are always `HTTP/1.1`; the version only
+/// decides whether keeping alive must be said out loud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `HTTP/1.0`: closes unless told `Connection: keep-alive`.
+    Http10,
+    /// `HTTP/1.1`: keeps alive unless told `Connection: close`.
+    Http11,
+}
+
+/// Whether an answer carries its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Headers, then the body.
+    Full,
+    /// The answer to a HEAD request: the headers of the GET answer, its `Content-Length`
+    /// included, and no body.
+    HeadOnly,
+}
+
+/// How a response is framed on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Whether the connection stays open after this answer.
+    pub connection: Connection,
+    /// The version the client spoke.
+    pub version: Version,
+    /// Whether the body is sent.
+    pub body: Body,
+}
+
+impl Framing {
+    /// The framing of an answer after which the connection closes whatever was asked:
+    /// refusals and timeouts.
+    pub const CLOSE: Framing = Framing {
+        connection: Connection::Close,
+        version: Version::Http11,
+        body: Body::Full,
+    };
+
+    /// The framing `request` asks for: its keep-alive, its version, no body for HEAD.
+    pub fn answering(request: &Request) -> Self {
+        Framing {
+            connection: if request.keep_alive {
+                Connection::KeepAlive
+            } else {
+                Connection::Close
+            },
+            version: if request.http10 {
+                Version::Http10
+            } else {
+                Version::Http11
+            },
+            body: if request.method == "HEAD" {
+                Body::HeadOnly
+            } else {
+                Body::Full
+            },
+        }
+    }
+}
+
 /// A response ready to encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -271,14 +342,29 @@ pub struct Response {
 }
 
 impl Response {
-    /// A JSON response.
-    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+    /// A response whose body is of `content_type`, sent as given (for instance Prometheus
+    /// text, `text/plain; version=0.0.4`, or OpenMetrics).
+    pub fn with_content_type(
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Bytes>,
+    ) -> Self {
         Response {
             status,
             allow: None,
-            content_type: "application/json",
+            content_type,
             body: body.into(),
         }
+    }
+
+    /// A JSON response.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Response::with_content_type(status, "application/json", body)
+    }
+
+    /// An HTML page, `text/html; charset=utf-8`.
+    pub fn html(status: u16, body: impl Into<Bytes>) -> Self {
+        Response::with_content_type(status, "text/html; charset=utf-8", body)
     }
 
     /// The JSON error shape: `{"error":{"code":status,"message":...}}`.
@@ -289,10 +375,10 @@ impl Response {
             message: &'a str,
         }
         #[derive(serde::Serialize)]
-        struct Body<'a> {
+        struct ErrorBody<'a> {
             error: Error<'a>,
         }
-        let body = Body {
+        let body = ErrorBody {
             error: Error {
                 code: status,
                 message,
@@ -302,10 +388,10 @@ impl Response {
         Response::json(status, serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// Appends the encoded response to `out`. `keep_alive` false adds `Connection: close`;
-    /// an HTTP/1.0 client that asked to keep alive is told so; `head_only` (a HEAD request)
-    /// leaves the body out but keeps its length.
-    pub fn encode(&self, out: &mut BytesMut, keep_alive: bool, http10: bool, head_only: bool) {
+    /// Appends the encoded response to `out`, framed as `framing` says: a closing answer
+    /// says `Connection: close`; an HTTP/1.0 client kept alive is told `Connection:
+    /// keep-alive`; a head-only answer leaves the body out but keeps its length.
+    pub fn encode(&self, out: &mut BytesMut, framing: Framing) {
         out.reserve(self.body.len() + 128);
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(self.status.to_string().as_bytes());
@@ -321,13 +407,15 @@ impl Response {
             out.put_slice(b"\r\nAllow: ");
             out.put_slice(allow.as_bytes());
         }
-        if !keep_alive {
-            out.put_slice(b"\r\nConnection: close");
-        } else if http10 {
-            out.put_slice(b"\r\nConnection: keep-alive");
+        match (framing.connection, framing.version) {
+            (Connection::Close, _) => out.put_slice(b"\r\nConnection: close"),
+            (Connection::KeepAlive, Version::Http10) => {
+                out.put_slice(b"\r\nConnection: keep-alive");
+            }
+            (Connection::KeepAlive, Version::Http11) => {}
         }
         out.put_slice(b"\r\n\r\n");
-        if !head_only {
+        if framing.body == Body::Full {
             out.put_slice(&self.body);
         }
     }
@@ -435,7 +523,7 @@ mod tests {
     #[test]
     fn responses_encode_with_length_and_connection() {
         let mut out = BytesMut::new();
-        Response::error(404, "stock not found").encode(&mut out, false, false, false);
+        Response::error(404, "stock not found").encode(&mut out, Framing::CLOSE);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("Content-Type: application/json\r\n"));
@@ -453,8 +541,88 @@ mod tests {
             allow: Some("GET, HEAD"),
             ..Response::error(405, "method not allowed")
         };
-        not_allowed.encode(&mut with_allow, true, false, false);
+        not_allowed.encode(
+            &mut with_allow,
+            Framing {
+                connection: Connection::KeepAlive,
+                version: Version::Http11,
+                body: Body::Full,
+            },
+        );
         assert!(String::from_utf8_lossy(&with_allow).contains("\r\nAllow: GET, HEAD\r\n"));
+    }
+
+    fn encoded(response: &Response, framing: Framing) -> String {
+        let mut out = BytesMut::new();
+        response.encode(&mut out, framing);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn framing_follows_the_request() {
+        let (get, _) = complete("GET / HTTP/1.1\r\n\r\n");
+        let kept = Framing::answering(&get);
+        assert_eq!(
+            kept,
+            Framing {
+                connection: Connection::KeepAlive,
+                version: Version::Http11,
+                body: Body::Full,
+            }
+        );
+        let answer = Response::json(200, "{}");
+        let text = encoded(&answer, kept);
+        assert!(!text.contains("Connection:"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+
+        let (old, _) = complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let text = encoded(&answer, Framing::answering(&old));
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\nConnection: keep-alive\r\n\r\n{}"),
+            "{text}"
+        );
+        let (old_closed, _) = complete("GET / HTTP/1.0\r\n\r\n");
+        let text = encoded(&answer, Framing::answering(&old_closed));
+        assert!(text.ends_with("\r\nConnection: close\r\n\r\n{}"), "{text}");
+
+        let (head, _) = complete("HEAD / HTTP/1.1\r\n\r\n");
+        assert_eq!(Framing::answering(&head).body, Body::HeadOnly);
+        let text = encoded(&answer, Framing::answering(&head));
+        assert!(text.contains("\r\nContent-Length: 2\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn html_pages_say_so() {
+        let page = Response::html(200, "<h1>cluster</h1>");
+        assert_eq!(page.content_type, "text/html; charset=utf-8");
+        let text = encoded(&page, Framing::CLOSE);
+        assert!(
+            text.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nContent-Length: 16\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n<h1>cluster</h1>"), "{text}");
+    }
+
+    #[test]
+    fn any_content_type_is_sent_as_given() {
+        let prometheus = "text/plain; version=0.0.4";
+        let text = encoded(
+            &Response::with_content_type(200, prometheus, "up 1\n"),
+            Framing::CLOSE,
+        );
+        assert!(
+            text.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nup 1\n"), "{text}");
+        let openmetrics = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        let metrics = Response::with_content_type(200, openmetrics, "# EOF\n");
+        assert_eq!((metrics.status, metrics.content_type), (200, openmetrics));
+        assert_eq!(metrics.allow, None);
+        assert_eq!(&metrics.body[..], b"# EOF\n");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::App;
-use crate::http::{self, Limits, Parsed, Response};
+use crate::http::{self, Connection, Framing, Limits, Parsed, Refusal, Request, Response};
 use crate::metrics::Route;
 
 /// Answers are written out once this much is buffered, whatever is still pipelined.
@@ -64,7 +64,7 @@ pub async fn serve(
         |socket, peer| {
             let (app, config, shutdown) = (app.clone(), config.clone(), shutdown.clone());
             async move {
-                if let Err(e) = session(socket, &app, &config, &shutdown).await {
+                if let Err(e) = Session::new(socket, app, config, shutdown).run().await {
                     debug!(%peer, error = %e, "session ended on error");
                 }
             }
@@ -74,116 +74,192 @@ pub async fn serve(
     info!("front end stopped; sessions finished");
 }
 
-/// One client connection.
-async fn session(
-    mut socket: TcpStream,
-    app: &App,
-    config: &HttpConfig,
-    shutdown: &CancellationToken,
-) -> std::io::Result<()> {
-    socket.set_nodelay(true)?;
-    let mut input = BytesMut::with_capacity(4096);
-    let mut output = BytesMut::with_capacity(4096);
-    // When the request now in the buffer began; `None` between requests. A new connection
-    // counts as a begun request, so a client that connects and stays silent gets the
-    // request timeout, not the idle one.
-    let mut started: Option<Instant> = Some(Instant::now());
-    let most_buffered = config.limits.max_head_bytes + config.limits.max_body_bytes;
-    // Whether the request now in the buffer was told `100 Continue`.
-    let mut continued = false;
-    loop {
-        let mut close = false;
-        // Answer every complete request already buffered, in order.
+/// Whether a session goes on after one of its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Read more and answer it.
+    Continue,
+    /// The connection is over.
+    Stop,
+}
+
+/// One client connection: the socket, the bytes read and not yet answered, the answers not
+/// yet written, and the shutdown signal it drains on.
+struct Session {
+    socket: TcpStream,
+    app: Arc<App>,
+    config: Arc<HttpConfig>,
+    shutdown: CancellationToken,
+    /// Bytes read and not yet answered.
+    input: BytesMut,
+    /// Answers not yet written, sent in one write per batch.
+    output: BytesMut,
+    /// When the request now in the buffer began; `None` between requests. A new connection
+    /// counts as a begun request, so a client that connects and stays silent gets the
+    /// request timeout, not the idle one.
+    started: Option<Instant>,
+    /// Whether the request now in the buffer was told `100 Continue`.
+    continued: bool,
+}
+
+impl Session {
+    /// A session on a freshly accepted `socket`, its first request counted as begun.
+    fn new(
+        socket: TcpStream,
+        app: Arc<App>,
+        config: Arc<HttpConfig>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Session {
+            socket,
+            app,
+            config,
+            shutdown,
+            input: BytesMut::with_capacity(4096),
+            output: BytesMut::with_capacity(4096),
+            started: Some(Instant::now()),
+            continued: false,
+        }
+    }
+
+    /// Serves the connection until the client leaves, an answer closes it, it times out,
+    /// or shutdown (which lets it answer what it has already read).
+    async fn run(mut self) -> std::io::Result<()> {
+        self.socket.set_nodelay(true)?;
         loop {
-            match http::parse(&input, &config.limits) {
-                Ok(Parsed::Complete { request, consumed }) => {
-                    input.advance(consumed);
-                    continued = false;
-                    let begun = std::time::Instant::now();
-                    let (route, response) = app.handle(&request).await;
-                    app.metrics.record(route, response.status, begun.elapsed());
-                    started = (!input.is_empty()).then(Instant::now);
-                    let keep_alive = request.keep_alive && !shutdown.is_cancelled();
-                    let head_only = request.method == "HEAD";
-                    response.encode(&mut output, keep_alive, request.http10, head_only);
-                    if !keep_alive {
-                        close = true;
-                        break;
-                    }
-                    if output.len() >= FLUSH_AT {
-                        // Many pipelined requests: send what is ready rather than buffer it.
-                        write_all(&mut socket, &output, config.write_timeout).await?;
-                        output.clear();
-                    }
-                }
-                Ok(Parsed::Partial) => break,
-                Ok(Parsed::AwaitingBody) => {
-                    if !continued {
-                        output.extend_from_slice(http::CONTINUE);
-                        continued = true;
-                    }
-                    break;
-                }
-                Err(refusal) => {
-                    debug!(
-                        status = refusal.status,
-                        reason = refusal.message,
-                        "request refused"
-                    );
-                    app.metrics
-                        .record(Route::Other, refusal.status, Duration::ZERO);
-                    Response::error(refusal.status, refusal.message).encode(
-                        &mut output,
-                        false,
-                        false,
-                        false,
-                    );
-                    close = true;
-                    break;
-                }
-            }
-        }
-        if !output.is_empty() {
-            write_all(&mut socket, &output, config.write_timeout).await?;
-            output.clear();
-        }
-        if close || shutdown.is_cancelled() {
-            // A clean end of our side, so the last answer is not lost to a reset.
-            let _ = socket.shutdown().await;
-            return Ok(());
-        }
-        if input.len() >= most_buffered {
-            // The parser would have refused anything this large; a defensive bound.
-            return Ok(());
-        }
-        let wait = match started {
-            Some(at) => (at + config.request_timeout).saturating_duration_since(Instant::now()),
-            None => config.idle_timeout,
-        };
-        let read = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            read = tokio::time::timeout(wait, socket.read_buf(&mut input)) => read,
-        };
-        match read {
-            Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(_)) => {
-                started.get_or_insert_with(Instant::now);
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) if started.is_some() => {
-                // A request begun and not finished in time.
-                let mut out = BytesMut::new();
-                Response::error(408, "request not completed in time")
-                    .encode(&mut out, false, false, false);
-                app.metrics.record(Route::Other, 408, Duration::ZERO);
-                let _ = write_all(&mut socket, &out, config.write_timeout).await;
+            let after = self.answer_buffered().await?;
+            self.flush().await?;
+            if after == Flow::Stop || self.shutdown.is_cancelled() {
+                // A clean end of our side, so the last answer is not lost to a reset.
+                let _ = self.socket.shutdown().await;
                 return Ok(());
             }
-            Err(_) => return Ok(()),
+            if self.read_more().await? == Flow::Stop {
+                return Ok(());
+            }
         }
+    }
+
+    /// Answers every complete request already buffered, in order, into `output`, which is
+    /// written early only once it holds `FLUSH_AT` bytes. `Stop` when an answer closes the
+    /// connection.
+    async fn answer_buffered(&mut self) -> std::io::Result<Flow> {
+        loop {
+            match http::parse(&self.input, &self.config.limits) {
+                Ok(Parsed::Complete { request, consumed }) => {
+                    self.input.advance(consumed);
+                    self.continued = false;
+                    if self.answer(&request).await == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
+                    if self.output.len() >= FLUSH_AT {
+                        // Many pipelined requests: send what is ready rather than buffer it.
+                        self.flush().await?;
+                    }
+                }
+                Ok(Parsed::Partial) => return Ok(Flow::Continue),
+                Ok(Parsed::AwaitingBody) => {
+                    if !self.continued {
+                        self.output.extend_from_slice(http::CONTINUE);
+                        self.continued = true;
+                    }
+                    return Ok(Flow::Continue);
+                }
+                Err(refusal) => {
+                    self.refuse(refusal);
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+    }
+
+    /// Handles one request and buffers its answer. `Stop` when the answer closes the
+    /// connection: the client asked for it, or the server is shutting down.
+    async fn answer(&mut self, request: &Request) -> Flow {
+        let begun = std::time::Instant::now();
+        let (route, response) = self.app.handle(request).await;
+        self.app
+            .metrics
+            .record(route, response.status, begun.elapsed());
+        self.started = (!self.input.is_empty()).then(Instant::now);
+        let mut framing = Framing::answering(request);
+        if self.shutdown.is_cancelled() {
+            framing.connection = Connection::Close;
+        }
+        response.encode(&mut self.output, framing);
+        match framing.connection {
+            Connection::KeepAlive => Flow::Continue,
+            Connection::Close => Flow::Stop,
+        }
+    }
+
+    /// Buffers the answer to a request that cannot be served; the connection closes after.
+    fn refuse(&mut self, refusal: Refusal) {
+        debug!(
+            status = refusal.status,
+            reason = refusal.message,
+            "request refused"
+        );
+        self.app
+            .metrics
+            .record(Route::Other, refusal.status, Duration::ZERO);
+        Response::error(refusal.status, refusal.message).encode(&mut self.output, Framing::CLOSE);
+    }
+
+    /// Reads more into `input`, waiting no longer than the request timeout (a request is
+    /// begun) or the idle timeout (none is). `Stop` when the connection is over: the client
+    /// closed it, it was too slow or silent too long, too much is buffered, or shutdown.
+    async fn read_more(&mut self) -> std::io::Result<Flow> {
+        let limits = &self.config.limits;
+        if self.input.len() >= limits.max_head_bytes + limits.max_body_bytes {
+            // The parser would have refused anything this large; a defensive bound.
+            return Ok(Flow::Stop);
+        }
+        let wait = match self.started {
+            Some(at) => {
+                (at + self.config.request_timeout).saturating_duration_since(Instant::now())
+            }
+            None => self.config.idle_timeout,
+        };
+        let read = tokio::select! {
+            () = self.shutdown.cancelled() => return Ok(Flow::Stop),
+            read = tokio::time::timeout(wait, self.socket.read_buf(&mut self.input)) => read,
+        };
+        match read {
+            Ok(Ok(0)) => Ok(Flow::Stop),
+            Ok(Ok(_)) => {
+                self.started.get_or_insert_with(Instant::now);
+                Ok(Flow::Continue)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) if self.started.is_some() => {
+                self.time_out().await;
+                Ok(Flow::Stop)
+            }
+            Err(_) => Ok(Flow::Stop),
+        }
+    }
+
+    /// Answers 408 to a request begun and not finished in time, as the connection's last
+    /// words. `output` is empty here: it is flushed before every read.
+    async fn time_out(&mut self) {
+        Response::error(408, "request not completed in time")
+            .encode(&mut self.output, Framing::CLOSE);
+        self.app.metrics.record(Route::Other, 408, Duration::ZERO);
+        let _ = self.flush().await;
+    }
+
+    /// Writes out the buffered answers, if any.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            write_all(&mut self.socket, &self.output, self.config.write_timeout).await?;
+            self.output.clear();
+        }
+        Ok(())
     }
 }
 
+/// Writes `bytes`, failing if the client does not take them within `limit`.
 async fn write_all(socket: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
     match tokio::time::timeout(limit, socket.write_all(bytes)).await {
         Ok(result) => result,
