@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use common::safety::{Rule, Rules};
-use common::window::RecentWindow;
 use common::wire::{
     AppliedTrade, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
     TradeRejection, TradeRequest,
 };
+use durability::window::RecentWindow;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use catalog::config::CatalogArgs;
 use clap::{Parser, Subcommand};
-use common::storage::{restart_in_place, Ended};
+use durability::storage::{restart_in_place, Ended};
 
 #[derive(Parser)]
 #[command(

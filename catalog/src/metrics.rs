@@ -2,8 +2,9 @@
 //! write-ahead log's fsyncs and group-commit batches, its subscribers, and the leadership
 //! record it holds.
 
-use common::metrics::{CommitMetrics, Format};
+use common::metrics::Format;
 use common::wire::{CatalogRequest, CatalogResponse, Leadership, Reply};
+use durability::group_commit::CommitMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

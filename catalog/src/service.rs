@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::engine::IdMap;
 use common::server::{self, Push, RequestContext, Service};
-use common::storage::{Ended, Recovery};
 use common::sync::lock;
 use common::wire::{CatalogRequest, CatalogResponse, RemoteError, Reply};
+use durability::storage::{Ended, Recovery};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;

@@ -18,8 +18,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use common::files;
-use common::group_commit::{self, Job};
+use durability::files;
+use durability::group_commit::{self, Job};
 
 use tracing::{error, info, warn};
 
@@ -256,7 +256,7 @@ impl Store {
     pub fn start(
         self,
         events: tokio::sync::mpsc::UnboundedSender<LogEvent>,
-        metrics: common::metrics::CommitMetrics,
+        metrics: durability::group_commit::CommitMetrics,
     ) -> io::Result<(LogWriter, JoinHandle<()>)> {
         let failures = events.clone();
         let (jobs, handle) = group_commit::start(

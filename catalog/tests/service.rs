@@ -25,7 +25,7 @@ struct Running {
     addr: String,
     client: CatalogClient,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<common::storage::Ended, catalog::Error>>,
+    task: tokio::task::JoinHandle<Result<durability::storage::Ended, catalog::Error>>,
 }
 
 impl Running {

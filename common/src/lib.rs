@@ -1,13 +1,12 @@
-//! Everything the Stock Bazaar services share: the wire types, the framed transport with its
-//! hello exchange, the multiplexed RPC client, the generic request server, and the flag and
-//! logging conventions.
+//! The protocol the Stock Bazaar services share: the wire types, the framed transport with
+//! its hello exchange, the multiplexed RPC client, the generic request server, the flag and
+//! logging conventions, and the metrics port. What makes state durable is the `durability`
+//! crate's.
 
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod files;
 pub mod frame;
-pub mod group_commit;
 pub mod health;
 pub mod metrics;
 pub mod rpc;
@@ -15,10 +14,8 @@ pub mod runtime;
 pub mod safety;
 pub mod server;
 pub mod shutdown;
-pub mod storage;
 pub mod sync;
 pub mod telemetry;
-pub mod window;
 pub mod wire;
 
 pub use error::Error;

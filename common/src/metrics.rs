@@ -1,14 +1,13 @@
 //! Metrics every backend serves: a `prometheus-client` registry rendered as OpenMetrics text
 //! on its own HTTP port (`--metrics-listen`), closed like every internal port (the cluster
-//! token as a bearer token; beyond loopback only with one), and the metrics the shared pieces
-//! keep (the group commit's fsync latency and batch sizes).
+//! token as a bearer token; beyond loopback only with one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,45 +123,6 @@ impl MirroredCounter {
     pub fn set_total(&self, total: u64) {
         let seen = self.seen.fetch_max(total, Ordering::Relaxed);
         self.counter.inc_by(total.saturating_sub(seen));
-    }
-}
-
-/// What the group-commit thread measures: how long each batch's write and fsync took and
-/// how many appends shared it. Cheap to clone; an unregistered one measures into nothing
-/// anyone reads.
-#[derive(Debug, Clone)]
-pub struct CommitMetrics {
-    /// Seconds from the batch's write to the end of its fsync.
-    pub fsync_seconds: Histogram,
-    /// Appends per batch.
-    pub batch_size: Histogram,
-}
-
-impl Default for CommitMetrics {
-    fn default() -> Self {
-        CommitMetrics {
-            fsync_seconds: Histogram::new(duration_buckets()),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
-        }
-    }
-}
-
-impl CommitMetrics {
-    /// New metrics, registered in `registry` as `<name>_fsync_seconds` and
-    /// `<name>_batch_size`.
-    pub fn registered(registry: &mut Registry, name: &str) -> Self {
-        let metrics = CommitMetrics::default();
-        registry.register(
-            format!("{name}_fsync_seconds"),
-            "Time to write and fsync one group-commit batch",
-            metrics.fsync_seconds.clone(),
-        );
-        registry.register(
-            format!("{name}_batch_size"),
-            "Appends made durable by one fsync",
-            metrics.batch_size.clone(),
-        );
-        metrics
     }
 }
 
@@ -365,18 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn an_exposition_ends_with_eof_and_commit_metrics_are_named() {
+    fn an_exposition_ends_with_eof_and_mirrored_counters_never_go_back() {
         let mut registry = Registry::with_prefix("bazaar_test");
         let counter: Counter = Counter::default();
         registry.register("things", "Things", counter.clone());
-        let commit = CommitMetrics::registered(&mut registry, "wal");
         let mirrored = MirroredCounter::registered(&mut registry, "mirrored", "Mirrored");
         mirrored.set_total(5);
         mirrored.set_total(3);
         mirrored.set_total(7);
         counter.inc();
-        commit.fsync_seconds.observe(0.001);
-        commit.batch_size.observe(3.0);
         let text = encode(&registry, Format::OpenMetrics);
         assert!(text.ends_with("# EOF\n"), "{text}");
         let plain = encode(&registry, Format::Prometheus);
@@ -384,14 +341,6 @@ mod tests {
         assert!(plain.contains("bazaar_test_things_total 1"), "{plain}");
         assert!(text.contains("bazaar_test_things_total 1"), "{text}");
         assert!(text.contains("bazaar_test_mirrored_total 7"), "{text}");
-        assert!(
-            text.contains("bazaar_test_wal_fsync_seconds_count 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("bazaar_test_wal_batch_size_sum 3.0"),
-            "{text}"
-        );
     }
 
     #[tokio::test]

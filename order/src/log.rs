@@ -18,11 +18,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::files;
-use common::group_commit::Maintenance;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, ReplicaId, RequestId, StockName, TradeKind, TransactionNumber,
 };
+use durability::files;
+use durability::group_commit::Maintenance;
 
 use crate::engine::Recovered;
 use tracing::{error, warn};

@@ -166,8 +166,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 let shutdown = common::shutdown::on_signal();
                 anyhow::Ok(order::run_with_metrics(listener, metrics, config, shutdown).await?)
             })??;
-            if ended == common::storage::Ended::RestartFromLog {
-                return Err(common::storage::restart_in_place())
+            if ended == durability::storage::Ended::RestartFromLog {
+                return Err(durability::storage::restart_in_place())
                     .context("cannot restart in place after a storage failure");
             }
             Ok(std::process::ExitCode::SUCCESS)

@@ -5,8 +5,9 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use common::metrics::{duration_buckets, CommitMetrics, Format, MirroredCounter};
+use common::metrics::{duration_buckets, Format, MirroredCounter};
 use common::wire::{OrderRequest, ReplicaStatus, Role};
+use durability::group_commit::CommitMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -10,11 +10,11 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use clients::CatalogClient;
 use common::engine::{Backoff, IdMap};
-use common::group_commit::{self, Job};
 use common::server::{self, RequestContext, Service};
-use common::storage::{Ended, Recovery};
 use common::sync::lock;
 use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, Reply};
+use durability::group_commit::{self, Job};
+use durability::storage::{Ended, Recovery};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;

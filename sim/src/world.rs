@@ -978,7 +978,7 @@ impl World {
     }
 
     /// The disk takes writes again: a service whose storage failed restarts from its log in
-    /// place (as `common::storage::Recovery` does); one that never noticed carries on.
+    /// place (as `durability::storage::Recovery` does); one that never noticed carries on.
     fn disk_free(&mut self, proc: Proc) {
         let failed = match &mut self.procs[proc].node {
             Node::Catalog(n) => {

@@ -60,7 +60,7 @@ pub struct RunningCatalog {
     dir: PathBuf,
     running: Option<(
         CancellationToken,
-        tokio::task::JoinHandle<Result<common::storage::Ended, catalog::Error>>,
+        tokio::task::JoinHandle<Result<durability::storage::Ended, catalog::Error>>,
     )>,
     _state: Option<tempfile::TempDir>,
 }
@@ -114,7 +114,7 @@ impl RunningCatalog {
 
 struct Running {
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<common::storage::Ended, order::Error>>,
+    task: tokio::task::JoinHandle<Result<durability::storage::Ended, order::Error>>,
 }
 
 /// Three replicas in-process, each on a port bound at 0 and kept across restarts.

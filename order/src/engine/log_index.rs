@@ -3,10 +3,10 @@
 //! trade each placed (exactly-once). The entries themselves stay with the runtime, which
 //! reads them when a command asks for them.
 
-use common::window::RecentWindow;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, PlaceOrder, RequestId, StockName, TradeKind, TransactionNumber,
 };
+use durability::window::RecentWindow;
 
 /// The trade a request id placed, as the log holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
