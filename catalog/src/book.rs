@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use common::safety::{Rule, Rules};
 use common::wire::{
-    AppliedTrade, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
+    AppliedTrade, Epoch, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
     TradeRejection, TradeRequest,
 };
 use durability::window::RecentWindow;
@@ -88,11 +88,6 @@ pub enum LogRecord {
     Traded(TradeRecord),
     /// A remembered refusal.
     Refused(Refusal),
-}
-
-/// Whether a retry asks for the same trade as the first request of its id did.
-fn same_trade(name: &StockName, kind: TradeKind, quantity: i64, request: &TradeRequest) -> bool {
-    *name == request.name && kind == request.kind && quantity == request.quantity
 }
 
 /// What a trade request came to.
@@ -302,15 +297,14 @@ impl Book {
     }
 
     /// Decides and, when accepted, applies one trade.
-    pub fn trade(&mut self, request: &TradeRequest) -> Decision {
-        if self.rules.holds(Rule::Fencing)
-            && !crate::leadership::admits(&self.leadership, request.epoch)
-        {
+    pub fn trade(&mut self, epoch: Epoch, request: &TradeRequest) -> Decision {
+        if self.rules.holds(Rule::Fencing) && !crate::leadership::admits(&self.leadership, epoch) {
             return Decision::Fenced;
         }
         if let Some(first) = self.recent.get(&request.request_id) {
-            let quantity = i64::try_from(first.quantity).unwrap_or(i64::MAX);
-            return if same_trade(&first.name, first.kind, quantity, request) {
+            let same = i64::try_from(first.quantity)
+                .is_ok_and(|quantity| request.same_trade(&first.name, first.kind, quantity));
+            return if same {
                 Decision::Repeated {
                     seq: first.seq,
                     receipt: first.after.clone(),
@@ -320,7 +314,7 @@ impl Book {
             };
         }
         if let Some(first) = self.refused.get(&request.request_id) {
-            return if same_trade(&first.name, first.kind, first.quantity, request) {
+            return if request.same_trade(&first.name, first.kind, first.quantity) {
                 Decision::Rejected(first.rejection.clone())
             } else {
                 Decision::Rejected(TradeRejection::RequestIdReused)
@@ -488,7 +482,6 @@ mod tests {
 
     fn request(id: &str, name: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
         TradeRequest {
-            epoch: 1,
             request_id: RequestId::new(id).unwrap(),
             name: StockName::new(name).unwrap(),
             quantity,
@@ -506,18 +499,18 @@ mod tests {
     #[test]
     fn buy_and_sell_move_quantity_volume_and_version() {
         let mut book = book();
-        let buy = applied(book.trade(&request("a", "GameStart", 30, TradeKind::Buy)));
+        let buy = applied(book.trade(1, &request("a", "GameStart", 30, TradeKind::Buy)));
         assert_eq!(buy.seq, 1);
         assert_eq!(
             (buy.after.quantity, buy.after.volume, buy.after.version),
             (70, 30, 1)
         );
-        let sell = applied(book.trade(&request("b", "GameStart", 5, TradeKind::Sell)));
+        let sell = applied(book.trade(1, &request("b", "GameStart", 5, TradeKind::Sell)));
         assert_eq!(
             (sell.after.quantity, sell.after.volume, sell.after.version),
             (75, 35, 2)
         );
-        let exact = applied(book.trade(&request("c", "GameStart", 75, TradeKind::Buy)));
+        let exact = applied(book.trade(1, &request("c", "GameStart", 75, TradeKind::Buy)));
         assert_eq!(exact.after.quantity, 0);
     }
 
@@ -553,7 +546,7 @@ mod tests {
         ];
         for (req, expected) in cases {
             let remembered = matches!(expected, TradeRejection::NotEnoughStock { .. });
-            match book.trade(&req) {
+            match book.trade(1, &req) {
                 Decision::Refused(refusal) if remembered => {
                     assert_eq!(refusal.rejection, expected);
                     assert_eq!(refusal.request_id, req.request_id);
@@ -575,18 +568,18 @@ mod tests {
         let mut book = book();
         let first = request("late", "GameStart", 150, TradeKind::Buy);
         let refused = TradeRejection::NotEnoughStock { available: 100 };
-        assert!(matches!(book.trade(&first), Decision::Refused(r) if r.rejection == refused));
-        applied(book.trade(&request("more", "GameStart", 60, TradeKind::Sell)));
+        assert!(matches!(book.trade(1, &first), Decision::Refused(r) if r.rejection == refused));
+        applied(book.trade(1, &request("more", "GameStart", 60, TradeKind::Sell)));
         // A late attempt of the same request (a retry delayed in the network, a deposed
         // leader's) must not trade now that its client was told it did not.
-        assert_eq!(book.trade(&first), Decision::Rejected(refused.clone()));
+        assert_eq!(book.trade(1, &first), Decision::Rejected(refused.clone()));
         assert_eq!(
-            book.trade(&request("late", "GameStart", 1, TradeKind::Buy)),
+            book.trade(1, &request("late", "GameStart", 1, TradeKind::Buy)),
             Decision::Rejected(TradeRejection::RequestIdReused)
         );
         let mut again = Book::from_snapshot(book.snapshot(), 3);
         again.set_leadership(book.leadership().clone());
-        assert_eq!(again.trade(&first), Decision::Rejected(refused));
+        assert_eq!(again.trade(1, &first), Decision::Rejected(refused));
         assert_eq!(again.stock(&first.name).unwrap().quantity, 160);
     }
 
@@ -594,11 +587,11 @@ mod tests {
     fn overflow_is_refused() {
         let mut book = book();
         let huge = i64::MAX;
-        applied(book.trade(&request("a", "BoarCo", huge, TradeKind::Sell)));
-        applied(book.trade(&request("b", "BoarCo", huge, TradeKind::Sell)));
+        applied(book.trade(1, &request("a", "BoarCo", huge, TradeKind::Sell)));
+        applied(book.trade(1, &request("b", "BoarCo", huge, TradeKind::Sell)));
         // Quantity is now 2^64 - 2; one more large sell overflows it.
         assert!(matches!(
-            book.trade(&request("c", "BoarCo", 2, TradeKind::Sell)),
+            book.trade(1, &request("c", "BoarCo", 2, TradeKind::Sell)),
             Decision::Refused(r) if r.rejection == TradeRejection::Overflow
         ));
     }
@@ -606,8 +599,8 @@ mod tests {
     #[test]
     fn a_repeated_request_id_returns_the_first_outcome() {
         let mut book = book();
-        let first = applied(book.trade(&request("same", "GameStart", 10, TradeKind::Buy)));
-        let again = book.trade(&request("same", "GameStart", 10, TradeKind::Buy));
+        let first = applied(book.trade(1, &request("same", "GameStart", 10, TradeKind::Buy)));
+        let again = book.trade(1, &request("same", "GameStart", 10, TradeKind::Buy));
         assert_eq!(
             again,
             Decision::Repeated {
@@ -617,7 +610,7 @@ mod tests {
         );
         assert_eq!(book.stock(&first.name).unwrap().quantity, 90);
         assert_eq!(
-            book.trade(&request("same", "GameStart", 11, TradeKind::Buy)),
+            book.trade(1, &request("same", "GameStart", 11, TradeKind::Buy)),
             Decision::Rejected(TradeRejection::RequestIdReused)
         );
     }
@@ -625,10 +618,9 @@ mod tests {
     #[test]
     fn only_the_recorded_epoch_trades() {
         let mut book = book();
-        let mut stale = request("a", "GameStart", 1, TradeKind::Buy);
-        stale.epoch = 0;
-        assert_eq!(book.trade(&stale), Decision::Fenced);
-        let applied = applied(book.trade(&request("a", "GameStart", 1, TradeKind::Buy)));
+        let stale = request("a", "GameStart", 1, TradeKind::Buy);
+        assert_eq!(book.trade(0, &stale), Decision::Fenced);
+        let applied = applied(book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)));
         // A retry from a deposed leader is refused too, though the id was applied.
         book.set_leadership(Leadership {
             epoch: 2,
@@ -636,22 +628,21 @@ mod tests {
             in_sync: vec![2],
         });
         assert_eq!(
-            book.trade(&request("a", "GameStart", 1, TradeKind::Buy)),
+            book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)),
             Decision::Fenced
         );
         assert_eq!(book.stock(&applied.name).unwrap().quantity, 99);
         let mut unled = Book::new(Book::parse_seed("A,1,1\n").unwrap(), 3);
         unled.set_leadership(Leadership::default());
-        let mut first = request("b", "A", 1, TradeKind::Buy);
-        first.epoch = 0;
-        assert_eq!(unled.trade(&first), Decision::Fenced);
+        let first = request("b", "A", 1, TradeKind::Buy);
+        assert_eq!(unled.trade(0, &first), Decision::Fenced);
     }
 
     #[test]
     fn applied_trades_are_listed_after_a_position_within_the_window() {
         let mut book = book();
         for id in ["a", "b", "c", "d"] {
-            applied(book.trade(&request(id, "GameStart", 1, TradeKind::Buy)));
+            applied(book.trade(1, &request(id, "GameStart", 1, TradeKind::Buy)));
         }
         let ids = |(trades, complete): (Vec<AppliedTrade>, bool)| {
             let ids: Vec<String> = trades.iter().map(|t| t.request_id.to_string()).collect();
@@ -679,15 +670,15 @@ mod tests {
     fn the_window_forgets_the_oldest_ids() {
         let mut book = book();
         for id in ["a", "b", "c", "d"] {
-            applied(book.trade(&request(id, "GameStart", 1, TradeKind::Buy)));
+            applied(book.trade(1, &request(id, "GameStart", 1, TradeKind::Buy)));
         }
         // Window of 3: "a" is forgotten and would apply again; "b" is remembered.
         assert!(matches!(
-            book.trade(&request("b", "GameStart", 1, TradeKind::Buy)),
+            book.trade(1, &request("b", "GameStart", 1, TradeKind::Buy)),
             Decision::Repeated { .. }
         ));
         assert!(matches!(
-            book.trade(&request("a", "GameStart", 1, TradeKind::Buy)),
+            book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)),
             Decision::Applied(_)
         ));
     }
@@ -700,12 +691,9 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            records.push(applied(live.trade(&request(
-                &format!("r{i}"),
-                "GameStart",
-                7,
-                kind,
-            ))));
+            records.push(applied(
+                live.trade(1, &request(&format!("r{i}"), "GameStart", 7, kind)),
+            ));
         }
         let mut recovered = Book::from_snapshot(book().snapshot(), 3);
         for record in records.iter().chain(records.iter()) {

@@ -229,7 +229,7 @@ impl CatalogEngine {
                 }
                 None => self.reply(token, Ok(CatalogResponse::NotFound)),
             },
-            CatalogRequest::Trade(trade) => self.trade(token, trade),
+            CatalogRequest::Trade { epoch, trade } => self.trade(token, epoch, trade),
             CatalogRequest::ReadLeadership => {
                 let record = self.published.clone();
                 self.reply(token, Ok(CatalogResponse::Leadership(record)));
@@ -256,13 +256,13 @@ impl CatalogEngine {
         }
     }
 
-    fn trade(&mut self, token: Token, request: TradeRequest) {
+    fn trade(&mut self, token: Token, epoch: Epoch, request: TradeRequest) {
         if let Some(reason) = &self.failed {
             // The service restarts from its log once the disk takes writes again.
             let why = format!("catalog storage failed: {reason}");
             return self.reply(token, Err(RemoteError::unavailable(why)));
         }
-        match self.book.trade(&request) {
+        match self.book.trade(epoch, &request) {
             Decision::Rejected(rejection) => {
                 debug!(request_id = %request.request_id, %rejection, "trade refused");
                 if let Some(waiting) = self.refusing.get_mut(&request.request_id) {
@@ -290,11 +290,8 @@ impl CatalogEngine {
             }
             Decision::Fenced => {
                 let current = self.published.clone();
-                debug!(request_id = %request.request_id, epoch = request.epoch, %current, "trade fenced");
-                let reason = format!(
-                    "epoch {} may not trade; the record is {current}",
-                    request.epoch
-                );
+                debug!(request_id = %request.request_id, epoch, %current, "trade fenced");
+                let reason = format!("epoch {epoch} may not trade; the record is {current}");
                 self.reply(token, Ok(CatalogResponse::Fenced { current, reason }));
             }
             Decision::Repeated { seq, receipt } => {
@@ -594,13 +591,15 @@ mod tests {
     }
 
     fn trade(epoch: Epoch, id: &str, quantity: i64, kind: TradeKind) -> CatalogRequest {
-        CatalogRequest::Trade(TradeRequest {
+        CatalogRequest::Trade {
             epoch,
-            request_id: RequestId::new(id).unwrap(),
-            name: StockName::new("GameStart").unwrap(),
-            quantity,
-            kind,
-        })
+            trade: TradeRequest {
+                request_id: RequestId::new(id).unwrap(),
+                name: StockName::new("GameStart").unwrap(),
+                quantity,
+                kind,
+            },
+        }
     }
 
     fn elect(expected: Epoch, leader: u32) -> CatalogRequest {

@@ -39,7 +39,7 @@ impl Counted {
     pub fn of(request: &CatalogRequest) -> Self {
         match request {
             CatalogRequest::Lookup { .. } => Counted::Lookup,
-            CatalogRequest::Trade(_) => Counted::Trade,
+            CatalogRequest::Trade { .. } => Counted::Trade,
             _ => Counted::Other,
         }
     }

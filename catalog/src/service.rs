@@ -237,12 +237,12 @@ impl Service for CatalogService {
             CatalogRequest::Subscribe { invalidations } => {
                 self.0.subscribe(&context, invalidations)
             }
-            CatalogRequest::Trade(trade) => {
+            CatalogRequest::Trade { epoch, trade } => {
                 // Named by its request id, as at the front end and the leader.
                 let span = tracing::info_span!("trade", request = %trade.request_id);
                 async {
-                    debug!(stock = %trade.name, quantity = trade.quantity, epoch = trade.epoch, "trading");
-                    let reply = self.0.request(CatalogRequest::Trade(trade)).await;
+                    debug!(stock = %trade.name, quantity = trade.quantity, epoch, "trading");
+                    let reply = self.0.request(CatalogRequest::Trade { epoch, trade }).await;
                     match &reply {
                         Ok(CatalogResponse::Traded { seq, .. }) => debug!(seq, "traded"),
                         other => debug!(answer = ?other, "not traded"),

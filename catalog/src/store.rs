@@ -424,14 +424,13 @@ mod tests {
             common::safety::Rule::Fencing,
         ));
         let again = common::wire::TradeRequest {
-            epoch: 0,
             request_id: refusal.request_id.clone(),
             name: refusal.name.clone(),
             quantity: refusal.quantity,
             kind: refusal.kind,
         };
         assert_eq!(
-            book.trade(&again),
+            book.trade(0, &again),
             crate::book::Decision::Rejected(refusal.rejection)
         );
     }

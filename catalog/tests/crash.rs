@@ -70,7 +70,6 @@ fn spawn(state: &Path) -> Catalog {
 
 fn request(worker: usize, i: usize) -> TradeRequest {
     TradeRequest {
-        epoch: 1,
         request_id: RequestId::new(format!("crash-{worker}-{i}")).unwrap(),
         name: StockName::new(STOCKS[(worker + i) % STOCKS.len()]).unwrap(),
         quantity: (i % 4 + 1) as i64,
@@ -107,7 +106,7 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
                 for i in 0..5_000 {
                     let request = request(worker, i);
                     sent.lock().unwrap().push(request.clone());
-                    match trader.trade(&request).await {
+                    match trader.trade(1, &request).await {
                         Ok(outcome) => {
                             let receipt = outcome.receipt().unwrap();
                             acked
@@ -142,13 +141,13 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
     // Acknowledged trades are durable: retrying one returns its first receipt.
     for (request, receipt) in acked.values() {
         assert_eq!(
-            &trader.trade(request).await.unwrap().receipt().unwrap(),
+            &trader.trade(1, request).await.unwrap().receipt().unwrap(),
             receipt
         );
     }
     // Trades whose answer was lost are retried with their id: each lands exactly once.
     for request in &sent {
-        trader.trade(request).await.unwrap().receipt().unwrap();
+        trader.trade(1, request).await.unwrap().receipt().unwrap();
     }
     let mut expected: HashMap<&str, (u64, u64)> =
         STOCKS.iter().map(|s| (*s, (INITIAL, 0))).collect();

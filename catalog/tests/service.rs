@@ -62,7 +62,6 @@ fn name(s: &str) -> StockName {
 
 fn trade(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
     TradeRequest {
-        epoch: 1,
         request_id: RequestId::new(id).unwrap(),
         name: name(stock),
         quantity,
@@ -85,7 +84,7 @@ async fn lookups_trades_and_refusals() {
     assert_eq!(client.lookup(&name("gamestart")).await.unwrap(), None);
 
     let bought = client
-        .trade(&trade("t1", "GameStart", 40, TradeKind::Buy))
+        .trade(1, &trade("t1", "GameStart", 40, TradeKind::Buy))
         .await
         .unwrap()
         .receipt();
@@ -98,7 +97,7 @@ async fn lookups_trades_and_refusals() {
         })
     );
     let sold = client
-        .trade(&trade("t2", "GameStart", 15, TradeKind::Sell))
+        .trade(1, &trade("t2", "GameStart", 15, TradeKind::Sell))
         .await
         .unwrap()
         .receipt()
@@ -125,12 +124,12 @@ async fn lookups_trades_and_refusals() {
     ];
     for (request, expected) in refusals {
         assert_eq!(
-            client.trade(&request).await.unwrap().receipt(),
+            client.trade(1, &request).await.unwrap().receipt(),
             Err(expected)
         );
     }
     let all = client
-        .trade(&trade("t7", "GameStart", 99_975, TradeKind::Buy))
+        .trade(1, &trade("t7", "GameStart", 99_975, TradeKind::Buy))
         .await
         .unwrap()
         .receipt()
@@ -152,14 +151,14 @@ async fn a_request_id_is_applied_once_also_after_a_restart() {
     let request = trade("same-id", "BoarCo", 7, TradeKind::Buy);
     let first = catalog
         .client
-        .trade(&request)
+        .trade(1, &request)
         .await
         .unwrap()
         .receipt()
         .unwrap();
     let again = catalog
         .client
-        .trade(&request)
+        .trade(1, &request)
         .await
         .unwrap()
         .receipt()
@@ -167,7 +166,7 @@ async fn a_request_id_is_applied_once_also_after_a_restart() {
     assert_eq!(first, again);
     let reused = trade("same-id", "BoarCo", 8, TradeKind::Buy);
     assert_eq!(
-        catalog.client.trade(&reused).await.unwrap().receipt(),
+        catalog.client.trade(1, &reused).await.unwrap().receipt(),
         Err(TradeRejection::RequestIdReused)
     );
     catalog.stop().await;
@@ -176,7 +175,7 @@ async fn a_request_id_is_applied_once_also_after_a_restart() {
     assert_eq!(
         catalog
             .client
-            .trade(&request)
+            .trade(1, &request)
             .await
             .unwrap()
             .receipt()
@@ -216,7 +215,7 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
                     (i % 5 + 1) as i64,
                     kind,
                 );
-                client.trade(&request).await.unwrap().receipt().unwrap();
+                client.trade(1, &request).await.unwrap().receipt().unwrap();
             }
         })
     });
@@ -249,7 +248,7 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
     let replay = trade("w3-7", "FishCo", 3, TradeKind::Buy);
     assert!(catalog
         .client
-        .trade(&replay)
+        .trade(1, &replay)
         .await
         .unwrap()
         .receipt()
@@ -269,7 +268,7 @@ async fn subscribers_see_every_change_before_its_trade_is_answered() {
     let mut seen = Vec::new();
     for i in 1..=5u64 {
         let receipt = trader
-            .trade(&trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
+            .trade(1, &trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
             .await
             .unwrap()
             .receipt()
@@ -330,7 +329,7 @@ async fn the_shipped_seed_file_is_never_written() {
     let catalog = start(state.path(), |_| {}).await;
     catalog
         .client
-        .trade(&trade("x", "GameStart", 1, TradeKind::Buy))
+        .trade(1, &trade("x", "GameStart", 1, TradeKind::Buy))
         .await
         .unwrap()
         .receipt()

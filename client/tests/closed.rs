@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
     CatalogRequest, CatalogResponse, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
-    OrderResponse, PlaceOrder, ReplicaStatus, RequestId, StockName, TradeKind, TradeRequest,
+    OrderResponse, ReplicaStatus, RequestId, StockName, TradeKind, TradeRequest,
 };
 use common::Error;
 use support::{show, System};
@@ -125,13 +125,15 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
         for (label, wrong) in [("no token", None), ("a wrong token", Some("0".repeat(64)))] {
             // A fresh client per request: a refused dial is not retried at once.
             let catalog = || Catalog::new(port(1), config(wrong.as_deref()));
-            let trade = CatalogRequest::Trade(TradeRequest {
+            let trade = CatalogRequest::Trade {
                 epoch,
-                request_id: id("forged-trade"),
-                name: stock(),
-                quantity: 777,
-                kind: TradeKind::Buy,
-            });
+                trade: TradeRequest {
+                    request_id: id("forged-trade"),
+                    name: stock(),
+                    quantity: 777,
+                    kind: TradeKind::Buy,
+                },
+            };
             refused(
                 &format!("catalog Trade with {label}"),
                 catalog().call(&trade).await,
@@ -168,14 +170,14 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
                     &format!("replica port {i} Replicate with {label}"),
                     replica().call(&replicate).await,
                 );
-                let place = OrderRequest::PlaceOrder(PlaceOrder {
+                let place = OrderRequest::PlaceOrder(TradeRequest {
                     request_id: id("forged-order"),
                     name: stock(),
                     quantity: 777,
                     kind: TradeKind::Buy,
                 });
                 refused(
-                    &format!("replica port {i} PlaceOrder with {label}"),
+                    &format!("replica port {i} TradeRequest with {label}"),
                     replica().call(&place).await,
                 );
             }
@@ -216,13 +218,15 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
                 })
                 .await,
         );
-        let absurd_trade = CatalogRequest::Trade(TradeRequest {
+        let absurd_trade = CatalogRequest::Trade {
             epoch: u64::MAX,
-            request_id: id("absurd-trade"),
-            name: stock(),
-            quantity: 777,
-            kind: TradeKind::Buy,
-        });
+            trade: TradeRequest {
+                request_id: id("absurd-trade"),
+                name: stock(),
+                quantity: 777,
+                kind: TradeKind::Buy,
+            },
+        };
         let answer = catalog.call(&absurd_trade).await.unwrap();
         assert!(
             matches!(answer, CatalogResponse::Fenced { .. }),

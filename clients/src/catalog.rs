@@ -98,9 +98,13 @@ impl CatalogClient {
         }
     }
 
-    /// Applies `trade` (once per request id), if its epoch is the recorded leader's.
-    pub async fn trade(&self, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
-        match self.rpc.call(&CatalogRequest::Trade(trade.clone())).await? {
+    /// Applies `trade` (once per request id), if `epoch` is the recorded leader's.
+    pub async fn trade(&self, epoch: Epoch, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
+        let request = CatalogRequest::Trade {
+            epoch,
+            trade: trade.clone(),
+        };
+        match self.rpc.call(&request).await? {
             CatalogResponse::Traded { receipt, seq } => Ok(TradeOutcome::Traded { receipt, seq }),
             CatalogResponse::Rejected(rejection) => Ok(TradeOutcome::Rejected(rejection)),
             CatalogResponse::Fenced { current, .. } => Ok(TradeOutcome::Fenced { current }),

@@ -247,7 +247,13 @@ pub enum CatalogRequest {
         name: StockName,
     },
     /// Apply one trade, once per request id; refused unless `epoch` is the recorded one.
-    Trade(TradeRequest),
+    Trade {
+        /// The epoch of the leader that sends it; the catalog refuses any but the recorded
+        /// one, so that a deposed leader cannot trade.
+        epoch: Epoch,
+        /// The trade, as the leader was asked to place it.
+        trade: TradeRequest,
+    },
     /// Turn this connection's request into a stream: [`CatalogResponse::Invalidate`] for
     /// every change of a stock (when `invalidations`), [`CatalogResponse::Leadership`] for
     /// every change of the leadership record, and a [`CatalogResponse::Heartbeat`] at least
@@ -356,12 +362,10 @@ pub struct AppliedTrade {
     pub quantity: u64,
 }
 
-/// One trade against the catalog.
+/// One trade, as a front end asks the order leader to place it and the leader asks the
+/// catalog to apply it (under its epoch): the same request, carried unchanged end to end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeRequest {
-    /// The epoch of the leader that sends it; the catalog refuses any but the recorded one,
-    /// so that a deposed leader cannot trade.
-    pub epoch: Epoch,
     /// Repeating an id returns the first outcome and trades nothing again.
     pub request_id: RequestId,
     /// The stock traded.
@@ -371,6 +375,14 @@ pub struct TradeRequest {
     pub quantity: i64,
     /// Buy or sell.
     pub kind: TradeKind,
+}
+
+impl TradeRequest {
+    /// Whether this asks for the trade recorded as `name`, `kind`, `quantity` (a retry), not
+    /// another under a reused request id.
+    pub fn same_trade(&self, name: &StockName, kind: TradeKind, quantity: i64) -> bool {
+        self.name == *name && self.kind == kind && self.quantity == quantity
+    }
 }
 
 /// A stock as the catalog holds it now.
@@ -540,24 +552,11 @@ impl OrderEntry {
     }
 }
 
-/// A trade placed through the order leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlaceOrder {
-    /// Carried to the catalog unchanged; a retry with the same id trades nothing again.
-    pub request_id: RequestId,
-    /// The stock.
-    pub name: StockName,
-    /// Shares; signed so that a negative amount is refused with a clear rejection.
-    pub quantity: i64,
-    /// Buy or sell.
-    pub kind: TradeKind,
-}
-
 /// Requests the order replicas serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OrderRequest {
     /// Trade and record an order (leader only).
-    PlaceOrder(PlaceOrder),
+    PlaceOrder(TradeRequest),
     /// One recorded order, by number.
     GetOrder {
         /// The order's number.

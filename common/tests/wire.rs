@@ -31,13 +31,15 @@ fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
             kind()
         )
             .prop_map(
-                |(epoch, request_id, name, quantity, kind)| CatalogRequest::Trade(TradeRequest {
+                |(epoch, request_id, name, quantity, kind)| CatalogRequest::Trade {
                     epoch,
-                    request_id,
-                    name,
-                    quantity,
-                    kind,
-                })
+                    trade: TradeRequest {
+                        request_id,
+                        name,
+                        quantity,
+                        kind,
+                    },
+                }
             ),
         any::<bool>().prop_map(|invalidations| CatalogRequest::Subscribe { invalidations }),
         Just(CatalogRequest::ReadLeadership),
@@ -213,7 +215,7 @@ fn order_entry() -> impl Strategy<Value = OrderEntry> {
 fn order_request() -> impl Strategy<Value = OrderRequest> {
     prop_oneof![
         (request_id(), stock_name(), any::<i64>(), kind()).prop_map(
-            |(request_id, name, quantity, kind)| OrderRequest::PlaceOrder(PlaceOrder {
+            |(request_id, name, quantity, kind)| OrderRequest::PlaceOrder(TradeRequest {
                 request_id,
                 name,
                 quantity,

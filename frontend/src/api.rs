@@ -9,7 +9,7 @@ use bytes::Bytes;
 use clients::CatalogClient;
 use common::sync::lock;
 use common::wire::{
-    OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind, TradeRejection,
+    OrderRequest, OrderResponse, RequestId, StockName, TradeKind, TradeRejection, TradeRequest,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -260,7 +260,7 @@ impl App {
     }
 
     /// Validates a trade's body and picks its request id.
-    fn parse_order(&self, request: &Request) -> Result<PlaceOrder, Response> {
+    fn parse_order(&self, request: &Request) -> Result<TradeRequest, Response> {
         parse_order(
             &request.body,
             request.idempotency_key.as_deref(),
@@ -347,7 +347,7 @@ pub fn parse_order(
     idempotency_key: Option<&str>,
     max_trade: u64,
     generated_id: impl FnOnce() -> String,
-) -> Result<PlaceOrder, Response> {
+) -> Result<TradeRequest, Response> {
     let bad = |message: &str| Response::error(400, message);
     let value: Value = serde_json::from_slice(body).map_err(|_| bad("malformed JSON"))?;
     let fields = value
@@ -381,7 +381,7 @@ pub fn parse_order(
             .map_err(|e| bad(&format!("invalid Idempotency-Key: {e}")))?,
         None => RequestId::new(generated_id()).map_err(|e| Response::error(500, &e.to_string()))?,
     };
-    Ok(PlaceOrder {
+    Ok(TradeRequest {
         request_id,
         name,
         quantity: i64::try_from(quantity).map_err(|_| bad("quantity too large"))?,

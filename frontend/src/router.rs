@@ -719,7 +719,7 @@ mod tests {
     }
 
     fn place() -> OrderRequest {
-        OrderRequest::PlaceOrder(common::wire::PlaceOrder {
+        OrderRequest::PlaceOrder(common::wire::TradeRequest {
             request_id: common::wire::RequestId::new("r1").unwrap(),
             name: common::wire::StockName::new("GameStart").unwrap(),
             quantity: 1,

@@ -11,7 +11,7 @@ use catalog::book::{LogRecord, Refusal, TradeRecord};
 use common::frame;
 use common::wire::{
     AppliedTrade, CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership,
-    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, PlaceOrder,
+    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, TradeRequest,
     RemoteError, Reply, RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRequest,
 };
 use serde::Serialize;
@@ -222,13 +222,15 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         c,
         "catalog_trade",
         2,
-        CatalogRequest::Trade(TradeRequest {
+        CatalogRequest::Trade {
             epoch: 3,
+            trade: TradeRequest {
             request_id: id("key-abc"),
             name: name("BoarCo"),
             quantity: 5,
             kind: TradeKind::Sell,
-        }),
+        },
+        },
     )?;
     message(
         c,
@@ -258,7 +260,7 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         c,
         "order_place",
         5,
-        OrderRequest::PlaceOrder(PlaceOrder {
+        OrderRequest::PlaceOrder(TradeRequest {
             request_id: id("fe-0123456789abcdef-7"),
             name: name("GameStart"),
             quantity: 10,

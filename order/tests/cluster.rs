@@ -625,13 +625,12 @@ async fn a_restarted_leader_never_leads_its_old_epoch_again() {
 /// that died right after trading (or whose answer was lost) leaves behind.
 async fn orphan_trade(cluster: &Cluster, epoch: u64, id: &str, stock: &str) {
     let trade = common::wire::TradeRequest {
-        epoch,
         request_id: common::wire::RequestId::new(id).unwrap(),
         name: common::wire::StockName::new(stock).unwrap(),
         quantity: 3,
         kind: TradeKind::Buy,
     };
-    let outcome = cluster.catalog.client.trade(&trade).await.unwrap();
+    let outcome = cluster.catalog.client.trade(epoch, &trade).await.unwrap();
     assert!(
         matches!(outcome, clients::TradeOutcome::Traded { .. }),
         "{outcome:?}"
@@ -699,13 +698,15 @@ async fn a_trade_applied_without_an_order_is_recorded_once_by_the_next_leader() 
     let stale = cluster
         .catalog
         .client
-        .trade(&common::wire::TradeRequest {
-            epoch: first,
-            request_id: common::wire::RequestId::new("late").unwrap(),
-            name: common::wire::StockName::new("SkyRoute").unwrap(),
-            quantity: 1,
-            kind: TradeKind::Buy,
-        })
+        .trade(
+            first,
+            &common::wire::TradeRequest {
+                request_id: common::wire::RequestId::new("late").unwrap(),
+                name: common::wire::StockName::new("SkyRoute").unwrap(),
+                quantity: 1,
+                kind: TradeKind::Buy,
+            },
+        )
         .await
         .unwrap();
     assert!(

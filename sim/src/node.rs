@@ -12,8 +12,8 @@ use catalog::engine::{self as catalog_engine, CatalogEngine};
 use common::engine::{Answer, CallError, CallId, CallResult, Peer, Token};
 use common::safety::Rules;
 use common::wire::{
-    CatalogRequest, Leadership, OrderEntry, OrderRequest, OrderResponse, PlaceOrder, ReplicaId,
-    Reply, RequestId, Role, StockName, TradeKind, TradeRejection,
+    CatalogRequest, Leadership, OrderEntry, OrderRequest, OrderResponse, ReplicaId, Reply,
+    RequestId, Role, StockName, TradeKind, TradeRejection, TradeRequest,
 };
 use frontend::router::{self, OrderError, Router, RouterConfig};
 use order::engine::{self as replica_engine, Engine, EngineConfig, ReplyBody};
@@ -437,7 +437,7 @@ impl ReplicaNode {
                 let request = match ready {
                     Ok(replica_engine::Request::Order(request)) => Request::Order(request),
                     Ok(replica_engine::Request::Catalog(request)) => {
-                        self.traded += u32::from(matches!(request, CatalogRequest::Trade(_)));
+                        self.traded += u32::from(matches!(request, CatalogRequest::Trade { .. }));
                         Request::Catalog(request)
                     }
                     Err(never) => match never {},
@@ -811,7 +811,9 @@ impl CatalogNode {
                 self.next_token += 1;
                 self.inbound.insert(token, caller);
                 let trade = match &request {
-                    CatalogRequest::Trade(trade) => Some((trade.epoch, trade.request_id.clone())),
+                    CatalogRequest::Trade { epoch, trade } => {
+                        Some((*epoch, trade.request_id.clone()))
+                    }
                     _ => None,
                 };
                 let record = self.engine.book().leadership().clone();
@@ -1029,7 +1031,7 @@ impl FrontendNode {
 /// One order a client is placing, retried under its id until definitely answered.
 #[derive(Debug, Clone)]
 struct Placing {
-    order: PlaceOrder,
+    order: TradeRequest,
     tries: u32,
 }
 
@@ -1129,7 +1131,7 @@ impl ClientNode {
                 return;
             };
             self.placing = Some(Placing {
-                order: PlaceOrder {
+                order: TradeRequest {
                     request_id,
                     name,
                     quantity: self.rng.range(1, 6) as i64,

@@ -11,8 +11,8 @@ use catalog::CatalogConfig;
 use clients::{CatalogClient, LeadershipOutcome, ReplicaClient};
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    Leadership, LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, ReplicaId, RequestId,
-    StockName, TradeKind,
+    Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, RequestId, StockName,
+    TradeKind, TradeRequest,
 };
 use order::ReplicaConfig;
 pub use order::WriteQuorum;
@@ -286,7 +286,7 @@ impl Cluster {
 }
 
 pub fn order(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> OrderRequest {
-    OrderRequest::PlaceOrder(PlaceOrder {
+    OrderRequest::PlaceOrder(TradeRequest {
         request_id: RequestId::new(id).unwrap(),
         name: StockName::new(stock).unwrap(),
         quantity,

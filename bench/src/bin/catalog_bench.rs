@@ -78,7 +78,6 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     // Alternate buy and sell of one share so the stock never runs out.
                     let request = TradeRequest {
-                        epoch,
                         request_id: RequestId::new(format!("bench-{run}-{i}"))?,
                         name: stock,
                         quantity: 1,
@@ -88,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
                             TradeKind::Sell
                         },
                     };
-                    match client.trade(&request).await? {
+                    match client.trade(epoch, &request).await? {
                         TradeOutcome::Traded { .. } => {}
                         other => bail!("trade refused: {other:?}"),
                     }

@@ -1,5 +1,5 @@
 //! `order_bench`: measures a running order leader (with its followers and the catalog) from a
-//! separate process over loopback: sequential `PlaceOrder` round trips on one connection
+//! separate process over loopback: sequential `TradeRequest` round trips on one connection
 //! (p50/p99), and throughput with many orders in flight on one connection. Prints each round
 //! and the median of the rounds.
 
@@ -8,7 +8,7 @@ use clap::Parser;
 use clients::ReplicaClient;
 use common::rpc::ClientConfig;
 use common::wire::{
-    LeadershipChange, OrderRequest, OrderResponse, PlaceOrder, RequestId, StockName, TradeKind,
+    LeadershipChange, OrderRequest, OrderResponse, RequestId, StockName, TradeKind, TradeRequest,
 };
 
 #[derive(Parser)]
@@ -51,7 +51,7 @@ async fn place(
     i: u64,
 ) -> anyhow::Result<()> {
     // Alternate buy and sell of one share so the stock never runs out.
-    let request = OrderRequest::PlaceOrder(PlaceOrder {
+    let request = OrderRequest::PlaceOrder(TradeRequest {
         request_id: RequestId::new(id)?,
         name: stock.clone(),
         quantity: 1,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::safety::Rule;
 use common::wire::{
     AppliedTrade, CatalogRequest, CatalogResponse, Epoch, LeadershipChange, LogPosition,
-    OrderEntry, OrderResponse, PlaceOrder, RemoteError, ReplicaId, RequestId, TradeRejection,
-    TradeRequest, TransactionNumber,
+    OrderEntry, OrderResponse, RemoteError, ReplicaId, RequestId, TradeRejection, TradeRequest,
+    TransactionNumber,
 };
 use tracing::{debug, error, info, warn};
 
@@ -53,7 +53,7 @@ struct Link {
 /// An order being traded at the catalog, and every request for it that waits.
 #[derive(Debug)]
 struct Placement {
-    order: PlaceOrder,
+    order: TradeRequest,
     waiters: Vec<Token>,
 }
 
@@ -280,7 +280,7 @@ impl Engine {
     }
 
     /// Leader: trade through the catalog, number, record, replicate, answer once committed.
-    pub(super) fn place(&mut self, token: Token, order: PlaceOrder) {
+    pub(super) fn place(&mut self, token: Token, order: TradeRequest) {
         if order.quantity <= 0 {
             return self.reply(
                 token,
@@ -329,13 +329,7 @@ impl Engine {
             placement.waiters.push(token);
             return;
         }
-        let trade = TradeRequest {
-            epoch,
-            request_id: order.request_id.clone(),
-            name: order.name.clone(),
-            quantity: order.quantity,
-            kind: order.kind,
-        };
+        let trade = order.clone();
         let request_id = order.request_id.clone();
         leading.placing.insert(
             request_id.clone(),
@@ -347,7 +341,7 @@ impl Engine {
         self.call_for(
             Some(token),
             Peer::Catalog,
-            Outgoing::Catalog(CatalogRequest::Trade(trade)),
+            Outgoing::Catalog(CatalogRequest::Trade { epoch, trade }),
             call_timeout,
             Pending::Trade { term, request_id },
         );
@@ -405,7 +399,7 @@ impl Engine {
 
     /// The catalog applied `order` as trade `seq`: number it, append it, and answer its
     /// waiters once it is committed.
-    fn record_traded(&mut self, order: PlaceOrder, seq: u64, waiters: Vec<Token>) {
+    fn record_traded(&mut self, order: TradeRequest, seq: u64, waiters: Vec<Token>) {
         let number = self.log.next_number();
         let entry = OrderEntry {
             number,
@@ -1238,7 +1232,7 @@ mod tests {
         let a = h.request(OrderRequest::PlaceOrder(order("o1")));
         let b = h.request(OrderRequest::PlaceOrder(order("o1")));
         let trade = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trade(_)))
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trade { .. }))
         });
         h.answer(
             trade,

@@ -4,7 +4,8 @@
 //! reads them when a command asks for them.
 
 use common::wire::{
-    Epoch, LogPosition, OrderEntry, PlaceOrder, RequestId, StockName, TradeKind, TransactionNumber,
+    Epoch, LogPosition, OrderEntry, RequestId, StockName, TradeKind, TradeRequest,
+    TransactionNumber,
 };
 use durability::window::RecentWindow;
 
@@ -23,10 +24,9 @@ pub struct Placed {
 
 impl Placed {
     /// Whether `order` asks for the same trade (a retry), not another under a reused id.
-    pub fn same_trade(&self, order: &PlaceOrder) -> bool {
-        self.name == order.name
-            && self.kind == order.kind
-            && i64::try_from(self.quantity) == Ok(order.quantity)
+    pub fn same_trade(&self, order: &TradeRequest) -> bool {
+        i64::try_from(self.quantity)
+            .is_ok_and(|quantity| order.same_trade(&self.name, self.kind, quantity))
     }
 }
 
@@ -182,7 +182,7 @@ mod tests {
         let first = entry(0, 1);
         index.append(&first);
         let placed = index.placed(&first.request_id).unwrap();
-        let mut order = PlaceOrder {
+        let mut order = TradeRequest {
             request_id: first.request_id.clone(),
             name: first.name.clone(),
             quantity: 1,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::safety::Rules;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LogPosition, OrderEntry, OrderRequest,
-    OrderResponse, PlaceOrder, ReplicaId, Reply, RequestId, StockName, TradeKind,
+    OrderResponse, ReplicaId, Reply, RequestId, StockName, TradeKind, TradeRequest,
 };
 
 use super::{
@@ -48,8 +48,8 @@ pub(crate) fn entry(number: u64, epoch: Epoch, id: &str) -> OrderEntry {
     }
 }
 
-pub(crate) fn order(id: &str) -> PlaceOrder {
-    PlaceOrder {
+pub(crate) fn order(id: &str) -> TradeRequest {
+    TradeRequest {
         request_id: RequestId::new(id).unwrap(),
         name: StockName::new("GameStart").unwrap(),
         quantity: 1,
@@ -231,7 +231,7 @@ impl Harness {
     pub fn place_traded(&mut self, id: &str, seq: u64) -> Token {
         let token = self.request(OrderRequest::PlaceOrder(order(id)));
         let trade = self.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trade(_)))
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trade { .. }))
         });
         self.answer(
             trade,
