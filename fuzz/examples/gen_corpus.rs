@@ -11,8 +11,8 @@ use catalog::book::{LogRecord, Refusal, TradeRecord};
 use common::frame;
 use common::wire::{
     AppliedTrade, CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership,
-    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, TradeRequest,
-    RemoteError, Reply, RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRequest,
+    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError, Reply,
+    RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRequest,
 };
 use serde::Serialize;
 use stock_bazaar_fuzz::{checksummed_line, DEFAULT_MAX_TRADE};
@@ -225,11 +225,11 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         CatalogRequest::Trade {
             epoch: 3,
             trade: TradeRequest {
-            request_id: id("key-abc"),
-            name: name("BoarCo"),
-            quantity: 5,
-            kind: TradeKind::Sell,
-        },
+                request_id: id("key-abc"),
+                name: name("BoarCo"),
+                quantity: 5,
+                kind: TradeKind::Sell,
+            },
         },
     )?;
     message(
@@ -422,8 +422,10 @@ fn trade_record(seq: u64, kind: TradeKind, quantity: u64) -> TradeRecord {
 
 fn records(c: &Corpus) -> Result<(), Error> {
     let t = "catalog_record";
-    let one = catalog::store::encode_record(&LogRecord::Traded(trade_record(1, TradeKind::Buy, 3)))?;
-    let two = catalog::store::encode_record(&LogRecord::Traded(trade_record(2, TradeKind::Sell, 1)))?;
+    let one =
+        catalog::store::encode_record(&LogRecord::Traded(trade_record(1, TradeKind::Buy, 3)))?;
+    let two =
+        catalog::store::encode_record(&LogRecord::Traded(trade_record(2, TradeKind::Sell, 1)))?;
     let refused = catalog::store::encode_record(&LogRecord::Refused(Refusal {
         request_id: id("key-refused"),
         name: name("GameStart"),
