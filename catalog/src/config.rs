@@ -3,9 +3,16 @@
 
 use std::path::PathBuf;
 
-use common::config::TransportArgs;
+use common::config::{TransportArgs, DEFAULT_HEARTBEAT_MS};
 use common::metrics::MetricsArgs;
 use common::server::ServerConfig;
+
+/// Recent request ids remembered by default.
+pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
+/// Records between snapshots by default.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+/// Milliseconds of a leader's lease by default.
+pub const DEFAULT_LEADER_LEASE_MS: u64 = 800;
 
 /// Flags of the `catalog` binary.
 #[derive(Debug, Clone, clap::Parser)]
@@ -27,19 +34,19 @@ pub struct CatalogArgs {
     pub seed: PathBuf,
 
     /// How many recent request ids are remembered (durably) to apply every trade once.
-    #[arg(long, env = "CATALOG_DEDUP_WINDOW", default_value_t = 100_000,
+    #[arg(long, env = "CATALOG_DEDUP_WINDOW", default_value_t = DEFAULT_DEDUP_WINDOW,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub dedup_window: usize,
 
     /// Records between snapshots; each snapshot empties the write-ahead log.
-    #[arg(long, env = "CATALOG_SNAPSHOT_EVERY", default_value_t = 100_000,
+    #[arg(long, env = "CATALOG_SNAPSHOT_EVERY", default_value_t = DEFAULT_SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
 
     /// Milliseconds an order leader that reported itself serving stays undeposable: while the
     /// catalog hears from it within this lease, elections are refused, so front ends that
     /// cannot reach it do not replace it (nor each other's choices).
-    #[arg(long, env = "CATALOG_LEADER_LEASE_MS", default_value_t = 800,
+    #[arg(long, env = "CATALOG_LEADER_LEASE_MS", default_value_t = DEFAULT_LEADER_LEASE_MS,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub leader_lease_ms: u64,
 
@@ -77,11 +84,11 @@ impl CatalogConfig {
         CatalogConfig {
             state_dir: state_dir.into(),
             seed: seed.into(),
-            dedup_window: 100_000,
-            snapshot_every: 100_000,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             server: ServerConfig::new("catalog"),
-            heartbeat: std::time::Duration::from_millis(200),
-            leader_lease: std::time::Duration::from_millis(800),
+            heartbeat: std::time::Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            leader_lease: std::time::Duration::from_millis(DEFAULT_LEADER_LEASE_MS),
         }
     }
 }

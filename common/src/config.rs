@@ -14,6 +14,17 @@ use crate::server::ServerConfig;
 use crate::wire::ReplicaId;
 use crate::Error;
 
+/// Internal connections a service serves at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Milliseconds a new internal connection has to send its hello by default.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
+/// Milliseconds an idle internal connection is kept by default.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Milliseconds an internal call may take by default.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 5_000;
+/// Milliseconds between subscription heartbeats by default (three missed: broken).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 200;
+
 /// The catalog's address when every service runs on one machine.
 pub const DEFAULT_CATALOG_ADDR: &str = "127.0.0.1:7000";
 /// Every replica's address when every service runs on one machine.
@@ -98,19 +109,19 @@ pub struct TransportArgs {
     pub token: TokenArgs,
 
     /// Internal connections this process serves at once.
-    #[arg(long, env = "BAZAAR_MAX_CONNECTIONS", default_value_t = 1024,
+    #[arg(long, env = "BAZAAR_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub max_connections: usize,
 
     /// Milliseconds a new internal connection has to send its hello.
-    #[arg(long, env = "BAZAAR_HELLO_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "BAZAAR_HELLO_TIMEOUT_MS", default_value_t = DEFAULT_HELLO_TIMEOUT_MS)]
     pub hello_timeout_ms: u64,
 
     /// Milliseconds an internal connection may stay silent, with no request in flight,
     /// before the server closes it. Subscriptions are held to heartbeats instead. Clients
     /// drop their own idle connections after half of it, so that a call never races the
     /// server's close.
-    #[arg(long, env = "BAZAAR_PEER_IDLE_TIMEOUT_MS", default_value_t = 30_000,
+    #[arg(long, env = "BAZAAR_PEER_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub peer_idle_timeout_ms: u64,
 
@@ -121,13 +132,13 @@ pub struct TransportArgs {
     pub worker_threads: usize,
 
     /// Milliseconds an internal call may take, dialing included.
-    #[arg(long, env = "BAZAAR_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "BAZAAR_CALL_TIMEOUT_MS", default_value_t = DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
 
     /// Milliseconds between heartbeats on a subscription, both ways: the catalog to its
     /// subscribers and each subscriber to the catalog. A side that hears nothing for three of
     /// them treats the stream as broken.
-    #[arg(long, env = "BAZAAR_HEARTBEAT_MS", default_value_t = 200,
+    #[arg(long, env = "BAZAAR_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
 }

@@ -18,6 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config;
 use crate::engine::Backoff;
 use crate::frame;
 use crate::sync::lock;
@@ -59,12 +60,12 @@ impl ClientConfig {
             cluster_token: None,
             max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
             connect_timeout: Duration::from_secs(2),
-            call_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_millis(config::DEFAULT_CALL_TIMEOUT_MS),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             outbound_queue: 4096,
-            heartbeat: Duration::from_millis(200),
-            idle_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_millis(config::DEFAULT_HEARTBEAT_MS),
+            idle_timeout: Duration::from_millis(config::DEFAULT_IDLE_TIMEOUT_MS),
         }
     }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::config;
 use crate::frame::{self, HelloPolicy};
 use crate::wire::{Envelope, RemoteError, Reply};
 use crate::Error;
@@ -52,13 +53,13 @@ impl ServerConfig {
         ServerConfig {
             service: service.into(),
             max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
-            max_connections: 1024,
+            max_connections: config::DEFAULT_MAX_CONNECTIONS,
             max_in_flight_per_connection: 1024,
             outbound_queue: 4096,
             cluster_token: None,
-            hello_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            silence_limit: Duration::from_millis(600),
+            hello_timeout: Duration::from_millis(config::DEFAULT_HELLO_TIMEOUT_MS),
+            idle_timeout: Duration::from_millis(config::DEFAULT_IDLE_TIMEOUT_MS),
+            silence_limit: Duration::from_millis(3 * config::DEFAULT_HEARTBEAT_MS),
         }
     }
 }

@@ -17,13 +17,18 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+/// Largest request head by default, in bytes.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Largest request body by default, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_head_bytes: 8 * 1024,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             max_headers: 32,
             max_uri_bytes: 1024,
-            max_body_bytes: 16 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }

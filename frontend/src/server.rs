@@ -36,13 +36,20 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
 }
 
+/// HTTP connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Milliseconds a keep-alive connection may idle by default.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Milliseconds a client has to send a whole request by default.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             limits: Limits::default(),
-            max_connections: 4096,
-            idle_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             write_timeout: Duration::from_secs(10),
         }
     }

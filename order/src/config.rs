@@ -13,6 +13,13 @@ use common::wire::ReplicaId;
 
 use crate::{Error, WriteQuorum};
 
+/// Milliseconds a follower has to persist a batch by default.
+pub const DEFAULT_REPLICATE_TIMEOUT_MS: u64 = 500;
+/// Milliseconds an order may wait for its quorum by default.
+pub const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 5_000;
+/// Recent request ids remembered by default.
+pub const DEFAULT_DEDUP_WINDOW: usize = 1_000_000;
+
 /// Flags of `order` when it runs a replica.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplicaArgs {
@@ -42,16 +49,16 @@ pub struct ReplicaArgs {
     pub write_quorum: WriteQuorum,
 
     /// Milliseconds a follower has to persist replicated orders before it is marked behind.
-    #[arg(long, env = "ORDER_REPLICATE_TIMEOUT_MS", default_value_t = 500)]
+    #[arg(long, env = "ORDER_REPLICATE_TIMEOUT_MS", default_value_t = DEFAULT_REPLICATE_TIMEOUT_MS)]
     pub replicate_timeout_ms: u64,
 
     /// Milliseconds an order may wait for its write quorum before the leader gives up on
     /// answering (the order stays in the log; a retry with the same id finds it).
-    #[arg(long, env = "ORDER_COMMIT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "ORDER_COMMIT_TIMEOUT_MS", default_value_t = DEFAULT_COMMIT_TIMEOUT_MS)]
     pub commit_timeout_ms: u64,
 
     /// Recent request ids remembered for exactly-once.
-    #[arg(long, env = "ORDER_DEDUP_WINDOW", default_value_t = 1_000_000)]
+    #[arg(long, env = "ORDER_DEDUP_WINDOW", default_value_t = DEFAULT_DEDUP_WINDOW)]
     pub dedup_window: usize,
 
     /// Internal transport settings.
@@ -102,9 +109,9 @@ impl ReplicaConfig {
             catalog: catalog.into(),
             state_dir: state_dir.into(),
             write_quorum: WriteQuorum::All,
-            replicate_timeout: Duration::from_millis(500),
-            commit_timeout: Duration::from_secs(5),
-            dedup_window: 1_000_000,
+            replicate_timeout: Duration::from_millis(DEFAULT_REPLICATE_TIMEOUT_MS),
+            commit_timeout: Duration::from_millis(DEFAULT_COMMIT_TIMEOUT_MS),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
             server: ServerConfig::new(format!("order-{id}")),
             client: ClientConfig::new(format!("order-{id}")),
         }
