@@ -14,6 +14,7 @@ use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, RemoteError, Reply,
     RequestId, StockName, StockQuote, TradeRejection, TradeRequest,
 };
+use durability::waiters::DurableWaiters;
 use tracing::{debug, info, warn};
 
 use crate::book::{Book, Decision, LogRecord};
@@ -122,9 +123,9 @@ pub struct CatalogEngine {
     failed: Option<String>,
     writes: VecDeque<(WriteId, Write)>,
     next_write: WriteId,
-    /// Requests waiting for their record, by sequence number.
-    waiting: BTreeMap<u64, Vec<(Token, Waiting)>>,
-    /// Every request waiting for the disk, until its deadline.
+    /// Requests waiting for their record, by sequence number, until their deadline.
+    waiting: DurableWaiters<Waiting>,
+    /// Leadership changes and refusals waiting for the disk, until their deadline.
     deadlines: Deadlines,
     /// Leadership changes waiting for their file.
     changing: BTreeSet<Token>,
@@ -147,7 +148,7 @@ impl CatalogEngine {
             failed: None,
             writes: VecDeque::new(),
             next_write: 1,
-            waiting: BTreeMap::new(),
+            waiting: DurableWaiters::default(),
             deadlines: Deadlines::default(),
             changing: BTreeSet::new(),
             refusing: BTreeMap::new(),
@@ -169,7 +170,10 @@ impl CatalogEngine {
 
     /// The earliest time a waiting request must be answered.
     pub fn next_timer(&mut self) -> Option<Time> {
-        self.deadlines.earliest()
+        match (self.deadlines.earliest(), self.waiting.earliest()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The book (every change in it is in the log, perhaps not yet on disk).
@@ -215,8 +219,8 @@ impl CatalogEngine {
             let why = format!("catalog storage failed: {reason}");
             return self.reply(token, Err(RemoteError::unavailable(why)));
         }
-        self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
-        self.waiting.entry(seq).or_default().push((token, answer));
+        let deadline = self.now + DURABILITY_TIMEOUT;
+        self.waiting.wait(token, seq, answer, deadline);
     }
 
     fn request(&mut self, token: Token, request: CatalogRequest) {
@@ -464,19 +468,12 @@ impl CatalogEngine {
                 }
             }
         }
-        let later = self.waiting.split_off(&(self.durable_seq + 1));
-        let ready = std::mem::replace(&mut self.waiting, later);
-        for (_, waiters) in ready {
-            for (token, answer) in waiters {
-                if !self.deadlines.take(token) {
-                    continue;
-                }
-                let reply = match answer {
-                    Waiting::Lookup(quote) => CatalogResponse::Stock(quote),
-                    Waiting::Traded(answer) => answer,
-                };
-                self.reply(token, Ok(reply));
-            }
+        for (token, answer) in self.waiting.durable_through(self.durable_seq) {
+            let reply = match answer {
+                Waiting::Lookup(quote) => CatalogResponse::Stock(quote),
+                Waiting::Traded(answer) => answer,
+            };
+            self.reply(token, Ok(reply));
         }
         for (token, record) in changed {
             self.reply(token, Ok(CatalogResponse::Leadership(record)));
@@ -494,27 +491,32 @@ impl CatalogEngine {
         self.failed = Some(reason.clone());
         self.writes.clear();
         let why = RemoteError::unavailable(format!("catalog storage failed: {reason}"));
-        let waiting: Vec<Token> = self
-            .waiting
-            .values()
-            .flatten()
-            .map(|(token, _)| *token)
-            .chain(self.changing.iter().copied())
+        let others: Vec<Token> = self
+            .changing
+            .iter()
+            .copied()
             .chain(self.refusing.values().flatten().map(|(token, _)| *token))
             .collect();
-        self.waiting.clear();
         self.changing.clear();
         self.refusing.clear();
+        let mut waiting = self.waiting.drain();
+        waiting.extend(
+            others
+                .into_iter()
+                .filter(|&token| self.deadlines.take(token)),
+        );
         for token in waiting {
-            if self.deadlines.take(token) {
-                self.reply(token, Err(why.clone()));
-            }
+            self.reply(token, Err(why.clone()));
         }
     }
 
     fn tick(&mut self) {
+        let mut due = self.waiting.expired(self.now);
         for token in self.deadlines.due(self.now) {
             self.changing.remove(&token);
+            due.push(token);
+        }
+        for token in due {
             self.reply(
                 token,
                 Err(RemoteError::unavailable("catalog log is not keeping up")),

@@ -1,10 +1,12 @@
 //! What makes a service's state durable, shared by the catalog and the replicas:
 //! [`group_commit`] (one thread appends what is queued and fsyncs once per batch),
 //! [`files`] (the state directory's lock, atomic replacement of small files), [`window`] (the
-//! bounded memory of recent request ids behind exactly-once), and [`storage`] (what a service
-//! does when its disk fails: acknowledge nothing, then restart from its log).
+//! bounded memory of recent request ids behind exactly-once), [`waiters`] (requests answered
+//! only once what they depend on is on disk), and [`storage`] (what a service does when its
+//! disk fails: acknowledge nothing, then restart from its log).
 
 pub mod files;
 pub mod group_commit;
 pub mod storage;
+pub mod waiters;
 pub mod window;

@@ -16,15 +16,16 @@ pub mod leader;
 pub mod log_index;
 pub mod term;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use common::engine::{Deadlines, IdMap};
+use common::engine::IdMap;
 use common::safety::{Rule, Rules};
 use common::wire::{
     CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
     ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber, READ_LOG_MAX,
 };
+use durability::waiters::DurableWaiters;
 
 use crate::log::EpochRecord;
 use crate::replication::WriteQuorum;
@@ -331,8 +332,7 @@ pub struct Engine {
     calls: IdMap<Pending>,
     next_call: CallId,
     /// Follower: `Replicate` answers waiting for their entries to reach the disk.
-    durable_waiters: BTreeMap<TransactionNumber, Vec<(Token, LogPosition)>>,
-    durable_deadlines: Deadlines,
+    durable_waiters: DurableWaiters<LogPosition>,
     /// Entries set aside, by earlier lives too.
     set_aside: u64,
     /// Catch-ups begun since it started.
@@ -374,8 +374,7 @@ impl Engine {
             state: State::Idle,
             calls: IdMap::default(),
             next_call: 1,
-            durable_waiters: BTreeMap::new(),
-            durable_deadlines: Deadlines::default(),
+            durable_waiters: DurableWaiters::default(),
             set_aside: recovered.set_aside,
             catch_ups: 0,
             commit_waits: Vec::new(),
@@ -407,7 +406,7 @@ impl Engine {
 
     /// The earliest time at which the engine has something to do ([`Input::Tick`]).
     pub fn next_timer(&mut self) -> Option<Time> {
-        let mut next = self.durable_deadlines.earliest();
+        let mut next = self.durable_waiters.earliest();
         let mut consider = |at: Option<Time>| {
             if let Some(at) = at {
                 next = Some(next.map_or(at, |n: Time| n.min(at)));
@@ -681,10 +680,9 @@ impl Engine {
         let answer = Err(RemoteError::unavailable(format!(
             "order log failed: {reason}"
         )));
-        for token in self.durable_deadlines.drain() {
+        for token in self.durable_waiters.drain() {
             self.reply(token, answer.clone());
         }
-        self.durable_waiters.clear();
         self.fail_waiting(answer);
     }
 
@@ -695,24 +693,17 @@ impl Engine {
         let Some(durable) = self.durable else {
             return;
         };
-        let later = self.durable_waiters.split_off(&(durable + 1));
-        let ready = std::mem::replace(&mut self.durable_waiters, later);
-        for (_, waiters) in ready {
-            for (token, position) in waiters {
-                if !self.durable_deadlines.take(token) {
-                    continue;
+        for (token, position) in self.durable_waiters.durable_through(durable) {
+            let answer = if self.log.position(position.number) == Some(position) {
+                OrderResponse::Replicated {
+                    last: Some(position),
                 }
-                let answer = if self.log.position(position.number) == Some(position) {
-                    OrderResponse::Replicated {
-                        last: Some(position),
-                    }
-                } else {
-                    OrderResponse::Behind {
-                        last: self.log.last(),
-                    }
-                };
-                self.reply(token, Ok(answer));
-            }
+            } else {
+                OrderResponse::Behind {
+                    last: self.log.last(),
+                }
+            };
+            self.reply(token, Ok(answer));
         }
     }
 
@@ -727,16 +718,13 @@ impl Engine {
             );
             return;
         }
-        self.durable_deadlines
-            .add(token, self.now + DURABILITY_TIMEOUT);
+        let deadline = self.now + DURABILITY_TIMEOUT;
         self.durable_waiters
-            .entry(position.number)
-            .or_default()
-            .push((token, position));
+            .wait(token, position.number, position, deadline);
     }
 
     fn tick(&mut self) {
-        for token in self.durable_deadlines.due(self.now) {
+        for token in self.durable_waiters.expired(self.now) {
             self.reply(
                 token,
                 Err(RemoteError::unavailable("order log is not keeping up")),
