@@ -89,11 +89,7 @@ impl Default for CatalogMetrics {
             "Open subscription streams: front ends (invalidations) and replicas (leadership)",
             subscribers.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
+        let gauge = common::metrics::gauge;
         let epoch = gauge(
             &mut registry,
             "leadership_epoch",

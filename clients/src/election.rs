@@ -404,20 +404,10 @@ mod tests {
 
     fn status(id: ReplicaId, role: Role, epoch: Epoch, link: bool) -> ReplicaStatus {
         ReplicaStatus {
-            id,
-            role,
-            epoch,
-            leader_id: None,
             last: Some(LogPosition { epoch, number: 0 }),
             catalog_link: link,
             placing: role == Role::Leader,
-            stalled: false,
-            storage_failure: None,
-            commit: None,
-            in_sync: Vec::new(),
-            followers: Vec::new(),
-            set_aside: 0,
-            catch_ups: 0,
+            ..ReplicaStatus::new(id, role, epoch)
         }
     }
 

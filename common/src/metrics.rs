@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,6 +101,13 @@ pub fn encode(registry: &Registry, format: Format) -> String {
 /// Buckets for durations from 50 µs to about 13 s, in seconds.
 pub fn duration_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 19)
+}
+
+/// A new gauge, registered in `registry` as `name`.
+pub fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
 }
 
 /// A counter whose total is kept elsewhere (an engine's count, a cache's hits): each scrape

@@ -650,6 +650,29 @@ pub struct ReplicaStatus {
     pub catch_ups: u64,
 }
 
+impl ReplicaStatus {
+    /// A replica in `role` at `epoch` that knows nothing else yet: no leader, an empty log,
+    /// no catalog link, not placing, nothing set aside (set the rest as needed).
+    pub fn new(id: ReplicaId, role: Role, epoch: Epoch) -> Self {
+        ReplicaStatus {
+            id,
+            role,
+            epoch,
+            leader_id: None,
+            last: None,
+            catalog_link: false,
+            placing: false,
+            stalled: false,
+            storage_failure: None,
+            commit: None,
+            in_sync: Vec::new(),
+            followers: Vec::new(),
+            set_aside: 0,
+            catch_ups: 0,
+        }
+    }
+}
+
 /// How far a follower is behind its leader, as the leader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FollowerLag {

@@ -136,11 +136,7 @@ impl Default for Metrics {
         );
         let counter =
             |registry: &mut Registry, name, help| MirroredCounter::registered(registry, name, help);
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
+        let gauge = common::metrics::gauge;
         let cache_hits = counter(
             &mut registry,
             "cache_hits",

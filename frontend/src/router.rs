@@ -701,20 +701,9 @@ mod tests {
 
     fn status(id: ReplicaId, role: Role, epoch: Epoch, serving: bool) -> ReplicaStatus {
         ReplicaStatus {
-            id,
-            role,
-            epoch,
-            leader_id: None,
-            last: None,
             catalog_link: serving,
             placing: role == Role::Leader,
-            stalled: false,
-            storage_failure: None,
-            commit: None,
-            in_sync: Vec::new(),
-            followers: Vec::new(),
-            set_aside: 0,
-            catch_ups: 0,
+            ..ReplicaStatus::new(id, role, epoch)
         }
     }
 

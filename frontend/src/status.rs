@@ -345,9 +345,6 @@ mod tests {
 
     fn status(id: ReplicaId, role: Role, last: u64) -> ReplicaStatus {
         ReplicaStatus {
-            id,
-            role,
-            epoch: 4,
             leader_id: Some(3),
             last: Some(LogPosition {
                 epoch: 4,
@@ -355,13 +352,7 @@ mod tests {
             }),
             catalog_link: true,
             placing: role == Role::Leader,
-            stalled: false,
-            storage_failure: None,
-            commit: None,
-            in_sync: Vec::new(),
-            followers: Vec::new(),
-            set_aside: 0,
-            catch_ups: 0,
+            ..ReplicaStatus::new(id, role, 4)
         }
     }
 

@@ -75,11 +75,7 @@ impl Default for ReplicaMetrics {
             REQUESTS.map(|request| requests_family.get_or_create_owned(&RequestLabel { request }));
         let role = Family::<RoleLabel, Gauge>::default();
         registry.register("role", "1 for what the replica is doing now", role.clone());
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
+        let gauge = common::metrics::gauge;
         let epoch = gauge(&mut registry, "epoch", "Highest epoch seen");
         let last = gauge(
             &mut registry,
