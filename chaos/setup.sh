@@ -14,14 +14,21 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v readelf >/dev/null || need+=(binutils)
 command -v docker-compose >/dev/null || need+=(docker-compose)
-command -v chromium >/dev/null || need+=(chromium)
+lean=()
+command -v chromium >/dev/null || lean+=(chromium)
 sudo=""
 if [[ "$(id -u)" != 0 ]]; then
     sudo="sudo"
 fi
-if ((${#need[@]} > 0)); then
+if ((${#need[@]} + ${#lean[@]} > 0)); then
     $sudo apt-get update -qq
+fi
+if ((${#need[@]} > 0)); then
     $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Headless only: what chromium recommends (printing, notifications, a desktop) is not needed.
+if ((${#lean[@]} > 0)); then
+    $sudo apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
 fi
 if ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20,<1'
