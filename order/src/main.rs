@@ -126,8 +126,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         (Some(Command::Health), args) => {
             let (_, listen) = order::ReplicaConfig::from_args(&args)?;
             let addr = common::config::local_dial(&listen);
-            let replica: common::rpc::RpcClient<OrderRequest, OrderResponse> =
-                common::rpc::RpcClient::new(addr.clone(), args.transport.client_config("health"));
+            let replica =
+                clients::ReplicaClient::new(addr.clone(), args.transport.client_config("health"));
             let outcome = common::health::check(async {
                 match replica
                     .call_within(&OrderRequest::Status, common::health::TIMEOUT)

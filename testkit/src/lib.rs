@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use catalog::CatalogConfig;
 use clients::{CatalogClient, LeadershipOutcome, ReplicaClient};
-use common::rpc::{ClientConfig, RpcClient};
+use common::rpc::ClientConfig;
 use common::wire::{
     Leadership, LeadershipChange, OrderRequest, OrderResponse, ReplicaId, RequestId, StockName,
     TradeKind, TradeRequest,
@@ -200,7 +200,7 @@ impl Cluster {
     }
 
     pub fn client(&self, id: ReplicaId) -> ReplicaClient {
-        RpcClient::new(self.addrs[&id].clone(), fast_client("test"))
+        ReplicaClient::new(self.addrs[&id].clone(), fast_client("test"))
     }
 
     /// Elects `leader` at the catalog (compare-and-set on the record; the first election
