@@ -4,7 +4,8 @@
 //! the bundle mounted at `/opt/bazaar` and a state directory of its own mounted at
 //! `/var/lib/bazaar`, started with nothing in its environment but the bundle's `cluster.env`
 //! and its own env file. Nothing can reach another service on loopback or share its disk, so
-//! a setting that assumes one host fails here. Under the client: the leader killed and
+//! a setting that assumes one host fails here. Each backend's metrics port is scraped from the
+//! client's host (with the bundle's token; refused without). Under the client: the leader killed and
 //! restarted, then the audit over the network. Beside it, `deploy/test.sh` on the same
 //! binaries.
 //!
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use chaos::bins::{bin_dir, workspace_root};
 use chaos::docker::wait_for;
-use chaos::netns::{self, Topology, CLIENT};
+use chaos::netns::{self, NetRuntime, Topology, CLIENT};
+use chaos::observe;
 
 const SERVICES: [&str; 5] = ["catalog", "order1", "order2", "order3", "frontend"];
 
@@ -257,6 +259,46 @@ fn one_process_per_host_from_the_bundle() {
 
     let first = client_run(&hosts, 1);
     assert!(first.status.success(), "client: {}", text(&first));
+    // Each backend's metrics port, from the client's host, as a Prometheus on the network
+    // would scrape it: the token from the bundle opens it, nothing else does.
+    let token = std::fs::read_to_string(bundle.join("env/cluster.env")).unwrap();
+    let token = token
+        .trim()
+        .strip_prefix("BAZAAR_CLUSTER_TOKEN=")
+        .unwrap()
+        .to_owned();
+    let net = NetRuntime::in_namespace(&hosts.topology.member(CLIENT).unwrap().namespace).unwrap();
+    let scrape = |service: &str, token: Option<String>| {
+        let addr = format!("{}:9100", hosts.topology.member(service).unwrap().addr);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(net.run(async move { observe::scrape(&addr, token.as_deref()).await }))
+            .unwrap()
+            .unwrap()
+    };
+    let (status, catalog_metrics) = scrape("catalog", Some(token.clone()));
+    assert_eq!(status, 200, "{catalog_metrics}");
+    assert!(
+        catalog_metrics.contains("bazaar_catalog_trades_total{outcome=\"traded\"}"),
+        "{catalog_metrics}"
+    );
+    let leaders = ["order1", "order2", "order3"]
+        .iter()
+        .filter(|service| {
+            let (status, text) = scrape(service, Some(token.clone()));
+            assert_eq!(status, 200, "{service}: {text}");
+            text.contains("bazaar_order_role{role=\"leader\"} 1")
+        })
+        .count();
+    assert_eq!(leaders, 1, "one replica says it leads");
+    assert_eq!(
+        scrape("order1", None).0,
+        401,
+        "metrics served without the token"
+    );
     // The leader's host loses its process; the client goes on through the new leader.
     let old = leader(&hosts).unwrap();
     let index = SERVICES
