@@ -113,6 +113,9 @@ pub(super) struct Leading {
     pub(super) inherited: Option<TransactionNumber>,
     /// Orders waiting for their commit: since when, and who waits.
     committing: BTreeMap<TransactionNumber, (Time, Vec<Token>)>,
+    /// How long each order committed since the runtime last asked waited, from its append
+    /// to its commit (at most [`super::MAX_COMMIT_SAMPLES`] between two asks).
+    pub(super) commit_waits: Vec<Duration>,
     commit_deadlines: Deadlines,
     placing: BTreeMap<RequestId, Placement>,
     pub(super) reconcile: Reconciliation,
@@ -185,6 +188,7 @@ impl Leading {
             commit_moved: now,
             inherited,
             committing: BTreeMap::new(),
+            commit_waits: Vec::new(),
             commit_deadlines: Deadlines::default(),
             placing: BTreeMap::new(),
             reconcile: Reconciliation::default(),
@@ -495,17 +499,16 @@ impl Engine {
         let later = leading.committing.split_off(&(commit + 1));
         let ready = std::mem::replace(&mut leading.committing, later);
         let mut answers = Vec::new();
-        let mut waits = Vec::new();
         for (number, (since, tokens)) in ready {
-            waits.push(now.saturating_sub(since));
+            if leading.commit_waits.len() < super::MAX_COMMIT_SAMPLES {
+                leading.commit_waits.push(now.saturating_sub(since));
+            }
             for token in tokens {
                 if leading.commit_deadlines.take(token) {
                     answers.push((token, number));
                 }
             }
         }
-        let room = super::MAX_COMMIT_SAMPLES.saturating_sub(self.commit_waits.len());
-        self.commit_waits.extend(waits.into_iter().take(room));
         for (token, number) in answers {
             let epoch = self.log.epoch_of(number).unwrap_or(self.epoch);
             self.reply(token, Ok(OrderResponse::Placed { number, epoch }));

@@ -337,9 +337,6 @@ pub struct Engine {
     set_aside: u64,
     /// Catch-ups begun since it started.
     catch_ups: u64,
-    /// Leader: how long each order committed since the runtime last asked waited, from its
-    /// append to its commit (at most [`MAX_COMMIT_SAMPLES`] are kept between two asks).
-    commit_waits: Vec<Duration>,
     out: Vec<Command>,
 }
 
@@ -377,7 +374,6 @@ impl Engine {
             durable_waiters: DurableWaiters::default(),
             set_aside: recovered.set_aside,
             catch_ups: 0,
-            commit_waits: Vec::new(),
             out: Vec::new(),
             config,
         };
@@ -469,7 +465,9 @@ impl Engine {
     /// Leader: hands `each` the time every order committed since the last call waited for
     /// its commit.
     pub fn drain_commit_waits(&mut self, each: impl FnMut(Duration)) {
-        self.commit_waits.drain(..).for_each(each);
+        if let State::Leading(leading) = &mut self.state {
+            leading.commit_waits.drain(..).for_each(each);
+        }
     }
 
     /// Its answer to `Status`.
