@@ -138,14 +138,19 @@ impl Catalog {
     /// The metrics exposition, read from the engine and the subscriber list as they are now.
     fn render_metrics(&self, format: common::metrics::Format) -> String {
         let (record, durable, failed, subscribers) = {
-            let mut inner = lock(&self.inner);
-            inner.subscribers.retain(|(push, _)| !push.is_closed());
-            let front_ends = inner.subscribers.iter().filter(|(_, i)| *i).count();
+            let inner = lock(&self.inner);
+            let open = || {
+                inner
+                    .subscribers
+                    .iter()
+                    .filter(|(push, _)| !push.is_closed())
+            };
+            let front_ends = open().filter(|(_, invalidations)| *invalidations).count();
             (
                 inner.engine.published().clone(),
                 inner.engine.durable_seq(),
                 inner.engine.storage_failure().is_some(),
-                (front_ends, inner.subscribers.len() - front_ends),
+                (front_ends, open().count() - front_ends),
             )
         };
         self.metrics
@@ -342,17 +347,15 @@ pub async fn run_with_metrics(
     });
     let timer = tokio::spawn(catalog.clone().keep_time(stop.clone()));
     let heartbeat = tokio::spawn(catalog.clone().heartbeats(config.heartbeat, stop.clone()));
-    let exposition = metrics.map(|listener| {
-        let catalog = catalog.clone();
-        let render: common::metrics::Render =
-            Arc::new(move |format| catalog.render_metrics(format));
-        tokio::spawn(common::metrics::serve(
-            listener,
-            render,
-            config.server.cluster_token.clone(),
-            stop.clone(),
-        ))
-    });
+    let exposition = common::metrics::spawn(
+        metrics,
+        {
+            let catalog = catalog.clone();
+            move |format| catalog.render_metrics(format)
+        },
+        config.server.cluster_token.clone(),
+        &stop,
+    );
     info!(addr = %listener.local_addr()?, state = %config.state_dir.display(), "catalog serving");
     server::serve(
         listener,

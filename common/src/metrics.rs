@@ -32,13 +32,19 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format an `Accept` header value asks for.
-    pub fn negotiate(accept: &[u8]) -> Format {
+    /// The format a request's headers ask for: OpenMetrics when an `Accept` header names
+    /// it, else the Prometheus text format.
+    pub fn from_headers(headers: &[httparse::Header<'_>]) -> Format {
         let wanted = b"application/openmetrics-text";
-        if accept
-            .windows(wanted.len())
-            .any(|w| w.eq_ignore_ascii_case(wanted))
-        {
+        let asked = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("accept"))
+            .any(|h| {
+                h.value
+                    .windows(wanted.len())
+                    .any(|w| w.eq_ignore_ascii_case(wanted))
+            });
+        if asked {
             Format::OpenMetrics
         } else {
             Format::Prometheus
@@ -132,6 +138,23 @@ impl MirroredCounter {
         let seen = self.seen.fetch_max(total, Ordering::Relaxed);
         self.counter.inc_by(total.saturating_sub(seen));
     }
+}
+
+/// Starts [`serve`] on `listener`, if the service was given one: the task to wait for at
+/// shutdown.
+pub fn spawn(
+    listener: Option<TcpListener>,
+    render: impl Fn(Format) -> String + Send + Sync + 'static,
+    token: Option<String>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = listener?;
+    Some(tokio::spawn(serve(
+        listener,
+        Arc::new(render),
+        token,
+        shutdown.clone(),
+    )))
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` fires: one request per connection,
@@ -269,14 +292,7 @@ fn answer(head: &[u8], token: Option<&str>) -> Option<Answer> {
             ));
         }
     }
-    let format = request
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("accept"))
-        .map(|h| Format::negotiate(h.value))
-        .find(|&f| f == Format::OpenMetrics)
-        .unwrap_or(Format::Prometheus);
-    Some(Answer::Metrics(format))
+    Some(Answer::Metrics(Format::from_headers(request.headers)))
 }
 
 fn reason(status: u16) -> &'static str {

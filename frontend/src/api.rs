@@ -20,7 +20,6 @@ use crate::http::{Request, Response};
 use crate::leader::{OrderError, OrderLeader};
 use crate::metrics::{Metrics, Route};
 use crate::status;
-use common::metrics::Format;
 
 /// Everything the handlers share.
 pub struct App {
@@ -320,11 +319,7 @@ impl App {
     }
 
     fn metrics_page(&self, request: &Request) -> Response {
-        let format = if request.accepts_openmetrics {
-            Format::OpenMetrics
-        } else {
-            Format::Prometheus
-        };
+        let format = request.metrics_format;
         let cache = lock(&self.cache).stats();
         let (leader, epoch) = self
             .orders

@@ -48,8 +48,9 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// It said `Expect: 100-continue` (HTTP/1.1).
     pub expects_continue: bool,
-    /// Its `Accept` header names OpenMetrics (a Prometheus scrape asks for it).
-    pub accepts_openmetrics: bool,
+    /// The metrics format its `Accept` header asks for (a Prometheus scrape asks for
+    /// OpenMetrics).
+    pub metrics_format: common::metrics::Format,
     /// Exactly Content-Length bytes.
     pub body: Bytes,
 }
@@ -137,7 +138,6 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
     let mut keep_alive_token = false;
     let mut idempotency_key = None;
     let mut expects_continue = false;
-    let mut accepts_openmetrics = false;
     for header in head.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -179,9 +179,6 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
             let value = std::str::from_utf8(header.value)
                 .map_err(|_| refuse(400, "invalid Idempotency-Key"))?;
             idempotency_key = Some(value.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("accept") {
-            accepts_openmetrics |= common::metrics::Format::negotiate(header.value)
-                == common::metrics::Format::OpenMetrics;
         }
     }
     let body_len = content_length.unwrap_or(0);
@@ -209,7 +206,7 @@ pub fn parse(buffer: &[u8], limits: &Limits) -> Result<Parsed, Refusal> {
             http10,
             idempotency_key,
             expects_continue,
-            accepts_openmetrics,
+            metrics_format: common::metrics::Format::from_headers(head.headers),
             body: Bytes::copy_from_slice(&buffer[head_len..total]),
         },
         consumed: total,

@@ -564,19 +564,18 @@ pub async fn run_with_metrics(
     });
     let timer = tokio::spawn(node.clone().keep_time(shutdown.clone()));
     let follower = tokio::spawn(node.clone().follow_record(shutdown.clone()));
-    let exposition = metrics.map(|listener| {
-        let node = node.clone();
-        let render: common::metrics::Render = Arc::new(move |format| {
-            let status = lock(&node.inner).engine.status();
-            node.metrics.render(&status, format)
-        });
-        tokio::spawn(common::metrics::serve(
-            listener,
-            render,
-            config.server.cluster_token.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let exposition = common::metrics::spawn(
+        metrics,
+        {
+            let node = node.clone();
+            move |format| {
+                let status = lock(&node.inner).engine.status();
+                node.metrics.render(&status, format)
+            }
+        },
+        config.server.cluster_token.clone(),
+        &shutdown,
+    );
     server::serve(
         listener,
         Arc::new(ReplicaService(node.clone())),
