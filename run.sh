@@ -103,7 +103,7 @@ launch() { # name command...
 
 start_catalog() {
     launch catalog "$BIN/catalog" --listen "127.0.0.1:$CATALOG_PORT" \
-        --state-dir "$STATE_DIR/catalog" --seed "$PWD/data/catalog.csv" \
+        --state-dir "$STATE_DIR/catalog" --seed "$PWD/data/catalog.csv" --peers "$PEERS" \
         --metrics-listen "127.0.0.1:${metrics_ports[0]}"
 }
 

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
+use common::history::Positions;
 use common::safety::{Rule, Rules};
 use common::wire::{
-    AppliedTrade, Epoch, Leadership, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
-    TradeRejection, TradeRequest,
+    Epoch, Leadership, LogPosition, OrderEntry, RequestId, StockName, StockQuote, TradeKind,
+    TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
 };
 use durability::window::RecentWindow;
 use serde::{Deserialize, Serialize};
@@ -27,9 +28,9 @@ pub struct Stock {
     pub volume: u64,
     /// Bumped by every change.
     pub version: u64,
-    /// Sequence number of the last record that changed this stock, so that a lookup can wait
-    /// until what it shows is durable.
-    pub last_seq: u64,
+    /// Number of the last trade that changed this stock, so that a lookup can wait until what
+    /// it shows is durable.
+    pub last_change: Option<TransactionNumber>,
 }
 
 impl Stock {
@@ -45,12 +46,15 @@ impl Stock {
     }
 }
 
-/// One applied trade: what the write-ahead log stores and replays. It carries the state after
-/// the trade, so replaying it is idempotent.
+/// One applied trade: an entry of the catalog's history, as the write-ahead log stores and
+/// replays it. It carries the state after the trade, so replaying it is idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeRecord {
-    /// Position in the catalog's history, from 1, without gaps.
-    pub seq: u64,
+    /// Position in the catalog's history, from 0, without gaps: the transaction number of the
+    /// order that records it.
+    pub number: TransactionNumber,
+    /// The epoch it was traded under.
+    pub epoch: Epoch,
     /// The request that caused it.
     pub request_id: RequestId,
     /// The stock traded.
@@ -61,6 +65,28 @@ pub struct TradeRecord {
     pub quantity: u64,
     /// The stock right after the trade.
     pub after: TradeReceipt,
+}
+
+impl TradeRecord {
+    /// Its position in the history.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            epoch: self.epoch,
+            number: self.number,
+        }
+    }
+
+    /// The order entry that records it.
+    pub fn entry(&self) -> OrderEntry {
+        OrderEntry {
+            number: self.number,
+            epoch: self.epoch,
+            request_id: self.request_id.clone(),
+            name: self.name.clone(),
+            kind: self.kind,
+            quantity: self.quantity,
+        }
+    }
 }
 
 /// A trade refused where another state of the stock could have accepted it (not enough
@@ -93,16 +119,17 @@ pub enum LogRecord {
 /// What a trade request came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Applied now; the record must be made durable before answering.
+    /// Applied now as the next entry of the history.
     Applied(TradeRecord),
     /// Refused now, in a way another state could not have: the refusal must be made durable
     /// before answering.
     Refused(Refusal),
-    /// The request id was applied before: the first outcome, from record `seq`, which may
-    /// still be on its way to disk.
+    /// The request id was applied before: the first outcome, from entry `number`.
     Repeated {
-        /// The first application's record.
-        seq: u64,
+        /// The first application's entry.
+        number: TransactionNumber,
+        /// The epoch it was traded under.
+        epoch: Epoch,
         /// Its outcome.
         receipt: TradeReceipt,
     },
@@ -116,33 +143,32 @@ pub enum Decision {
 /// A consistent copy of the whole state, as the snapshot file holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Every record up to this one is reflected.
-    pub last_seq: u64,
+    /// The last entry of each epoch of the history it reflects, oldest first.
+    pub boundaries: Vec<LogPosition>,
     /// All stocks, by name.
     pub stocks: Vec<Stock>,
     /// The recent-trade window, oldest first.
     pub recent: Vec<TradeRecord>,
     /// The recent refusals, oldest first.
-    #[serde(default)]
     pub refused: Vec<Refusal>,
-    /// Every trade up to this sequence number is a committed order (as the leader reported).
-    #[serde(default)]
-    pub recorded_through: u64,
+    /// Written at a clean shutdown, with every trade ever answered on disk: a catalog that
+    /// starts from it has lost nothing, and serves at once.
+    pub clean: bool,
 }
 
 /// The catalog's state.
 #[derive(Debug, Clone)]
 pub struct Book {
     stocks: HashMap<StockName, Stock>,
-    /// Recent applied trades by request id, for exactly-once.
+    /// The positions of the history of trades.
+    history: Positions,
+    /// Recent applied trades by request id, for exactly-once and for the leader's
+    /// reconciliation.
     recent: RecentWindow<RequestId, TradeRecord>,
     /// Recent refusals by request id, for the same.
     refused: RecentWindow<RequestId, Refusal>,
-    last_seq: u64,
     /// Who may trade: only the recorded leader's epoch is admitted.
     leadership: Leadership,
-    /// Every trade up to this sequence number is a committed order.
-    recorded_through: u64,
     /// The safety rules (all of them, but in the simulator's mutation runs).
     rules: Rules,
 }
@@ -152,11 +178,10 @@ impl Book {
     pub fn new(stocks: Vec<Stock>, window: usize) -> Self {
         Book {
             stocks: stocks.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            history: Positions::new(),
             recent: RecentWindow::new(window),
             refused: RecentWindow::new(window),
-            last_seq: 0,
             leadership: Leadership::default(),
-            recorded_through: 0,
             rules: Rules::ALL,
         }
     }
@@ -215,7 +240,7 @@ impl Book {
                 quantity,
                 volume: 0,
                 version: 0,
-                last_seq: 0,
+                last_change: None,
             });
         }
         if stocks.is_empty() {
@@ -224,9 +249,14 @@ impl Book {
         Ok(stocks)
     }
 
-    /// The newest record reflected.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
+    /// The number the next applied trade gets: the history holds every number below.
+    pub fn next_number(&self) -> TransactionNumber {
+        self.history.next_number()
+    }
+
+    /// The positions of the history of trades.
+    pub fn history(&self) -> &Positions {
+        &self.history
     }
 
     /// A stock by name.
@@ -251,52 +281,27 @@ impl Book {
         self.leadership = leadership;
     }
 
-    /// The newest sequence number below which every trade is a committed order.
-    pub fn recorded_through(&self) -> u64 {
-        self.recorded_through
+    /// Up to `max` entries of the history after `after` (from the start when `None`), oldest
+    /// first, and whether the first of them is the one right after `after` (the window keeps
+    /// the newest only; nothing after it counts as complete).
+    pub fn entries_after(
+        &self,
+        after: Option<TransactionNumber>,
+        max: usize,
+    ) -> (Vec<OrderEntry>, bool) {
+        let first = after.map_or(0, |n| n.saturating_add(1));
+        let mut listed = self
+            .recent
+            .values_from(|r| r.number < first)
+            .filter(|r| r.number >= first)
+            .peekable();
+        let complete =
+            first >= self.next_number() || listed.peek().map(|r| r.number) == Some(first);
+        let entries = listed.take(max).map(TradeRecord::entry).collect();
+        (entries, complete)
     }
 
-    /// Takes the leader's word that every trade up to `seq` is a committed order; never goes
-    /// back, never past the last trade.
-    pub fn set_recorded_through(&mut self, seq: u64) -> Result<(), String> {
-        if seq > self.last_seq {
-            return Err(format!(
-                "recorded through {seq}, but the last trade is {}",
-                self.last_seq
-            ));
-        }
-        self.recorded_through = self.recorded_through.max(seq);
-        Ok(())
-    }
-
-    /// Forgets how far trades are recorded as orders: after an unclean election the new
-    /// leader may lack orders an earlier one recorded, so it must look at every trade still
-    /// remembered.
-    pub fn forget_recorded(&mut self) {
-        self.recorded_through = 0;
-    }
-
-    /// Up to `max` trades after sequence number `after` and up to `through`, oldest first, and
-    /// whether none in between was forgotten (the window keeps the newest only).
-    pub fn applied_after(&self, after: u64, through: u64, max: usize) -> (Vec<AppliedTrade>, bool) {
-        let mut listed = self.recent.values_from(|r| r.seq <= after).peekable();
-        let oldest = listed.peek().map_or(through.saturating_add(1), |r| r.seq);
-        let complete = oldest <= after.saturating_add(1) || through <= after;
-        let trades = listed
-            .take_while(|r| r.seq <= through)
-            .take(max)
-            .map(|r| AppliedTrade {
-                seq: r.seq,
-                request_id: r.request_id.clone(),
-                name: r.name.clone(),
-                kind: r.kind,
-                quantity: r.quantity,
-            })
-            .collect();
-        (trades, complete)
-    }
-
-    /// Decides and, when accepted, applies one trade.
+    /// Decides and, when accepted, applies one trade as the next entry of the history.
     pub fn trade(&mut self, epoch: Epoch, request: &TradeRequest) -> Decision {
         if self.rules.holds(Rule::Fencing) && !crate::leadership::admits(&self.leadership, epoch) {
             return Decision::Fenced;
@@ -306,7 +311,8 @@ impl Book {
                 .is_ok_and(|quantity| request.same_trade(&first.name, first.kind, quantity));
             return if same {
                 Decision::Repeated {
-                    seq: first.seq,
+                    number: first.number,
+                    epoch: first.epoch,
                     receipt: first.after.clone(),
                 }
             } else {
@@ -324,77 +330,135 @@ impl Book {
             Ok(q) if q > 0 => q,
             _ => return Decision::Rejected(TradeRejection::InvalidQuantity),
         };
-        let Some(stock) = self.stocks.get(&request.name) else {
-            return Decision::Rejected(TradeRejection::StockNotFound);
-        };
-        let refused = |rejection| {
-            Decision::Refused(Refusal {
-                request_id: request.request_id.clone(),
-                name: request.name.clone(),
-                kind: request.kind,
-                quantity: request.quantity,
-                rejection,
-            })
-        };
-        let left = match request.kind {
-            TradeKind::Buy if stock.quantity < quantity => {
-                let decision = refused(TradeRejection::NotEnoughStock {
-                    available: stock.quantity,
-                });
-                self.remember_decision(&decision);
-                return decision;
+        let after = match self.effect(&request.name, request.kind, quantity) {
+            Ok(after) => after,
+            Err(TradeRejection::StockNotFound) => {
+                return Decision::Rejected(TradeRejection::StockNotFound)
             }
-            TradeKind::Buy => stock.quantity - quantity,
-            TradeKind::Sell => match stock.quantity.checked_add(quantity) {
-                Some(left) => left,
-                None => {
-                    let decision = refused(TradeRejection::Overflow);
-                    self.remember_decision(&decision);
-                    return decision;
-                }
-            },
+            Err(rejection) => {
+                let refusal = Refusal {
+                    request_id: request.request_id.clone(),
+                    name: request.name.clone(),
+                    kind: request.kind,
+                    quantity: request.quantity,
+                    rejection,
+                };
+                self.remember_refusal(refusal.clone());
+                return Decision::Refused(refusal);
+            }
         };
-        let (Some(volume), Some(version)) = (
-            stock.volume.checked_add(quantity),
-            stock.version.checked_add(1),
-        ) else {
-            let decision = refused(TradeRejection::Overflow);
-            self.remember_decision(&decision);
-            return decision;
-        };
+        // Only the recorded leader's epoch trades, and epochs only grow; with fencing
+        // switched off (the simulator only) an older one is stamped with the newest, so that
+        // the history's epochs still never go back.
+        let epoch = self
+            .history
+            .last()
+            .map_or(epoch, |last| last.epoch.max(epoch));
         let record = TradeRecord {
-            seq: self.last_seq + 1,
+            number: self.next_number(),
+            epoch,
             request_id: request.request_id.clone(),
             name: request.name.clone(),
             kind: request.kind,
             quantity,
-            after: TradeReceipt {
-                quantity: left,
-                volume,
-                version,
-            },
+            after,
         };
         self.apply(&record);
         Decision::Applied(record)
     }
 
-    /// Applies a record read back from the log. Records at or below [`Book::last_seq`] are
+    /// The stock `name` after trading `quantity` of it, or why it cannot be traded.
+    fn effect(
+        &self,
+        name: &StockName,
+        kind: TradeKind,
+        quantity: u64,
+    ) -> Result<TradeReceipt, TradeRejection> {
+        let stock = self.stocks.get(name).ok_or(TradeRejection::StockNotFound)?;
+        let left = match kind {
+            TradeKind::Buy if stock.quantity < quantity => {
+                return Err(TradeRejection::NotEnoughStock {
+                    available: stock.quantity,
+                })
+            }
+            TradeKind::Buy => stock.quantity - quantity,
+            TradeKind::Sell => stock
+                .quantity
+                .checked_add(quantity)
+                .ok_or(TradeRejection::Overflow)?,
+        };
+        let (Some(volume), Some(version)) = (
+            stock.volume.checked_add(quantity),
+            stock.version.checked_add(1),
+        ) else {
+            return Err(TradeRejection::Overflow);
+        };
+        Ok(TradeReceipt {
+            quantity: left,
+            volume,
+            version,
+        })
+    }
+
+    /// Applies an entry of the order log that the history lacks (it was lost with the tail of
+    /// the write-ahead log, or with the disk): it must be the next entry, and it must apply as
+    /// it did before. Returns the record to log.
+    pub fn replay_entry(&mut self, entry: &OrderEntry) -> Result<TradeRecord, Error> {
+        let inconsistent = |why: String| Error::Corrupt(format!("order {}: {why}", entry.number));
+        if !self.history.follows(entry.position()) {
+            return Err(inconsistent(format!(
+                "does not follow the catalog's history (next {}, last {:?})",
+                self.next_number(),
+                self.history.last()
+            )));
+        }
+        if let Some(first) = self.recent.get(&entry.request_id) {
+            return Err(inconsistent(format!(
+                "request {} was already traded as {}",
+                entry.request_id, first.number
+            )));
+        }
+        if self.refused.get(&entry.request_id).is_some() {
+            return Err(inconsistent(format!(
+                "request {} was refused here",
+                entry.request_id
+            )));
+        }
+        let after = self
+            .effect(&entry.name, entry.kind, entry.quantity)
+            .map_err(|rejection| inconsistent(format!("cannot apply: {rejection}")))?;
+        let record = TradeRecord {
+            number: entry.number,
+            epoch: entry.epoch,
+            request_id: entry.request_id.clone(),
+            name: entry.name.clone(),
+            kind: entry.kind,
+            quantity: entry.quantity,
+            after,
+        };
+        self.apply(&record);
+        Ok(record)
+    }
+
+    /// Applies a record read back from the log. Records below [`Book::next_number`] are
     /// already reflected (the snapshot covers them) and are skipped; a gap or a record that
     /// names an unknown stock means the files are damaged.
     pub fn replay(&mut self, record: &TradeRecord) -> Result<(), Error> {
-        if record.seq <= self.last_seq {
+        if record.number < self.next_number() {
             return Ok(());
         }
-        if record.seq != self.last_seq + 1 {
+        if !self.history.follows(record.position()) {
             return Err(Error::Corrupt(format!(
-                "log jumps from record {} to {}",
-                self.last_seq, record.seq
+                "log jumps from {:?} to record {} of epoch {}",
+                self.history.last(),
+                record.number,
+                record.epoch
             )));
         }
         if !self.stocks.contains_key(&record.name) {
             return Err(Error::Corrupt(format!(
                 "record {} trades unknown stock {}",
-                record.seq, record.name
+                record.number, record.name
             )));
         }
         self.apply(record);
@@ -406,20 +470,11 @@ impl Book {
             stock.quantity = record.after.quantity;
             stock.volume = record.after.volume;
             stock.version = record.after.version;
-            stock.last_seq = record.seq;
+            stock.last_change = Some(record.number);
         }
-        self.last_seq = record.seq;
-        self.remember(record.clone());
-    }
-
-    fn remember(&mut self, record: TradeRecord) {
-        self.recent.insert(record.request_id.clone(), record);
-    }
-
-    fn remember_decision(&mut self, decision: &Decision) {
-        if let Decision::Refused(refusal) = decision {
-            self.remember_refusal(refusal.clone());
-        }
+        self.history.append(record.position());
+        self.recent
+            .insert(record.request_id.clone(), record.clone());
     }
 
     /// Remembers a refusal read back from the log (or just made).
@@ -438,29 +493,30 @@ impl Book {
         }
     }
 
-    /// A consistent copy of the state for the snapshot file.
-    pub fn snapshot(&self) -> Snapshot {
+    /// A consistent copy of the state for the snapshot file; `clean` only at a clean
+    /// shutdown, with everything on disk.
+    pub fn snapshot(&self, clean: bool) -> Snapshot {
         Snapshot {
-            last_seq: self.last_seq,
+            boundaries: self.history.boundaries().to_vec(),
             stocks: self.stocks().into_iter().cloned().collect(),
             recent: self.recent.values().cloned().collect(),
             refused: self.refused.values().cloned().collect(),
-            recorded_through: self.recorded_through,
+            clean,
         }
     }
 
     /// Rebuilds the state from a snapshot, keeping at most `window` recent ids.
-    pub fn from_snapshot(snapshot: Snapshot, window: usize) -> Self {
+    pub fn from_snapshot(snapshot: Snapshot, window: usize) -> Result<Self, Error> {
         let mut book = Book::new(snapshot.stocks, window);
         for record in snapshot.recent {
-            book.remember(record);
+            book.recent.insert(record.request_id.clone(), record);
         }
         for refusal in snapshot.refused {
             book.remember_refusal(refusal);
         }
-        book.last_seq = snapshot.last_seq;
-        book.recorded_through = snapshot.recorded_through.min(snapshot.last_seq);
-        book
+        book.history = Positions::from_boundaries(snapshot.boundaries)
+            .ok_or_else(|| Error::Corrupt("snapshot: epochs of its history go back".into()))?;
+        Ok(book)
     }
 }
 
@@ -500,7 +556,7 @@ mod tests {
     fn buy_and_sell_move_quantity_volume_and_version() {
         let mut book = book();
         let buy = applied(book.trade(1, &request("a", "GameStart", 30, TradeKind::Buy)));
-        assert_eq!(buy.seq, 1);
+        assert_eq!((buy.number, buy.epoch), (0, 1));
         assert_eq!(
             (buy.after.quantity, buy.after.volume, buy.after.version),
             (70, 30, 1)
@@ -517,7 +573,7 @@ mod tests {
     #[test]
     fn refusals_change_no_stock_and_those_another_state_could_accept_are_remembered() {
         let mut book = book();
-        let before = book.snapshot();
+        let before = book.snapshot(false);
         let cases = [
             (
                 request("a", "GameStart", 101, TradeKind::Buy),
@@ -555,10 +611,10 @@ mod tests {
                 other => panic!("{req:?} came to {other:?}"),
             }
         }
-        let after = book.snapshot();
+        let after = book.snapshot(false);
         assert_eq!(
-            (after.stocks, after.last_seq, after.recent),
-            (before.stocks, before.last_seq, before.recent)
+            (after.stocks, after.boundaries, after.recent),
+            (before.stocks, before.boundaries, before.recent)
         );
         assert_eq!(after.refused.len(), 2);
     }
@@ -577,7 +633,7 @@ mod tests {
             book.trade(1, &request("late", "GameStart", 1, TradeKind::Buy)),
             Decision::Rejected(TradeRejection::RequestIdReused)
         );
-        let mut again = Book::from_snapshot(book.snapshot(), 3);
+        let mut again = Book::from_snapshot(book.snapshot(false), 3).unwrap();
         again.set_leadership(book.leadership().clone());
         assert_eq!(again.trade(1, &first), Decision::Rejected(refused));
         assert_eq!(again.stock(&first.name).unwrap().quantity, 160);
@@ -604,7 +660,8 @@ mod tests {
         assert_eq!(
             again,
             Decision::Repeated {
-                seq: first.seq,
+                number: first.number,
+                epoch: 1,
                 receipt: first.after.clone()
             }
         );
@@ -639,31 +696,66 @@ mod tests {
     }
 
     #[test]
-    fn applied_trades_are_listed_after_a_position_within_the_window() {
+    fn entries_are_listed_after_a_position_within_the_window() {
         let mut book = book();
         for id in ["a", "b", "c", "d"] {
             applied(book.trade(1, &request(id, "GameStart", 1, TradeKind::Buy)));
         }
-        let ids = |(trades, complete): (Vec<AppliedTrade>, bool)| {
-            let ids: Vec<String> = trades.iter().map(|t| t.request_id.to_string()).collect();
+        let ids = |(entries, complete): (Vec<OrderEntry>, bool)| {
+            let ids: Vec<String> = entries.iter().map(|e| e.request_id.to_string()).collect();
             (ids, complete)
         };
         assert_eq!(
-            ids(book.applied_after(2, 4, 10)),
+            ids(book.entries_after(Some(1), 10)),
             (vec!["c".into(), "d".into()], true)
         );
-        assert_eq!(ids(book.applied_after(2, 3, 10)), (vec!["c".into()], true));
-        assert_eq!(ids(book.applied_after(2, 4, 1)), (vec!["c".into()], true));
-        assert_eq!(ids(book.applied_after(4, 4, 10)), (vec![], true));
-        // Window of 3: trade 1 ("a") is forgotten.
         assert_eq!(
-            ids(book.applied_after(0, 4, 10)),
+            ids(book.entries_after(Some(1), 1)),
+            (vec!["c".into()], true)
+        );
+        assert_eq!(ids(book.entries_after(Some(3), 10)), (vec![], true));
+        assert_eq!(ids(book.entries_after(Some(9), 10)), (vec![], true));
+        // Window of 3: trade 0 ("a") is forgotten.
+        assert_eq!(
+            ids(book.entries_after(None, 10)),
             (vec!["b".into(), "c".into(), "d".into()], false)
         );
-        assert!(book.set_recorded_through(5).is_err());
-        book.set_recorded_through(3).unwrap();
-        book.set_recorded_through(2).unwrap();
-        assert_eq!(book.recorded_through(), 3);
+        assert_eq!(
+            book.history().last(),
+            Some(LogPosition {
+                epoch: 1,
+                number: 3
+            })
+        );
+    }
+
+    #[test]
+    fn entries_of_the_order_log_replay_as_they_applied_and_nothing_else_does() {
+        let mut live = book();
+        let records: Vec<TradeRecord> = [("a", 30, TradeKind::Buy), ("b", 5, TradeKind::Sell)]
+            .into_iter()
+            .map(|(id, q, kind)| applied(live.trade(1, &request(id, "GameStart", q, kind))))
+            .collect();
+        let mut rebuilt = book();
+        for record in &records {
+            assert_eq!(&rebuilt.replay_entry(&record.entry()).unwrap(), record);
+        }
+        assert_eq!(rebuilt.snapshot(false), live.snapshot(false));
+        // Not the next entry, a request already traded, an epoch going back, a trade the
+        // stock cannot take: each means the histories differ, and changes nothing.
+        let mut wrong = records[0].entry();
+        assert!(rebuilt.replay_entry(&wrong).is_err());
+        wrong.number = 2;
+        assert!(rebuilt.replay_entry(&wrong).is_err());
+        wrong.request_id = RequestId::new("new").unwrap();
+        wrong.epoch = 0;
+        assert!(rebuilt.replay_entry(&wrong).is_err());
+        wrong.epoch = 1;
+        wrong.quantity = 1_000;
+        assert!(rebuilt.replay_entry(&wrong).is_err());
+        assert_eq!(rebuilt.snapshot(false), live.snapshot(false));
+        wrong.quantity = 1;
+        assert_eq!(rebuilt.replay_entry(&wrong).unwrap().after.quantity, 74);
     }
 
     #[test]
@@ -695,11 +787,11 @@ mod tests {
                 live.trade(1, &request(&format!("r{i}"), "GameStart", 7, kind)),
             ));
         }
-        let mut recovered = Book::from_snapshot(book().snapshot(), 3);
+        let mut recovered = Book::from_snapshot(book().snapshot(false), 3).unwrap();
         for record in records.iter().chain(records.iter()) {
             recovered.replay(record).unwrap();
         }
-        assert_eq!(recovered.snapshot(), live.snapshot());
+        assert_eq!(recovered.snapshot(false), live.snapshot(false));
         let mut gap = book();
         assert!(gap.replay(&records[1]).is_err());
     }

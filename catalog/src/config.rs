@@ -1,11 +1,14 @@
 //! The catalog's settings: flags with environment fallbacks, validated once into
 //! [`CatalogConfig`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::config::{TransportArgs, DEFAULT_HEARTBEAT_MS};
+use common::config::{parse_peers, TransportArgs, DEFAULT_HEARTBEAT_MS};
 use common::metrics::MetricsArgs;
+use common::rpc::ClientConfig;
 use common::server::ServerConfig;
+use common::wire::ReplicaId;
 
 /// Recent request ids remembered by default.
 pub const DEFAULT_DEDUP_WINDOW: usize = 100_000;
@@ -50,6 +53,14 @@ pub struct CatalogArgs {
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub leader_lease_ms: u64,
 
+    /// Every order replica (`1=host:port,2=...`, the replicas' own `--peers`). With them, a
+    /// catalog that finds its state directory empty asks every replica whether the cluster is
+    /// new; if their logs hold orders, it rebuilds its stocks from the seed plus the longest
+    /// log instead of starting over. Without them it starts from the seed file.
+    #[arg(long = "peers", visible_alias = "order-peers", env = "ORDER_PEERS",
+          value_parser = parse_peers)]
+    pub peers: Option<BTreeMap<ReplicaId, String>>,
+
     /// Internal transport settings.
     #[command(flatten)]
     pub transport: TransportArgs,
@@ -76,6 +87,11 @@ pub struct CatalogConfig {
     pub heartbeat: std::time::Duration,
     /// How long a leader that said it serves cannot be deposed.
     pub leader_lease: std::time::Duration,
+    /// The order replicas, asked when the state directory is empty; none for a catalog on
+    /// its own.
+    pub replicas: BTreeMap<ReplicaId, String>,
+    /// How the catalog calls the replicas.
+    pub client: ClientConfig,
 }
 
 impl CatalogConfig {
@@ -89,6 +105,8 @@ impl CatalogConfig {
             server: ServerConfig::new("catalog"),
             heartbeat: std::time::Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             leader_lease: std::time::Duration::from_millis(DEFAULT_LEADER_LEASE_MS),
+            replicas: BTreeMap::new(),
+            client: ClientConfig::new("catalog"),
         }
     }
 }
@@ -103,6 +121,8 @@ impl From<&CatalogArgs> for CatalogConfig {
             server: args.transport.server_config("catalog"),
             heartbeat: args.transport.heartbeat(),
             leader_lease: std::time::Duration::from_millis(args.leader_lease_ms),
+            replicas: args.peers.clone().unwrap_or_default(),
+            client: args.transport.client_config("catalog"),
         }
     }
 }

@@ -1,30 +1,46 @@
 //! The catalog's decisions as a state machine without I/O: the book (stocks, exactly-once
-//! trades), the leadership record's compare-and-set and the leader's lease, and when each
-//! answer may go out (only once what it shows is on disk). Requests and flushes come in;
-//! commands go out (append a trade, store the record, reply, publish the record, invalidate a
-//! stock). The service ([`crate::service`]) executes them on the log, the network and the
-//! subscribers; the simulator on a simulated disk and network.
+//! trades, the history they make), the leadership record's compare-and-set and the leader's
+//! lease, the reconciliation of the catalog's history with the leader's order log, the
+//! rebuild of a lost state from the replicas, and when each answer may go out. Requests,
+//! answers to its calls and flushes come in; commands go out (append a record, sync the log,
+//! store the record, reply, publish the record, invalidate a stock, call a replica). The
+//! service ([`crate::service`]) executes them on the log, the network and the subscribers;
+//! the simulator on a simulated disk and network.
+//!
+//! An applied trade is answered at once: the order log, replicated before the trade's client
+//! hears of it, is what makes it durable, and a catalog that restarts after a crash serves
+//! nothing until the leader has replayed to it what its log lost. Its own log is made durable
+//! within [`LINGER`], or at once when a lookup, a refusal or the leadership record waits for it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use common::engine::Deadlines;
-use common::safety::Rules;
+use common::engine::{Deadlines, IdMap};
+use common::history::meeting_point;
+use common::safety::{Rule, Rules};
 use common::wire::{
-    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, RemoteError, Reply,
-    RequestId, StockName, StockQuote, TradeRejection, TradeRequest,
+    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry,
+    OrderRequest, OrderResponse, RemoteError, ReplicaId, ReplicaStatus, Reply, RequestId,
+    StockName, StockQuote, TradeOutcome, TradeRejection, TradeRequest, TransactionNumber,
+    MAX_BATCH, READ_LOG_MAX,
 };
 use durability::waiters::DurableWaiters;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::book::{Book, Decision, LogRecord};
 
-pub use common::engine::{Time, Token, WriteId};
+pub use common::engine::{Answer, CallError, CallId, CallResult, Time, Token, WriteId};
 
 /// Longest a request waits for its record to reach the disk before answering `Unavailable`.
 pub const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most applied trades in one `AppliedSince` answer.
-pub const MAX_APPLIED_BATCH: usize = 1_000;
+/// Longest an applied trade stays off the disk: the order log holds it meanwhile, so the
+/// catalog's fsync is off every trade's path, and one fsync covers all the trades of this
+/// span.
+pub const LINGER: Duration = Duration::from_millis(10);
+/// Wait between two rounds of questions to the replicas while rebuilding.
+pub const REBUILD_RETRY: Duration = Duration::from_millis(200);
+/// How often a rebuild that waits for a replica says so.
+const REBUILD_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// What happens to the catalog.
 #[derive(Debug, Clone)]
@@ -37,23 +53,38 @@ pub enum Input {
         /// The request.
         request: CatalogRequest,
     },
+    /// What became of a [`Command::Call`]; every call gets exactly one.
+    Answer {
+        /// The call.
+        call: CallId,
+        /// Its answer, or why there is none.
+        answer: CallResult,
+    },
     /// Every write up to this one is on disk.
     Flushed(WriteId),
     /// The log cannot be written; nothing queued will become durable.
     StorageFailed(String),
-    /// The clock moved; requests past their deadline are answered.
+    /// The clock moved; whatever is due is done.
     Tick,
 }
 
 /// What the catalog asks its runtime to do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    /// Append `record` to the write-ahead log; report `write` once fsynced.
+    /// Write `record` to the write-ahead log; report `write` once fsynced: at once when
+    /// `sync`, else with the next [`Command::Sync`] (or another write that syncs).
     Append {
         /// Reported by [`Input::Flushed`].
         write: WriteId,
         /// The record.
         record: LogRecord,
+        /// Whether it must be fsynced now.
+        sync: bool,
+    },
+    /// Fsync everything written; report `write` once done.
+    Sync {
+        /// Reported by [`Input::Flushed`].
+        write: WriteId,
     },
     /// Replace the leadership record's file, in order with the log; report `write` after.
     StoreLeadership {
@@ -73,87 +104,182 @@ pub enum Command {
     Snapshot,
     /// Tell every subscriber the leadership record changed (it is on disk).
     Publish(Leadership),
-    /// Tell the front ends a stock changed (the change is on disk), before any trade that
-    /// made it is answered.
+    /// Tell the front ends a stock changed, before any trade that changed it is answered.
     Invalidate {
         /// The stock.
         name: StockName,
         /// Its version after the change.
         version: u64,
     },
+    /// Ask a replica something (while rebuilding); the answer comes back as
+    /// [`Input::Answer`].
+    Call {
+        /// Echoed by the answer.
+        call: CallId,
+        /// Which replica.
+        to: ReplicaId,
+        /// What.
+        request: OrderRequest,
+        /// How long to wait for the answer.
+        timeout: Duration,
+    },
+}
+
+/// The catalog engine's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a lease lasts.
+    pub lease_length: Duration,
+    /// The replicas, asked when the state is lost; none for a catalog on its own.
+    pub replicas: Vec<ReplicaId>,
+    /// How long a call to a replica may take.
+    pub call_timeout: Duration,
+    /// The safety rules (all of them, but in the simulator's mutation runs).
+    pub rules: Rules,
+}
+
+/// How the catalog's state came to it, which decides what it may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Its state directory was empty: a new cluster, or a lost disk. With replicas configured
+    /// it asks them which before it serves anything; on its own it starts from the seed.
+    Empty,
+    /// It stopped cleanly: it has every trade it ever answered, and serves at once.
+    Clean,
+    /// It crashed: its log may have lost trades the order log holds, so it serves no lookup
+    /// and no trade until the leader has reconciled with it.
+    Recovered,
 }
 
 /// A write on its way to disk.
 #[derive(Debug, Clone)]
 enum Write {
     Trade {
-        seq: u64,
-        name: StockName,
-        version: u64,
+        number: TransactionNumber,
     },
     Leadership {
         record: Leadership,
-        token: Token,
+        token: Option<Token>,
     },
     Refusal {
         request_id: RequestId,
     },
+    Sync,
 }
 
-/// What a request waiting for the disk will be answered.
-#[derive(Debug, Clone)]
-enum Waiting {
-    Lookup(StockQuote),
-    Traded(CatalogResponse),
+/// A `Trades` request some of whose refusals are on their way to disk.
+#[derive(Debug)]
+struct Pending {
+    outcomes: Vec<Option<TradeOutcome>>,
+    missing: usize,
+}
+
+/// A lost state being rebuilt from the replicas.
+#[derive(Debug, Default)]
+struct Rebuild {
+    /// Each replica's status, once it answered.
+    statuses: BTreeMap<ReplicaId, ReplicaStatus>,
+    /// Why the others did not, as far as known.
+    silent: BTreeMap<ReplicaId, String>,
+    /// Calls on their way, and to whom.
+    asking: BTreeMap<CallId, ReplicaId>,
+    /// The replica whose log is read, and the record that names it once read.
+    source: Option<(ReplicaId, Leadership)>,
+    /// An operator's choice of source, with its request waiting.
+    forced: Option<(ReplicaId, Token)>,
+    /// When to ask again.
+    retry_at: Option<Time>,
+    /// When it last said what it waits for.
+    warned_at: Option<Time>,
+}
+
+/// What the catalog is doing.
+#[derive(Debug)]
+enum Mode {
+    /// Serving; `ready` once its history is known to hold every trade the order log holds.
+    Serving { ready: bool },
+    /// Its state was lost: learning from the replicas whether the cluster is new, or which
+    /// log to rebuild from.
+    Rebuilding(Box<Rebuild>),
 }
 
 /// The catalog's state.
 #[derive(Debug)]
 pub struct CatalogEngine {
     book: Book,
+    config: EngineConfig,
     now: Time,
-    /// How long a lease lasts.
-    lease_length: Duration,
     /// The leader's lease: the epoch of the last leader that said it serves, and when.
     lease: Option<(Epoch, Time)>,
     /// The leadership record on disk, as subscribers were told.
     published: Leadership,
-    /// Every record up to this sequence number is on disk.
-    durable_seq: u64,
+    /// Every trade numbered below this is on disk.
+    durable_next: TransactionNumber,
     failed: Option<String>,
+    mode: Mode,
     writes: VecDeque<(WriteId, Write)>,
     next_write: WriteId,
-    /// Requests waiting for their record, by sequence number, until their deadline.
-    waiting: DurableWaiters<Waiting>,
-    /// Leadership changes and refusals waiting for the disk, until their deadline.
+    /// The first write not yet covered by a sync asked for, and when one is due for it.
+    unsynced: Option<(WriteId, Time)>,
+    /// Lookups waiting for the change they show to reach the disk, by trade number.
+    lookups: DurableWaiters<StockQuote>,
+    /// `Trades` requests, leadership changes and rebuild overrides waiting for the disk,
+    /// until their deadline.
     deadlines: Deadlines,
     /// Leadership changes waiting for their file.
     changing: BTreeSet<Token>,
-    /// Refusals on their way to disk, by request id, and the requests waiting for each.
-    refusing: BTreeMap<RequestId, Vec<(Token, TradeRejection)>>,
+    /// Refusals on their way to disk, by request id: which request's outcome each decides.
+    refusing: BTreeMap<RequestId, Vec<(Token, usize, TradeRejection)>>,
+    /// `Trades` requests waiting for refusals.
+    pending: IdMap<Pending>,
+    calls: IdMap<()>,
+    next_call: CallId,
     out: Vec<Command>,
 }
 
 impl CatalogEngine {
-    /// A catalog over `book` (as recovered: every record in it is on disk), at time `now`.
-    pub fn new(mut book: Book, lease_length: Duration, rules: Rules, now: Time) -> Self {
-        book.set_rules(rules);
-        CatalogEngine {
+    /// A catalog over `book`, recovered as `origin` says (every record in it is on disk), at
+    /// time `now`.
+    pub fn new(mut book: Book, origin: Origin, config: EngineConfig, now: Time) -> Self {
+        book.set_rules(config.rules);
+        let mode = match origin {
+            Origin::Empty if !config.replicas.is_empty() => Mode::Rebuilding(Box::new(Rebuild {
+                retry_at: Some(now),
+                ..Rebuild::default()
+            })),
+            Origin::Empty | Origin::Clean => Mode::Serving { ready: true },
+            // Broken on purpose (simulator only): serves at once after a crash.
+            Origin::Recovered if !config.rules.holds(Rule::ReplayBeforeServe) => {
+                Mode::Serving { ready: true }
+            }
+            Origin::Recovered => Mode::Serving { ready: false },
+        };
+        let mut engine = CatalogEngine {
             published: book.leadership().clone(),
-            durable_seq: book.last_seq(),
+            durable_next: book.next_number(),
             book,
+            config,
             now,
-            lease_length,
             lease: None,
             failed: None,
+            mode,
             writes: VecDeque::new(),
             next_write: 1,
-            waiting: DurableWaiters::default(),
+            unsynced: None,
+            lookups: DurableWaiters::default(),
             deadlines: Deadlines::default(),
             changing: BTreeSet::new(),
             refusing: BTreeMap::new(),
+            pending: IdMap::default(),
+            calls: IdMap::default(),
+            next_call: 1,
             out: Vec::new(),
+        };
+        if origin == Origin::Empty && matches!(engine.mode, Mode::Serving { .. }) {
+            info!("no replicas configured: starting from the seed file");
+            engine.out.push(Command::Snapshot);
         }
+        engine
     }
 
     /// Handles one input at time `now`, appending the commands it gives to `out`.
@@ -161,6 +287,7 @@ impl CatalogEngine {
         self.now = self.now.max(now);
         match input {
             Input::Request { token, request } => self.request(token, request),
+            Input::Answer { call, answer } => self.answer(call, answer),
             Input::Flushed(write) => self.flushed(write),
             Input::StorageFailed(reason) => self.storage_failed(reason),
             Input::Tick => self.tick(),
@@ -168,12 +295,21 @@ impl CatalogEngine {
         out.append(&mut self.out);
     }
 
-    /// The earliest time a waiting request must be answered.
+    /// The earliest time the engine has something to do.
     pub fn next_timer(&mut self) -> Option<Time> {
-        match (self.deadlines.earliest(), self.waiting.earliest()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let rebuild = match &self.mode {
+            Mode::Rebuilding(rebuild) => rebuild.retry_at,
+            Mode::Serving { .. } => None,
+        };
+        [
+            self.deadlines.earliest(),
+            self.lookups.earliest(),
+            self.unsynced.map(|(_, at)| at),
+            rebuild,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The book (every change in it is in the log, perhaps not yet on disk).
@@ -191,9 +327,20 @@ impl CatalogEngine {
         self.failed.as_deref()
     }
 
-    /// Every record up to this sequence number is on disk.
-    pub fn durable_seq(&self) -> u64 {
-        self.durable_seq
+    /// Every trade numbered below this is on disk.
+    pub fn durable_next(&self) -> TransactionNumber {
+        self.durable_next
+    }
+
+    /// Whether it serves lookups and trades: its history holds every trade of the order log.
+    pub fn ready(&self) -> bool {
+        matches!(self.mode, Mode::Serving { ready: true })
+    }
+
+    /// Whether it is rebuilding a lost state from the replicas (it serves nothing meanwhile,
+    /// not even the leadership record).
+    pub fn rebuilding(&self) -> bool {
+        matches!(self.mode, Mode::Rebuilding(_))
     }
 
     fn reply(&mut self, token: Token, reply: Reply<CatalogResponse>) {
@@ -207,33 +354,80 @@ impl CatalogEngine {
         id
     }
 
-    fn wait(&mut self, token: Token, seq: u64, answer: Waiting) {
-        if seq <= self.durable_seq {
-            let reply = match answer {
-                Waiting::Lookup(quote) => CatalogResponse::Stock(quote),
-                Waiting::Traded(answer) => answer,
-            };
-            return self.reply(token, Ok(reply));
+    /// Logs `record`: a trade lazily (on disk within [`LINGER`]), a refusal at once.
+    fn append(&mut self, record: LogRecord) -> WriteId {
+        let (write, sync) = match &record {
+            LogRecord::Traded(trade) => (
+                self.write(Write::Trade {
+                    number: trade.number,
+                }),
+                false,
+            ),
+            LogRecord::Refused(refusal) => (
+                self.write(Write::Refusal {
+                    request_id: refusal.request_id.clone(),
+                }),
+                true,
+            ),
+        };
+        if sync {
+            self.unsynced = None;
+        } else if self.unsynced.is_none() {
+            self.unsynced = Some((write, self.now + LINGER));
         }
+        self.out.push(Command::Append {
+            write,
+            record,
+            sync,
+        });
+        write
+    }
+
+    /// Asks for everything written to be fsynced now, unless a sync asked for already covers
+    /// it.
+    fn sync_now(&mut self) {
+        if self.unsynced.take().is_some() {
+            let write = self.write(Write::Sync);
+            self.out.push(Command::Sync { write });
+        }
+    }
+
+    fn unavailable(&self) -> Option<RemoteError> {
         if let Some(reason) = &self.failed {
-            let why = format!("catalog storage failed: {reason}");
-            return self.reply(token, Err(RemoteError::unavailable(why)));
+            // The service restarts from its log once the disk takes writes again.
+            return Some(RemoteError::unavailable(format!(
+                "catalog storage failed: {reason}"
+            )));
         }
-        let deadline = self.now + DURABILITY_TIMEOUT;
-        self.waiting.wait(token, seq, answer, deadline);
+        match &self.mode {
+            Mode::Serving { ready: true } => None,
+            Mode::Serving { ready: false } => Some(RemoteError::unavailable(
+                "the catalog restarted after a crash and waits for the order leader to replay \
+                 what its log lost",
+            )),
+            Mode::Rebuilding(_) => Some(RemoteError::unavailable(
+                "the catalog lost its state and is rebuilding it from the replicas' order logs",
+            )),
+        }
     }
 
     fn request(&mut self, token: Token, request: CatalogRequest) {
+        if self.rebuilding() {
+            if let CatalogRequest::ChangeLeadership {
+                change: LeadershipChange::Unclean { leader },
+                ..
+            } = request
+            {
+                return self.force_rebuild(token, leader);
+            }
+            let why = self
+                .unavailable()
+                .unwrap_or_else(|| RemoteError::unavailable("rebuilding"));
+            return self.reply(token, Err(why));
+        }
         match request {
-            CatalogRequest::Lookup { name } => match self.book.stock(&name) {
-                // Never show a change that a crash could still take back.
-                Some(stock) => {
-                    let (quote, seq) = (stock.quote(), stock.last_seq);
-                    self.wait(token, seq, Waiting::Lookup(quote));
-                }
-                None => self.reply(token, Ok(CatalogResponse::NotFound)),
-            },
-            CatalogRequest::Trade { epoch, trade } => self.trade(token, epoch, trade),
+            CatalogRequest::Lookup { name } => self.lookup(token, name),
+            CatalogRequest::Trades { epoch, trades } => self.trades(token, epoch, trades),
             CatalogRequest::ReadLeadership => {
                 let record = self.published.clone();
                 self.reply(token, Ok(CatalogResponse::Leadership(record)));
@@ -241,14 +435,17 @@ impl CatalogEngine {
             CatalogRequest::ChangeLeadership { expected, change } => {
                 self.change_leadership(token, expected, change)
             }
-            CatalogRequest::AppliedSince {
+            CatalogRequest::Reconcile {
                 epoch,
-                recorded_through,
-                after,
+                known,
                 max,
                 serving,
             } => {
-                let reply = self.applied_since(epoch, recorded_through, after, max, serving);
+                let reply = self.reconcile(epoch, &known, max, serving);
+                self.reply(token, reply);
+            }
+            CatalogRequest::Replay { epoch, entries } => {
+                let reply = self.replay(epoch, &entries);
                 self.reply(token, reply);
             }
             CatalogRequest::Subscribe { .. } => self.reply(
@@ -260,65 +457,139 @@ impl CatalogEngine {
         }
     }
 
-    fn trade(&mut self, token: Token, epoch: Epoch, request: TradeRequest) {
-        if let Some(reason) = &self.failed {
-            // The service restarts from its log once the disk takes writes again.
-            let why = format!("catalog storage failed: {reason}");
-            return self.reply(token, Err(RemoteError::unavailable(why)));
+    fn lookup(&mut self, token: Token, name: StockName) {
+        // A failed disk still shows what is on it; only a catalog that may lack trades of the
+        // order log shows nothing.
+        if self.failed.is_none() {
+            if let Some(why) = self.unavailable() {
+                return self.reply(token, Err(why));
+            }
         }
-        match self.book.trade(epoch, &request) {
-            Decision::Rejected(rejection) => {
-                debug!(request_id = %request.request_id, %rejection, "trade refused");
-                if let Some(waiting) = self.refusing.get_mut(&request.request_id) {
-                    // Refused before; the refusal is still on its way to disk.
-                    waiting.push((token, rejection));
-                    self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
-                    return;
+        let Some(stock) = self.book.stock(&name) else {
+            return self.reply(token, Ok(CatalogResponse::NotFound));
+        };
+        let quote = stock.quote();
+        match stock.last_change {
+            // Never show a change that a crash could still take back.
+            Some(number) if number >= self.durable_next => {
+                if let Some(reason) = &self.failed {
+                    let why = format!("catalog storage failed: {reason}");
+                    return self.reply(token, Err(RemoteError::unavailable(why)));
                 }
-                self.reply(token, Ok(CatalogResponse::Rejected(rejection)));
+                self.lookups
+                    .wait(token, number, quote, self.now + DURABILITY_TIMEOUT);
+                self.sync_now();
             }
-            Decision::Refused(refusal) => {
-                debug!(request_id = %refusal.request_id, rejection = %refusal.rejection, "trade refused; remembered");
-                let write = self.write(Write::Refusal {
-                    request_id: refusal.request_id.clone(),
-                });
-                self.refusing.insert(
-                    refusal.request_id.clone(),
-                    vec![(token, refusal.rejection.clone())],
-                );
-                self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
-                self.out.push(Command::Append {
-                    write,
-                    record: LogRecord::Refused(refusal),
-                });
-            }
-            Decision::Fenced => {
-                let current = self.published.clone();
-                debug!(request_id = %request.request_id, epoch, %current, "trade fenced");
-                let reason = format!("epoch {epoch} may not trade; the record is {current}");
-                self.reply(token, Ok(CatalogResponse::Fenced { current, reason }));
-            }
-            Decision::Repeated { seq, receipt } => {
-                debug!(request_id = %request.request_id, seq, "repeated trade request");
-                let answer = CatalogResponse::Traded { receipt, seq };
-                self.wait(token, seq, Waiting::Traded(answer));
-            }
-            Decision::Applied(record) => {
-                let seq = record.seq;
-                let answer = CatalogResponse::Traded {
-                    receipt: record.after.clone(),
-                    seq,
-                };
-                let write = self.write(Write::Trade {
-                    seq,
-                    name: record.name.clone(),
-                    version: record.after.version,
-                });
-                self.out.push(Command::Append {
-                    write,
-                    record: LogRecord::Traded(record),
-                });
-                self.wait(token, seq, Waiting::Traded(answer));
+            _ => self.reply(token, Ok(CatalogResponse::Stock(quote))),
+        }
+    }
+
+    fn trades(&mut self, token: Token, epoch: Epoch, trades: Vec<TradeRequest>) {
+        if let Some(why) = self.unavailable() {
+            return self.reply(token, Err(why));
+        }
+        if trades.len() > MAX_BATCH {
+            let why = format!("at most {MAX_BATCH} trades per request");
+            return self.reply(token, Err(RemoteError::bad_request(why)));
+        }
+        if self.book.rules().holds(Rule::Fencing)
+            && !crate::leadership::admits(self.book.leadership(), epoch)
+        {
+            let current = self.published.clone();
+            debug!(epoch, %current, "trades fenced");
+            let reason = format!("epoch {epoch} may not trade; the record is {current}");
+            return self.reply(token, Ok(CatalogResponse::Fenced { current, reason }));
+        }
+        let mut outcomes = Vec::with_capacity(trades.len());
+        let mut missing = 0;
+        let mut fenced = false;
+        for (index, trade) in trades.into_iter().enumerate() {
+            let outcome = match self.book.trade(epoch, &trade) {
+                Decision::Applied(record) => {
+                    let outcome = TradeOutcome::Traded {
+                        number: record.number,
+                        epoch: record.epoch,
+                        receipt: record.after.clone(),
+                    };
+                    // Front ends drop the stock before any trade that changed it is answered.
+                    self.out.push(Command::Invalidate {
+                        name: record.name.clone(),
+                        version: record.after.version,
+                    });
+                    self.append(LogRecord::Traded(record));
+                    Some(outcome)
+                }
+                Decision::Repeated {
+                    number,
+                    epoch,
+                    receipt,
+                } => Some(TradeOutcome::Traded {
+                    number,
+                    epoch,
+                    receipt,
+                }),
+                Decision::Rejected(rejection) => match self.refusing.get_mut(&trade.request_id) {
+                    // Refused before; the refusal is still on its way to disk.
+                    Some(waiting) => {
+                        waiting.push((token, index, rejection));
+                        None
+                    }
+                    None => Some(TradeOutcome::Rejected(rejection)),
+                },
+                Decision::Refused(refusal) => {
+                    debug!(request_id = %refusal.request_id, rejection = %refusal.rejection, "trade refused; remembered");
+                    let waiting = vec![(token, index, refusal.rejection.clone())];
+                    let request_id = refusal.request_id.clone();
+                    if self.book.rules().holds(Rule::RefusalDurableBeforeAnswer) {
+                        self.refusing.insert(request_id, waiting);
+                        self.append(LogRecord::Refused(refusal));
+                        None
+                    } else {
+                        // Broken on purpose (simulator only): answered before it is on disk.
+                        let rejection = refusal.rejection.clone();
+                        self.append(LogRecord::Refused(refusal));
+                        Some(TradeOutcome::Rejected(rejection))
+                    }
+                }
+                Decision::Fenced => {
+                    // Cannot happen: the epoch was admitted above, under the same record.
+                    fenced = true;
+                    break;
+                }
+            };
+            missing += usize::from(outcome.is_none());
+            outcomes.push(outcome);
+        }
+        if fenced {
+            error!(epoch, "a trade of an admitted epoch was fenced");
+            // Whatever was applied is recorded by the leader's reconciliation.
+            let why = RemoteError::unavailable("the leadership record changed during the request");
+            return self.reply(token, Err(why));
+        }
+        if missing == 0 {
+            let outcomes = outcomes.into_iter().flatten().collect();
+            return self.reply(token, Ok(CatalogResponse::Traded(outcomes)));
+        }
+        self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
+        self.pending.insert(token, Pending { outcomes, missing });
+    }
+
+    /// A refusal some request waited for is on disk.
+    fn refused(&mut self, token: Token, index: usize, rejection: TradeRejection) {
+        let Some(pending) = self.pending.get_mut(&token) else {
+            return;
+        };
+        if let Some(slot @ None) = pending.outcomes.get_mut(index) {
+            *slot = Some(TradeOutcome::Rejected(rejection));
+            pending.missing -= 1;
+        }
+        if pending.missing > 0 {
+            return;
+        }
+        if let Some(pending) = self.pending.remove(&token) {
+            if self.deadlines.take(token) {
+                let outcomes = pending.outcomes.into_iter().flatten().collect();
+                self.reply(token, Ok(CatalogResponse::Traded(outcomes)));
             }
         }
     }
@@ -342,24 +613,26 @@ impl CatalogEngine {
             let why = format!("catalog storage failed: {reason}");
             return self.reply(token, Err(RemoteError::unavailable(why)));
         }
-        self.book.set_leadership(record.clone());
-        if matches!(change, LeadershipChange::Unclean { .. }) {
-            // The new leader may lack orders its predecessors recorded: it reconciles with
-            // every trade still remembered. On disk before the record names it.
-            self.book.forget_recorded();
-            self.out.push(Command::Snapshot);
-        }
         if record.epoch != expected {
             // A new leader gets one lease to take over before it can be deposed.
             self.lease = Some((record.epoch, self.now));
         }
         info!(%record, ?change, "leadership record changing");
+        self.store_leadership(record, Some(token));
+    }
+
+    fn store_leadership(&mut self, record: Leadership, token: Option<Token>) {
+        self.book.set_leadership(record.clone());
         let write = self.write(Write::Leadership {
             record: record.clone(),
             token,
         });
-        self.changing.insert(token);
-        self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
+        if let Some(token) = token {
+            self.changing.insert(token);
+            self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
+        }
+        // Stored in order with the log: everything written before is on disk with it.
+        self.unsynced = None;
         self.out.push(Command::StoreLeadership { write, record });
     }
 
@@ -377,7 +650,8 @@ impl CatalogEngine {
         }
         match self.lease {
             Some((epoch, heard))
-                if epoch == current.epoch && self.now.saturating_sub(heard) < self.lease_length =>
+                if epoch == current.epoch
+                    && self.now.saturating_sub(heard) < self.config.lease_length =>
             {
                 Err(format!(
                     "the recorded leader {leader} of epoch {epoch} serves (the catalog heard \
@@ -389,48 +663,110 @@ impl CatalogEngine {
         }
     }
 
-    /// The leader's reconciliation: stores how far every trade is a committed order, renews
-    /// its lease if it serves, and lists the durable trades after `after`.
-    fn applied_since(
+    /// Whether `epoch` leads, by the record as it is and as it is on disk.
+    fn leads(&self, epoch: Epoch) -> Result<(), CatalogResponse> {
+        if crate::leadership::admits(self.book.leadership(), epoch)
+            && crate::leadership::admits(&self.published, epoch)
+        {
+            return Ok(());
+        }
+        let current = self.published.clone();
+        Err(CatalogResponse::Fenced {
+            reason: format!("epoch {epoch} does not lead; the record is {current}"),
+            current,
+        })
+    }
+
+    /// The leader's reconciliation: renews its lease if it serves, finds where the catalog's
+    /// history meets the leader's log, and lists the catalog's trades after that point. Once
+    /// both end at the same position, a catalog that was catching up serves again.
+    fn reconcile(
         &mut self,
         epoch: Epoch,
-        recorded_through: u64,
-        after: Option<u64>,
+        known: &[LogPosition],
         max: u32,
         serving: bool,
     ) -> Reply<CatalogResponse> {
-        let through = self.durable_seq;
-        if !crate::leadership::admits(self.book.leadership(), epoch)
-            || !crate::leadership::admits(&self.published, epoch)
-        {
-            let current = self.published.clone();
-            return Ok(CatalogResponse::Fenced {
-                reason: format!("epoch {epoch} does not lead; the record is {current}"),
-                current,
-            });
+        if let Err(fenced) = self.leads(epoch) {
+            return Ok(fenced);
         }
-        let after = after.unwrap_or(self.book.recorded_through());
-        if recorded_through > through || after > through {
-            warn!(
-                epoch,
-                recorded_through, after, through, "absurd reconciliation refused"
-            );
-            return Err(RemoteError::bad_request(format!(
-                "positions {recorded_through}/{after} are beyond the last durable trade {through}"
-            )));
-        }
-        self.book
-            .set_recorded_through(recorded_through)
-            .map_err(RemoteError::bad_request)?;
         if serving {
             self.lease = Some((epoch, self.now));
         }
-        let max = (max as usize).clamp(1, MAX_APPLIED_BATCH);
-        let (trades, complete) = self.book.applied_after(after, through, max);
-        Ok(CatalogResponse::Applied {
+        let history = self.book.history();
+        let meet = meeting_point(known, history.boundaries());
+        let in_step = known.last().copied() == history.last();
+        let next = history.next_number();
+        let max = (max as usize).clamp(1, MAX_BATCH);
+        let (trades, complete) = self.book.entries_after(meet.map(|p| p.number), max);
+        if in_step && matches!(self.mode, Mode::Serving { ready: false }) {
+            info!(
+                next,
+                "the catalog's history equals the order log's; serving again"
+            );
+            self.mode = Mode::Serving { ready: true };
+        }
+        Ok(CatalogResponse::Reconciled {
+            meet,
+            next,
             trades,
-            last_seq: through,
             complete,
+        })
+    }
+
+    /// Entries of the leader's log that the catalog's history lacks, applied in order.
+    fn replay(&mut self, epoch: Epoch, entries: &[OrderEntry]) -> Reply<CatalogResponse> {
+        if let Err(fenced) = self.leads(epoch) {
+            return Ok(fenced);
+        }
+        if let Some(reason) = &self.failed {
+            let why = format!("catalog storage failed: {reason}");
+            return Err(RemoteError::unavailable(why));
+        }
+        if entries.len() > MAX_BATCH {
+            let why = format!("at most {MAX_BATCH} entries per replay");
+            return Err(RemoteError::bad_request(why));
+        }
+        let mut replayed = 0;
+        for entry in entries {
+            if entry.number < self.book.next_number() {
+                if self.book.history().position(entry.number) == Some(entry.position()) {
+                    continue;
+                }
+                let why = format!(
+                    "order {} of epoch {} is not the catalog's trade {} ({:?})",
+                    entry.number,
+                    entry.epoch,
+                    entry.number,
+                    self.book.history().position(entry.number)
+                );
+                error!(%why, "replay refused: the histories differ");
+                return Err(RemoteError::bad_request(why));
+            }
+            match self.book.replay_entry(entry) {
+                Ok(record) => {
+                    self.out.push(Command::Invalidate {
+                        name: record.name.clone(),
+                        version: record.after.version,
+                    });
+                    self.append(LogRecord::Traded(record));
+                    replayed += 1;
+                }
+                Err(e) => {
+                    error!(error = %e, "replay refused: the order log does not apply here");
+                    return Err(RemoteError::bad_request(e.to_string()));
+                }
+            }
+        }
+        if replayed > 0 {
+            info!(
+                replayed,
+                next = self.book.next_number(),
+                "replayed orders the catalog's log had lost"
+            );
+        }
+        Ok(CatalogResponse::Replayed {
+            next: self.book.next_number(),
         })
     }
 
@@ -445,41 +781,40 @@ impl CatalogEngine {
                 break;
             };
             match write {
-                Write::Trade { seq, name, version } => {
-                    self.durable_seq = self.durable_seq.max(seq);
-                    // Invalidations go out before any trade of the batch is answered.
-                    self.out.push(Command::Invalidate { name, version });
+                Write::Trade { number } => {
+                    self.durable_next = self.durable_next.max(number + 1);
                 }
                 Write::Refusal { request_id } => {
-                    for (token, rejection) in self.refusing.remove(&request_id).unwrap_or_default()
-                    {
-                        if self.deadlines.take(token) {
-                            refused.push((token, rejection));
-                        }
-                    }
+                    refused.extend(self.refusing.remove(&request_id).unwrap_or_default());
                 }
                 Write::Leadership { record, token } => {
                     self.published = record.clone();
                     self.out.push(Command::Publish(record.clone()));
-                    if self.changing.remove(&token) && self.deadlines.take(token) {
-                        info!(%record, "leadership record changed");
-                        changed.push((token, record));
+                    if let Some(token) = token {
+                        if self.changing.remove(&token) && self.deadlines.take(token) {
+                            info!(%record, "leadership record changed");
+                            changed.push((token, record));
+                        }
                     }
                 }
+                Write::Sync => {}
             }
         }
-        for (token, answer) in self.waiting.durable_through(self.durable_seq) {
-            let reply = match answer {
-                Waiting::Lookup(quote) => CatalogResponse::Stock(quote),
-                Waiting::Traded(answer) => answer,
-            };
-            self.reply(token, Ok(reply));
+        if let Some((first, _)) = self.unsynced {
+            if first <= through {
+                self.unsynced = None;
+            }
+        }
+        if let Some(durable) = self.durable_next.checked_sub(1) {
+            for (token, quote) in self.lookups.durable_through(durable) {
+                self.reply(token, Ok(CatalogResponse::Stock(quote)));
+            }
+        }
+        for (token, index, rejection) in refused {
+            self.refused(token, index, rejection);
         }
         for (token, record) in changed {
             self.reply(token, Ok(CatalogResponse::Leadership(record)));
-        }
-        for (token, rejection) in refused {
-            self.reply(token, Ok(CatalogResponse::Rejected(rejection)));
         }
     }
 
@@ -490,30 +825,36 @@ impl CatalogEngine {
         warn!(%reason, "write-ahead log failed; trades are refused from now on");
         self.failed = Some(reason.clone());
         self.writes.clear();
+        self.unsynced = None;
         let why = RemoteError::unavailable(format!("catalog storage failed: {reason}"));
-        let others: Vec<Token> = self
-            .changing
-            .iter()
-            .copied()
-            .chain(self.refusing.values().flatten().map(|(token, _)| *token))
-            .collect();
-        self.changing.clear();
-        self.refusing.clear();
-        let mut waiting = self.waiting.drain();
+        let mut waiting = self.lookups.drain();
         waiting.extend(
-            others
+            self.changing
+                .iter()
+                .chain(self.pending.keys())
+                .copied()
+                .collect::<Vec<_>>()
                 .into_iter()
                 .filter(|&token| self.deadlines.take(token)),
         );
+        self.changing.clear();
+        self.pending.clear();
+        self.refusing.clear();
+        if let Mode::Rebuilding(rebuild) = &mut self.mode {
+            if let Some((_, token)) = rebuild.forced.take() {
+                waiting.push(token);
+            }
+        }
         for token in waiting {
             self.reply(token, Err(why.clone()));
         }
     }
 
     fn tick(&mut self) {
-        let mut due = self.waiting.expired(self.now);
+        let mut due = self.lookups.expired(self.now);
         for token in self.deadlines.due(self.now) {
             self.changing.remove(&token);
+            self.pending.remove(&token);
             due.push(token);
         }
         for token in due {
@@ -522,261 +863,264 @@ impl CatalogEngine {
                 Err(RemoteError::unavailable("catalog log is not keeping up")),
             );
         }
+        if self.unsynced.is_some_and(|(_, at)| at <= self.now) {
+            self.sync_now();
+        }
+        self.rebuild_tick();
+    }
+
+    fn answer(&mut self, call: CallId, answer: CallResult) {
+        if self.calls.remove(&call).is_none() {
+            return;
+        }
+        let Mode::Rebuilding(rebuild) = &mut self.mode else {
+            return;
+        };
+        let Some(replica) = rebuild.asking.remove(&call) else {
+            return;
+        };
+        match answer {
+            Ok(Answer::Order(OrderResponse::Status(status))) => {
+                rebuild.silent.remove(&replica);
+                rebuild.statuses.insert(replica, status);
+                self.rebuild_step();
+            }
+            Ok(Answer::Order(OrderResponse::Log { entries, last, .. })) => {
+                self.read_page(replica, entries, last)
+            }
+            Ok(other) => {
+                rebuild
+                    .silent
+                    .insert(replica, format!("answered {other:?}"));
+            }
+            Err(e) => {
+                rebuild.silent.insert(replica, e.to_string());
+                if rebuild
+                    .source
+                    .as_ref()
+                    .is_some_and(|(source, _)| *source == replica)
+                {
+                    rebuild.retry_at = Some(self.now + REBUILD_RETRY);
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, to: ReplicaId, request: OrderRequest) -> CallId {
+        let call = self.next_call;
+        self.next_call += 1;
+        self.calls.insert(call, ());
+        self.out.push(Command::Call {
+            call,
+            to,
+            request,
+            timeout: self.config.call_timeout,
+        });
+        call
+    }
+
+    /// While rebuilding: asks every replica that has not answered for its status, or reads on.
+    fn rebuild_tick(&mut self) {
+        let now = self.now;
+        let replicas = self.config.replicas.clone();
+        let Mode::Rebuilding(rebuild) = &mut self.mode else {
+            return;
+        };
+        if rebuild.retry_at.is_none_or(|at| at > now) {
+            return;
+        }
+        rebuild.retry_at = Some(now + REBUILD_RETRY);
+        if rebuild
+            .warned_at
+            .is_none_or(|at| now.saturating_sub(at) >= REBUILD_WARN_EVERY)
+        {
+            rebuild.warned_at = Some(now);
+            if !rebuild.silent.is_empty() {
+                warn!(
+                    waiting_for = ?rebuild.silent,
+                    "the catalog's state directory was empty; it rebuilds its state from the \
+                     replicas' order logs once every replica answers (only then is the one that \
+                     holds every acknowledged order known); `order elect --unclean ID` rebuilds \
+                     from replica ID's log instead"
+                );
+            }
+        }
+        if let Some((source, _)) = rebuild.source {
+            if !rebuild.asking.values().any(|&r| r == source) {
+                let from = self.book.next_number();
+                let call = self.call(
+                    source,
+                    OrderRequest::ReadLog {
+                        from,
+                        max: READ_LOG_MAX,
+                    },
+                );
+                if let Mode::Rebuilding(rebuild) = &mut self.mode {
+                    rebuild.asking.insert(call, source);
+                }
+            }
+            return;
+        }
+        let ask: Vec<ReplicaId> = replicas
+            .into_iter()
+            .filter(|id| {
+                !rebuild.statuses.contains_key(id) && !rebuild.asking.values().any(|r| r == id)
+            })
+            .collect();
+        for replica in ask {
+            let call = self.call(replica, OrderRequest::Status);
+            if let Mode::Rebuilding(rebuild) = &mut self.mode {
+                rebuild.asking.insert(call, replica);
+            }
+        }
+    }
+
+    /// An operator chose the replica to rebuild from (`order elect --unclean`): it leads
+    /// alone, whatever the others hold.
+    fn force_rebuild(&mut self, token: Token, leader: ReplicaId) {
+        let Mode::Rebuilding(rebuild) = &mut self.mode else {
+            return;
+        };
+        if !self.config.replicas.contains(&leader) {
+            let why = format!("replica {leader} is not configured");
+            return self.reply(token, Err(RemoteError::bad_request(why)));
+        }
+        if rebuild.source.is_some() || rebuild.forced.is_some() {
+            let why = "the catalog is already rebuilding from a replica's log";
+            return self.reply(token, Err(RemoteError::unavailable(why)));
+        }
+        warn!(
+            leader,
+            "rebuilding from the replica an operator chose; orders only the others held may be lost"
+        );
+        rebuild.forced = Some((leader, token));
+        self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
+        self.rebuild_step();
+    }
+
+    /// Decides, once it may, whether the cluster is new or which log to rebuild from.
+    fn rebuild_step(&mut self) {
+        let replicas = self.config.replicas.clone();
+        let now = self.now;
+        let Mode::Rebuilding(rebuild) = &mut self.mode else {
+            return;
+        };
+        if rebuild.source.is_some() {
+            return;
+        }
+        let newest_epoch = rebuild
+            .statuses
+            .values()
+            .map(|s| s.epoch)
+            .max()
+            .unwrap_or(0);
+        let chosen = if let Some((forced, _)) = rebuild.forced {
+            let Some(status) = rebuild.statuses.get(&forced) else {
+                // Its status first: how far its log goes.
+                rebuild.retry_at = Some(now);
+                return;
+            };
+            Some((forced, vec![forced], status.last))
+        } else {
+            if replicas.iter().any(|id| !rebuild.statuses.contains_key(id)) {
+                return;
+            }
+            let fresh = rebuild
+                .statuses
+                .values()
+                .all(|s| s.epoch == 0 && s.last.is_none() && s.set_aside == 0);
+            if fresh {
+                info!("every replica is empty: a new cluster, starting from the seed file");
+                self.mode = Mode::Serving { ready: true };
+                self.out.push(Command::Snapshot);
+                return;
+            }
+            // The replica whose log reaches furthest holds every acknowledged order (every one
+            // is on every member of the in-sync set, and any longer log would hold it too);
+            // those whose log ends at the same position hold the same log.
+            let Some((id, last)) = rebuild
+                .statuses
+                .iter()
+                .max_by_key(|(id, s)| (s.last, **id))
+                .map(|(id, s)| (*id, s.last))
+            else {
+                return;
+            };
+            let in_sync = rebuild
+                .statuses
+                .iter()
+                .filter(|(_, s)| s.last == last)
+                .map(|(id, _)| *id)
+                .collect();
+            Some((id, in_sync, last))
+        };
+        let Some((leader, in_sync, last)) = chosen else {
+            return;
+        };
+        let record = Leadership {
+            epoch: newest_epoch.saturating_add(1),
+            leader: Some(leader),
+            in_sync,
+        };
+        info!(
+            source = leader,
+            last = ?last,
+            %record,
+            "rebuilding the catalog from the order log of the replica that holds every acknowledged order"
+        );
+        rebuild.source = Some((leader, record));
+        rebuild.retry_at = Some(now);
+        self.rebuild_tick();
+    }
+
+    /// A page of the source replica's log: replayed onto the seed; the rebuild ends at its
+    /// last entry.
+    fn read_page(&mut self, from: ReplicaId, entries: Vec<OrderEntry>, last: Option<LogPosition>) {
+        let Mode::Rebuilding(rebuild) = &mut self.mode else {
+            return;
+        };
+        let Some((source, record)) = rebuild.source.clone() else {
+            return;
+        };
+        if from != source {
+            return;
+        }
+        for entry in &entries {
+            if entry.number < self.book.next_number() {
+                continue;
+            }
+            if let Err(e) = self.book.replay_entry(entry) {
+                error!(error = %e, source, "cannot rebuild from this replica's log; asking again");
+                if let Mode::Rebuilding(rebuild) = &mut self.mode {
+                    rebuild.retry_at = Some(self.now + REBUILD_RETRY);
+                }
+                return;
+            }
+        }
+        let done =
+            last.is_none_or(|last| self.book.next_number() > last.number) || entries.is_empty();
+        if !done {
+            if let Mode::Rebuilding(rebuild) = &mut self.mode {
+                rebuild.retry_at = Some(self.now);
+            }
+            return self.rebuild_tick();
+        }
+        let forced = match std::mem::replace(&mut self.mode, Mode::Serving { ready: true }) {
+            Mode::Rebuilding(rebuild) => rebuild.forced.map(|(_, token)| token),
+            Mode::Serving { .. } => None,
+        };
+        self.durable_next = self.book.next_number();
+        info!(
+            source,
+            next = self.book.next_number(),
+            %record,
+            "catalog rebuilt from the order log; serving"
+        );
+        self.out.push(Command::Snapshot);
+        self.lease = Some((record.epoch, self.now));
+        self.store_leadership(record, forced);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use common::safety::Rule;
-    use common::wire::{TradeKind, TradeReceipt};
-
-    struct Harness {
-        engine: CatalogEngine,
-        now: Time,
-        next: Token,
-        out: Vec<Command>,
-    }
-
-    fn harness(rules: Rules) -> Harness {
-        let stocks = Book::parse_seed("GameStart,15.99,10\n").unwrap();
-        let mut book = Book::new(stocks, 100);
-        book.set_leadership(Leadership {
-            epoch: 1,
-            leader: Some(3),
-            in_sync: vec![1, 2, 3],
-        });
-        Harness {
-            engine: CatalogEngine::new(book, Duration::from_millis(800), rules, Time::ZERO),
-            now: Time::ZERO,
-            next: 1,
-            out: Vec::new(),
-        }
-    }
-
-    impl Harness {
-        fn request(&mut self, request: CatalogRequest) -> Token {
-            let token = self.next;
-            self.next += 1;
-            self.engine
-                .handle(self.now, Input::Request { token, request }, &mut self.out);
-            token
-        }
-
-        fn flush(&mut self) {
-            let last = self
-                .out
-                .iter()
-                .filter_map(|c| match c {
-                    Command::Append { write, .. } | Command::StoreLeadership { write, .. } => {
-                        Some(*write)
-                    }
-                    _ => None,
-                })
-                .max();
-            if let Some(last) = last {
-                self.engine
-                    .handle(self.now, Input::Flushed(last), &mut self.out);
-            }
-        }
-
-        fn reply(&mut self, token: Token) -> Option<Reply<CatalogResponse>> {
-            let at = self
-                .out
-                .iter()
-                .position(|c| matches!(c, Command::Reply { token: t, .. } if *t == token))?;
-            match self.out.remove(at) {
-                Command::Reply { reply, .. } => Some(reply),
-                _ => unreachable!("matched a reply"),
-            }
-        }
-    }
-
-    fn trade(epoch: Epoch, id: &str, quantity: i64, kind: TradeKind) -> CatalogRequest {
-        CatalogRequest::Trade {
-            epoch,
-            trade: TradeRequest {
-                request_id: RequestId::new(id).unwrap(),
-                name: StockName::new("GameStart").unwrap(),
-                quantity,
-                kind,
-            },
-        }
-    }
-
-    fn elect(expected: Epoch, leader: u32) -> CatalogRequest {
-        CatalogRequest::ChangeLeadership {
-            expected,
-            change: LeadershipChange::Elect {
-                leader,
-                in_sync: vec![],
-            },
-        }
-    }
-
-    #[test]
-    fn a_trade_is_answered_once_on_disk_and_its_invalidation_goes_first() {
-        let mut h = harness(Rules::ALL);
-        let token = h.request(trade(1, "a", 4, TradeKind::Buy));
-        assert_eq!(h.reply(token), None);
-        let lookup = h.request(CatalogRequest::Lookup {
-            name: StockName::new("GameStart").unwrap(),
-        });
-        assert_eq!(
-            h.reply(lookup),
-            None,
-            "a lookup never shows what is not on disk"
-        );
-        h.flush();
-        let invalidated = h
-            .out
-            .iter()
-            .position(|c| matches!(c, Command::Invalidate { version: 1, .. }));
-        let answered = h
-            .out
-            .iter()
-            .position(|c| matches!(c, Command::Reply { token: t, .. } if *t == token));
-        assert!(
-            invalidated.is_some() && invalidated < answered,
-            "{:?}",
-            h.out
-        );
-        assert_eq!(
-            h.reply(token),
-            Some(Ok(CatalogResponse::Traded {
-                receipt: TradeReceipt {
-                    quantity: 6,
-                    volume: 4,
-                    version: 1
-                },
-                seq: 1
-            }))
-        );
-        assert!(matches!(h.reply(lookup), Some(Ok(CatalogResponse::Stock(q))) if q.quantity == 6));
-    }
-
-    #[test]
-    fn a_trade_of_another_epoch_is_fenced_and_changes_nothing() {
-        let mut h = harness(Rules::ALL);
-        let token = h.request(trade(0, "a", 1, TradeKind::Buy));
-        assert!(matches!(
-            h.reply(token),
-            Some(Ok(CatalogResponse::Fenced { .. }))
-        ));
-        assert_eq!(h.engine.book().last_seq(), 0);
-        let mut broken = harness(Rules::without(Rule::Fencing));
-        broken.request(trade(0, "a", 1, TradeKind::Buy));
-        assert_eq!(broken.engine.book().last_seq(), 1);
-    }
-
-    #[test]
-    fn a_refusal_is_answered_once_on_disk_and_repeated_to_a_late_attempt() {
-        let mut h = harness(Rules::ALL);
-        let first = h.request(trade(1, "big", 50, TradeKind::Buy));
-        assert_eq!(h.reply(first), None);
-        let again = h.request(trade(1, "big", 50, TradeKind::Buy));
-        assert_eq!(h.reply(again), None, "the refusal is not on disk yet");
-        assert!(h.out.iter().any(|c| matches!(
-            c,
-            Command::Append {
-                record: LogRecord::Refused(_),
-                ..
-            }
-        )));
-        h.flush();
-        let refused = Ok(CatalogResponse::Rejected(TradeRejection::NotEnoughStock {
-            available: 10,
-        }));
-        assert_eq!(h.reply(first), Some(refused.clone()));
-        assert_eq!(h.reply(again), Some(refused.clone()));
-        // Stock comes back; a late attempt of the refused id still gets its refusal.
-        h.request(trade(1, "sell", 100, TradeKind::Sell));
-        h.flush();
-        let late = h.request(trade(1, "big", 50, TradeKind::Buy));
-        assert_eq!(h.reply(late), Some(refused));
-    }
-
-    #[test]
-    fn an_election_waits_for_the_lease_and_two_elections_never_both_win() {
-        let mut h = harness(Rules::ALL);
-        let renew = h.request(CatalogRequest::AppliedSince {
-            epoch: 1,
-            recorded_through: 0,
-            after: None,
-            max: 10,
-            serving: true,
-        });
-        assert!(matches!(
-            h.reply(renew),
-            Some(Ok(CatalogResponse::Applied { .. }))
-        ));
-        let early = h.request(elect(1, 2));
-        assert!(matches!(
-            h.reply(early),
-            Some(Ok(CatalogResponse::Fenced { reason, .. })) if reason.contains("not deposed")
-        ));
-        h.now += Duration::from_millis(801);
-        let first = h.request(elect(1, 2));
-        let second = h.request(elect(1, 1));
-        assert!(matches!(
-            h.reply(second),
-            Some(Ok(CatalogResponse::Fenced { .. }))
-        ));
-        assert_eq!(h.reply(first), None, "answered once the record is on disk");
-        h.flush();
-        let won = Leadership {
-            epoch: 2,
-            leader: Some(2),
-            in_sync: vec![1, 2, 3],
-        };
-        assert!(h.out.contains(&Command::Publish(won.clone())));
-        assert_eq!(
-            h.reply(first),
-            Some(Ok(CatalogResponse::Leadership(won.clone())))
-        );
-        assert_eq!(h.engine.published(), &won);
-    }
-
-    #[test]
-    fn an_unclean_election_snapshots_that_every_trade_must_be_looked_at_again() {
-        let mut h = harness(Rules::ALL);
-        h.request(trade(1, "a", 1, TradeKind::Buy));
-        h.flush();
-        let report = h.request(CatalogRequest::AppliedSince {
-            epoch: 1,
-            recorded_through: 1,
-            after: None,
-            max: 10,
-            serving: false,
-        });
-        assert!(h.reply(report).is_some());
-        assert_eq!(h.engine.book().recorded_through(), 1);
-        h.out.clear();
-        h.request(CatalogRequest::ChangeLeadership {
-            expected: 1,
-            change: LeadershipChange::Unclean { leader: 1 },
-        });
-        assert_eq!(h.engine.book().recorded_through(), 0);
-        let snapshot = h.out.iter().position(|c| *c == Command::Snapshot);
-        let record = h
-            .out
-            .iter()
-            .position(|c| matches!(c, Command::StoreLeadership { .. }));
-        assert!(snapshot.is_some() && snapshot < record, "{:?}", h.out);
-    }
-
-    #[test]
-    fn a_failed_disk_answers_every_waiting_request_and_refuses_trades() {
-        let mut h = harness(Rules::ALL);
-        let waiting = h.request(trade(1, "a", 1, TradeKind::Buy));
-        h.engine.handle(
-            h.now,
-            Input::StorageFailed("No space left on device".into()),
-            &mut h.out,
-        );
-        assert!(matches!(h.reply(waiting), Some(Err(e)) if e.message.contains("No space")));
-        let refused = h.request(trade(1, "b", 1, TradeKind::Buy));
-        assert!(matches!(h.reply(refused), Some(Err(_))));
-        assert_eq!(h.engine.storage_failure(), Some("No space left on device"));
-    }
-}
+mod tests;

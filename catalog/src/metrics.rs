@@ -1,9 +1,10 @@
 //! What the catalog shows on its metrics port: lookups and trades by outcome, the
-//! write-ahead log's fsyncs and group-commit batches, its subscribers, and the leadership
-//! record it holds.
+//! write-ahead log's fsyncs and group-commit batches, its subscribers, how far its history
+//! of trades goes and how much of it is on disk, whether it serves, and the leadership record
+//! it holds.
 
 use common::metrics::Format;
-use common::wire::{CatalogRequest, CatalogResponse, Leadership, Reply};
+use common::wire::{CatalogRequest, CatalogResponse, Leadership, Reply, TradeOutcome};
 use durability::group_commit::CommitMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,8 +29,8 @@ struct SubscriberLabel {
 pub enum Counted {
     /// A lookup.
     Lookup,
-    /// A trade.
-    Trade,
+    /// A batch of this many trades.
+    Trades(usize),
     /// Anything else (not counted).
     Other,
 }
@@ -39,10 +40,27 @@ impl Counted {
     pub fn of(request: &CatalogRequest) -> Self {
         match request {
             CatalogRequest::Lookup { .. } => Counted::Lookup,
-            CatalogRequest::Trade { .. } => Counted::Trade,
+            CatalogRequest::Trades { trades, .. } => Counted::Trades(trades.len()),
             _ => Counted::Other,
         }
     }
+}
+
+/// What the catalog holds now, for the gauges.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The leadership record on disk.
+    pub record: Leadership,
+    /// Trades in its history.
+    pub history_next: u64,
+    /// Trades of its history on its disk.
+    pub durable_next: u64,
+    /// It serves lookups and trades.
+    pub serving: bool,
+    /// It rebuilds a lost state.
+    pub rebuilding: bool,
+    /// Its log cannot be written.
+    pub storage_failed: bool,
 }
 
 /// The catalog's metrics and the registry that renders them.
@@ -55,7 +73,10 @@ pub struct CatalogMetrics {
     epoch: Gauge,
     leader: Gauge,
     in_sync: Gauge,
-    durable_seq: Gauge,
+    history_next: Gauge,
+    durable_next: Gauge,
+    serving: Gauge,
+    rebuilding: Gauge,
     storage_failed: Gauge,
     /// Measured by the write-ahead log's commit thread.
     pub commit: CommitMetrics,
@@ -76,7 +97,7 @@ impl Default for CatalogMetrics {
         let trades_family = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "trades",
-            "Trade requests answered, by outcome (a retry of an applied trade counts as traded)",
+            "Trades answered, by outcome (a retry of an applied trade counts as traded)",
             trades_family.clone(),
         );
         let lookups = LOOKUP_OUTCOMES
@@ -105,10 +126,26 @@ impl Default for CatalogMetrics {
             "leadership_in_sync",
             "Replicas in the recorded in-sync set",
         );
-        let durable_seq = gauge(
+        let history_next = gauge(
             &mut registry,
-            "durable_seq",
-            "Sequence number of the newest durable record",
+            "history_next",
+            "Trades in the catalog's history (the number the next one gets)",
+        );
+        let durable_next = gauge(
+            &mut registry,
+            "durable_next",
+            "Trades of the history on the catalog's disk (the rest are in the order log)",
+        );
+        let serving = gauge(
+            &mut registry,
+            "serving",
+            "1 when it serves lookups and trades; 0 while it waits for the order leader to \
+             replay what a crash took, or rebuilds a lost state",
+        );
+        let rebuilding = gauge(
+            &mut registry,
+            "rebuilding",
+            "1 while it rebuilds a lost state from the replicas' order logs",
         );
         let storage_failed = gauge(
             &mut registry,
@@ -124,7 +161,10 @@ impl Default for CatalogMetrics {
             epoch,
             leader,
             in_sync,
-            durable_seq,
+            history_next,
+            durable_next,
+            serving,
+            rebuilding,
             storage_failed,
             commit,
         }
@@ -139,33 +179,38 @@ impl CatalogMetrics {
                 let found = matches!(reply, Ok(CatalogResponse::Stock(_)));
                 self.lookups[usize::from(!found)].inc();
             }
-            Counted::Trade => {
-                let slot = match reply {
-                    Ok(CatalogResponse::Traded { .. }) => 0,
-                    Ok(CatalogResponse::Rejected(_)) => 1,
-                    Ok(CatalogResponse::Fenced { .. }) => 2,
-                    _ => 3,
-                };
-                self.trades[slot].inc();
-            }
+            Counted::Trades(count) => match reply {
+                Ok(CatalogResponse::Traded(outcomes)) => {
+                    for outcome in outcomes {
+                        let slot = match outcome {
+                            TradeOutcome::Traded { .. } => 0,
+                            TradeOutcome::Rejected(_) => 1,
+                        };
+                        self.trades[slot].inc();
+                    }
+                }
+                Ok(CatalogResponse::Fenced { .. }) => {
+                    self.trades[2].inc_by(count as u64);
+                }
+                _ => {
+                    self.trades[3].inc_by(count as u64);
+                }
+            },
             Counted::Other => {}
         }
     }
 
     /// The exposition, with the state gauges set from what the catalog holds now.
-    pub fn render(
-        &self,
-        record: &Leadership,
-        durable_seq: u64,
-        storage_failed: bool,
-        subscribers: (usize, usize),
-        format: Format,
-    ) -> String {
+    pub fn render(&self, state: &State, subscribers: (usize, usize), format: Format) -> String {
+        let record = &state.record;
         self.epoch.set(record.epoch as i64);
         self.leader.set(record.leader.map_or(0, i64::from));
         self.in_sync.set(record.in_sync.len() as i64);
-        self.durable_seq.set(durable_seq as i64);
-        self.storage_failed.set(i64::from(storage_failed));
+        self.history_next.set(state.history_next as i64);
+        self.durable_next.set(state.durable_next as i64);
+        self.serving.set(i64::from(state.serving));
+        self.rebuilding.set(i64::from(state.rebuilding));
+        self.storage_failed.set(i64::from(state.storage_failed));
         let (front_ends, replicas) = subscribers;
         let kind = |kind| SubscriberLabel { kind };
         self.subscribers
@@ -196,14 +241,37 @@ mod tests {
             leader: Some(3),
             in_sync: vec![2, 3],
         };
-        let text = metrics.render(&record, 17, false, (1, 3), Format::OpenMetrics);
+        let trades = CatalogRequest::Trades {
+            epoch: 4,
+            trades: vec![],
+        };
+        metrics.answered(
+            Counted::Trades(3),
+            &Ok(CatalogResponse::Fenced {
+                current: record.clone(),
+                reason: String::new(),
+            }),
+        );
+        metrics.answered(Counted::of(&trades), &Err(RemoteError::unavailable("x")));
+        let state = State {
+            record,
+            history_next: 20,
+            durable_next: 17,
+            serving: true,
+            rebuilding: false,
+            storage_failed: false,
+        };
+        let text = metrics.render(&state, (1, 3), Format::OpenMetrics);
         for line in [
             "bazaar_catalog_lookups_total{outcome=\"not_found\"} 2",
             "bazaar_catalog_lookups_total{outcome=\"found\"} 0",
             "bazaar_catalog_leadership_epoch 4",
             "bazaar_catalog_leadership_leader 3",
             "bazaar_catalog_leadership_in_sync 2",
-            "bazaar_catalog_durable_seq 17",
+            "bazaar_catalog_history_next 20",
+            "bazaar_catalog_durable_next 17",
+            "bazaar_catalog_serving 1",
+            "bazaar_catalog_trades_total{outcome=\"fenced\"} 3",
             "bazaar_catalog_subscribers{kind=\"replica\"} 3",
             "bazaar_catalog_wal_fsync_seconds_count 0",
         ] {

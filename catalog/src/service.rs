@@ -1,27 +1,31 @@
 //! The catalog's runtime and its `run` entry point, the only part of the catalog that does
-//! I/O: it feeds the engine ([`crate::engine`]) requests and the log's flushes, and executes
-//! its commands: appends and leadership records go to the group-commit thread, answers to the
-//! waiting requests, published records and invalidations to the subscribers. It also keeps
-//! the subscription streams (with their heartbeats) and the snapshots.
+//! I/O: it feeds the engine ([`crate::engine`]) requests, the log's flushes and the answers
+//! of the replicas it asks (when it rebuilds a lost state), and executes its commands:
+//! appends, syncs and leadership records go to the group-commit thread, answers to the
+//! waiting requests, published records and invalidations to the subscribers, calls to the
+//! replicas. It also keeps the subscription streams (with their heartbeats) and the
+//! snapshots.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::engine::IdMap;
+use clients::ReplicaClient;
+use common::engine::{Answer, CallError, IdMap};
 use common::server::{self, Push, RequestContext, Service};
 use common::sync::lock;
-use common::wire::{CatalogRequest, CatalogResponse, RemoteError, Reply};
+use common::wire::{CatalogRequest, CatalogResponse, RemoteError, ReplicaId, Reply};
 use durability::storage::{Ended, Recovery};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
-use crate::engine::{CatalogEngine, Command, Input, Time, Token};
-use crate::metrics::{CatalogMetrics, Counted};
-use crate::store::{LogEvent, LogWriter, Store};
+use crate::engine::{CatalogEngine, Command, EngineConfig, Input, Origin, Time, Token};
+use crate::metrics::{CatalogMetrics, Counted, State};
+use crate::store::{LogEvent, LogWriter, Start, Store};
 use crate::{CatalogConfig, Error};
 
 /// What the engine's lock guards.
@@ -64,13 +68,16 @@ struct Catalog {
     timer: Notify,
     next_token: AtomicU64,
     snapshot_every: u64,
+    /// The replicas, asked when the state was lost.
+    replicas: BTreeMap<ReplicaId, ReplicaClient>,
 }
 
 impl Catalog {
     /// Feeds `input` to the engine and executes its commands; the reply to `own` is returned
     /// rather than sent.
-    fn step(&self, input: Input, own: Option<Token>) -> Option<Outcome> {
+    fn step(self: &Arc<Self>, input: Input, own: Option<Token>) -> Option<Outcome> {
         let mut sends = Vec::new();
+        let mut calls = Vec::new();
         let mut mine = None;
         let mut waiting = None;
         {
@@ -81,13 +88,28 @@ impl Catalog {
             let mut commands = std::mem::take(&mut inner.commands);
             for command in commands.drain(..) {
                 match command {
-                    Command::Append { write, record } => {
-                        // Without a queue the catalog is shutting down; the trade is not
-                        // answered and its caller retries elsewhere or later.
+                    Command::Append {
+                        write,
+                        record,
+                        sync,
+                    } => {
+                        // Without a queue the catalog is shutting down; what is not on disk
+                        // is replayed from the order log at the next start.
                         if let Some(log) = &inner.log {
-                            let _ = log.append(&record, write);
+                            let _ = log.append(&record, write, sync);
                         }
                     }
+                    Command::Sync { write } => {
+                        if let Some(log) = &inner.log {
+                            let _ = log.sync(write);
+                        }
+                    }
+                    Command::Call {
+                        call,
+                        to,
+                        request,
+                        timeout,
+                    } => calls.push((call, to, request, timeout)),
                     Command::StoreLeadership { write, record } => {
                         if let Some(log) = &inner.log {
                             let _ = log.record_leadership(&record, write);
@@ -117,8 +139,8 @@ impl Catalog {
                 inner.replies.insert(token, sender);
                 waiting = Some(receiver);
             }
-            if inner.engine.durable_seq() >= inner.snapshot_at {
-                inner.snapshot_at = inner.engine.durable_seq() + self.snapshot_every;
+            if inner.engine.durable_next() >= inner.snapshot_at {
+                inner.snapshot_at = inner.engine.durable_next() + self.snapshot_every;
                 self.snapshot(inner);
             }
             if common::engine::wakes_timer(inner.timer_at, inner.engine.next_timer()) {
@@ -127,6 +149,20 @@ impl Catalog {
         }
         for (sender, reply) in sends {
             let _ = sender.send(reply);
+        }
+        for (call, to, request, timeout) in calls {
+            let catalog = self.clone();
+            tokio::spawn(async move {
+                let answer = match catalog.replicas.get(&to) {
+                    Some(replica) => replica
+                        .call_within(&request, timeout)
+                        .await
+                        .map(Answer::Order)
+                        .map_err(CallError::from),
+                    None => Err(CallError::Failed(format!("replica {to} is not configured"))),
+                };
+                catalog.step(Input::Answer { call, answer }, None);
+            });
         }
         match (mine, waiting) {
             (Some(reply), _) => Some(Outcome::Replied(reply)),
@@ -137,7 +173,7 @@ impl Catalog {
 
     /// The metrics exposition, read from the engine and the subscriber list as they are now.
     fn render_metrics(&self, format: common::metrics::Format) -> String {
-        let (record, durable, failed, subscribers) = {
+        let (state, subscribers) = {
             let inner = lock(&self.inner);
             let open = || {
                 inner
@@ -146,26 +182,29 @@ impl Catalog {
                     .filter(|(push, _)| !push.is_closed())
             };
             let front_ends = open().filter(|(_, invalidations)| *invalidations).count();
-            (
-                inner.engine.published().clone(),
-                inner.engine.durable_seq(),
-                inner.engine.storage_failure().is_some(),
-                (front_ends, open().count() - front_ends),
-            )
+            let engine = &inner.engine;
+            let state = State {
+                record: engine.published().clone(),
+                history_next: engine.book().next_number(),
+                durable_next: engine.durable_next(),
+                serving: engine.ready(),
+                rebuilding: engine.rebuilding(),
+                storage_failed: engine.storage_failure().is_some(),
+            };
+            (state, (front_ends, open().count() - front_ends))
         };
-        self.metrics
-            .render(&record, durable, failed, subscribers, format)
+        self.metrics.render(&state, subscribers, format)
     }
 
     /// Queues a snapshot of the book, taken on the commit thread.
     fn snapshot(&self, inner: &Inner) {
         if let Some(log) = &inner.log {
             let shared = self.inner.clone();
-            let _ = log.snapshot(move || lock(&shared).engine.book().snapshot());
+            let _ = log.snapshot(move || lock(&shared).engine.book().snapshot(false));
         }
     }
 
-    async fn request(&self, request: CatalogRequest) -> Reply<CatalogResponse> {
+    async fn request(self: &Arc<Self>, request: CatalogRequest) -> Reply<CatalogResponse> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         match self.step(Input::Request { token, request }, Some(token)) {
             Some(Outcome::Replied(reply)) => reply,
@@ -178,6 +217,12 @@ impl Catalog {
 
     fn subscribe(&self, context: &RequestContext, invalidations: bool) -> Reply<CatalogResponse> {
         let mut inner = lock(&self.inner);
+        if inner.engine.rebuilding() {
+            // No record to follow yet; subscribers ask again until the rebuild is done.
+            return Err(RemoteError::unavailable(
+                "the catalog is rebuilding a lost state from the replicas",
+            ));
+        }
         let push = context.push();
         // A connection carries one subscription: a subscriber that gave up on its stream (it
         // heard nothing for too long) and asks again replaces it, so the list stays bounded
@@ -242,21 +287,32 @@ impl Service for CatalogService {
             CatalogRequest::Subscribe { invalidations } => {
                 self.0.subscribe(&context, invalidations)
             }
-            CatalogRequest::Trade { epoch, trade } => {
-                // Named by its request id, as at the front end and the leader.
-                let span = tracing::info_span!("trade", request = %trade.request_id);
-                async {
-                    debug!(stock = %trade.name, quantity = trade.quantity, epoch, "trading");
-                    let reply = self.0.request(CatalogRequest::Trade { epoch, trade }).await;
+            CatalogRequest::Trades { epoch, trades } => {
+                let count = trades.len();
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    for trade in &trades {
+                        // Named by its request id, as at the front end and the leader.
+                        tracing::debug_span!("trade", request = %trade.request_id).in_scope(
+                            || debug!(stock = %trade.name, quantity = trade.quantity, epoch, "trading"),
+                        );
+                    }
+                }
+                let reply = self
+                    .0
+                    .request(CatalogRequest::Trades { epoch, trades })
+                    .await;
+                if tracing::enabled!(tracing::Level::DEBUG) {
                     match &reply {
-                        Ok(CatalogResponse::Traded { seq, .. }) => debug!(seq, "traded"),
+                        Ok(CatalogResponse::Traded(outcomes)) => {
+                            for outcome in outcomes {
+                                debug!(?outcome, "traded");
+                            }
+                        }
                         other => debug!(answer = ?other, "not traded"),
                     }
-                    self.0.metrics.answered(Counted::Trade, &reply);
-                    reply
                 }
-                .instrument(span)
-                .await
+                self.0.metrics.answered(Counted::Trades(count), &reply);
+                reply
             }
             request => {
                 let counted = Counted::of(&request);
@@ -295,18 +351,28 @@ pub async fn run_with_metrics(
         config.seed.clone(),
         config.dedup_window,
     );
-    let (store, book) = tokio::task::spawn_blocking(move || Store::open(&state_dir, &seed, window))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let (store, book, start) =
+        tokio::task::spawn_blocking(move || Store::open(&state_dir, &seed, window))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
     let counters = CatalogMetrics::default();
     let (log, writer) = store.start(events, counters.commit.clone())?;
     let origin = Instant::now();
-    let snapshot_at = book.last_seq() + config.snapshot_every;
+    let snapshot_at = book.next_number() + config.snapshot_every;
     let engine = CatalogEngine::new(
         book,
-        config.leader_lease,
-        common::safety::Rules::ALL,
+        match start {
+            Start::Fresh => Origin::Empty,
+            Start::Clean => Origin::Clean,
+            Start::Recovered => Origin::Recovered,
+        },
+        EngineConfig {
+            lease_length: config.leader_lease,
+            replicas: config.replicas.keys().copied().collect(),
+            call_timeout: config.client.call_timeout,
+            rules: common::safety::Rules::ALL,
+        },
         origin.elapsed(),
     );
     let catalog = Arc::new(Catalog {
@@ -324,7 +390,15 @@ pub async fn run_with_metrics(
         timer: Notify::new(),
         next_token: AtomicU64::new(1),
         snapshot_every: config.snapshot_every.max(1),
+        replicas: config
+            .replicas
+            .iter()
+            .map(|(&id, addr)| (id, ReplicaClient::new(addr.clone(), config.client.clone())))
+            .collect(),
     });
+    // The engine's first commands: the seed's snapshot, or the first questions to the
+    // replicas of a rebuild.
+    catalog.step(Input::Tick, None);
     // The commit thread wakes this one task per group commit; the trades waiting on the
     // commit are then woken from inside the runtime, which is far cheaper than a cross-thread
     // wake-up per trade. It ends when the commit thread does.
@@ -365,11 +439,18 @@ pub async fn run_with_metrics(
     )
     .await;
 
-    let log = lock(&catalog.inner).log.take();
-    if let Some(log) = log {
-        // A final snapshot, so the next start replays nothing.
+    let (log, serving, ready) = {
+        let mut inner = lock(&catalog.inner);
+        let engine = &inner.engine;
+        let (serving, ready) = (!engine.rebuilding(), engine.ready());
+        (inner.log.take(), serving, ready)
+    };
+    if let (Some(log), true) = (log, serving) {
+        // A final snapshot, so the next start replays nothing. With everything on disk and
+        // the history complete, it is a clean stop: the next start serves at once. A catalog
+        // still waiting for the leader's replay stays so.
         let shared = catalog.inner.clone();
-        let _ = log.snapshot(move || lock(&shared).engine.book().snapshot());
+        let _ = log.snapshot(move || lock(&shared).engine.book().snapshot(ready));
     }
     let joined = tokio::task::spawn_blocking(move || writer.join()).await;
     if !matches!(joined, Ok(Ok(()))) {

@@ -1,12 +1,14 @@
 //! The catalog's files, and the only code that knows their format:
 //!
-//! - `snapshot.bin`: `SBSNAP01`, a CRC-32 and a length, then a MessagePack [`Snapshot`];
-//!   replaced atomically (write, fsync, rename, fsync the directory).
+//! - `snapshot.bin`: `SBSNAP02`, a CRC-32 and a length, then a MessagePack [`Snapshot`];
+//!   replaced atomically (write, fsync, rename, fsync the directory). The one written at a
+//!   clean shutdown says so; a catalog that starts from it rewrites it before serving.
 //! - `wal.log`: the write-ahead log since that snapshot; each record is a 4-byte big-endian
 //!   length, a CRC-32 of the payload, then a MessagePack [`TradeRecord`] (or a remembered
-//!   [`Refusal`], tagged `refused`). Records are fsynced
-//!   in batches (group commit) before any trade in the batch is answered. A torn or corrupt
-//!   tail is cut off at recovery, never read as a record.
+//!   [`Refusal`], tagged `refused`). Records are written at once and fsynced in batches
+//!   (group commit): a refusal before it is answered, an applied trade within a few
+//!   milliseconds (the replicated order log holds it meanwhile). A torn or corrupt tail is cut
+//!   off at recovery, never read as a record.
 //! - `leadership`: `SBLEAD01`, a CRC-32 and a length, then the MessagePack leadership record;
 //!   replaced atomically, in order with the log's records, before a change is answered.
 //! - `LOCK`: held while a catalog runs, so two processes never share a state directory.
@@ -30,7 +32,7 @@ use crate::book::{Book, LogRecord, Refusal, Snapshot, TradeRecord};
 use crate::engine::WriteId;
 use crate::Error;
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SBSNAP01";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SBSNAP02";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const LEADERSHIP_MAGIC: &[u8; 8] = b"SBLEAD01";
 const LEADERSHIP_FILE: &str = "leadership";
@@ -144,16 +146,32 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, Error> {
     unseal(SNAPSHOT_MAGIC, SNAPSHOT_FILE, bytes)
 }
 
+/// What the catalog recovered from its files.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The state.
+    pub book: Book,
+    /// Length of the log's intact prefix (a torn or corrupt tail after it is not records).
+    pub intact: usize,
+    /// Records replayed from the log.
+    pub replayed: usize,
+    /// The state is everything the catalog ever answered: it stopped cleanly and nothing was
+    /// logged since. Otherwise the tail of its log may be lost, and the order log may hold
+    /// trades it lacks.
+    pub clean: bool,
+}
+
 /// Rebuilds the book from the files' images: the snapshot, the leadership record (if the
-/// file exists) and the write-ahead log. Returns it with the length of the log's intact
-/// prefix (a torn or corrupt tail after it is not records) and how many records it replayed.
+/// file exists) and the write-ahead log.
 pub fn recover(
     snapshot: &[u8],
     leadership: Option<&[u8]>,
     wal: &[u8],
     window: usize,
-) -> Result<(Book, usize, usize), Error> {
-    let mut book = Book::from_snapshot(decode_snapshot(snapshot)?, window);
+) -> Result<Recovered, Error> {
+    let snapshot = decode_snapshot(snapshot)?;
+    let clean = snapshot.clean;
+    let mut book = Book::from_snapshot(snapshot, window)?;
     if let Some(leadership) = leadership {
         book.set_leadership(decode_leadership(leadership)?);
     }
@@ -161,7 +179,24 @@ pub fn recover(
     for record in &records {
         book.replay_record(record)?;
     }
-    Ok((book, intact, records.len()))
+    Ok(Recovered {
+        book,
+        intact,
+        replayed: records.len(),
+        clean: clean && wal.is_empty(),
+    })
+}
+
+/// How a catalog's state directory was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Empty: the state is the seed file's, and nothing is on disk yet (the service decides
+    /// whether to seed or to rebuild from the replicas, then writes a snapshot).
+    Fresh,
+    /// Stopped cleanly: everything it ever answered is here.
+    Clean,
+    /// After a crash: the tail of its log may be lost.
+    Recovered,
 }
 
 /// The leadership record's file image.
@@ -183,17 +218,23 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or, on first start, creates from `seed`) the state in `dir`, replays the log,
-    /// and cuts a torn tail off it.
-    pub fn open(dir: &Path, seed: &Path, window: usize) -> Result<(Store, Book), Error> {
+    /// Opens the state in `dir` (on first start, the seed file's stocks, not yet written),
+    /// replays the log, and cuts a torn tail off it. A clean state is marked as used before it
+    /// is returned, so that a crash from now on is not mistaken for a clean stop.
+    pub fn open(dir: &Path, seed: &Path, window: usize) -> Result<(Store, Book, Start), Error> {
         let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let wal_path = dir.join(WAL_FILE);
-        let snapshot = if snapshot_path.exists() {
-            fs::read(&snapshot_path)?
-        } else {
-            if wal_path.exists() {
+        let mut wal = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&wal_path)?;
+        let mut image = Vec::new();
+        wal.read_to_end(&mut image)?;
+        if !snapshot_path.exists() {
+            if !image.is_empty() {
                 return Err(Error::Corrupt(format!(
                     "{} has a log but no snapshot",
                     dir.display()
@@ -202,27 +243,27 @@ impl Store {
             let text = fs::read_to_string(seed)
                 .map_err(|e| Error::Seed(format!("{}: {e}", seed.display())))?;
             let book = Book::new(Book::parse_seed(&text)?, window);
-            let image = encode_snapshot(&book.snapshot())?;
-            files::replace_file(dir, SNAPSHOT_FILE, &image)?;
-            info!(seed = %seed.display(), stocks = book.stocks().len(), "catalog seeded");
-            image
-        };
-
+            info!(dir = %dir.display(), seed = %seed.display(), stocks = book.stocks().len(), "empty state directory");
+            let store = Store {
+                dir: dir.to_path_buf(),
+                wal,
+                _lock: lock,
+            };
+            return Ok((store, book, Start::Fresh));
+        }
+        let snapshot = fs::read(&snapshot_path)?;
         let leadership_path = dir.join(LEADERSHIP_FILE);
         let leadership = if leadership_path.exists() {
             Some(fs::read(&leadership_path)?)
         } else {
             None
         };
-
-        let mut wal = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&wal_path)?;
-        let mut image = Vec::new();
-        wal.read_to_end(&mut image)?;
-        let (book, intact, replayed) = recover(&snapshot, leadership.as_deref(), &image, window)?;
+        let Recovered {
+            book,
+            intact,
+            replayed,
+            clean,
+        } = recover(&snapshot, leadership.as_deref(), &image, window)?;
         if intact < image.len() {
             warn!(
                 dropped_bytes = image.len() - intact,
@@ -232,14 +273,26 @@ impl Store {
             wal.set_len(intact as u64)?;
             wal.sync_all()?;
         }
+        if clean {
+            // From now on the catalog answers trades before its log is on disk: a crash must
+            // not find this snapshot still claiming a clean stop.
+            let image = encode_snapshot(&book.snapshot(false))?;
+            files::replace_file(dir, SNAPSHOT_FILE, &image)?;
+        }
         files::sync_dir(dir)?;
         info!(
             dir = %dir.display(),
             replayed,
-            last_seq = book.last_seq(),
+            next = book.next_number(),
+            clean,
             leadership = %book.leadership(),
             "catalog state recovered"
         );
+        let start = if clean {
+            Start::Clean
+        } else {
+            Start::Recovered
+        };
         Ok((
             Store {
                 dir: dir.to_path_buf(),
@@ -247,6 +300,7 @@ impl Store {
                 _lock: lock,
             },
             book,
+            start,
         ))
     }
 
@@ -297,10 +351,23 @@ pub struct LogWriter {
 impl LogWriter {
     /// Queues `record`; `write` is reported once its batch is fsynced. Fails when the writer
     /// has stopped.
-    pub fn append(&self, record: &LogRecord, write: WriteId) -> Result<(), Error> {
+    /// Queues `record`, written at once; `write` is reported once it is fsynced: now when
+    /// `sync`, else by the next fsync something asks for. Fails when the writer has stopped.
+    pub fn append(&self, record: &LogRecord, write: WriteId, sync: bool) -> Result<(), Error> {
         let bytes = encode_record(record)?;
         self.jobs
-            .send(Job::Append { bytes, item: write })
+            .send(Job::Append {
+                bytes,
+                item: write,
+                sync,
+            })
+            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
+    }
+
+    /// Fsyncs everything written; `write` is reported once it is done.
+    pub fn sync(&self, write: WriteId) -> Result<(), Error> {
+        self.jobs
+            .send(Job::Sync { item: write })
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
@@ -332,7 +399,8 @@ impl LogWriter {
                     wal.set_len(0)?;
                     wal.sync_all()?;
                     info!(
-                        last_seq = snapshot.last_seq,
+                        next = snapshot.boundaries.last().map_or(0, |b| b.number + 1),
+                        clean = snapshot.clean,
                         took_ms = started.elapsed().as_millis() as u64,
                         "snapshot written; log emptied"
                     );
@@ -352,7 +420,8 @@ mod tests {
 
     fn record(seq: u64) -> TradeRecord {
         TradeRecord {
-            seq,
+            number: seq - 1,
+            epoch: 1,
             request_id: RequestId::new(format!("req-{seq}")).unwrap(),
             name: StockName::new("GameStart").unwrap(),
             kind: TradeKind::Buy,
@@ -417,9 +486,19 @@ mod tests {
             .collect();
         assert_eq!(decode_records(&image), (records, image.len()));
         let seed = Book::new(Book::parse_seed("GameStart,1,100\n").unwrap(), 10);
-        let snapshot = encode_snapshot(&seed.snapshot()).unwrap();
-        let (mut book, intact, replayed) = recover(&snapshot, None, &image, 10).unwrap();
-        assert_eq!((intact, replayed, book.last_seq()), (image.len(), 3, 2));
+        let snapshot = encode_snapshot(&seed.snapshot(true)).unwrap();
+        let Recovered {
+            mut book,
+            intact,
+            replayed,
+            clean,
+        } = recover(&snapshot, None, &image, 10).unwrap();
+        assert_eq!((intact, replayed, book.next_number()), (image.len(), 3, 2));
+        assert!(
+            !clean,
+            "a log after the clean snapshot means it was used since"
+        );
+        assert!(recover(&snapshot, None, &[], 10).unwrap().clean);
         book.set_rules(common::safety::Rules::without(
             common::safety::Rule::Fencing,
         ));
@@ -438,8 +517,8 @@ mod tests {
     #[test]
     fn snapshots_round_trip_and_damage_is_refused() {
         let book = Book::new(Book::parse_seed("A,1.5,10\nB,2,20\n").unwrap(), 10);
-        let bytes = encode_snapshot(&book.snapshot()).unwrap();
-        assert_eq!(decode_snapshot(&bytes).unwrap(), book.snapshot());
+        let bytes = encode_snapshot(&book.snapshot(false)).unwrap();
+        assert_eq!(decode_snapshot(&bytes).unwrap(), book.snapshot(false));
         let mut damaged = bytes.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
@@ -461,7 +540,7 @@ mod tests {
         assert!(decode_leadership(&damaged).is_err());
         // A snapshot is not a leadership record.
         let book = Book::new(Book::parse_seed("A,1,1\n").unwrap(), 1);
-        assert!(decode_leadership(&encode_snapshot(&book.snapshot()).unwrap()).is_err());
+        assert!(decode_leadership(&encode_snapshot(&book.snapshot(false)).unwrap()).is_err());
     }
 
     proptest! {

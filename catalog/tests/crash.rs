@@ -1,12 +1,13 @@
-//! The catalog binary killed with SIGKILL in the middle of concurrent trades and restarted:
-//! every acknowledged trade is there, retried requests apply once, quantities and volumes add
-//! up, and a deliberately torn last log record is dropped.
+//! The catalog binary killed with SIGKILL in the middle of concurrent trades and restarted: it
+//! serves nothing until the leader (the test, standing in) has replayed what its log lost;
+//! then every recorded trade is there, retried requests apply once (at the number they had),
+//! quantities and volumes add up, and a deliberately torn last log record is dropped.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
-use support::{elect_stand_in, Receipt};
+use support::elect_stand_in;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,9 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::book::TradeRecord;
-use clients::CatalogClient;
+use clients::{CatalogClient, TradeOutcome};
 use common::rpc::ClientConfig;
-use common::wire::{RequestId, StockName, TradeKind, TradeReceipt, TradeRequest};
+use common::wire::{
+    CatalogRequest, CatalogResponse, LogPosition, OrderEntry, RequestId, StockName, StockQuote,
+    TradeKind, TradeReceipt, TradeRequest,
+};
 
 const STOCKS: [&str; 3] = ["GameStart", "BoarCo", "SkyRoute"];
 const INITIAL: u64 = 100_000;
@@ -89,31 +93,119 @@ fn client(addr: &str) -> CatalogClient {
     CatalogClient::new(addr, config)
 }
 
+/// What the test keeps as the order leader would: the catalog's trades it learnt, by number.
+/// Only the run from 0 without a gap counts as recorded (a leader appends in order, and
+/// answers nothing it could not append).
+#[derive(Default)]
+struct StandInLog {
+    entries: Vec<OrderEntry>,
+}
+
+impl StandInLog {
+    fn from_answers(answers: &BTreeMap<u64, OrderEntry>) -> Self {
+        let entries = answers
+            .values()
+            .enumerate()
+            .take_while(|(at, e)| e.number == *at as u64)
+            .map(|(_, e)| e.clone())
+            .collect();
+        StandInLog { entries }
+    }
+
+    fn known(&self) -> Vec<LogPosition> {
+        self.entries
+            .last()
+            .map(OrderEntry::position)
+            .into_iter()
+            .collect()
+    }
+
+    /// Makes the catalog's history and this log equal, as a leader's reconciliation does:
+    /// replays what the catalog lost, records what it applied beyond the log.
+    async fn reconcile(&mut self, trader: &CatalogClient) -> usize {
+        let mut replayed = 0;
+        loop {
+            let seen = trader
+                .reconcile(1, &self.known(), 1_000, true)
+                .await
+                .unwrap()
+                .expect("epoch 1 leads");
+            let ours = self.entries.len() as u64;
+            if seen.next < ours {
+                let from = seen.next as usize;
+                let entries = self.entries[from..(from + 1_000).min(self.entries.len())].to_vec();
+                replayed += entries.len();
+                let request = CatalogRequest::Replay { epoch: 1, entries };
+                let answer = trader
+                    .call_within(&request, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(answer, CatalogResponse::Replayed { .. }),
+                    "{answer:?}"
+                );
+            } else if seen.next > ours {
+                assert!(seen.complete);
+                for entry in seen.trades.into_iter().filter(|t| t.number >= ours) {
+                    assert_eq!(entry.number, self.entries.len() as u64);
+                    self.entries.push(entry);
+                }
+            } else if self.known().last().copied() == seen.meet || ours == 0 {
+                // Equal, and the catalog was told so.
+                return replayed;
+            }
+        }
+    }
+
+    fn expected(&self) -> HashMap<&str, (u64, u64)> {
+        let mut expected: HashMap<&str, (u64, u64)> =
+            STOCKS.iter().map(|s| (*s, (INITIAL, 0))).collect();
+        for entry in &self.entries {
+            let (quantity, volume) = expected.get_mut(entry.name.as_str()).unwrap();
+            match entry.kind {
+                TradeKind::Buy => *quantity -= entry.quantity,
+                TradeKind::Sell => *quantity += entry.quantity,
+            }
+            *volume += entry.quantity;
+        }
+        expected
+    }
+}
+
+async fn quotes(trader: &CatalogClient) -> Vec<StockQuote> {
+    let mut quotes = Vec::new();
+    for stock in STOCKS {
+        let name = StockName::new(stock).unwrap();
+        quotes.push(trader.lookup(&name).await.unwrap().unwrap());
+    }
+    quotes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
+async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_what_it_lost() {
     let state = tempfile::tempdir().unwrap();
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
     elect_stand_in(&trader).await;
 
-    // Eight workers trade until the catalog dies under them; every acknowledgement is kept.
-    let acked: Arc<Mutex<HashMap<String, (TradeRequest, TradeReceipt)>>> = Arc::default();
+    // Eight workers trade until the catalog dies under them; every answer is kept.
+    let answers: Arc<Mutex<BTreeMap<u64, OrderEntry>>> = Arc::default();
     let sent: Arc<Mutex<Vec<TradeRequest>>> = Arc::default();
     let workers: Vec<_> = (0..8)
         .map(|worker| {
-            let (trader, acked, sent) = (trader.clone(), acked.clone(), sent.clone());
+            let (trader, answers, sent) = (trader.clone(), answers.clone(), sent.clone());
             tokio::spawn(async move {
                 for i in 0..5_000 {
                     let request = request(worker, i);
                     sent.lock().unwrap().push(request.clone());
                     match trader.trade(1, &request).await {
-                        Ok(outcome) => {
-                            let receipt = outcome.receipt().unwrap();
-                            acked
+                        Ok(TradeOutcome::Traded { number, .. }) => {
+                            answers
                                 .lock()
                                 .unwrap()
-                                .insert(request.request_id.to_string(), (request, receipt));
+                                .insert(number, entry(number, &request));
                         }
+                        Ok(other) => panic!("{other:?}"),
                         Err(_) => return,
                     }
                 }
@@ -121,9 +213,9 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
         })
         .collect();
 
-    // Kill once a good number of trades were acknowledged and the workers are still going.
+    // Kill once a good number of trades were answered and the workers are still going.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 1_500 {
+    while answers.lock().unwrap().len() < 1_500 {
         assert!(std::time::Instant::now() < deadline, "trades too slow");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -132,43 +224,51 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let mut log = StandInLog::from_answers(&answers.lock().unwrap());
     let sent = std::mem::take(&mut *sent.lock().unwrap());
-    assert!(sent.len() > acked.len(), "the kill landed after all trades");
+    assert!(
+        sent.len() > log.entries.len(),
+        "the kill landed after all trades"
+    );
 
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
-    // Acknowledged trades are durable: retrying one returns its first receipt.
-    for (request, receipt) in acked.values() {
-        assert_eq!(
-            &trader.trade(1, request).await.unwrap().receipt().unwrap(),
-            receipt
-        );
-    }
-    // Trades whose answer was lost are retried with their id: each lands exactly once.
-    for request in &sent {
-        trader.trade(1, request).await.unwrap().receipt().unwrap();
-    }
-    let mut expected: HashMap<&str, (u64, u64)> =
-        STOCKS.iter().map(|s| (*s, (INITIAL, 0))).collect();
-    for request in &sent {
-        let (quantity, volume) = expected.get_mut(request.name.as_str()).unwrap();
-        let q = request.quantity as u64;
-        match request.kind {
-            TradeKind::Buy => *quantity -= q,
-            TradeKind::Sell => *quantity += q,
-        }
-        *volume += q;
-    }
-    let mut quotes = Vec::new();
-    for stock in STOCKS {
-        let quote = trader
-            .lookup(&StockName::new(stock).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
+    // It may have lost the tail of its log: it shows and trades nothing until the leader
+    // has reconciled with it.
+    let early = trader.lookup(&StockName::new("GameStart").unwrap()).await;
+    assert!(
+        matches!(&early, Err(e) if e.to_string().contains("replay")),
+        "{early:?}"
+    );
+    assert!(trader.trade(1, &request(99, 0)).await.is_err());
+    let replayed = log.reconcile(&trader).await;
+    eprintln!(
+        "recorded {} trades; the catalog had lost {replayed} of them",
+        log.entries.len()
+    );
+    // Every recorded trade is in the catalog's stocks, once.
+    let expected = log.expected();
+    for (stock, quote) in STOCKS.iter().zip(quotes(&trader).await) {
         assert_eq!((quote.quantity, quote.volume), expected[stock], "{stock}");
-        quotes.push(quote);
+    }
+    // Trades whose answer was lost are retried with their id: each lands exactly once, at
+    // the number it already had if it had one.
+    for request in &sent {
+        match trader.trade(1, request).await.unwrap() {
+            TradeOutcome::Traded { number, .. } => match log.entries.get(number as usize) {
+                Some(held) => assert_eq!(held.request_id, request.request_id),
+                None => {
+                    assert_eq!(number, log.entries.len() as u64);
+                    log.entries.push(entry(number, request));
+                }
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    let expected = log.expected();
+    let held = quotes(&trader).await;
+    for (stock, quote) in STOCKS.iter().zip(&held) {
+        assert_eq!((quote.quantity, quote.volume), expected[stock], "{stock}");
     }
 
     // Kill again, then tear the log's last record as a crash mid-write would.
@@ -177,7 +277,8 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
     let wal = state.path().join("wal.log");
     let intact = std::fs::metadata(&wal).unwrap().len();
     let torn_record = TradeRecord {
-        seq: u64::MAX / 2,
+        number: u64::MAX / 2,
+        epoch: 1,
         request_id: RequestId::new("torn").unwrap(),
         name: StockName::new("GameStart").unwrap(),
         kind: TradeKind::Buy,
@@ -196,15 +297,22 @@ async fn acknowledged_trades_survive_sigkill_and_a_torn_tail_is_dropped() {
 
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
-    for (stock, before) in STOCKS.iter().zip(&quotes) {
-        let after = trader
-            .lookup(&StockName::new(*stock).unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&after, before, "{stock} changed across a torn record");
+    log.reconcile(&trader).await;
+    for (stock, (after, before)) in STOCKS.iter().zip(quotes(&trader).await.iter().zip(&held)) {
+        assert_eq!(after, before, "{stock} changed across a torn record");
     }
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), intact);
     catalog.child.kill().unwrap();
     catalog.child.wait().unwrap();
+}
+
+fn entry(number: u64, request: &TradeRequest) -> OrderEntry {
+    OrderEntry {
+        number,
+        epoch: 1,
+        request_id: request.request_id.clone(),
+        name: request.name.clone(),
+        kind: request.kind,
+        quantity: request.quantity as u64,
+    }
 }

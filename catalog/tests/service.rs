@@ -360,7 +360,7 @@ async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
         client.change_leadership(1, set, timeout).await.unwrap(),
         clients::LeadershipOutcome::Changed(_)
     ));
-    let renew = |serving| client.applied_since(1, 0, None, 10, serving);
+    let renew = |serving| client.reconcile(1, &[], 10, serving);
     assert!(renew(true).await.unwrap().is_ok());
     match client
         .change_leadership(1, elect(2), timeout)

@@ -344,6 +344,8 @@ impl Cluster {
             args.push(self.root.join(CATALOG).display().to_string());
             args.push("--seed".into());
             args.push(bins::seed_file().display().to_string());
+            args.push("--peers".into());
+            args.push(peers);
             args.push("--metrics-listen".into());
             args.push(self.metrics_addrs.get(name).cloned().unwrap_or_default());
         } else if let Some(id) = REPLICAS.iter().find(|&&id| order_name(id) == name) {

@@ -125,14 +125,14 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
         for (label, wrong) in [("no token", None), ("a wrong token", Some("0".repeat(64)))] {
             // A fresh client per request: a refused dial is not retried at once.
             let catalog = || Catalog::new(port(1), config(wrong.as_deref()));
-            let trade = CatalogRequest::Trade {
+            let trade = CatalogRequest::Trades {
                 epoch,
-                trade: TradeRequest {
+                trades: vec![TradeRequest {
                     request_id: id("forged-trade"),
                     name: stock(),
                     quantity: 777,
                     kind: TradeKind::Buy,
-                },
+                }],
             };
             refused(
                 &format!("catalog Trade with {label}"),
@@ -218,14 +218,14 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
                 })
                 .await,
         );
-        let absurd_trade = CatalogRequest::Trade {
+        let absurd_trade = CatalogRequest::Trades {
             epoch: u64::MAX,
-            trade: TradeRequest {
+            trades: vec![TradeRequest {
                 request_id: id("absurd-trade"),
                 name: stock(),
                 quantity: 777,
                 kind: TradeKind::Buy,
-            },
+            }],
         };
         let answer = catalog.call(&absurd_trade).await.unwrap();
         assert!(
@@ -241,15 +241,38 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
             matches!(answer, CatalogResponse::Fenced { .. }),
             "{answer:?}"
         );
+        let mut far = forged_entry(epoch);
+        far.number = u64::MAX;
         bad_request(
-            "AppliedSince claiming every trade up to 2^64-1 is recorded",
+            "Replay of an order numbered 2^64-1",
             catalog
-                .call(&CatalogRequest::AppliedSince {
+                .call(&CatalogRequest::Replay {
                     epoch,
-                    recorded_through: u64::MAX,
-                    after: None,
-                    max: 10,
-                    serving: true,
+                    entries: vec![far],
+                })
+                .await,
+        );
+        let CatalogResponse::Reconciled { next, .. } = catalog
+            .call(&CatalogRequest::Reconcile {
+                epoch,
+                known: vec![],
+                max: 1,
+                serving: false,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("no reconciliation");
+        };
+        let mut impossible = forged_entry(epoch);
+        impossible.number = next;
+        impossible.quantity = u64::MAX;
+        bad_request(
+            "Replay of a buy of 2^64-1 shares",
+            catalog
+                .call(&CatalogRequest::Replay {
+                    epoch,
+                    entries: vec![impossible],
                 })
                 .await,
         );

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    AppliedTrade, CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, StockName,
-    StockQuote, TradeReceipt, TradeRejection, TradeRequest,
+    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry,
+    StockName, StockQuote, TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
+    MAX_BATCH,
 };
 use common::Error;
 use tokio::sync::mpsc;
@@ -29,8 +30,8 @@ pub enum TradeOutcome {
     Traded {
         /// The stock after the trade.
         receipt: TradeReceipt,
-        /// The trade's sequence number in the catalog.
-        seq: u64,
+        /// The trade's number in the catalog's history.
+        number: TransactionNumber,
     },
     /// Refused by the rules of a trade; nothing changed.
     Rejected(TradeRejection),
@@ -55,14 +56,16 @@ pub enum LeadershipOutcome {
     },
 }
 
-/// Durable trades after a position, for the leader's reconciliation.
+/// Where the catalog's history meets a leader's log, for the leader's reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedTrades {
-    /// Oldest first.
-    pub trades: Vec<AppliedTrade>,
-    /// The catalog's newest durable trade.
-    pub last_seq: u64,
-    /// False when trades in between are no longer remembered.
+pub struct Reconciled {
+    /// The newest position both hold.
+    pub meet: Option<LogPosition>,
+    /// The number the catalog's next trade gets.
+    pub next: TransactionNumber,
+    /// The catalog's trades after `meet`, oldest first.
+    pub trades: Vec<OrderEntry>,
+    /// False when trades right after `meet` are no longer remembered.
     pub complete: bool,
 }
 
@@ -98,18 +101,50 @@ impl CatalogClient {
         }
     }
 
-    /// Applies `trade` (once per request id), if `epoch` is the recorded leader's.
-    pub async fn trade(&self, epoch: Epoch, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
-        let request = CatalogRequest::Trade {
+    /// Applies `trades` in order (each once per request id, at most [`MAX_BATCH`]), if
+    /// `epoch` is the recorded leader's: one outcome per trade.
+    pub async fn trades(
+        &self,
+        epoch: Epoch,
+        trades: &[TradeRequest],
+    ) -> Result<Vec<TradeOutcome>, Error> {
+        if trades.len() > MAX_BATCH {
+            return Err(Error::Protocol(format!(
+                "at most {MAX_BATCH} trades per request"
+            )));
+        }
+        let request = CatalogRequest::Trades {
             epoch,
-            trade: trade.clone(),
+            trades: trades.to_vec(),
         };
         match self.rpc.call(&request).await? {
-            CatalogResponse::Traded { receipt, seq } => Ok(TradeOutcome::Traded { receipt, seq }),
-            CatalogResponse::Rejected(rejection) => Ok(TradeOutcome::Rejected(rejection)),
-            CatalogResponse::Fenced { current, .. } => Ok(TradeOutcome::Fenced { current }),
+            CatalogResponse::Traded(outcomes) if outcomes.len() == trades.len() => Ok(outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    common::wire::TradeOutcome::Traded {
+                        number, receipt, ..
+                    } => TradeOutcome::Traded { receipt, number },
+                    common::wire::TradeOutcome::Rejected(rejection) => {
+                        TradeOutcome::Rejected(rejection)
+                    }
+                })
+                .collect()),
+            CatalogResponse::Fenced { current, .. } => Ok(trades
+                .iter()
+                .map(|_| TradeOutcome::Fenced {
+                    current: current.clone(),
+                })
+                .collect()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Applies one trade (once per request id), if `epoch` is the recorded leader's.
+    pub async fn trade(&self, epoch: Epoch, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
+        let mut outcomes = self.trades(epoch, std::slice::from_ref(trade)).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::Protocol("no outcome for the trade".into()))
     }
 
     /// The durable leadership record, waiting at most `timeout`.
@@ -142,33 +177,33 @@ impl CatalogClient {
         }
     }
 
-    /// Leader of `epoch`: reports that every trade up to `recorded_through` is a committed
-    /// order and whether it can serve (renewing its lease), and fetches up to `max` durable
-    /// trades after `after` (after the catalog's stored position when `None`).
-    /// `Ok(Err(record))` when `epoch` no longer leads.
-    pub async fn applied_since(
+    /// Leader of `epoch`: says whether it can serve (renewing its lease) and learns where its
+    /// log (the last entry of each epoch in it: `known`) meets the catalog's history, with up
+    /// to `max` of the catalog's trades after that point. `Ok(Err(record))` when `epoch` no
+    /// longer leads.
+    pub async fn reconcile(
         &self,
         epoch: Epoch,
-        recorded_through: u64,
-        after: Option<u64>,
+        known: &[LogPosition],
         max: u32,
         serving: bool,
-    ) -> Result<Result<AppliedTrades, Leadership>, Error> {
-        let request = CatalogRequest::AppliedSince {
+    ) -> Result<Result<Reconciled, Leadership>, Error> {
+        let request = CatalogRequest::Reconcile {
             epoch,
-            recorded_through,
-            after,
+            known: known.to_vec(),
             max,
             serving,
         };
         match self.rpc.call(&request).await? {
-            CatalogResponse::Applied {
+            CatalogResponse::Reconciled {
+                meet,
+                next,
                 trades,
-                last_seq,
                 complete,
-            } => Ok(Ok(AppliedTrades {
+            } => Ok(Ok(Reconciled {
+                meet,
+                next,
                 trades,
-                last_seq,
                 complete,
             })),
             CatalogResponse::Fenced { current, .. } => Ok(Err(current)),

@@ -9,7 +9,7 @@ pub mod catalog;
 pub mod election;
 pub mod peers;
 
-pub use catalog::{AppliedTrades, CatalogClient, LeadershipOutcome, Subscription, TradeOutcome};
+pub use catalog::{CatalogClient, LeadershipOutcome, Reconciled, Subscription, TradeOutcome};
 
 /// A client of one order replica.
 pub type ReplicaClient =

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod rpc;
 pub mod runtime;

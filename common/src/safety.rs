@@ -16,7 +16,8 @@ pub enum Rule {
     ShrinkBeforeGoingOn,
     /// An election chooses, and the catalog accepts, only a member of the in-sync set.
     InSyncElection,
-    /// A new leader records as an order every trade the catalog applied without one.
+    /// A leader makes its log and the catalog's history of trades equal before it places or
+    /// commits anything: it records every trade the catalog applied without an order.
     OrphanAdoption,
     /// A replica counts an entry as its own only once it is on its disk: a leader commits
     /// and a follower acknowledges only what was flushed.
@@ -24,17 +25,25 @@ pub enum Rule {
     /// A leader takes office only once its epoch is stored, so that after a restart it never
     /// leads the same epoch twice.
     EpochBeforeOffice,
+    /// A catalog that restarts after a crash serves no lookup and no trade until the leader
+    /// has replayed to it the orders its log lost.
+    ReplayBeforeServe,
+    /// The catalog answers a refusal only once it is on its disk, so that a later attempt of
+    /// the same request gets the same refusal.
+    RefusalDurableBeforeAnswer,
 }
 
 impl Rule {
     /// Every rule, in the order `simulate --list-rules` prints them.
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Fencing,
         Rule::ShrinkBeforeGoingOn,
         Rule::InSyncElection,
         Rule::OrphanAdoption,
         Rule::DurableBeforeAck,
         Rule::EpochBeforeOffice,
+        Rule::ReplayBeforeServe,
+        Rule::RefusalDurableBeforeAnswer,
     ];
 
     /// The rule's name on the command line.
@@ -46,6 +55,8 @@ impl Rule {
             Rule::OrphanAdoption => "orphan-adoption",
             Rule::DurableBeforeAck => "durable-before-ack",
             Rule::EpochBeforeOffice => "epoch-before-office",
+            Rule::ReplayBeforeServe => "replay-before-serve",
+            Rule::RefusalDurableBeforeAnswer => "refusal-durable-before-answer",
         }
     }
 
@@ -59,6 +70,12 @@ impl Rule {
             Rule::InSyncElection => "only a member of the in-sync set may be elected",
             Rule::OrphanAdoption => {
                 "a leader records every trade the catalog applied without an order"
+            }
+            Rule::ReplayBeforeServe => {
+                "a restarted catalog serves only once it holds every trade of the order log"
+            }
+            Rule::RefusalDurableBeforeAnswer => {
+                "the catalog answers a refusal only once it is on its disk"
             }
             Rule::DurableBeforeAck => "only entries on a replica's disk count towards a commit",
             Rule::EpochBeforeOffice => "a leader acts only once its epoch is stored",

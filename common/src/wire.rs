@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Version of the internal protocol; a hello with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest stock name, in bytes.
 pub const MAX_STOCK_NAME_BYTES: usize = 64;
@@ -246,13 +246,16 @@ pub enum CatalogRequest {
         /// The stock.
         name: StockName,
     },
-    /// Apply one trade, once per request id; refused unless `epoch` is the recorded one.
-    Trade {
-        /// The epoch of the leader that sends it; the catalog refuses any but the recorded
+    /// Apply trades in order, each once per request id; refused unless `epoch` is the
+    /// recorded one. Each applied trade gets the next number of the catalog's history; an
+    /// applied trade is answered at once (the order log makes it durable), a refusal once it
+    /// is on the catalog's disk.
+    Trades {
+        /// The epoch of the leader that sends them; the catalog refuses any but the recorded
         /// one, so that a deposed leader cannot trade.
         epoch: Epoch,
-        /// The trade, as the leader was asked to place it.
-        trade: TradeRequest,
+        /// The trades, as the leader was asked to place them, at most [`MAX_BATCH`].
+        trades: Vec<TradeRequest>,
     },
     /// Turn this connection's request into a stream: [`CatalogResponse::Invalidate`] for
     /// every change of a stock (when `invalidations`), [`CatalogResponse::Leadership`] for
@@ -272,25 +275,41 @@ pub enum CatalogRequest {
         /// What to change.
         change: LeadershipChange,
     },
-    /// Leader only: the trades applied after `after` (catalog sequence numbers), so that the
-    /// leader records every trade the catalog applied as an order; also the leader's
-    /// heartbeat to the catalog. `recorded_through` is the
-    /// newest sequence number below which every trade is a committed order; the catalog
-    /// keeps it so that the next leader knows where to start.
-    AppliedSince {
+    /// Leader only: where the catalog's history of trades meets the leader's order log, and
+    /// the catalog's trades after that point, so that the two can be made equal (the leader
+    /// records the trades its log lacks; it replays to the catalog what the catalog lacks).
+    /// Also the leader's heartbeat to the catalog: each call from a leader that serves renews
+    /// its lease.
+    Reconcile {
         /// The caller's epoch; any other than the recorded one is refused.
         epoch: Epoch,
-        /// Every trade up to this sequence number is a committed order.
-        recorded_through: u64,
-        /// Answer the trades after this one (`None`: after the stored `recorded_through`).
-        after: Option<u64>,
+        /// The last entry of each epoch in the leader's log, oldest first (at most
+        /// [`MAX_KNOWN`]).
+        known: Vec<LogPosition>,
         /// Most trades in the answer.
         max: u32,
         /// Whether the leader can serve (it is not stalled). Each such call renews its lease:
         /// while the catalog hears from a leader that serves, no election deposes it.
         serving: bool,
     },
+    /// Leader only: entries of its log that the catalog's history lacks (it lost them with
+    /// the tail of its write-ahead log, or with its disk), to apply in order from the
+    /// catalog's next number.
+    Replay {
+        /// The caller's epoch; any other than the recorded one is refused.
+        epoch: Epoch,
+        /// Consecutive entries, at most [`MAX_BATCH`].
+        entries: Vec<OrderEntry>,
+    },
 }
+
+/// Most trades in one `Trades` request, entries in one `Replay`, `Replicate` or `SyncUp`
+/// answer, and requests in one `Batch`: far below the frame limit even at the longest names
+/// and request ids.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Most epoch boundaries a history sends to find where it meets another.
+pub const MAX_KNOWN: usize = 64;
 
 /// Most replicas a leadership record may name.
 pub const MAX_REPLICAS: usize = 16;
@@ -345,21 +364,6 @@ pub enum LeadershipChange {
         /// The new leader.
         leader: ReplicaId,
     },
-}
-
-/// One trade as the catalog applied it, for the leader to record as an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedTrade {
-    /// The catalog's sequence number of the trade.
-    pub seq: u64,
-    /// The request that placed it.
-    pub request_id: RequestId,
-    /// The stock.
-    pub name: StockName,
-    /// Buy or sell.
-    pub kind: TradeKind,
-    /// Shares.
-    pub quantity: u64,
 }
 
 /// One trade, as a front end asks the order leader to place it and the leader asks the
@@ -445,6 +449,23 @@ impl fmt::Display for TradeRejection {
     }
 }
 
+/// What became of one trade of a `Trades` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TradeOutcome {
+    /// Applied (now, or before under the same request id) as this entry of the catalog's
+    /// history.
+    Traded {
+        /// Its number: the transaction number of the order that records it.
+        number: TransactionNumber,
+        /// The epoch it was traded under.
+        epoch: Epoch,
+        /// The stock right after it.
+        receipt: TradeReceipt,
+    },
+    /// Refused; nothing changed.
+    Rejected(TradeRejection),
+}
+
 /// Answers of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CatalogResponse {
@@ -452,23 +473,16 @@ pub enum CatalogResponse {
     Stock(StockQuote),
     /// Answer to `Lookup` of an unknown name.
     NotFound,
-    /// Answer to an applied (or already applied) `Trade`.
-    Traded {
-        /// The stock after the trade.
-        receipt: TradeReceipt,
-        /// The trade's sequence number in the catalog's history.
-        seq: u64,
-    },
-    /// Answer to a refused `Trade`.
-    Rejected(TradeRejection),
+    /// Answer to `Trades`: one outcome per trade, in order.
+    Traded(Vec<TradeOutcome>),
     /// First answer to `Subscribe`, with the leadership record as it is; pushes follow with
     /// the same id.
     Subscribed(Leadership),
     /// The leadership record: the answer to `ReadLeadership` and to a successful
     /// `ChangeLeadership`, and pushed to subscribers after every change.
     Leadership(Leadership),
-    /// A `Trade`, `AppliedSince` or `ChangeLeadership` made under another epoch than the
-    /// recorded one (or a change the record's rules refuse): nothing changed; this is the
+    /// A `Trades`, `Reconcile`, `Replay` or `ChangeLeadership` made under another epoch than
+    /// the recorded one (or a change the record's rules refuse): nothing changed; this is the
     /// record now.
     Fenced {
         /// The record as it is.
@@ -476,14 +490,23 @@ pub enum CatalogResponse {
         /// Why, for logs.
         reason: String,
     },
-    /// Answer to `AppliedSince`.
-    Applied {
-        /// Trades after the asked position, oldest first.
-        trades: Vec<AppliedTrade>,
-        /// The newest trade's sequence number.
-        last_seq: u64,
-        /// False when the oldest asked-for trades are no longer remembered.
+    /// Answer to `Reconcile`.
+    Reconciled {
+        /// The newest position the catalog's history and the leader's log both hold (`None`:
+        /// they share nothing, or both are empty).
+        meet: Option<LogPosition>,
+        /// The number the catalog's next trade gets: its history holds every number below.
+        next: TransactionNumber,
+        /// The catalog's trades right after `meet`, oldest first, at most the asked `max`.
+        trades: Vec<OrderEntry>,
+        /// False when the catalog no longer remembers the trades right after `meet` (its
+        /// window of recent trades has moved past them).
         complete: bool,
+    },
+    /// Answer to `Replay`: the number the catalog's next trade gets now.
+    Replayed {
+        /// Its history holds every number below.
+        next: TransactionNumber,
     },
     /// Pushed to subscribers every heartbeat interval.
     Heartbeat {
@@ -593,6 +616,10 @@ pub enum OrderRequest {
         /// Most entries in the answer.
         max: u32,
     },
+    /// Several requests at once (at most [`MAX_BATCH`], none of them a batch), answered by
+    /// one [`OrderResponse::Batch`] once each is answered: how a front end sends whatever its
+    /// clients asked for while its last message was on its way.
+    Batch(Vec<OrderRequest>),
 }
 
 /// Most entries one `ReadLog` answer carries: as many as a `SyncUp` batch, so that a page of
@@ -749,4 +776,6 @@ pub enum OrderResponse {
         /// Who it believes leads.
         leader_id: Option<ReplicaId>,
     },
+    /// Answer to `Batch`: one answer per request, in order.
+    Batch(Vec<Reply<OrderResponse>>),
 }

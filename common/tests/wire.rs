@@ -25,42 +25,62 @@ fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
         stock_name().prop_map(|name| CatalogRequest::Lookup { name }),
         (
             any::<u64>(),
-            request_id(),
-            stock_name(),
-            any::<i64>(),
-            kind()
+            proptest::collection::vec(trade_request(), 0..4)
         )
-            .prop_map(
-                |(epoch, request_id, name, quantity, kind)| CatalogRequest::Trade {
-                    epoch,
-                    trade: TradeRequest {
-                        request_id,
-                        name,
-                        quantity,
-                        kind,
-                    },
-                }
-            ),
+            .prop_map(|(epoch, trades)| CatalogRequest::Trades { epoch, trades }),
         any::<bool>().prop_map(|invalidations| CatalogRequest::Subscribe { invalidations }),
         Just(CatalogRequest::ReadLeadership),
         (any::<u64>(), change())
             .prop_map(|(expected, change)| CatalogRequest::ChangeLeadership { expected, change }),
         (
             any::<u64>(),
-            any::<u64>(),
-            proptest::option::of(any::<u64>()),
+            proptest::collection::vec(position(), 0..4),
             any::<u32>(),
             any::<bool>()
         )
-            .prop_map(|(epoch, recorded_through, after, max, serving)| {
-                CatalogRequest::AppliedSince {
-                    epoch,
-                    recorded_through,
-                    after,
-                    max,
-                    serving,
-                }
+            .prop_map(|(epoch, known, max, serving)| CatalogRequest::Reconcile {
+                epoch,
+                known,
+                max,
+                serving,
             }),
+        (any::<u64>(), proptest::collection::vec(order_entry(), 0..4))
+            .prop_map(|(epoch, entries)| CatalogRequest::Replay { epoch, entries }),
+    ]
+}
+
+fn trade_request() -> impl Strategy<Value = TradeRequest> {
+    (request_id(), stock_name(), any::<i64>(), kind()).prop_map(
+        |(request_id, name, quantity, kind)| TradeRequest {
+            request_id,
+            name,
+            quantity,
+            kind,
+        },
+    )
+}
+
+fn trade_outcome() -> impl Strategy<Value = TradeOutcome> {
+    prop_oneof![
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(number, epoch, quantity, volume, version)| TradeOutcome::Traded {
+                    number,
+                    epoch,
+                    receipt: TradeReceipt {
+                        quantity,
+                        volume,
+                        version,
+                    },
+                }
+            ),
+        rejection().prop_map(TradeOutcome::Rejected),
     ]
 }
 
@@ -120,51 +140,26 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
                 })
             ),
         Just(CatalogResponse::NotFound),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(quantity, volume, version, seq)| {
-                CatalogResponse::Traded {
-                    receipt: TradeReceipt {
-                        quantity,
-                        volume,
-                        version,
-                    },
-                    seq,
-                }
-            }
-        ),
-        rejection().prop_map(CatalogResponse::Rejected),
+        proptest::collection::vec(trade_outcome(), 0..4).prop_map(CatalogResponse::Traded),
         leadership().prop_map(CatalogResponse::Subscribed),
         leadership().prop_map(CatalogResponse::Leadership),
         (leadership(), ".{0,40}")
             .prop_map(|(current, reason)| CatalogResponse::Fenced { current, reason }),
         (
-            proptest::collection::vec(
-                (
-                    any::<u64>(),
-                    request_id(),
-                    stock_name(),
-                    kind(),
-                    any::<u64>()
-                ),
-                0..4
-            ),
+            proptest::option::of(position()),
             any::<u64>(),
+            proptest::collection::vec(order_entry(), 0..4),
             any::<bool>()
         )
-            .prop_map(|(trades, last_seq, complete)| CatalogResponse::Applied {
-                trades: trades
-                    .into_iter()
-                    .map(|(seq, request_id, name, kind, quantity)| AppliedTrade {
-                        seq,
-                        request_id,
-                        name,
-                        kind,
-                        quantity,
-                    })
-                    .collect(),
-                last_seq,
-                complete,
-            }),
+            .prop_map(
+                |(meet, next, trades, complete)| CatalogResponse::Reconciled {
+                    meet,
+                    next,
+                    trades,
+                    complete,
+                }
+            ),
+        any::<u64>().prop_map(|next| CatalogResponse::Replayed { next }),
         Just(CatalogResponse::Heartbeat {
             storage_failure: None
         }),
@@ -249,6 +244,13 @@ fn order_request() -> impl Strategy<Value = OrderRequest> {
                 known,
             }),
         (any::<u64>(), any::<u32>()).prop_map(|(from, max)| OrderRequest::ReadLog { from, max }),
+        proptest::collection::vec(trade_request(), 0..4).prop_map(|trades| OrderRequest::Batch(
+            trades
+                .into_iter()
+                .map(OrderRequest::PlaceOrder)
+                .chain([OrderRequest::Status])
+                .collect()
+        )),
     ]
 }
 
@@ -329,6 +331,15 @@ fn order_response() -> impl Strategy<Value = OrderResponse> {
             .prop_map(|(epoch, leader_id)| OrderResponse::NotLeader { epoch, leader_id }),
         (any::<u64>(), leader)
             .prop_map(|(epoch, leader_id)| OrderResponse::StaleEpoch { epoch, leader_id }),
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4).prop_map(|placed| {
+            OrderResponse::Batch(
+                placed
+                    .into_iter()
+                    .map(|(number, epoch)| Ok(OrderResponse::Placed { number, epoch }))
+                    .chain([Err(RemoteError::unavailable("quorum"))])
+                    .collect(),
+            )
+        }),
     ]
 }
 

@@ -1,7 +1,9 @@
 //! Group commit for an append-only file: one thread appends whatever is queued, fsyncs once
 //! for the whole batch, and reports the batch as durable. Concurrent writers share an fsync
-//! instead of paying one each. Maintenance (snapshots, truncation) runs on the same thread
-//! between batches, so it never races an append.
+//! instead of paying one each. An append may also wait for a later fsync (a deferred append,
+//! written at once but made durable by the next append or [`Job::Sync`] that asks for one), for
+//! a file whose durability is not on anyone's critical path. Maintenance (snapshots,
+//! truncation) runs on the same thread between batches, so it never races an append.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -12,7 +14,7 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Most appends in one batch.
+/// Most appends in one batch; as many deferred appends wait at most for one fsync.
 const MAX_BATCH: usize = 4096;
 
 /// Maintenance work run on the commit thread with the file (a snapshot, a truncation).
@@ -24,6 +26,14 @@ pub enum Job<T> {
     Append {
         /// Already-encoded bytes.
         bytes: Vec<u8>,
+        /// Reported back when durable.
+        item: T,
+        /// Whether to fsync now; `false` writes them at once and leaves them for the next
+        /// fsync that something asks for.
+        sync: bool,
+    },
+    /// Fsync whatever was written; `item` is reported once it is on disk.
+    Sync {
         /// Reported back when durable.
         item: T,
     },
@@ -104,52 +114,89 @@ fn run<T>(
     metrics: &CommitMetrics,
     on_durable: &mut impl FnMut(Vec<T>),
 ) -> io::Result<()> {
-    let mut bytes = Vec::new();
-    let mut next = None;
+    let mut batch = Batch {
+        bytes: Vec::new(),
+        unsynced: Vec::new(),
+        wanted: false,
+    };
     loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return Ok(()),
-            },
+        let Ok(job) = receiver.recv() else {
+            // The last senders are gone: what was written is made durable.
+            return sync(file, &mut batch.unsynced, metrics, on_durable);
         };
-        let (first_bytes, first_item) = match job {
-            Job::Maintain { work, item } => {
-                work(file)?;
-                if let Some(item) = item {
-                    on_durable(vec![item]);
-                }
-                continue;
-            }
-            Job::Append { bytes, item } => (bytes, item),
-        };
-        bytes.clear();
-        bytes.extend_from_slice(&first_bytes);
-        let mut items = vec![first_item];
-        while items.len() < MAX_BATCH {
+        batch.bytes.clear();
+        batch.wanted = false;
+        let mut maintain = batch.take(job);
+        while maintain.is_none() && batch.unsynced.len() < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(Job::Append { bytes: more, item }) => {
-                    bytes.extend_from_slice(&more);
-                    items.push(item);
-                }
-                Ok(maintain) => {
-                    // Runs after this batch is durable.
-                    next = Some(maintain);
-                    break;
-                }
+                Ok(job) => maintain = batch.take(job),
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        file.write_all(&bytes)?;
-        file.sync_data()?;
-        metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.observe(items.len() as f64);
-        on_durable(items);
+        if !batch.bytes.is_empty() {
+            file.write_all(&batch.bytes)?;
+        }
+        if batch.wanted || maintain.is_some() || batch.unsynced.len() >= MAX_BATCH {
+            // Everything queued before maintenance is durable before it runs.
+            sync(file, &mut batch.unsynced, metrics, on_durable)?;
+        }
+        if let Some((work, item)) = maintain {
+            work(file)?;
+            if let Some(item) = item {
+                on_durable(vec![item]);
+            }
+        }
     }
+}
+
+/// What the commit thread has gathered since its last write.
+struct Batch<T> {
+    /// Bytes to write.
+    bytes: Vec<u8>,
+    /// Items written (or about to be) and not yet fsynced, oldest first.
+    unsynced: Vec<T>,
+    /// Some item asks for an fsync now.
+    wanted: bool,
+}
+
+impl<T> Batch<T> {
+    /// Adds `job`; maintenance is handed back, to run once everything before it is durable.
+    fn take(&mut self, job: Job<T>) -> Option<(Maintenance, Option<T>)> {
+        match job {
+            Job::Append { bytes, item, sync } => {
+                self.bytes.extend_from_slice(&bytes);
+                self.unsynced.push(item);
+                self.wanted |= sync;
+                None
+            }
+            Job::Sync { item } => {
+                self.unsynced.push(item);
+                self.wanted = true;
+                None
+            }
+            Job::Maintain { work, item } => Some((work, item)),
+        }
+    }
+}
+
+/// Fsyncs what was written and reports every item waiting for it.
+fn sync<T>(
+    file: &mut File,
+    unsynced: &mut Vec<T>,
+    metrics: &CommitMetrics,
+    on_durable: &mut impl FnMut(Vec<T>),
+) -> io::Result<()> {
+    if unsynced.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    file.sync_data()?;
+    metrics
+        .fsync_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batch_size.observe(unsynced.len() as f64);
+    on_durable(std::mem::take(unsynced));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,6 +235,7 @@ mod tests {
                 .send(Job::Append {
                     bytes: format!("{i}\n").into_bytes(),
                     item: i,
+                    sync: i % 2 == 0,
                 })
                 .unwrap();
         }
@@ -206,6 +254,7 @@ mod tests {
             .send(Job::Append {
                 bytes: b"after\n".to_vec(),
                 item: 101,
+                sync: true,
             })
             .unwrap();
         drop(sender);
@@ -229,5 +278,55 @@ mod tests {
             .unwrap();
         assert_eq!(text, "after\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_deferred_append_is_written_at_once_and_durable_at_the_next_sync() {
+        let dir = tempfile_dir("deferred");
+        let path = dir.join("log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let (durable, reports) = std::sync::mpsc::channel();
+        let (sender, handle) = start(
+            "test-deferred",
+            file,
+            CommitMetrics::default(),
+            move |items: Vec<u32>| durable.send(items).unwrap(),
+            |e| panic!("{e}"),
+        )
+        .unwrap();
+        let append = |item: u32| Job::Append {
+            bytes: format!("{item}\n").into_bytes(),
+            item,
+            sync: false,
+        };
+        sender.send(append(1)).unwrap();
+        sender.send(append(2)).unwrap();
+        // Written for anyone who reads the file (a process killed now loses nothing), not
+        // reported durable until something asks for an fsync.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&path).unwrap() != "1\n2\n" {
+            assert!(Instant::now() < deadline, "never written");
+            std::thread::yield_now();
+        }
+        assert!(reports.try_recv().is_err());
+        sender.send(Job::Sync { item: 3 }).unwrap();
+        assert_eq!(reports.recv().unwrap(), vec![1, 2, 3]);
+        sender.send(append(4)).unwrap();
+        drop(sender);
+        handle.join().unwrap();
+        // The last writes are made durable when the writer stops.
+        assert_eq!(reports.recv().unwrap(), vec![4]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("group-commit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

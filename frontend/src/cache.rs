@@ -158,6 +158,10 @@ impl StockCache {
         if let Some(lru) = &mut self.lru {
             lru.clear();
         }
+        // The catalog may have come back with less than it told (a crash takes back what was
+        // not on its disk, a rebuild counts versions anew): only what it says from now on
+        // counts.
+        self.newest.clear();
         self.enabled = true;
         self.generation += 1;
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clients::CatalogClient;
-use common::engine::{Answer, CallId, CallResult, IdMap, Peer, Time, Token};
+use common::engine::{Answer, CallResult, IdMap, Peer, Time};
 use common::rpc::ClientConfig;
 use common::safety::Rules;
 use common::sync::lock;
@@ -31,6 +31,8 @@ struct Inner {
     commands: Vec<Command>,
     /// The deadline the timer task sleeps until.
     timer_at: Option<Time>,
+    /// A flush of the queued attempts is scheduled.
+    flushing: bool,
 }
 
 /// The order leader as this front end knows it.
@@ -68,6 +70,7 @@ impl OrderLeader {
                 replies: IdMap::default(),
                 commands: Vec::new(),
                 timer_at: None,
+                flushing: false,
             }),
             peers: Peers::new(addrs, catalog, client),
             origin,
@@ -136,60 +139,44 @@ impl OrderLeader {
         lock(&self.inner).router.record().clone()
     }
 
+    /// Follows the record a new subscription starts with, as the catalog holds it (even an
+    /// older epoch: a catalog rebuilt after losing its disk counts anew).
+    pub fn subscribed(self: &Arc<Self>, record: &Leadership) {
+        self.step(Input::Subscribed(record.clone()));
+    }
+
     /// Takes a record from the catalog if it is newer than the one held.
     pub fn observe(self: &Arc<Self>, record: &Leadership) {
-        self.step(Input::Record(record.clone()), None);
+        self.step(Input::Record(record.clone()));
     }
 
     /// Sends `request` to the leader until it answers or the deadline passes, checking the
     /// leadership (and electing if need be) on failures and refusals. The request carries its
-    /// own id, so retries are safe. Each attempt the router makes for it is made from this
-    /// task (no task of its own, no hand-over); checks and pauses are waited for.
+    /// own id, so retries are safe. Requests submitted while the runtime is busy with others
+    /// go to the leader together, in one batch.
     pub async fn call(
         self: &Arc<Self>,
         request: OrderRequest,
     ) -> Result<OrderResponse, OrderError> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut input = Input::Submit { token, request };
-        let mut waiting = None;
-        loop {
-            match self.step(input, Some((token, waiting.is_some()))) {
-                Stepped::Replied(reply) => return reply,
-                Stepped::Pending { receiver, attempt } => {
-                    if receiver.is_some() {
-                        waiting = receiver;
-                    }
-                    let Some((call, to, request, timeout)) = attempt else {
-                        break;
-                    };
-                    let answer = self.send(to, request, timeout).await;
-                    input = Input::Answer { call, answer };
-                }
-            }
-        }
-        match waiting {
-            Some(receiver) => receiver.await.unwrap_or_else(|_| {
-                Err(OrderError::Unavailable(
-                    "the front end is shutting down".into(),
-                ))
-            }),
-            None => Err(OrderError::Unavailable(
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.inner).replies.insert(token, sender);
+        self.step(Input::Submit { token, request });
+        receiver.await.unwrap_or_else(|_| {
+            Err(OrderError::Unavailable(
                 "the front end is shutting down".into(),
-            )),
-        }
+            ))
+        })
     }
 
-    /// Feeds `input` to the router and executes its commands. For `own` (the request this
-    /// step is made for, if any) its reply is returned rather than sent, and an attempt made
-    /// for it is returned to be made from its task; the flag says whether its task already
-    /// holds a receiver for the reply.
-    fn step(self: &Arc<Self>, input: Input, own: Option<(Token, bool)>) -> Stepped {
+    /// Feeds `input` to the router and executes its commands: replies go to the sessions
+    /// waiting, calls are made on tasks of their own, and attempts the router queued are
+    /// flushed once the tasks ready now have run (so that the sessions that submit at the
+    /// same moment share one message).
+    fn step(self: &Arc<Self>, input: Input) {
         let mut calls = Vec::new();
         let mut sends = Vec::new();
-        let mut mine = None;
-        let mut attempt = None;
-        let mut receiver = None;
-        let token = own.map(|(token, _)| token);
+        let mut flush = false;
         {
             let mut guard = lock(&self.inner);
             let inner = &mut *guard;
@@ -203,31 +190,17 @@ impl OrderLeader {
                         to,
                         request,
                         timeout,
-                        owner,
-                    } => {
-                        if owner.is_some() && owner == token && attempt.is_none() {
-                            attempt = Some((call, to, request, timeout));
-                        } else {
-                            calls.push((call, to, request, timeout));
-                        }
-                    }
-                    Command::Reply { token: t, reply } => {
-                        if Some(t) == token {
-                            mine = Some(reply);
-                        } else if let Some(sender) = inner.replies.remove(&t) {
+                    } => calls.push((call, to, request, timeout)),
+                    Command::Reply { token, reply } => {
+                        if let Some(sender) = inner.replies.remove(&token) {
                             sends.push((sender, reply));
                         }
                     }
                 }
             }
-            if let Some((token, receiving)) = own {
-                if mine.is_some() {
-                    inner.replies.remove(&token);
-                } else if !receiving {
-                    let (sender, waiting) = oneshot::channel();
-                    inner.replies.insert(token, sender);
-                    receiver = Some(waiting);
-                }
+            if inner.router.flush_wanted() && !inner.flushing {
+                inner.flushing = true;
+                flush = true;
             }
             inner.router.drain_failover_times(|took| {
                 self.metrics.failover_seconds.observe(took.as_secs_f64())
@@ -243,12 +216,18 @@ impl OrderLeader {
             let leader = self.clone();
             tokio::spawn(async move {
                 let answer = leader.send(to, request, timeout).await;
-                leader.step(Input::Answer { call, answer }, None);
+                leader.step(Input::Answer { call, answer });
             });
         }
-        match mine {
-            Some(reply) => Stepped::Replied(reply),
-            None => Stepped::Pending { receiver, attempt },
+        if flush {
+            let leader = self.clone();
+            tokio::spawn(async move {
+                // Behind every task ready now: the sessions read in the same turn submit
+                // before the flush.
+                tokio::task::yield_now().await;
+                lock(&leader.inner).flushing = false;
+                leader.step(Input::Flush);
+            });
         }
     }
 
@@ -269,22 +248,10 @@ impl OrderLeader {
             next
         };
         common::engine::keep_time(self.origin, &self.timer, &shutdown, next, || {
-            self.step(Input::Tick, None);
+            self.step(Input::Tick);
         })
         .await;
     }
-}
-
-/// What became of a submitted request in one step.
-enum Stepped {
-    /// Answered.
-    Replied(Result<OrderResponse, OrderError>),
-    /// Not yet: the answer comes on the receiver (given here unless the caller holds one),
-    /// perhaps after the attempt made for it, which its own task makes.
-    Pending {
-        receiver: Option<oneshot::Receiver<Result<OrderResponse, OrderError>>>,
-        attempt: Option<(CallId, Peer, Outgoing, Duration)>,
-    },
 }
 
 /// The router's timings.

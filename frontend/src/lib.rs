@@ -92,7 +92,7 @@ async fn follow_invalidations(app: Arc<api::App>, shutdown: CancellationToken) {
         };
         if let Ok((record, mut stream)) = subscribed {
             backoff.reset();
-            app.orders.observe(&record);
+            app.orders.subscribed(&record);
             lock(&app.cache).enable();
             app.catalog_up.store(true, Ordering::Relaxed);
             info!("invalidation stream up; cache in use");

@@ -3,8 +3,11 @@
 //! ([`clients::election::Election`], shared by concurrent requests and run on a health
 //! interval), and what each request does with each answer: retried under its own request id,
 //! at the same leader after a refusal it can wait out, after a check when the leader does not
-//! lead or cannot be reached, until its deadline. The runtime ([`crate::leader`]) executes its
-//! calls and timers on tokio; the simulator on a simulated network.
+//! lead or cannot be reached, until its deadline. Attempts wait for the runtime's next
+//! [`Input::Flush`] (it flushes once the sessions ready at the same moment have submitted):
+//! everything queued for the leader by then goes in one `Batch`, and a lone attempt alone. The
+//! runtime ([`crate::leader`]) executes its calls and timers on tokio; the simulator on a
+//! simulated network.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use common::engine::{Answer, CallError, CallId, CallResult, IdMap, Peer, Time, T
 use common::safety::Rules;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, OrderRequest, OrderResponse,
-    RemoteErrorKind, ReplicaId,
+    RemoteErrorKind, ReplicaId, MAX_BATCH,
 };
 use tracing::{info, warn};
 
@@ -56,6 +59,12 @@ pub enum Input {
     },
     /// The catalog's leadership record, pushed on the subscription.
     Record(Leadership),
+    /// The first record of a new subscription: the catalog's as it is, to follow even if its
+    /// epoch is older than the one held (a catalog rebuilt after the loss of its disk starts
+    /// a new count above every replica's).
+    Subscribed(Leadership),
+    /// Send the attempts queued since the last flush.
+    Flush,
     /// The clock moved.
     Tick,
 }
@@ -73,9 +82,6 @@ pub enum Command {
         request: Outgoing,
         /// How long to wait.
         timeout: Duration,
-        /// The submitted request this attempt is for: a runtime may make the call from that
-        /// request's own task.
-        owner: Option<Token>,
     },
     /// Answer a submitted request.
     Reply {
@@ -124,6 +130,8 @@ pub struct Counters {
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// An attempt waits for the next flush.
+    Queued,
     /// An attempt is on its way to a leader.
     Calling,
     /// Waiting before the next attempt.
@@ -181,7 +189,15 @@ pub const CHANGES_KEPT: usize = 8;
 
 #[derive(Debug)]
 enum Purpose {
-    Attempt { token: Token, leader: ReplicaId },
+    Attempt {
+        token: Token,
+        leader: ReplicaId,
+    },
+    /// Attempts sent together, in the batch's order.
+    Batch {
+        tokens: Vec<Token>,
+        leader: ReplicaId,
+    },
     Record,
     Status(ReplicaId),
     Elect,
@@ -205,6 +221,8 @@ pub struct Router {
     attempts: IdMap<Attempt>,
     /// When a paused or checking attempt must be looked at again (some may have moved on).
     timers: BTreeSet<(Time, Token)>,
+    /// Attempts waiting for the next flush, and the leader each goes to.
+    queued: Vec<(Token, ReplicaId)>,
     calls: IdMap<Purpose>,
     next_call: CallId,
     counters: Counters,
@@ -230,6 +248,7 @@ impl Router {
             next_health: now,
             attempts: IdMap::default(),
             timers: BTreeSet::new(),
+            queued: Vec::new(),
             calls: IdMap::default(),
             next_call: 1,
             counters: Counters::default(),
@@ -268,6 +287,8 @@ impl Router {
             }
             Input::Answer { call, answer } => self.answer(call, answer),
             Input::Record(record) => self.observe(&record),
+            Input::Subscribed(record) => self.follow(&record),
+            Input::Flush => self.flush(),
             Input::Tick => self.tick(),
         }
         out.append(&mut self.out);
@@ -311,6 +332,22 @@ impl Router {
     /// Requests not answered yet.
     pub fn pending(&self) -> usize {
         self.attempts.len()
+    }
+
+    /// Whether attempts wait for an [`Input::Flush`].
+    pub fn flush_wanted(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// The first record of a subscription: followed as it is, even back to an older epoch.
+    fn follow(&mut self, record: &Leadership) {
+        let held = &self.record;
+        if record.epoch < held.epoch || (record.epoch == held.epoch && record.leader != held.leader)
+        {
+            warn!(%held, %record, "the catalog's record went back (it was rebuilt); following it");
+            self.record = Leadership::default();
+        }
+        self.observe(record);
     }
 
     /// Takes a record from the catalog (pushed or read) if it is newer than the one held.
@@ -358,17 +395,12 @@ impl Router {
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, purpose: Purpose) {
         let call = self.next_call;
         self.next_call += 1;
-        let owner = match purpose {
-            Purpose::Attempt { token, .. } => Some(token),
-            _ => None,
-        };
         self.calls.insert(call, purpose);
         self.out.push(Command::Call {
             call,
             to,
             request,
             timeout,
-            owner,
         });
     }
 
@@ -407,9 +439,8 @@ impl Router {
         }
     }
 
+    /// Queues an attempt at `leader` for the next flush.
     fn send(&mut self, token: Token, leader: ReplicaId) {
-        let now = self.now;
-        let attempt_timeout = self.config.attempt;
         let configured = self.config.replicas.contains(&leader);
         let Some(attempt) = self.attempts.get_mut(&token) else {
             return;
@@ -424,15 +455,57 @@ impl Router {
             attempt.suspect = true;
             return self.pause(token);
         }
-        attempt.stage = Stage::Calling;
-        let budget = attempt.deadline.saturating_sub(now).min(attempt_timeout);
-        let request = Outgoing::Order(Arc::clone(&attempt.request));
-        self.call(
-            Peer::Replica(leader),
-            request,
-            budget,
-            Purpose::Attempt { token, leader },
-        );
+        attempt.stage = Stage::Queued;
+        self.queued.push((token, leader));
+    }
+
+    /// Sends the queued attempts: one call per leader, a `Batch` when several wait (at most
+    /// [`MAX_BATCH`] each).
+    fn flush(&mut self) {
+        let now = self.now;
+        let attempt_timeout = self.config.attempt;
+        let mut queued = std::mem::take(&mut self.queued);
+        queued.retain(|(token, _)| {
+            self.attempts
+                .get(token)
+                .is_some_and(|a| a.stage == Stage::Queued)
+        });
+        while let Some(&(_, leader)) = queued.first() {
+            let (group, rest): (Vec<_>, Vec<_>) =
+                queued.into_iter().partition(|&(_, l)| l == leader);
+            queued = rest;
+            for chunk in group.chunks(MAX_BATCH) {
+                let mut budget = attempt_timeout;
+                let mut requests = Vec::with_capacity(chunk.len());
+                let mut tokens = Vec::with_capacity(chunk.len());
+                for &(token, _) in chunk {
+                    if let Some(attempt) = self.attempts.get_mut(&token) {
+                        attempt.stage = Stage::Calling;
+                        budget = budget.min(attempt.deadline.saturating_sub(now));
+                        requests.push(Arc::clone(&attempt.request));
+                        tokens.push(token);
+                    }
+                }
+                let to = Peer::Replica(leader);
+                match tokens[..] {
+                    [token] => self.call(
+                        to,
+                        Outgoing::Order(Arc::clone(&requests[0])),
+                        budget,
+                        Purpose::Attempt { token, leader },
+                    ),
+                    _ => {
+                        let batch = requests.iter().map(|r| (**r).clone()).collect();
+                        self.call(
+                            to,
+                            Outgoing::Order(Arc::new(OrderRequest::Batch(batch))),
+                            budget,
+                            Purpose::Batch { tokens, leader },
+                        )
+                    }
+                }
+            }
+        }
     }
 
     fn pause(&mut self, token: Token) {
@@ -543,6 +616,27 @@ impl Router {
             (Purpose::Attempt { token, leader }, _) => {
                 return self.attempted(token, leader, answer)
             }
+            (Purpose::Batch { tokens, leader }, _) => {
+                let answers = match answer {
+                    Ok(Answer::Order(OrderResponse::Batch(answers)))
+                        if answers.len() == tokens.len() =>
+                    {
+                        answers
+                            .into_iter()
+                            .map(|a| a.map(Answer::Order).map_err(CallError::Remote))
+                            .collect()
+                    }
+                    Ok(other) => {
+                        let why = CallError::Failed(format!("unexpected answer {other:?}"));
+                        vec![Err(why); tokens.len()]
+                    }
+                    Err(e) => vec![Err(e); tokens.len()],
+                };
+                for (token, answer) in tokens.into_iter().zip(answers) {
+                    self.attempted(token, leader, answer);
+                }
+                return;
+            }
             (Purpose::Record, Some(check)) => check.election.record(match answer {
                 Ok(Answer::Catalog(CatalogResponse::Leadership(record))) => Ok(record),
                 Ok(other) => Err(format!("unexpected catalog answer {other:?}")),
@@ -644,7 +738,7 @@ impl Router {
                         Err(OrderError::Unavailable(problem.unwrap_or_default())),
                     );
                 }
-                Stage::Pausing(_) | Stage::Calling => self.advance(token),
+                Stage::Pausing(_) | Stage::Calling | Stage::Queued => self.advance(token),
             }
         }
         if now >= self.next_health {
@@ -726,7 +820,11 @@ mod tests {
             self.feed(Input::Tick);
         }
 
+        /// The calls given (after a flush of what is queued), keeping the other commands.
         fn calls(&mut self) -> Vec<(CallId, Peer, Outgoing)> {
+            if self.router.flush_wanted() {
+                self.feed(Input::Flush);
+            }
             let mut calls = Vec::new();
             self.out.retain(|c| match c {
                 Command::Call {
@@ -985,6 +1083,102 @@ mod tests {
         assert_eq!(
             h.reply(),
             Some(Err(OrderError::BadRequest("no such thing".into())))
+        );
+    }
+
+    fn place_as(id: &str) -> OrderRequest {
+        OrderRequest::PlaceOrder(common::wire::TradeRequest {
+            request_id: common::wire::RequestId::new(id).unwrap(),
+            name: common::wire::StockName::new("GameStart").unwrap(),
+            quantity: 1,
+            kind: common::wire::TradeKind::Buy,
+        })
+    }
+
+    #[test]
+    fn requests_queued_before_a_flush_go_in_one_batch_and_each_gets_its_own_answer() {
+        let mut h = harness(Rules::ALL);
+        for token in 1..=3 {
+            h.feed(Input::Submit {
+                token,
+                request: place_as(&format!("r{token}")),
+            });
+        }
+        assert!(h.out.is_empty(), "nothing goes before the flush");
+        let calls = h.calls();
+        let [(call, Peer::Replica(3), Outgoing::Order(batch))] = &calls[..] else {
+            panic!("one call to the leader: {calls:?}");
+        };
+        assert_eq!(
+            **batch,
+            OrderRequest::Batch(vec![place_as("r1"), place_as("r2"), place_as("r3")])
+        );
+        h.answer(
+            *call,
+            Ok(Answer::Order(OrderResponse::Batch(vec![
+                Ok(OrderResponse::Placed {
+                    number: 0,
+                    epoch: 4,
+                }),
+                Err(RemoteError::unavailable("quorum")),
+                Ok(OrderResponse::NotLeader {
+                    epoch: 5,
+                    leader_id: Some(2),
+                }),
+            ]))),
+        );
+        assert_eq!(
+            h.reply(),
+            Some(Ok(OrderResponse::Placed {
+                number: 0,
+                epoch: 4
+            }))
+        );
+        assert_eq!(h.reply(), None, "the others are retried");
+        // After the pause, the one refused for now goes to the same leader again; the other
+        // waits for a check.
+        h.wait(RETRY_PAUSE);
+        let calls = h.calls();
+        assert!(
+            calls.iter().any(|(_, to, r)| *to == Peer::Replica(3)
+                && matches!(&**r_order(r), OrderRequest::PlaceOrder(p) if p.request_id.as_str() == "r2")),
+            "{calls:?}"
+        );
+        // A lone request goes alone, not in a batch.
+        let mut h = harness(Rules::ALL);
+        h.feed(Input::Submit {
+            token: 9,
+            request: place(),
+        });
+        let calls = h.calls();
+        assert!(matches!(&calls[..], [(_, _, Outgoing::Order(r))] if **r == place()));
+    }
+
+    fn r_order(outgoing: &Outgoing) -> &Arc<OrderRequest> {
+        match outgoing {
+            Outgoing::Order(request) => request,
+            Outgoing::Catalog(_) => panic!("not an order request"),
+        }
+    }
+
+    #[test]
+    fn a_batch_that_gets_no_answer_is_retried_request_by_request() {
+        let mut h = harness(Rules::ALL);
+        for token in 1..=2 {
+            h.feed(Input::Submit {
+                token,
+                request: place_as(&format!("r{token}")),
+            });
+        }
+        let calls = h.calls();
+        let (call, _, _) = calls[0].clone();
+        h.answer(call, Err(CallError::Failed("connection reset".into())));
+        // The leader is suspect: both wait for one check, then go together again.
+        h.answer_check(&record(5, 2, &[1, 2]), &[(2, Role::Leader, true)]);
+        let calls = h.calls();
+        assert!(
+            matches!(&calls[..], [(_, Peer::Replica(2), Outgoing::Order(r))] if matches!(&**r, OrderRequest::Batch(b) if b.len() == 2)),
+            "{calls:?}"
         );
     }
 }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use catalog::book::{LogRecord, Refusal, TradeRecord};
 use common::frame;
 use common::wire::{
-    AppliedTrade, CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership,
-    LeadershipChange, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError, Reply,
-    RequestId, StockName, StockQuote, TradeKind, TradeReceipt, TradeRequest,
+    CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership, LeadershipChange,
+    LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError, Reply, RequestId, StockName,
+    StockQuote, TradeKind, TradeReceipt, TradeRequest,
 };
 use serde::Serialize;
 use stock_bazaar_fuzz::{checksummed_line, DEFAULT_MAX_TRADE};
@@ -222,14 +222,14 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         c,
         "catalog_trade",
         2,
-        CatalogRequest::Trade {
+        CatalogRequest::Trades {
             epoch: 3,
-            trade: TradeRequest {
+            trades: vec![TradeRequest {
                 request_id: id("key-abc"),
                 name: name("BoarCo"),
                 quantity: 5,
                 kind: TradeKind::Sell,
-            },
+            }],
         },
     )?;
     message(
@@ -246,13 +246,15 @@ fn frames(c: &Corpus) -> Result<(), Error> {
     )?;
     message(
         c,
-        "catalog_applied_since",
+        "catalog_reconcile",
         4,
-        CatalogRequest::AppliedSince {
+        CatalogRequest::Reconcile {
             epoch: 2,
-            recorded_through: 40,
-            after: Some(41),
-            max: 128,
+            known: vec![LogPosition {
+                epoch: 2,
+                number: 40,
+            }],
+            max: 1_000,
             serving: true,
         },
     )?;
@@ -325,18 +327,39 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         version: 12,
     }));
     message(c, "reply_stock", 1, ok)?;
-    let applied: Reply<CatalogResponse> = Ok(CatalogResponse::Applied {
-        trades: vec![AppliedTrade {
-            seq: 42,
-            request_id: id("key-abc"),
-            name: name("BoarCo"),
-            kind: TradeKind::Sell,
-            quantity: 5,
-        }],
-        last_seq: 42,
+    let applied: Reply<CatalogResponse> = Ok(CatalogResponse::Reconciled {
+        meet: Some(LogPosition {
+            epoch: 2,
+            number: 40,
+        }),
+        next: 42,
+        trades: vec![entry.clone()],
         complete: true,
     });
-    message(c, "reply_applied", 4, applied)?;
+    message(c, "reply_reconciled", 4, applied)?;
+    message(
+        c,
+        "catalog_replay",
+        9,
+        CatalogRequest::Replay {
+            epoch: 2,
+            entries: vec![entry.clone()],
+        },
+    )?;
+    message(
+        c,
+        "order_batch",
+        10,
+        OrderRequest::Batch(vec![
+            OrderRequest::PlaceOrder(TradeRequest {
+                request_id: id("fe-0123456789abcdef-8"),
+                name: name("GameStart"),
+                quantity: 1,
+                kind: TradeKind::Sell,
+            }),
+            OrderRequest::GetOrder { number: 41 },
+        ]),
+    )?;
     let placed: Reply<OrderResponse> = Ok(OrderResponse::Placed {
         number: 41,
         epoch: 2,
@@ -407,7 +430,8 @@ fn log_lines(c: &Corpus) -> Result<(), Error> {
 
 fn trade_record(seq: u64, kind: TradeKind, quantity: u64) -> TradeRecord {
     TradeRecord {
-        seq,
+        number: seq - 1,
+        epoch: 1,
         request_id: id(&format!("key-{seq}")),
         name: name("GameStart"),
         kind,

@@ -162,6 +162,10 @@ impl ReplicaMetrics {
             OrderRequest::Replicate { .. } => 3,
             OrderRequest::SyncUp { .. } => 4,
             OrderRequest::ReadLog { .. } => 5,
+            // Each request of a batch counts as itself.
+            OrderRequest::Batch(requests) => {
+                return requests.iter().for_each(|r| self.request(r));
+            }
         };
         self.requests[slot].inc();
     }

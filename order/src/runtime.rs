@@ -333,7 +333,11 @@ fn execute(
                     }
                 }
             }
-            queue(Job::Append { bytes, item: write });
+            queue(Job::Append {
+                bytes,
+                item: write,
+                sync: true,
+            });
         }
         Command::Cut {
             write,
@@ -378,8 +382,7 @@ fn execute(
             }
         }
         Command::Reply { token, body } => {
-            let answer = match body {
-                ReplyBody::Ready(answer) => answer,
+            let answer = body.complete(&mut |body| match body {
                 ReplyBody::Entries {
                     from,
                     start,
@@ -406,7 +409,9 @@ fn execute(
                     Ok(None) => Ok(OrderResponse::OrderNotFound),
                     Err(e) => Err(RemoteError::unavailable(e.to_string())),
                 },
-            };
+                ReplyBody::Ready(answer) => answer,
+                ReplyBody::Batch(_) => Err(RemoteError::unavailable("a batch within a batch")),
+            });
             if let Some((sender, answer)) = reply(token, answer) {
                 effects.push(Effect::Reply(sender, answer));
             }
@@ -423,6 +428,47 @@ impl Service for ReplicaService {
 
     async fn call(&self, request: OrderRequest, _context: RequestContext) -> Reply<OrderResponse> {
         self.0.metrics.request(&request);
+        if let OrderRequest::Batch(requests) = &request {
+            let debug = tracing::enabled!(tracing::Level::DEBUG);
+            let placing: Vec<Option<&common::wire::TradeRequest>> = requests
+                .iter()
+                .map(|r| match r {
+                    OrderRequest::PlaceOrder(order) => Some(order),
+                    _ => None,
+                })
+                .collect();
+            if debug {
+                for order in placing.iter().flatten() {
+                    // Named by its request id, as at the front end and the catalog.
+                    tracing::debug_span!("place", request = %order.request_id).in_scope(|| {
+                        tracing::debug!(stock = %order.name, quantity = order.quantity, "placing")
+                    });
+                }
+            }
+            let ids: Vec<Option<common::wire::RequestId>> = placing
+                .iter()
+                .map(|o| o.map(|o| o.request_id.clone()))
+                .collect();
+            let started = Instant::now();
+            let reply = self.0.request(request).await;
+            if let Ok(OrderResponse::Batch(answers)) = &reply {
+                let took = started.elapsed().as_secs_f64();
+                for (id, answer) in ids.iter().zip(answers) {
+                    let Some(id) = id else { continue };
+                    if let Ok(OrderResponse::Placed { number, epoch }) = answer {
+                        self.0.metrics.place_seconds.observe(took);
+                        if debug {
+                            tracing::debug_span!("place", request = %id)
+                                .in_scope(|| tracing::debug!(number, epoch, "placed"));
+                        }
+                    } else if debug {
+                        tracing::debug_span!("place", request = %id)
+                            .in_scope(|| tracing::debug!(?answer, "not placed"));
+                    }
+                }
+            }
+            return reply;
+        }
         if let OrderRequest::PlaceOrder(order) = &request {
             // Named by its request id, as at the front end and the catalog.
             let span = tracing::info_span!("place", request = %order.request_id);

@@ -80,8 +80,15 @@ pub struct Checker {
     told: BTreeMap<u64, Order>,
     /// Trades clients were told were refused.
     refused: BTreeSet<RequestId>,
+    /// Refusals the catalog remembered.
+    remembered: BTreeSet<RequestId>,
+    /// Those it remembered before it lost its disk: a refusal is remembered on the catalog's
+    /// disk only, so a later attempt of one of them may trade.
+    forgotten: BTreeSet<RequestId>,
     /// The leader of each epoch.
     leaders: BTreeMap<Epoch, ReplicaId>,
+    /// The life (incarnation) of each replica in which it first led each epoch.
+    led_in: BTreeMap<(ReplicaId, Epoch), u32>,
     /// The first violation.
     pub violation: Option<Violation>,
     /// Checks made.
@@ -150,6 +157,21 @@ impl Checker {
         self.refused.insert(request_id);
     }
 
+    /// The catalog remembered a refusal of `request_id` (on its way to its disk).
+    pub fn catalog_refused(&mut self, request_id: RequestId) {
+        self.remembered.insert(request_id);
+    }
+
+    /// The catalog lost its disk: the refusals it remembered are gone with it.
+    pub fn catalog_disk_lost(&mut self) {
+        self.forgotten.extend(std::mem::take(&mut self.remembered));
+    }
+
+    /// The catalog's history of trades and the order log differ.
+    pub fn catalog_history(&mut self, at: Duration, detail: String) {
+        self.fail("catalog-history", at, detail);
+    }
+
     /// The catalog applied a trade sent under `epoch` while the record was `record`: a
     /// deposed leader traded (SPEC §4.5: the catalog refuses trades from any other epoch).
     pub fn deposed_traded(
@@ -204,6 +226,20 @@ impl Checker {
                 );
                 return self.fail("new-leader-holds-acknowledged", at, detail);
             }
+        }
+    }
+
+    /// Replica `id`, in its life `incarnation`, acts as the leader of `epoch`. A replica that
+    /// restarted never acts for an epoch again: what it sent before it stopped may be on
+    /// followers without being on its disk.
+    pub fn took_office(&mut self, at: Duration, id: ReplicaId, incarnation: u32, epoch: Epoch) {
+        self.checks += 1;
+        let first = *self.led_in.entry((id, epoch)).or_insert(incarnation);
+        if first != incarnation {
+            let detail = format!(
+                "replica {id} acted as leader of epoch {epoch} before it restarted, and again"
+            );
+            self.fail("epoch-led-once", at, detail);
         }
     }
 
@@ -304,7 +340,9 @@ impl Checker {
                 );
                 return Some(("request-recorded-once", detail));
             }
-            if self.refused.contains(&entry.request_id) {
+            if self.refused.contains(&entry.request_id)
+                && !self.forgotten.contains(&entry.request_id)
+            {
                 let detail = format!(
                     "{} was refused to its client, yet recorded at {}",
                     entry.request_id, entry.number

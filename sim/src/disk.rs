@@ -59,6 +59,14 @@ impl<W> Disk<W> {
         self.flushing == 0
     }
 
+    /// Queues a write that waits for the next flush something else starts (a deferred
+    /// append: on a crash before it, it is lost with the rest).
+    pub fn push_deferred(&mut self, id: Option<WriteId>, write: W) {
+        if !self.failed {
+            self.queue.push_back((id, write));
+        }
+    }
+
     /// Starts flushing everything queued; false if a flush runs already or nothing waits.
     pub fn start(&mut self) -> bool {
         if self.flushing > 0 || self.queue.is_empty() {

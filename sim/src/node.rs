@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::Duration;
 
+use catalog::book::{Book, Stock};
 use catalog::engine::{self as catalog_engine, CatalogEngine};
 use common::engine::{Answer, CallError, CallId, CallResult, Peer, Token};
 use common::safety::Rules;
@@ -288,13 +289,18 @@ pub struct ReplicaNode {
     pub disk: Disk<ReplicaWrite>,
     /// Its subscription to the catalog.
     pub link: Link,
-    inbound: HashMap<Token, (Caller, Option<RequestId>)>,
+    /// Requests being answered, with the request id of each order placed (one per request of
+    /// a batch), so that each `Placed` answer can be checked.
+    inbound: HashMap<Token, (Caller, Vec<Option<RequestId>>)>,
     next_token: Token,
     next_call: CallId,
     commands: Vec<replica_engine::Command>,
     leading: bool,
     /// It took the lead since the world last looked.
     pub took_lead: bool,
+    /// Which life of the process this is (the world counts restarts).
+    pub incarnation: u32,
+    in_office: bool,
     /// Trades it sent to the catalog since the world last looked.
     pub traded: u32,
     /// Its storage failed: it waits to restart from its log.
@@ -349,6 +355,8 @@ impl ReplicaNode {
             commands: Vec::new(),
             leading: false,
             took_lead: false,
+            incarnation: 0,
+            in_office: false,
             traded: 0,
             storage_failed: false,
         })
@@ -378,14 +386,24 @@ impl ReplicaNode {
         }
         let leading = self.engine.role() == Role::Leader;
         if leading {
-            ctx.checker.leads(ctx.now, self.engine.epoch(), self.id);
+            // Leading counts once it acts (its epoch stored): a record may name a replica for
+            // an epoch it never acted in, and a catalog rebuilt from the replicas may name
+            // another for that epoch (it counts on from the newest epoch they stored).
+            if self.engine.in_office() {
+                ctx.checker.leads(ctx.now, self.engine.epoch(), self.id);
+            }
             if !self.leading {
                 ctx.checker
                     .new_leader(ctx.now, self.id, self.engine.epoch(), &self.log);
                 self.took_lead = true;
             }
+            if self.engine.in_office() && !self.in_office {
+                ctx.checker
+                    .took_office(ctx.now, self.id, self.incarnation, self.engine.epoch());
+            }
         }
         self.leading = leading;
+        self.in_office = self.engine.in_office();
     }
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, command: replica_engine::Command) {
@@ -437,7 +455,7 @@ impl ReplicaNode {
                 let request = match ready {
                     Ok(replica_engine::Request::Order(request)) => Request::Order(request),
                     Ok(replica_engine::Request::Catalog(request)) => {
-                        self.traded += u32::from(matches!(request, CatalogRequest::Trade { .. }));
+                        self.traded += u32::from(matches!(request, CatalogRequest::Trades { .. }));
                         Request::Catalog(request)
                     }
                     Err(never) => match never {},
@@ -450,8 +468,7 @@ impl ReplicaNode {
                 });
             }
             Command::Reply { token, body } => {
-                let reply = match body {
-                    ReplyBody::Ready(reply) => reply,
+                let reply = body.complete(&mut |body| match body {
                     ReplyBody::Entries {
                         from,
                         start,
@@ -472,13 +489,22 @@ impl ReplicaNode {
                         last,
                         set_aside: 0,
                     }),
-                };
+                    ReplyBody::Ready(reply) => reply,
+                    ReplyBody::Batch(_) => Err(common::wire::RemoteError::bad_request("nested")),
+                });
                 let Some((caller, placing)) = self.inbound.remove(&token) else {
                     return;
                 };
-                if let (Some(request_id), Ok(OrderResponse::Placed { number, .. })) =
-                    (&placing, &reply)
-                {
+                let answers: Vec<&Reply<OrderResponse>> = match &reply {
+                    Ok(OrderResponse::Batch(answers)) => answers.iter().collect(),
+                    single => vec![single],
+                };
+                for (request_id, answer) in placing.iter().zip(answers) {
+                    let (Some(request_id), Ok(OrderResponse::Placed { number, .. })) =
+                        (request_id, answer)
+                    else {
+                        continue;
+                    };
                     match self.log.get(*number as usize) {
                         Some(entry) if entry.request_id == *request_id => ctx.checker.acknowledged(
                             ctx.now,
@@ -521,9 +547,13 @@ impl ReplicaNode {
         };
         let token = self.next_token;
         self.next_token += 1;
-        let placing = match &request {
+        let placed = |request: &OrderRequest| match request {
             OrderRequest::PlaceOrder(order) => Some(order.request_id.clone()),
             _ => None,
+        };
+        let placing = match &request {
+            OrderRequest::Batch(requests) => requests.iter().map(placed).collect(),
+            single => vec![placed(single)],
         };
         self.inbound.insert(token, (caller, placing));
         self.feed(ctx, replica_engine::Input::Request { token, request });
@@ -627,6 +657,8 @@ impl Files for ReplicaFiles {
 pub enum CatalogWrite {
     /// A record appended to `wal.log`.
     Append(Vec<u8>),
+    /// An fsync of what was written.
+    Sync,
     /// The `leadership` file replaced.
     Leadership(Vec<u8>),
     /// The snapshot replaced and the log emptied.
@@ -667,6 +699,8 @@ pub struct CatalogNode {
     heartbeat_at: Duration,
     /// Its storage failed: it waits to restart from its log.
     pub storage_failed: bool,
+    /// It answered a refusal it remembers since the world last looked.
+    pub refusal_answered: bool,
 }
 
 /// The catalog's lease length, as the real default.
@@ -675,24 +709,45 @@ pub const LEASE: Duration = Duration::from_millis(800);
 pub const WINDOW: usize = 100_000;
 
 impl CatalogNode {
-    /// The catalog starting from `files`.
+    /// The catalog starting from `files` (empty: a new cluster or a lost disk, and the
+    /// stocks are `seed`'s until it knows which).
     pub fn start(
         mut files: CatalogFiles,
+        seed: &[Stock],
         rules: Rules,
         snapshot_every: u64,
         local: Duration,
     ) -> Result<Self, String> {
-        let (book, intact, _) = catalog::store::recover(
-            &files.snapshot,
-            files.leadership.as_deref(),
-            &files.wal,
-            WINDOW,
-        )
-        .map_err(|e| e.to_string())?;
-        files.wal.truncate(intact);
-        let snapshot_at = book.last_seq() + snapshot_every;
+        let (book, origin) = if files.snapshot.is_empty() {
+            (
+                Book::new(seed.to_vec(), WINDOW),
+                catalog_engine::Origin::Empty,
+            )
+        } else {
+            let recovered = catalog::store::recover(
+                &files.snapshot,
+                files.leadership.as_deref(),
+                &files.wal,
+                WINDOW,
+            )
+            .map_err(|e| e.to_string())?;
+            files.wal.truncate(recovered.intact);
+            let origin = if recovered.clean {
+                catalog_engine::Origin::Clean
+            } else {
+                catalog_engine::Origin::Recovered
+            };
+            (recovered.book, origin)
+        };
+        let snapshot_at = book.next_number() + snapshot_every;
+        let config = catalog_engine::EngineConfig {
+            lease_length: LEASE,
+            replicas: (1..=crate::plan::REPLICAS as ReplicaId).collect(),
+            call_timeout: Duration::from_secs(1),
+            rules,
+        };
         Ok(CatalogNode {
-            engine: CatalogEngine::new(book, LEASE, rules, local),
+            engine: CatalogEngine::new(book, origin, config, local),
             files,
             disk: Disk::default(),
             subscribers: Vec::new(),
@@ -703,6 +758,7 @@ impl CatalogNode {
             snapshot_at,
             heartbeat_at: local,
             storage_failed: false,
+            refusal_answered: false,
         })
     }
 
@@ -722,14 +778,40 @@ impl CatalogNode {
         let commands = std::mem::take(&mut self.commands);
         for command in commands {
             match command {
-                Command::Append { write, record } => match catalog::store::encode_record(&record) {
-                    Ok(bytes) => {
+                Command::Append {
+                    write,
+                    record,
+                    sync,
+                } => match catalog::store::encode_record(&record) {
+                    Ok(bytes) if sync => {
+                        if let catalog::book::LogRecord::Refused(refusal) = &record {
+                            ctx.checker.catalog_refused(refusal.request_id.clone());
+                        }
                         if self.disk.push(Some(write), CatalogWrite::Append(bytes)) {
                             ctx.actions.push(Action::Flush);
                         }
                     }
+                    Ok(bytes) => self
+                        .disk
+                        .push_deferred(Some(write), CatalogWrite::Append(bytes)),
                     Err(e) => ctx.checker.internal(ctx.now, e.to_string()),
                 },
+                Command::Sync { write } => {
+                    if self.disk.push(Some(write), CatalogWrite::Sync) {
+                        ctx.actions.push(Action::Flush);
+                    }
+                }
+                Command::Call {
+                    call,
+                    to,
+                    request,
+                    timeout,
+                } => ctx.actions.push(Action::Call {
+                    to: to as Proc,
+                    call,
+                    request: Request::Order(request),
+                    timeout,
+                }),
                 Command::StoreLeadership { write, record } => {
                     match catalog::store::encode_leadership(&record) {
                         Ok(bytes) => {
@@ -741,6 +823,17 @@ impl CatalogNode {
                     }
                 }
                 Command::Reply { token, reply } => {
+                    if let Ok(common::wire::CatalogResponse::Traded(outcomes)) = &reply {
+                        self.refusal_answered |= outcomes.iter().any(|o| {
+                            matches!(
+                                o,
+                                common::wire::TradeOutcome::Rejected(
+                                    TradeRejection::NotEnoughStock { .. }
+                                        | TradeRejection::Overflow
+                                )
+                            )
+                        });
+                    }
                     if let Some(caller) = self.inbound.remove(&token) {
                         ctx.actions.push(Action::Return {
                             to: caller.from,
@@ -767,14 +860,17 @@ impl CatalogNode {
                 Command::Snapshot => self.snapshot(ctx),
             }
         }
-        if self.engine.durable_seq() >= self.snapshot_at && !self.storage_failed {
-            self.snapshot_at = self.engine.durable_seq() + self.snapshot_every;
+        if self.engine.durable_next() >= self.snapshot_at && !self.storage_failed {
+            self.snapshot_at = self.engine.durable_next() + self.snapshot_every;
             self.snapshot(ctx);
         }
     }
 
     fn snapshot(&mut self, ctx: &mut Ctx<'_>) {
-        match catalog::store::encode_snapshot(&self.engine.book().snapshot()) {
+        if self.engine.rebuilding() {
+            return;
+        }
+        match catalog::store::encode_snapshot(&self.engine.book().snapshot(false)) {
             Ok(bytes) => {
                 if self.disk.push(None, CatalogWrite::Snapshot(bytes)) {
                     ctx.actions.push(Action::Flush);
@@ -787,6 +883,14 @@ impl CatalogNode {
     /// A request; a subscription is kept here, the rest goes to the engine.
     pub fn request(&mut self, ctx: &mut Ctx<'_>, caller: Caller, request: Request) {
         match request {
+            Request::Subscribe if self.engine.rebuilding() => ctx.actions.push(Action::Return {
+                to: caller.from,
+                inc: caller.inc,
+                call: caller.call,
+                answer: Returned::Engine(Err(CallError::Remote(
+                    common::wire::RemoteError::unavailable("rebuilding"),
+                ))),
+            }),
             Request::Subscribe => {
                 *ctx.next_stream += 1;
                 let stream = *ctx.next_stream;
@@ -811,16 +915,16 @@ impl CatalogNode {
                 self.next_token += 1;
                 self.inbound.insert(token, caller);
                 let trade = match &request {
-                    CatalogRequest::Trade { epoch, trade } => {
-                        Some((*epoch, trade.request_id.clone()))
-                    }
+                    CatalogRequest::Trades { epoch, trades } => trades
+                        .first()
+                        .map(|trade| (*epoch, trade.request_id.clone())),
                     _ => None,
                 };
                 let record = self.engine.book().leadership().clone();
-                let before = self.engine.book().last_seq();
+                let before = self.engine.book().next_number();
                 self.feed(ctx, catalog_engine::Input::Request { token, request });
                 if let Some((epoch, request_id)) = trade {
-                    if self.engine.book().last_seq() > before
+                    if self.engine.book().next_number() > before
                         && (record.leader.is_none() || record.epoch != epoch)
                     {
                         ctx.checker
@@ -834,6 +938,13 @@ impl CatalogNode {
                 call: caller.call,
                 answer: Returned::Engine(Err(CallError::Failed("not a catalog request".into()))),
             }),
+        }
+    }
+
+    /// The answer to one of its calls (to a replica, while rebuilding).
+    pub fn answer(&mut self, ctx: &mut Ctx<'_>, call: CallId, answer: Returned) {
+        if let Returned::Engine(answer) = answer {
+            self.feed(ctx, catalog_engine::Input::Answer { call, answer });
         }
     }
 
@@ -896,6 +1007,7 @@ impl Files for CatalogFiles {
     fn apply(&mut self, write: CatalogWrite) {
         match write {
             CatalogWrite::Append(bytes) => self.wal.extend_from_slice(&bytes),
+            CatalogWrite::Sync => {}
             CatalogWrite::Leadership(bytes) => self.leadership = Some(bytes),
             CatalogWrite::Snapshot(bytes) => {
                 self.snapshot = bytes;
@@ -923,6 +1035,9 @@ pub struct FrontendNode {
     /// The router.
     pub router: Router,
     link: Link,
+    /// When the attempts the router queued are flushed (its runtime flushes once the
+    /// sessions ready at the same moment have submitted).
+    flush_at: Option<Duration>,
     inbound: HashMap<Token, Caller>,
     next_token: Token,
     next_call: CallId,
@@ -935,6 +1050,7 @@ impl FrontendNode {
         FrontendNode {
             router: Router::new(config, local),
             link: Link::default(),
+            flush_at: None,
             inbound: HashMap::new(),
             next_token: 1,
             next_call: 1 << 40,
@@ -945,11 +1061,16 @@ impl FrontendNode {
     /// Its next deadline, on its clock.
     pub fn next_timer(&self) -> Option<Duration> {
         let link = self.link.next_timer();
-        Some(self.router.next_timer().map_or(link, |t| t.min(link)))
+        let next = self.router.next_timer().map_or(link, |t| t.min(link));
+        Some(self.flush_at.map_or(next, |at| at.min(next)))
     }
 
     fn feed(&mut self, ctx: &mut Ctx<'_>, input: router::Input) {
         self.router.handle(ctx.local, input, &mut self.commands);
+        if self.router.flush_wanted() && self.flush_at.is_none() {
+            // Requests that arrive meanwhile share the flush.
+            self.flush_at = Some(ctx.local + Duration::from_micros(ctx.rng.range(0, 300)));
+        }
         for command in self.commands.drain(..) {
             match command {
                 router::Command::Call {
@@ -998,7 +1119,7 @@ impl FrontendNode {
     pub fn answer(&mut self, ctx: &mut Ctx<'_>, call: CallId, answer: Returned) {
         if let Some(opened) = self.link.answered(call, &answer, ctx.local) {
             if let Some(record) = opened {
-                self.feed(ctx, router::Input::Record(record));
+                self.feed(ctx, router::Input::Subscribed(record));
             }
             return;
         }
@@ -1025,6 +1146,10 @@ impl FrontendNode {
     pub fn tick(&mut self, ctx: &mut Ctx<'_>) {
         self.link.tick(ctx, &mut self.next_call);
         self.feed(ctx, router::Input::Tick);
+        if self.flush_at.is_some_and(|at| at <= ctx.local) {
+            self.flush_at = None;
+            self.feed(ctx, router::Input::Flush);
+        }
     }
 }
 
@@ -1033,6 +1158,9 @@ impl FrontendNode {
 struct Placing {
     order: TradeRequest,
     tries: u32,
+    /// Asked again after a refusal, to see the same answer (as a client that retries under
+    /// its idempotency key to learn an outcome does).
+    confirming: bool,
 }
 
 /// A client: places its orders one at a time through a front end.
@@ -1138,6 +1266,7 @@ impl ClientNode {
                     kind,
                 },
                 tries: 0,
+                confirming: false,
             });
         }
         let Some(placing) = &mut self.placing else {
@@ -1187,6 +1316,16 @@ impl ClientNode {
             }
             Returned::Front(Ok(OrderResponse::Rejected(_))) => {
                 ctx.checker.refused(order.request_id.clone());
+                if !placing.confirming && self.rng.chance(500) {
+                    // Asks again later under the same id: it must be refused again.
+                    self.placing = Some(Placing {
+                        confirming: true,
+                        tries: 0,
+                        ..placing.clone()
+                    });
+                    self.at = ctx.local + Duration::from_micros(self.rng.range(50_000, 800_000));
+                    return;
+                }
                 true
             }
             Returned::Front(Err(OrderError::BadRequest(why))) => {

@@ -66,6 +66,18 @@ pub enum Fault {
         /// How long it stays down.
         down_for: Duration,
     },
+    /// The catalog is killed as soon as it has answered a refusal it remembers (not enough
+    /// stock), and restarts after `down_for`.
+    CrashAfterRefusal {
+        /// How long it stays down.
+        down_for: Duration,
+    },
+    /// The catalog is killed and its disk lost: it restarts after `down_for` on an empty state
+    /// directory, and must rebuild its stocks from the replicas' order logs.
+    LoseCatalogDisk {
+        /// How long it stays down.
+        down_for: Duration,
+    },
     /// The disk takes `factor` times longer for a while.
     SlowDisk {
         /// Whose.
@@ -117,7 +129,13 @@ pub struct Plan {
     pub settle_within: Duration,
     /// Snapshot the catalog after this many records.
     pub snapshot_every: u64,
+    /// How much of each kind of fault this seed injects ([`FAULT_KINDS`] weights; swarm
+    /// testing: each seed runs its own mix, so that a rare kind is dense in some seeds).
+    pub mix: [u64; FAULT_KINDS],
 }
+
+/// How many kinds of fault a plan mixes.
+pub const FAULT_KINDS: usize = 10;
 
 impl Plan {
     /// The plan of `seed`; `faults` false gives the same cluster without any fault.
@@ -164,6 +182,16 @@ impl Plan {
             })
             .collect();
         let faults_until = Duration::from_millis(rng.range(1_000, 4_000));
+        // Swarm testing: each kind is in this seed's mix or not, with a weight of its own.
+        let mut mix = [0u64; FAULT_KINDS];
+        for weight in &mut mix {
+            if rng.chance(500) {
+                *weight = rng.range(1, 10);
+            }
+        }
+        if mix.iter().all(|&w| w == 0) {
+            mix[rng.range(0, FAULT_KINDS as u64) as usize] = 1;
+        }
         let mut plan = Plan {
             frontends,
             clients,
@@ -177,6 +205,7 @@ impl Plan {
             faults: Vec::new(),
             settle_within: Duration::from_secs(30),
             snapshot_every: rng.range(3, 20),
+            mix,
         };
         if faults {
             let count = rng.range(1, 8);
@@ -193,12 +222,22 @@ impl Plan {
     fn fault(&self, rng: &mut Rng, servers: usize) -> Fault {
         let proc = rng.range(0, servers as u64) as usize;
         let lasting = |rng: &mut Rng| Duration::from_millis(rng.range(20, 2_500));
-        match rng.range(0, 100) {
-            0..=24 => Fault::Crash {
+        let total: u64 = self.mix.iter().sum();
+        let mut pick = rng.range(0, total.max(1));
+        let mut kind = 0;
+        for (at, &weight) in self.mix.iter().enumerate() {
+            if pick < weight {
+                kind = at;
+                break;
+            }
+            pick -= weight;
+        }
+        match kind {
+            0 => Fault::Crash {
                 proc,
                 down_for: lasting(rng),
             },
-            25..=29 => Fault::CrashNextLeader {
+            1 => Fault::CrashNextLeader {
                 within: Duration::from_micros(rng.range(0, 30_000)),
                 slow: if rng.chance(500) {
                     rng.range(10, 1_000)
@@ -212,25 +251,35 @@ impl Plan {
                     lasting(rng)
                 },
             },
-            30..=34 => Fault::CrashMidTrade {
+            2 => Fault::CrashMidTrade {
                 down_for: lasting(rng),
             },
-            35..=49 => Fault::Freeze {
+            3 => Fault::Freeze {
                 proc,
                 frozen_for: lasting(rng),
             },
-            50..=84 => Fault::Partition {
+            4 => Fault::Partition {
                 cut: partition(rng, servers),
                 lasts: lasting(rng),
             },
-            85..=92 => Fault::DiskFull {
+            5 => Fault::DiskFull {
                 proc: rng.range(0, 1 + REPLICAS as u64) as usize,
                 lasts: lasting(rng),
             },
-            _ => Fault::SlowDisk {
+            6 => Fault::SlowDisk {
                 proc: rng.range(0, 1 + REPLICAS as u64) as usize,
                 factor: rng.range(10, 500),
                 lasts: lasting(rng),
+            },
+            7 => Fault::CrashAfterRefusal {
+                down_for: Duration::from_millis(rng.range(5, 1_000)),
+            },
+            8 => Fault::LoseCatalogDisk {
+                down_for: lasting(rng),
+            },
+            _ => Fault::Crash {
+                proc: CATALOG,
+                down_for: Duration::from_millis(rng.range(5, 1_000)),
             },
         }
     }

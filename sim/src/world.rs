@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::engine::{CallError, CallId};
 use common::safety::Rules;
-use common::wire::{ReplicaId, Role, StockName};
+use common::wire::{OrderEntry, ReplicaId, Role, StockName};
 
 use crate::check::Checker;
 use crate::node::{
@@ -210,10 +210,14 @@ pub struct World {
     crash_next_leader: Option<(Duration, u64, Duration)>,
     /// Armed: kill the next replica to send a trade, down for this.
     crash_mid_trade: Option<Duration>,
+    /// Armed: kill the catalog once it answered a refusal it remembers, down for this.
+    crash_after_refusal: Option<Duration>,
     /// When the faults stopped.
     faults_ended: Duration,
     /// A new leader to kill once it has sent this many more trades: within, down for.
     doomed: Option<(Proc, u32, Duration, Duration)>,
+    /// The seed file's stocks.
+    seed: Vec<catalog::book::Stock>,
 }
 
 impl World {
@@ -227,16 +231,10 @@ impl World {
             let name = StockName::new(name.clone()).map_err(|e| e.to_string())?;
             initial.insert(name, *quantity);
         }
-        let book = catalog::book::Book::new(
-            catalog::book::Book::parse_seed(&seed_file).map_err(|e| e.to_string())?,
-            node::WINDOW,
-        );
-        let catalog_files = CatalogFiles {
-            snapshot: catalog::store::encode_snapshot(&book.snapshot())
-                .map_err(|e| e.to_string())?,
-            wal: Vec::new(),
-            leadership: None,
-        };
+        let seed = catalog::book::Book::parse_seed(&seed_file).map_err(|e| e.to_string())?;
+        // The catalog starts on an empty disk, as on a new cluster: it asks the replicas
+        // before it serves.
+        let catalog_files = CatalogFiles::default();
         let frontends: Vec<Proc> = (0..plan.frontends).map(|n| plan.frontend(n)).collect();
         let names: Vec<StockName> = initial.keys().cloned().collect();
         let mut procs = Vec::new();
@@ -306,8 +304,10 @@ impl World {
             done: false,
             crash_next_leader: None,
             crash_mid_trade: None,
+            crash_after_refusal: None,
             faults_ended: Duration::MAX,
             doomed: None,
+            seed,
             plan,
         };
         for proc in 0..world.plan.servers() {
@@ -522,8 +522,17 @@ impl World {
         self.reschedule(proc);
     }
 
-    /// Faults waiting for a moment: a new leader, a trade sent.
+    /// Faults waiting for a moment: a new leader, a trade sent, a refusal answered.
     fn armed_faults(&mut self, proc: Proc) {
+        if let Node::Catalog(catalog) = &mut self.procs[proc].node {
+            let refused = std::mem::take(&mut catalog.refusal_answered);
+            if refused && self.faulty {
+                if let Some(down_for) = self.crash_after_refusal.take() {
+                    self.schedule(self.now, Event::Kill { proc, down_for });
+                }
+            }
+            return;
+        }
         let Node::Replica(replica) = &mut self.procs[proc].node else {
             return;
         };
@@ -646,7 +655,8 @@ impl World {
             Node::Replica(n) => n.answer(ctx, call, answer),
             Node::Frontend(n) => n.answer(ctx, call, answer),
             Node::Client(n) => n.answer(ctx, call, answer),
-            Node::Catalog(_) | Node::Down(_) => {}
+            Node::Catalog(n) => n.answer(ctx, call, answer),
+            Node::Down(_) => {}
         });
     }
 
@@ -805,15 +815,19 @@ impl World {
         process.timer_at = None;
         process.calls.clear();
         process.node = match files {
-            Files::Catalog(files) => {
-                Node::Catalog(CatalogNode::start(files, rules, snapshot_every, local)?)
-            }
+            Files::Catalog(files) => Node::Catalog(CatalogNode::start(
+                files,
+                &self.seed,
+                rules,
+                snapshot_every,
+                local,
+            )?),
             Files::Replica(files) => {
                 let config = node::replica_config(proc as ReplicaId, quorum, rules);
-                Node::Replica(
-                    ReplicaNode::start(config, files, local)
-                        .map_err(|e| format!("{}: cannot start: {e}", process.name))?,
-                )
+                let mut replica = ReplicaNode::start(config, files, local)
+                    .map_err(|e| format!("{}: cannot start: {e}", process.name))?;
+                replica.incarnation = process.inc;
+                Node::Replica(replica)
             }
             Files::Frontend => {
                 Node::Frontend(FrontendNode::start(node::router_config(rules), local))
@@ -939,6 +953,15 @@ impl World {
                 self.crash_next_leader = Some((within, slow, down_for));
             }
             Fault::CrashMidTrade { down_for } => self.crash_mid_trade = Some(down_for),
+            Fault::CrashAfterRefusal { down_for } => self.crash_after_refusal = Some(down_for),
+            Fault::LoseCatalogDisk { down_for } => {
+                if self.procs[CATALOG].up() {
+                    self.crash(CATALOG);
+                    self.procs[CATALOG].node = Node::Down(Files::Catalog(CatalogFiles::default()));
+                    self.checker.catalog_disk_lost();
+                    self.schedule(now + down_for, Event::Restart { proc: CATALOG });
+                }
+            }
             Fault::Freeze { proc, frozen_for } => {
                 let process = &mut self.procs[proc];
                 if process.up() && !process.frozen {
@@ -1002,6 +1025,7 @@ impl World {
     fn faults_end(&mut self) {
         let armed = self.crash_next_leader.is_some()
             || self.crash_mid_trade.is_some()
+            || self.crash_after_refusal.is_some()
             || self.doomed.is_some();
         if armed && self.now < self.plan.faults_until + ARMED_GRACE {
             // A fault waiting for its moment (an election, a trade) keeps the faults going a
@@ -1010,6 +1034,7 @@ impl World {
         }
         self.crash_next_leader = None;
         self.crash_mid_trade = None;
+        self.crash_after_refusal = None;
         self.doomed = None;
         self.faults_ended = self.now;
         self.faulty = false;
@@ -1050,6 +1075,11 @@ impl World {
             }
             Some(why) => {
                 if self.now > self.faults_ended + self.plan.settle_within {
+                    // Stuck because the catalog's history and the log differ says more than
+                    // being stuck.
+                    if let Some(detail) = self.history_mismatch(false) {
+                        return self.checker.catalog_history(self.now, detail);
+                    }
                     let detail = format!(
                         "not settled {} s after the faults stopped: {}",
                         self.plan.settle_within.as_secs(),
@@ -1163,7 +1193,66 @@ impl World {
         None
     }
 
+    /// Where the catalog's history of trades and the order log (the leader's, or replica 1's)
+    /// differ: at a number both hold, or when `whole` anywhere, lengths and epochs included.
+    /// The catalog keeps only its recent trades; those are compared.
+    fn history_mismatch(&self, whole: bool) -> Option<String> {
+        let Node::Catalog(catalog) = &self.procs[CATALOG].node else {
+            return None;
+        };
+        let book = catalog.engine.book();
+        let log = (1..=REPLICAS)
+            .filter_map(|id| match &self.procs[id].node {
+                Node::Replica(r) => Some(r),
+                _ => None,
+            })
+            .max_by_key(|r| r.engine.role() == Role::Leader)
+            .map(|r| (r.id, &r.log))?;
+        let (id, log) = log;
+        if whole {
+            if book.next_number() != log.len() as u64 {
+                return Some(format!(
+                    "the catalog's history holds {} trades, replica {id}'s log {}",
+                    book.next_number(),
+                    log.len()
+                ));
+            }
+            let positions: Vec<_> = log.iter().map(OrderEntry::position).collect();
+            let mut ours = common::history::Positions::new();
+            for p in positions {
+                ours.append(p);
+            }
+            if ours.boundaries() != book.history().boundaries() {
+                return Some(format!(
+                    "the catalog's epochs {:?} are not replica {id}'s {:?}",
+                    book.history().boundaries(),
+                    ours.boundaries()
+                ));
+            }
+        }
+        let (held, _) = book.entries_after(None, usize::MAX);
+        for entry in held {
+            if let Some(logged) = log.get(entry.number as usize) {
+                if *logged != entry {
+                    return Some(format!(
+                        "the catalog's trade {} is {} ({}), replica {id}'s order {} is {} ({})",
+                        entry.number,
+                        crate::check::Order::of(&entry),
+                        entry.epoch,
+                        logged.number,
+                        crate::check::Order::of(logged),
+                        logged.epoch
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     fn final_checks(&mut self) {
+        if let Some(detail) = self.history_mismatch(true) {
+            return self.checker.catalog_history(self.now, detail);
+        }
         let Node::Catalog(catalog) = &self.procs[CATALOG].node else {
             return;
         };
@@ -1192,15 +1281,20 @@ impl World {
                 }
             }
         }
-        let catalog_again =
-            match CatalogNode::start(catalog.files.clone(), self.rules, 1, Duration::ZERO) {
-                Ok(again) => node::stocks(&again.engine),
-                Err(e) => {
-                    return self
-                        .checker
-                        .internal(self.now, format!("the catalog cannot restart: {e}"))
-                }
-            };
+        let catalog_again = match CatalogNode::start(
+            catalog.files.clone(),
+            &self.seed,
+            self.rules,
+            1,
+            Duration::ZERO,
+        ) {
+            Ok(again) => node::stocks(&again.engine),
+            Err(e) => {
+                return self
+                    .checker
+                    .internal(self.now, format!("the catalog cannot restart: {e}"))
+            }
+        };
         let logs: Vec<(ReplicaId, &[common::wire::OrderEntry])> = recovered
             .iter()
             .map(|(id, log)| (*id, log.as_slice()))

@@ -179,7 +179,10 @@ impl Engine {
             self.adopt(epoch, leader, &[]);
         }
         match self.apply_entries(prev, entries, "replaced by the leader's entries") {
-            Ok(Some(Some(through))) => self.reply_when_durable(token, through),
+            Ok(Some(Some(through))) => {
+                self.confirmed = self.confirmed.max(Some(through.number));
+                self.reply_when_durable(token, through)
+            }
             Ok(Some(None)) => self.reply(token, Ok(OrderResponse::Replicated { last: None })),
             Ok(None) => {
                 let last = self.log.last();
@@ -312,8 +315,12 @@ impl Engine {
         }
         // Everything the leader had when it answered is here. Entries beyond it from an older
         // epoch are a suffix the leader never had: set aside. Entries of this epoch came from
-        // the leader itself by `Replicate` after it answered, and stay.
-        let beyond = leader_last.map_or(0, |p| p.number.saturating_add(1));
+        // the leader itself by `Replicate` after it answered, and stay; so do those this
+        // replica confirmed to the leader since (a leader records the catalog's trades under
+        // the epochs they were traded in, older ones too).
+        let beyond = leader_last
+            .map_or(0, |p| p.number.saturating_add(1))
+            .max(self.confirmed.map_or(0, |n| n.saturating_add(1)));
         if self.log.position(beyond).is_some_and(|p| p.epoch < epoch) {
             self.cut_from(beyond, "beyond the leader's last entry");
         }

@@ -1,18 +1,21 @@
-//! The leader's path: an order is traded through the catalog under the leader's epoch,
-//! numbered, appended, replicated to every follower (one batch in flight each), and answered
-//! once committed: on the leader's disk and on every member of the in-sync set. The leader
-//! keeps that set true at the catalog (a silent member is removed from the record before the
-//! leader goes on without it; a follower that caught up is taken back), and reconciles with
-//! the catalog: every trade the catalog applied becomes an order exactly once, and each round
-//! renews the leader's lease.
+//! The leader's path: orders are traded at the catalog under the leader's epoch, in batches
+//! (whatever one request or one input placed goes in one `Trades` call); the catalog numbers
+//! each applied trade as the next entry of its history, and the leader appends it at that
+//! number, replicates it to every follower (one batch in flight each), and answers once it is
+//! committed: on the leader's disk and on every member of the in-sync set. The leader keeps
+//! that set true at the catalog (a silent member is removed from the record before the
+//! leader goes on without it; a follower that caught up is taken back), and reconciles its log
+//! with the catalog's history both ways before it places or commits anything, and every
+//! [`RECONCILE_EVERY`] after: it records the trades the catalog applied that its log lacks,
+//! and replays to the catalog the orders its history lost. Each round renews its lease.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::safety::Rule;
 use common::wire::{
-    AppliedTrade, CatalogRequest, CatalogResponse, Epoch, LeadershipChange, LogPosition,
-    OrderEntry, OrderResponse, RemoteError, ReplicaId, RequestId, TradeRejection, TradeRequest,
+    CatalogRequest, CatalogResponse, Epoch, LeadershipChange, LogPosition, OrderEntry,
+    OrderResponse, RemoteError, ReplicaId, RequestId, TradeOutcome, TradeRejection, TradeRequest,
     TransactionNumber,
 };
 use tracing::{debug, error, info, warn};
@@ -20,16 +23,16 @@ use tracing::{debug, error, info, warn};
 use common::engine::{Backoff, Deadlines};
 
 use super::{
-    Answer, CallResult, Command, Engine, Outgoing, Peer, Pending, ReplyBody, State, Time, Token,
-    MAX_BACKOFF, MAX_BATCH, MIN_BACKOFF, PRUNE_COMMITTING_ABOVE,
+    Answer, CallResult, Engine, Outgoing, Peer, Pending, ReplyBody, State, Time, Token,
+    MAX_BACKOFF, MAX_BATCH, MAX_KNOWN, MIN_BACKOFF, PRUNE_COMMITTING_ABOVE,
 };
 use crate::replication::{commit_point, desired_in_sync, meeting_point, FollowerProgress};
 
-/// How often a leader reconciles its log with the trades the catalog applied; each round
-/// also renews its lease at the catalog (well within the catalog's default 800 ms).
+/// How often a leader reconciles its log with the catalog's history; each round also renews
+/// its lease at the catalog (well within the catalog's default 800 ms).
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(200);
-/// Most applied trades asked for in one reconciliation.
-pub const RECONCILE_BATCH: u32 = 512;
+/// Most of the catalog's trades asked for in one reconciliation.
+pub const RECONCILE_BATCH: u32 = 1_000;
 /// How often a leader re-checks its in-sync set when nothing woke it.
 pub const MEMBERSHIP_EVERY: Duration = Duration::from_millis(100);
 
@@ -57,38 +60,21 @@ struct Placement {
     waiters: Vec<Token>,
 }
 
-/// The leader's account of the catalog's trades: every trade up to `through` is a committed
-/// order; `known` maps later trades (catalog sequence numbers) to the orders recording them.
-#[derive(Debug, Default)]
-pub(super) struct Recorded {
-    through: u64,
-    known: BTreeMap<u64, TransactionNumber>,
-}
-
-impl Recorded {
-    /// Moves `through` over the known trades whose orders are committed.
-    fn advance(&mut self, commit: Option<TransactionNumber>) -> u64 {
-        while let Some(&number) = self.known.get(&(self.through + 1)) {
-            if Some(number) > commit {
-                break;
-            }
-            self.known.remove(&(self.through + 1));
-            self.through += 1;
-        }
-        self.through
-    }
+/// An order the catalog numbered beyond the log's end, waiting for the entries before it
+/// (the answers of an earlier call, or the catalog's history when an answer was lost).
+#[derive(Debug)]
+struct Early {
+    entry: OrderEntry,
+    waiters: Vec<Token>,
 }
 
 /// Reconciliation with the catalog.
 #[derive(Debug, Default)]
 pub(super) struct Reconciliation {
-    /// Every trade the catalog applied before the term began is recorded: orders are placed.
+    /// The log and the catalog's history were equal once in this term: orders are placed
+    /// and committed.
     pub(super) reconciled: bool,
-    recorded: Recorded,
-    /// Where the first reconciliation goes on from, batch after batch.
-    cursor: Option<u64>,
-    /// The position the round in flight asked after.
-    asked_after: Option<u64>,
+    /// A `Reconcile` or `Replay` is on its way.
     in_flight: bool,
     next_at: Option<Time>,
     warned: bool,
@@ -117,7 +103,16 @@ pub(super) struct Leading {
     /// to its commit (at most [`super::MAX_COMMIT_SAMPLES`] between two asks).
     pub(super) commit_waits: Vec<Duration>,
     commit_deadlines: Deadlines,
+    /// Orders at the catalog (or about to go there), by request id.
     placing: BTreeMap<RequestId, Placement>,
+    /// Trades to send to the catalog at the end of the input that placed them, and the
+    /// request (or batch) whose task may send them.
+    outbox: Vec<TradeRequest>,
+    outbox_owner: Option<Token>,
+    /// `Trades` calls on their way.
+    trading: usize,
+    /// Orders numbered beyond the log's end, by number.
+    early: BTreeMap<TransactionNumber, Early>,
     pub(super) reconcile: Reconciliation,
     membership_in_flight: bool,
     membership_at: Option<Time>,
@@ -191,6 +186,10 @@ impl Leading {
             commit_waits: Vec::new(),
             commit_deadlines: Deadlines::default(),
             placing: BTreeMap::new(),
+            outbox: Vec::new(),
+            outbox_owner: None,
+            trading: 0,
+            early: BTreeMap::new(),
             reconcile: Reconciliation::default(),
             membership_in_flight: false,
             membership_at: None,
@@ -210,12 +209,15 @@ impl Leading {
         .min()
     }
 
-    /// Every request waiting on this term: orders waiting for their commit or for their
-    /// trade.
+    /// Every request waiting on this term: orders waiting for their commit, for their
+    /// trade, or for the entries before theirs.
     pub(super) fn waiting(&mut self) -> Vec<Token> {
         let mut tokens = self.waiting_for_commit();
         let placing = std::mem::take(&mut self.placing);
         tokens.extend(placing.into_values().flat_map(|p| p.waiters));
+        let early = std::mem::take(&mut self.early);
+        tokens.extend(early.into_values().flat_map(|e| e.waiters));
+        self.outbox.clear();
         tokens
     }
 
@@ -256,7 +258,10 @@ impl Engine {
     /// an order has waited longer than a few replication timeouts without the commit point
     /// moving.
     pub(super) fn stalled(&self, leading: &Leading) -> bool {
-        let waiting = leading.commit.max(leading.inherited) < self.log.last().map(|p| p.number);
+        // Nothing commits before the log is reconciled with the catalog; that wait is not a
+        // stall (a leader that cannot reach the catalog says so in its link).
+        let waiting = leading.reconcile.reconciled
+            && leading.commit.max(leading.inherited) < self.log.last().map(|p| p.number);
         // A leader whose disk failed commits nothing until it restarts from its log; it must
         // not renew its lease meanwhile, or nobody could replace it.
         self.failed.is_some()
@@ -283,7 +288,8 @@ impl Engine {
         self.send_reconcile();
     }
 
-    /// Leader: trade through the catalog, number, record, replicate, answer once committed.
+    /// Leader: trade at the catalog (with whatever else this input places), record at the
+    /// number the catalog gives, replicate, answer once committed.
     pub(super) fn place(&mut self, token: Token, order: TradeRequest) {
         if order.quantity <= 0 {
             return self.reply(
@@ -294,7 +300,7 @@ impl Engine {
         let min_in_sync = self.config.min_in_sync();
         let majority = self.config.write_quorum == crate::WriteQuorum::Majority;
         let not_leader = self.not_leader();
-        let (epoch, term, call_timeout) = (self.epoch, self.term, self.config.call_timeout);
+        let owner = self.owner(token);
         let recorded = self
             .log
             .placed(&order.request_id)
@@ -328,53 +334,93 @@ impl Engine {
             );
             return self.reply(token, Err(RemoteError::unavailable(why)));
         }
+        // Numbered already, waiting for the entries before it.
+        if let Some(early) = leading
+            .early
+            .values_mut()
+            .find(|e| e.entry.request_id == order.request_id)
+        {
+            early.waiters.push(token);
+            return;
+        }
         // One attempt per request id at a time; a duplicate shares the first one's outcome.
         if let Some(placement) = leading.placing.get_mut(&order.request_id) {
             placement.waiters.push(token);
             return;
         }
-        let trade = order.clone();
-        let request_id = order.request_id.clone();
+        leading.outbox.push(order.clone());
+        leading.outbox_owner.get_or_insert(owner);
         leading.placing.insert(
-            request_id.clone(),
+            order.request_id.clone(),
             Placement {
                 order,
                 waiters: vec![token],
             },
         );
+    }
+
+    /// Sends the trades placed by the input just handled to the catalog, in one call.
+    pub(super) fn send_trades(&mut self) {
+        let (epoch, term, timeout) = (self.epoch, self.term, self.config.call_timeout);
+        let Some(leading) = self.leading() else {
+            return;
+        };
+        if leading.outbox.is_empty() {
+            return;
+        }
+        let trades = std::mem::take(&mut leading.outbox);
+        let owner = leading.outbox_owner.take();
+        leading.trading += 1;
+        let request_ids = trades.iter().map(|t| t.request_id.clone()).collect();
         self.call_for(
-            Some(token),
+            owner,
             Peer::Catalog,
-            Outgoing::Catalog(CatalogRequest::Trade { epoch, trade }),
-            call_timeout,
-            Pending::Trade { term, request_id },
+            Outgoing::Catalog(CatalogRequest::Trades { epoch, trades }),
+            timeout,
+            Pending::Trades { term, request_ids },
         );
     }
 
-    /// The catalog's answer to a placement's trade.
-    pub(super) fn traded(&mut self, term: u64, request_id: RequestId, answer: CallResult) {
+    /// The catalog's answer to a `Trades` call: each applied trade is recorded at the number
+    /// the catalog gave it.
+    pub(super) fn traded(&mut self, term: u64, request_ids: Vec<RequestId>, answer: CallResult) {
         if term != self.term {
             // The term ended; its waiters were told this replica no longer leads. Traded
             // but not recorded here: a retry at the new leader records it once (the catalog
             // remembers the request id), and reconciliation does if nobody retries.
             return;
         }
-        let Some(placement) = self
-            .leading()
-            .and_then(|leading| leading.placing.remove(&request_id))
-        else {
+        let Some(leading) = self.leading() else {
             return;
         };
-        let Placement { order, waiters } = placement;
-        let outcome = match answer {
-            Ok(Answer::Catalog(CatalogResponse::Traded { seq, .. })) => {
-                return self.record_traded(order, seq, waiters);
-            }
-            Ok(Answer::Catalog(CatalogResponse::Rejected(rejection))) => {
-                Ok(OrderResponse::Rejected(rejection))
+        leading.trading = leading.trading.saturating_sub(1);
+        let placements: Vec<Option<Placement>> = request_ids
+            .iter()
+            .map(|id| leading.placing.remove(id))
+            .collect();
+        match answer {
+            Ok(Answer::Catalog(CatalogResponse::Traded(outcomes)))
+                if outcomes.len() == placements.len() =>
+            {
+                for (placement, outcome) in placements.into_iter().zip(outcomes) {
+                    let Some(placement) = placement else {
+                        continue;
+                    };
+                    match outcome {
+                        TradeOutcome::Traded { number, epoch, .. } => {
+                            self.numbered(placement, number, epoch)
+                        }
+                        TradeOutcome::Rejected(rejection) => {
+                            for token in placement.waiters {
+                                self.reply(token, Ok(OrderResponse::Rejected(rejection.clone())));
+                            }
+                        }
+                    }
+                }
+                self.append_early();
             }
             Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
-                warn!(epoch = self.epoch, %current, "the catalog refused a trade of this epoch");
+                warn!(epoch = self.epoch, %current, "the catalog refused trades of this epoch");
                 let outcome = if current.epoch > self.epoch {
                     Ok(self.not_leader())
                 } else {
@@ -382,50 +428,164 @@ impl Engine {
                         "the catalog is changing the leadership record; retry",
                     ))
                 };
-                for &token in &waiters {
+                for token in placements.into_iter().flatten().flat_map(|p| p.waiters) {
                     self.reply(token, outcome.clone());
                 }
                 self.observe_record(&current);
-                return;
             }
-            Ok(other) => Err(RemoteError::unavailable(format!(
-                "unexpected catalog answer {other:?}"
-            ))),
-            Err(e) => Err(RemoteError::unavailable(format!(
-                "catalog: {e} (the trade may have been applied; a retry with the same request \
-                 id tells)"
-            ))),
-        };
-        for token in waiters {
-            self.reply(token, outcome.clone());
+            other => {
+                let why = match other {
+                    Ok(answer) => format!("unexpected catalog answer {answer:?}"),
+                    Err(e) => format!("catalog: {e}"),
+                };
+                let outcome = Err(RemoteError::unavailable(format!(
+                    "{why} (the trade may have been applied; a retry with the same request id \
+                     tells)"
+                )));
+                for token in placements.into_iter().flatten().flat_map(|p| p.waiters) {
+                    self.reply(token, outcome.clone());
+                }
+                // The catalog may have restarted and lost the numbers it gave beyond the log.
+                self.discard_early();
+                // Whatever it applied is in its history: recorded by the next round, which
+                // also finds a catalog that restarted and must be replayed to.
+                self.reconcile_soon();
+            }
         }
     }
 
-    /// The catalog applied `order` as trade `seq`: number it, append it, and answer its
-    /// waiters once it is committed.
-    fn record_traded(&mut self, order: TradeRequest, seq: u64, waiters: Vec<Token>) {
-        let number = self.log.next_number();
+    /// Forgets the orders numbered beyond the log's end: a catalog that lost the tail of its
+    /// history may give those numbers to other trades. Their requests are retried (a retry
+    /// is numbered again, or found recorded).
+    fn discard_early(&mut self) {
+        let Some(leading) = self.leading() else {
+            return;
+        };
+        let early = std::mem::take(&mut leading.early);
+        for token in early.into_values().flat_map(|e| e.waiters) {
+            self.reply(
+                token,
+                Err(RemoteError::unavailable(
+                    "the catalog may have restarted before the order was recorded; retry",
+                )),
+            );
+        }
+    }
+
+    /// The catalog applied `placement` as entry `number` of its history, traded under
+    /// `epoch`: recorded there, now or once the entries before it are.
+    fn numbered(&mut self, placement: Placement, number: TransactionNumber, epoch: Epoch) {
+        let Placement { order, waiters } = placement;
+        if number < self.log.next_number() {
+            // A retry of a trade recorded already (by this leader, by reconciliation, or by
+            // an earlier leader).
+            match self.log.placed(&order.request_id) {
+                Some(placed) if placed.number == number => {
+                    for token in waiters {
+                        self.answer_when_committed(token, number);
+                    }
+                }
+                other => {
+                    warn!(number, request_id = %order.request_id, held = ?other.map(|p| p.number), "the catalog numbered a trade where the log holds another; reconciling");
+                    for token in waiters {
+                        self.reply(
+                            token,
+                            Err(RemoteError::unavailable(
+                                "the order log and the catalog disagree; reconciling, retry",
+                            )),
+                        );
+                    }
+                    self.reconcile_soon();
+                }
+            }
+            return;
+        }
         let entry = OrderEntry {
             number,
-            epoch: self.epoch,
+            epoch,
             request_id: order.request_id,
             name: order.name,
             kind: order.kind,
             quantity: order.quantity.unsigned_abs(),
         };
-        if let Err(e) = self.append(vec![entry]) {
-            for token in waiters {
-                self.reply(token, Err(e.clone()));
-            }
+        let Some(leading) = self.leading() else {
             return;
+        };
+        leading
+            .early
+            .entry(number)
+            .or_insert(Early {
+                entry,
+                waiters: Vec::new(),
+            })
+            .waiters
+            .extend(waiters);
+    }
+
+    /// Appends the orders numbered right after the log's end, and answers those the log
+    /// holds already. A gap no call on its way can fill is filled from the catalog's history.
+    fn append_early(&mut self) {
+        let Some(leading) = self.leading() else {
+            return;
+        };
+        let mut early = std::mem::take(&mut leading.early);
+        let next = self.log.next_number();
+        let mut settled = Vec::new();
+        let mut entries = Vec::new();
+        let mut appended = Vec::new();
+        // Recorded meanwhile (by reconciliation): those waiting learn their number.
+        let later = early.split_off(&next);
+        for (number, held) in std::mem::replace(&mut early, later) {
+            settled.push((number, held));
         }
-        if let Some(leading) = self.leading() {
-            if seq > leading.reconcile.recorded.through {
-                leading.reconcile.recorded.known.insert(seq, number);
+        let mut at = next;
+        while let Some(held) = early.remove(&at) {
+            entries.push(held.entry);
+            appended.push((at, held.waiters));
+            at += 1;
+        }
+        let gap = !early.is_empty();
+        let trading = match self.leading() {
+            Some(leading) => {
+                leading.early = early;
+                leading.trading
+            }
+            None => return,
+        };
+        if !entries.is_empty() {
+            if let Err(e) = self.append(entries) {
+                for token in appended.into_iter().flat_map(|(_, w)| w) {
+                    self.reply(token, Err(e.clone()));
+                }
+                return;
             }
         }
-        for token in waiters {
-            self.answer_when_committed(token, number);
+        for (number, held) in settled {
+            let same = self
+                .log
+                .placed(&held.entry.request_id)
+                .is_some_and(|p| p.number == number);
+            for token in held.waiters {
+                if same {
+                    self.answer_when_committed(token, number);
+                } else {
+                    self.reply(
+                        token,
+                        Err(RemoteError::unavailable(
+                            "the order log and the catalog disagree; reconciling, retry",
+                        )),
+                    );
+                }
+            }
+        }
+        for (number, waiters) in appended {
+            for token in waiters {
+                self.answer_when_committed(token, number);
+            }
+        }
+        if gap && trading == 0 {
+            // An answer was lost on the way: the catalog's history has what is missing.
+            self.reconcile_soon();
         }
     }
 
@@ -469,6 +629,11 @@ impl Engine {
     /// Recomputes the commit point and answers the orders it passed.
     pub(super) fn advance_commit(&mut self) {
         if self.failed.is_some() {
+            return;
+        }
+        // Nothing counts as committed before the log is reconciled with the catalog's history:
+        // an inherited entry the catalog's history contradicts is set aside, not committed.
+        if !matches!(&self.state, State::Leading(l) if l.reconcile.reconciled) {
             return;
         }
         let durable = self.durable;
@@ -748,15 +913,15 @@ impl Engine {
             }
             self.advance_commit();
         }
-        self.out.push(Command::Reply {
+        self.respond(
             token,
-            body: ReplyBody::Entries {
+            ReplyBody::Entries {
                 from,
                 start,
                 count,
                 leader_last,
             },
-        });
+        );
     }
 
     /// Whatever is due: timed-out orders, followers to retry, the in-sync set, the next
@@ -880,10 +1045,21 @@ impl Engine {
         }
     }
 
-    /// One reconciliation round: tells the catalog how far every trade is a committed order
-    /// (renewing the lease if this leader serves) and asks for the trades after that.
+    /// Asks for the next reconciliation round now.
+    fn reconcile_soon(&mut self) {
+        let now = self.now;
+        if let Some(leading) = self.leading() {
+            if !leading.reconcile.in_flight {
+                leading.reconcile.next_at = Some(now);
+            }
+        }
+    }
+
+    /// One reconciliation round: where the log meets the catalog's history, and the
+    /// catalog's trades after that point (renewing the lease if this leader serves).
     fn send_reconcile(&mut self) {
         let (epoch, term, timeout) = (self.epoch, self.term, self.config.call_timeout);
+        let known = self.log.positions().recent_boundaries(MAX_KNOWN);
         let serving = match &self.state {
             State::Leading(leading) => !self.stalled(leading),
             _ => return,
@@ -896,23 +1072,11 @@ impl Engine {
             leading.reconcile.next_at = None;
             return;
         }
-        // Only orders committed in this term count: inherited ones may not be on every
-        // in-sync replica yet.
-        let commit = leading.commit;
-        let reconcile = &mut leading.reconcile;
-        let through = reconcile.recorded.advance(commit);
-        let after = if reconcile.reconciled {
-            Some(through)
-        } else {
-            reconcile.cursor
-        };
-        reconcile.asked_after = after;
-        reconcile.in_flight = true;
-        reconcile.next_at = None;
-        let request = CatalogRequest::AppliedSince {
+        leading.reconcile.in_flight = true;
+        leading.reconcile.next_at = None;
+        let request = CatalogRequest::Reconcile {
             epoch,
-            recorded_through: if reconcile.reconciled { through } else { 0 },
-            after,
+            known,
             max: RECONCILE_BATCH,
             serving,
         };
@@ -924,7 +1088,10 @@ impl Engine {
         );
     }
 
-    /// The catalog's answer to a reconciliation round.
+    /// The catalog's answer to a reconciliation round: the log and the catalog's history are
+    /// made equal. Whatever the log holds beyond where they meet is replayed to a catalog
+    /// that lacks it, or (when the catalog's history goes on differently) set aside; the
+    /// catalog's trades beyond it are recorded.
     pub(super) fn reconciled(&mut self, answer: CallResult) {
         let now = self.now;
         let Some(leading) = self.leading() else {
@@ -932,59 +1099,19 @@ impl Engine {
         };
         let reconcile = &mut leading.reconcile;
         reconcile.in_flight = false;
-        let was_reconciled = reconcile.reconciled;
-        let pause = if was_reconciled {
+        let pause = if reconcile.reconciled {
             RECONCILE_EVERY
         } else {
             MIN_BACKOFF
         };
         reconcile.next_at = Some(now + pause);
         match answer {
-            Ok(Answer::Catalog(CatalogResponse::Applied {
+            Ok(Answer::Catalog(CatalogResponse::Reconciled {
+                meet,
+                next,
                 trades,
-                last_seq,
                 complete,
-            })) => {
-                if !complete && !reconcile.warned {
-                    reconcile.warned = true;
-                    error!(after = ?reconcile.asked_after, "the catalog no longer remembers every trade since the last recorded one; trades in between cannot be checked");
-                }
-                let more = trades.len() == RECONCILE_BATCH as usize
-                    && trades.last().is_some_and(|t| t.seq < last_seq);
-                let next_cursor = trades.last().map(|t| t.seq).or(reconcile.asked_after);
-                let adopted = match self.absorb(&trades, last_seq, was_reconciled) {
-                    Ok(adopted) => adopted,
-                    Err(e) => {
-                        // Not reconciled: the next round tries again.
-                        warn!(error = %e, "reconciliation not applied");
-                        return;
-                    }
-                };
-                if adopted > 0 {
-                    warn!(
-                        adopted,
-                        "recorded trades the catalog applied without an order"
-                    );
-                }
-                if was_reconciled {
-                    return;
-                }
-                let epoch = self.epoch;
-                let Some(leading) = self.leading() else {
-                    return;
-                };
-                if more {
-                    leading.reconcile.cursor = next_cursor;
-                    leading.reconcile.next_at = Some(now);
-                    return;
-                }
-                leading.reconcile.reconciled = true;
-                info!(
-                    epoch,
-                    through = leading.reconcile.recorded.through,
-                    "reconciled with the catalog; placing orders"
-                );
-            }
+            })) => self.meet_catalog(meet, next, trades, complete),
             Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
                 self.observe_record(&current);
             }
@@ -993,72 +1120,165 @@ impl Engine {
         }
     }
 
-    /// Records the applied trades that are neither in the log nor being placed right now;
-    /// returns how many were adopted.
-    fn absorb(
+    fn meet_catalog(
         &mut self,
-        trades: &[AppliedTrade],
-        last_seq: u64,
-        reconciled: bool,
-    ) -> Result<usize, RemoteError> {
-        let adopt = self.config.rules.holds(Rule::OrphanAdoption);
+        meet: Option<LogPosition>,
+        next: TransactionNumber,
+        trades: Vec<OrderEntry>,
+        complete: bool,
+    ) {
+        let now = self.now;
         let epoch = self.epoch;
-        let mut number = self.log.next_number();
-        let mut entries = Vec::new();
-        let mut adopted = Vec::new();
-        let log = &self.log;
-        let State::Leading(leading) = &mut self.state else {
-            return Ok(0);
+        let ours = self.log.next_number();
+        // Every entry below `agree` is the same in both (the log may have grown since the
+        // round was asked for, by trades the catalog numbered: those agree too).
+        let mut agree = meet.map_or(0, |p| p.number + 1);
+        let mut listed = trades.iter().peekable();
+        while agree < ours {
+            match listed.peek() {
+                Some(t) if t.number < agree => {
+                    listed.next();
+                }
+                Some(t) if t.number == agree && self.log.position(agree) == Some(t.position()) => {
+                    listed.next();
+                    agree += 1;
+                }
+                _ => break,
+            }
+        }
+        if agree < ours {
+            if next == agree {
+                // The catalog lost what the log holds from here on (the tail of its log, or
+                // its disk): it is replayed to it, in order. Numbers it gave beyond the log
+                // are lost with it.
+                self.discard_early();
+                let count = (ours - agree).min(MAX_BATCH);
+                let (term, timeout) = (self.term, self.config.call_timeout);
+                if let Some(leading) = self.leading() {
+                    leading.reconcile.in_flight = true;
+                    leading.reconcile.next_at = None;
+                }
+                info!(
+                    from = agree,
+                    count, "replaying orders to the catalog, whose history lacks them"
+                );
+                self.call(
+                    Peer::Catalog,
+                    Outgoing::Replay {
+                        epoch,
+                        from: agree,
+                        count,
+                    },
+                    timeout,
+                    Pending::Replay { term },
+                );
+                return;
+            }
+            if !trades.iter().any(|t| t.number == agree) {
+                // The answer does not show the catalog's trade there: ask again.
+                if let Some(leading) = self.leading() {
+                    leading.reconcile.next_at = Some(now + MIN_BACKOFF);
+                }
+                return;
+            }
+            // Both go on differently from `agree`. Nothing from there on can have been
+            // acknowledged (a leader commits only what the catalog's history holds), so the
+            // log's version is set aside and the catalog's recorded.
+            let Some(leading) = self.leading() else {
+                return;
+            };
+            if leading.reconcile.reconciled || leading.commit >= Some(agree) {
+                error!(
+                    agree,
+                    next,
+                    ours,
+                    "the order log and the catalog's history differ after orders this leader \
+                     committed; not reconciling"
+                );
+                return;
+            }
+            warn!(
+                agree,
+                ours,
+                next,
+                "the log goes on differently from the catalog's history; setting its entries aside"
+            );
+            leading.inherited = leading.inherited.min(agree.checked_sub(1));
+            self.cut_from(agree, "not in the catalog's history");
+        }
+        // The log is now a prefix of the catalog's history: what follows it is recorded.
+        let ours = self.log.next_number();
+        let mut entries: Vec<OrderEntry> =
+            trades.into_iter().filter(|t| t.number >= ours).collect();
+        if next > ours && entries.first().is_none_or(|t| t.number != ours) {
+            debug_assert!(!complete || entries.is_empty());
+            if let Some(leading) = self.leading() {
+                if !leading.reconcile.warned {
+                    leading.reconcile.warned = true;
+                    error!(ours, next, "the catalog no longer remembers the trades right after the log's end; they cannot be recorded (an operator must choose another leader)");
+                }
+            }
+            return;
+        }
+        let adopt = self.config.rules.holds(Rule::OrphanAdoption);
+        if !adopt {
+            // Broken on purpose (simulator only): the catalog's trades are left unrecorded.
+            entries.clear();
+        }
+        let adopted = entries.len();
+        if adopted > 0 {
+            if let Err(e) = self.append(entries) {
+                warn!(error = %e, "reconciliation not applied");
+                return;
+            }
+            info!(
+                adopted,
+                next = self.log.next_number(),
+                "recorded trades the catalog applied without an order"
+            );
+        }
+        self.append_early();
+        let in_step = self.log.next_number() == next || !adopt;
+        let Some(leading) = self.leading() else {
+            return;
         };
-        let recorded = &mut leading.reconcile.recorded;
-        if !reconciled && recorded.known.is_empty() && recorded.through == 0 {
-            // Everything before the first trade listed (or before the catalog's last one)
-            // was recorded by earlier leaders.
-            recorded.through = trades.first().map_or(last_seq, |t| t.seq.saturating_sub(1));
+        if !in_step {
+            // More to record: the next round at once.
+            leading.reconcile.next_at = Some(now);
+            return;
         }
-        for trade in trades {
-            if trade.seq <= recorded.through || recorded.known.contains_key(&trade.seq) {
-                continue;
-            }
-            if let Some(placed) = log.placed(&trade.request_id) {
-                recorded.known.insert(trade.seq, placed.number);
-                continue;
-            }
-            if leading.placing.contains_key(&trade.request_id) {
-                // Being placed right now: left to its request.
-                continue;
-            }
-            if entries
-                .iter()
-                .any(|e: &OrderEntry| e.request_id == trade.request_id)
-            {
-                continue;
-            }
-            if !adopt {
-                // Broken on purpose (simulator only): the orphan is left unrecorded.
-                continue;
-            }
-            info!(seq = trade.seq, number, request_id = %trade.request_id, "recording a trade the catalog applied without an order");
-            adopted.push((trade.seq, number));
-            entries.push(OrderEntry {
-                number,
+        if !leading.reconcile.reconciled {
+            leading.reconcile.reconciled = true;
+            leading.commit_moved = now;
+            info!(
                 epoch,
-                request_id: trade.request_id.clone(),
-                name: trade.name.clone(),
-                kind: trade.kind,
-                quantity: trade.quantity,
-            });
-            number += 1;
+                next, "the log equals the catalog's history; placing orders"
+            );
+            self.advance_commit();
         }
-        if entries.is_empty() {
-            return Ok(0);
+    }
+
+    /// The catalog's answer to a replay: the next round finds where they stand now.
+    pub(super) fn replayed(&mut self, answer: CallResult) {
+        let now = self.now;
+        let Some(leading) = self.leading() else {
+            return;
+        };
+        leading.reconcile.in_flight = false;
+        match answer {
+            Ok(Answer::Catalog(CatalogResponse::Replayed { next })) => {
+                debug!(next, "replayed to the catalog");
+                leading.reconcile.next_at = Some(now);
+            }
+            Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
+                leading.reconcile.next_at = Some(now + MIN_BACKOFF);
+                self.observe_record(&current);
+            }
+            other => {
+                warn!(answer = ?other, "replay to the catalog failed; retrying");
+                leading.reconcile.next_at = Some(now + MIN_BACKOFF * 5);
+            }
         }
-        self.append(entries)?;
-        let count = adopted.len();
-        if let Some(leading) = self.leading() {
-            leading.reconcile.recorded.known.extend(adopted);
-        }
-        Ok(count)
     }
 }
 
@@ -1068,12 +1288,12 @@ mod tests {
 
     use common::safety::{Rule, Rules};
     use common::wire::{
-        AppliedTrade, CatalogRequest, CatalogResponse, LeadershipChange, OrderRequest,
-        OrderResponse, TradeRejection,
+        CatalogRequest, CatalogResponse, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
+        OrderResponse, TradeOutcome, TradeRejection,
     };
 
     use crate::engine::testing::{config, entry, order, pos, record, Harness};
-    use crate::engine::{Answer, CallError, Command, Input, Outgoing, Peer};
+    use crate::engine::{Answer, CallError, CallId, Command, Input, Outgoing, Peer};
     use crate::log::EpochRecord;
 
     fn replicated(h: &mut Harness, peer: u32, last: Option<common::wire::LogPosition>) {
@@ -1086,7 +1306,7 @@ mod tests {
     #[test]
     fn an_order_is_answered_once_the_leader_and_every_in_sync_member_hold_it() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         assert!(matches!(
             h.writes()[..],
             [Command::Append { entries, .. }] if entries == &vec![entry(0, 2, "o1")]
@@ -1108,7 +1328,7 @@ mod tests {
     #[test]
     fn nothing_counts_that_is_not_on_the_leaders_disk() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         replicated(&mut h, 2, Some(pos(0, 2)));
         replicated(&mut h, 3, Some(pos(0, 2)));
         assert_eq!(h.reply(token), None);
@@ -1122,7 +1342,7 @@ mod tests {
     #[test]
     fn a_follower_claiming_another_entry_at_a_number_does_not_count() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         h.flush();
         replicated(&mut h, 2, Some(pos(0, 2)));
         // Replica 3 holds entry 0 of another epoch: not ours.
@@ -1144,7 +1364,7 @@ mod tests {
     #[test]
     fn a_silent_member_leaves_the_record_before_the_leader_commits_without_it() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         h.flush();
         replicated(&mut h, 2, Some(pos(0, 2)));
         silence_replica_3(&mut h);
@@ -1183,9 +1403,10 @@ mod tests {
         h.flush();
         for (call, to, _) in h.calls() {
             let answer = match to {
-                Peer::Catalog => Answer::Catalog(CatalogResponse::Applied {
+                Peer::Catalog => Answer::Catalog(CatalogResponse::Reconciled {
+                    meet: None,
+                    next: 0,
                     trades: vec![],
-                    last_seq: 0,
                     complete: true,
                 }),
                 Peer::Replica(_) => Answer::Order(OrderResponse::Replicated { last: None }),
@@ -1193,7 +1414,7 @@ mod tests {
             h.answer(call, answer);
         }
         h.take();
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         h.flush();
         replicated(&mut h, 2, Some(pos(0, 2)));
         silence_replica_3(&mut h);
@@ -1206,7 +1427,7 @@ mod tests {
     #[test]
     fn a_retry_gets_the_first_number_and_a_reused_id_is_refused() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let first = h.place_traded("o1", 1);
+        let first = h.place_traded("o1");
         h.flush();
         replicated(&mut h, 2, Some(pos(0, 2)));
         replicated(&mut h, 3, Some(pos(0, 2)));
@@ -1235,13 +1456,13 @@ mod tests {
         let a = h.request(OrderRequest::PlaceOrder(order("o1")));
         let b = h.request(OrderRequest::PlaceOrder(order("o1")));
         let trade = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trade { .. }))
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { trades, .. }) if trades.len() == 1)
         });
         h.answer(
             trade,
-            Answer::Catalog(CatalogResponse::Rejected(TradeRejection::NotEnoughStock {
-                available: 0,
-            })),
+            Answer::Catalog(CatalogResponse::Traded(vec![TradeOutcome::Rejected(
+                TradeRejection::NotEnoughStock { available: 0 },
+            )])),
         );
         let refused = Ok(OrderResponse::Rejected(TradeRejection::NotEnoughStock {
             available: 0,
@@ -1251,38 +1472,283 @@ mod tests {
         assert_eq!(h.engine.log().next_number(), 0);
     }
 
+    fn reconciled(meet: Option<LogPosition>, next: u64, trades: Vec<OrderEntry>) -> Answer {
+        Answer::Catalog(CatalogResponse::Reconciled {
+            meet,
+            next,
+            trades,
+            complete: true,
+        })
+    }
+
     #[test]
     fn a_trade_applied_without_an_order_is_recorded_by_reconciliation() {
         let mut h = Harness::leading(1, 2, vec![]);
         h.wait(super::RECONCILE_EVERY);
         let round = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::AppliedSince { .. }))
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
         });
-        let orphan = AppliedTrade {
-            seq: 1,
-            request_id: common::wire::RequestId::new("orphan").unwrap(),
-            name: common::wire::StockName::new("GameStart").unwrap(),
-            kind: common::wire::TradeKind::Buy,
-            quantity: 1,
-        };
-        h.answer(
-            round,
-            Answer::Catalog(CatalogResponse::Applied {
-                trades: vec![orphan],
-                last_seq: 1,
-                complete: true,
-            }),
-        );
+        // Traded under epoch 1 by a leader that died before recording it.
+        h.answer(round, reconciled(None, 1, vec![entry(0, 1, "orphan")]));
         assert!(matches!(
             h.writes()[..],
-            [Command::Append { entries, .. }] if entries == &vec![entry(0, 2, "orphan")]
+            [Command::Append { entries, .. }] if entries == &vec![entry(0, 1, "orphan")]
         ));
+    }
+
+    /// A leader of epoch 3 that inherited `entries`, with its first reconciliation's call.
+    fn taking_office(entries: Vec<OrderEntry>) -> (Harness, CallId) {
+        let mut h = Harness::new(1, entries, EpochRecord::default());
+        h.feed(Input::CatalogLink(true));
+        h.feed(Input::Record(record(3, 1, &[1, 2, 3])));
+        h.flush();
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { epoch: 3, known, .. }) if known.len() <= super::MAX_KNOWN)
+        });
+        (h, round)
+    }
+
+    #[test]
+    fn a_new_leader_places_nothing_and_commits_nothing_before_its_log_equals_the_catalogs() {
+        let (mut h, round) = taking_office(vec![entry(0, 1, "a"), entry(1, 2, "b")]);
+        let early = h.request(OrderRequest::PlaceOrder(order("o1")));
+        assert!(matches!(h.reply(early), Some(Err(e)) if e.message.contains("reconciling")));
+        // Every follower holds both entries; still nothing is committed.
+        for peer in [2, 3] {
+            replicated(&mut h, peer, Some(pos(1, 2)));
+        }
+        assert_eq!(h.engine.commit(), None);
+        // The catalog applied a third trade (epoch 2) that no log holds.
+        h.answer(
+            round,
+            reconciled(Some(pos(1, 2)), 3, vec![entry(2, 2, "orphan")]),
+        );
+        assert!(h.engine.status().placing);
+        assert_eq!(h.engine.log().next_number(), 3);
+        assert_eq!(
+            h.engine.log().last(),
+            Some(pos(2, 2)),
+            "recorded at its number and epoch"
+        );
+    }
+
+    #[test]
+    fn orders_the_catalog_lost_are_replayed_to_it_before_placing() {
+        let (mut h, round) =
+            taking_office(vec![entry(0, 1, "a"), entry(1, 1, "b"), entry(2, 1, "c")]);
+        // The catalog's history ends after the first: its log lost the other two.
+        h.answer(round, reconciled(Some(pos(0, 1)), 1, vec![]));
+        let replay = h.call_to(Peer::Catalog, |r| {
+            matches!(
+                r,
+                Outgoing::Replay {
+                    epoch: 3,
+                    from: 1,
+                    count: 2
+                }
+            )
+        });
+        assert!(!h.engine.status().placing);
+        h.answer(
+            replay,
+            Answer::Catalog(CatalogResponse::Replayed { next: 3 }),
+        );
+        h.wait(Duration::ZERO);
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
+        });
+        h.answer(round, reconciled(Some(pos(2, 1)), 3, vec![]));
+        assert!(h.engine.status().placing);
+    }
+
+    #[test]
+    fn a_log_that_goes_on_differently_from_the_catalog_is_set_aside_before_anything_commits() {
+        // Entry 1 of epoch 1 was never acknowledged: the catalog lost it and numbered another
+        // trade there under epoch 2.
+        let (mut h, round) = taking_office(vec![entry(0, 1, "a"), entry(1, 1, "lost")]);
+        h.answer(
+            round,
+            reconciled(Some(pos(0, 1)), 2, vec![entry(1, 2, "other")]),
+        );
+        let writes: Vec<&Command> = h.writes();
+        assert!(
+            matches!(writes[..], [Command::StoreEpoch { .. }, Command::Cut { from: 1, .. }, Command::Append { entries, .. }] if entries == &vec![entry(1, 2, "other")]),
+            "{writes:?}"
+        );
+        assert!(h.engine.status().placing);
+        assert_eq!(h.engine.status().set_aside, 1);
+    }
+
+    #[test]
+    fn with_the_rule_off_the_catalogs_trades_are_left_unrecorded() {
+        let rules = Rules::without(Rule::OrphanAdoption);
+        let mut h = Harness::with(config(1, rules), vec![], EpochRecord::default());
+        h.feed(Input::Record(record(2, 1, &[1, 2, 3])));
+        h.flush();
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
+        });
+        h.answer(round, reconciled(None, 1, vec![entry(0, 1, "orphan")]));
+        assert!(h.engine.status().placing);
+        assert_eq!(h.engine.log().next_number(), 0);
+    }
+
+    fn traded(number: u64) -> TradeOutcome {
+        TradeOutcome::Traded {
+            number,
+            epoch: 2,
+            receipt: common::wire::TradeReceipt {
+                quantity: 1,
+                volume: 1,
+                version: 1,
+            },
+        }
+    }
+
+    fn appended(h: &Harness) -> Vec<u64> {
+        h.writes()
+            .iter()
+            .flat_map(|c| match c {
+                Command::Append { entries, .. } => entries.iter().map(|e| e.number).collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// A leader with one order at the catalog (call returned) and a batch of two behind it.
+    fn two_calls(h: &mut Harness) -> (super::Token, CallId, super::Token, CallId) {
+        let first = h.request(OrderRequest::PlaceOrder(order("o1")));
+        let first_call = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
+        });
+        let batch = h.request(OrderRequest::Batch(vec![
+            OrderRequest::PlaceOrder(order("o2")),
+            OrderRequest::PlaceOrder(order("o3")),
+            OrderRequest::GetOrder { number: 9 },
+        ]));
+        let second_call = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { trades, .. }) if trades.len() == 2)
+        });
+        (first, first_call, batch, second_call)
+    }
+
+    #[test]
+    fn orders_numbered_out_of_order_are_appended_in_order_and_a_batch_is_answered_whole() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        let (first, first_call, batch, second_call) = two_calls(&mut h);
+        // The second call's answer comes first: held until entry 0 is there.
+        h.answer(
+            second_call,
+            Answer::Catalog(CatalogResponse::Traded(vec![traded(1), traded(2)])),
+        );
+        assert!(h.writes().is_empty());
+        h.answer(
+            first_call,
+            Answer::Catalog(CatalogResponse::Traded(vec![traded(0)])),
+        );
+        assert_eq!(appended(&h), vec![0, 1, 2]);
+        h.flush();
+        replicated(&mut h, 2, Some(pos(2, 2)));
+        replicated(&mut h, 3, Some(pos(2, 2)));
+        assert_eq!(
+            h.reply(first),
+            Some(Ok(OrderResponse::Placed {
+                number: 0,
+                epoch: 2
+            }))
+        );
+        let at = h
+            .out
+            .iter()
+            .position(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
+            .expect("the batch is answered");
+        let Command::Reply {
+            body: super::ReplyBody::Batch(bodies),
+            ..
+        } = h.out.remove(at)
+        else {
+            panic!("not a batch reply");
+        };
+        assert_eq!(
+            bodies,
+            vec![
+                super::ReplyBody::Ready(Ok(OrderResponse::Placed {
+                    number: 1,
+                    epoch: 2
+                })),
+                super::ReplyBody::Ready(Ok(OrderResponse::Placed {
+                    number: 2,
+                    epoch: 2
+                })),
+                super::ReplyBody::Ready(Ok(OrderResponse::OrderNotFound)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_drops_what_was_numbered_beyond_the_log_and_the_retries_find_it_recorded() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        let (first, first_call, batch, second_call) = two_calls(&mut h);
+        h.answer(
+            second_call,
+            Answer::Catalog(CatalogResponse::Traded(vec![traded(1), traded(2)])),
+        );
+        // The first call's answer is lost: the catalog may have restarted and given those
+        // numbers away, so orders 1 and 2 are not appended on its earlier word.
+        h.feed(Input::Answer {
+            call: first_call,
+            answer: Err(CallError::Failed("connection reset".into())),
+        });
+        assert!(
+            matches!(h.reply(first), Some(Err(e)) if e.message.contains("may have been applied"))
+        );
+        assert!(h.writes().is_empty());
+        let Some(Command::Reply {
+            body: super::ReplyBody::Batch(bodies),
+            ..
+        }) = h
+            .out
+            .iter()
+            .find(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
+            .cloned()
+        else {
+            panic!("the batch is answered: {:?}", h.out);
+        };
+        assert!(
+            matches!(&bodies[0], super::ReplyBody::Ready(Err(e)) if e.message.contains("retry"))
+        );
+        // The next round records what the catalog's history holds.
+        h.wait(Duration::ZERO);
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
+        });
+        h.answer(
+            round,
+            reconciled(
+                None,
+                3,
+                vec![entry(0, 2, "o1"), entry(1, 2, "o2"), entry(2, 2, "o3")],
+            ),
+        );
+        assert_eq!(appended(&h), vec![0, 1, 2]);
+        h.flush();
+        replicated(&mut h, 2, Some(pos(2, 2)));
+        replicated(&mut h, 3, Some(pos(2, 2)));
+        // The retry of the lost one finds it.
+        let retry = h.request(OrderRequest::PlaceOrder(order("o1")));
+        assert_eq!(
+            h.reply(retry),
+            Some(Ok(OrderResponse::Placed {
+                number: 0,
+                epoch: 2
+            }))
+        );
     }
 
     #[test]
     fn an_order_waits_for_its_quorum_no_longer_than_the_commit_timeout() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         h.flush();
         h.wait(Duration::from_secs(5));
         assert!(matches!(h.reply(token), Some(Err(e)) if e.message.contains("write quorum")));
@@ -1299,7 +1765,7 @@ mod tests {
         h.call_to(Peer::Catalog, |r| {
             matches!(
                 r,
-                Outgoing::Catalog(CatalogRequest::AppliedSince { serving: false, .. })
+                Outgoing::Catalog(CatalogRequest::Reconcile { serving: false, .. })
             )
         });
     }
@@ -1322,7 +1788,7 @@ mod tests {
                 other => panic!("not a log page: {other:?}"),
             }
         };
-        h.place_traded("o1", 1);
+        h.place_traded("o1");
         assert_eq!(read(&mut h, 0, 10), (0, 0), "nothing is durable yet");
         h.flush();
         assert_eq!(read(&mut h, 0, 10), (0, 1));
@@ -1331,7 +1797,7 @@ mod tests {
         assert_eq!(read(&mut h, u64::MAX, u32::MAX), (u64::MAX, 0));
         // However much is asked for, a page holds at most READ_LOG_MAX entries.
         for i in 0..1_200 {
-            h.place_traded(&format!("more{i}"), 2 + i);
+            h.place_traded(&format!("more{i}"));
         }
         h.flush();
         let max = u64::from(common::wire::READ_LOG_MAX);
@@ -1342,7 +1808,7 @@ mod tests {
     #[test]
     fn only_committed_orders_are_shown_by_the_leader() {
         let mut h = Harness::leading(1, 2, vec![]);
-        h.place_traded("o1", 1);
+        h.place_traded("o1");
         let early = h.request(OrderRequest::GetOrder { number: 0 });
         assert!(matches!(h.reply(early), Some(Err(_))));
         let missing = h.request(OrderRequest::GetOrder { number: 7 });

@@ -3,6 +3,7 @@
 //! trade each placed (exactly-once). The entries themselves stay with the runtime, which
 //! reads them when a command asks for them.
 
+use common::history::Positions;
 use common::wire::{
     Epoch, LogPosition, OrderEntry, RequestId, StockName, TradeKind, TradeRequest,
     TransactionNumber,
@@ -33,9 +34,7 @@ impl Placed {
 /// The shape of an order log: positions and recent request ids.
 #[derive(Debug, Clone)]
 pub struct LogIndex {
-    next: TransactionNumber,
-    /// The last entry of each epoch, oldest first.
-    boundaries: Vec<LogPosition>,
+    positions: Positions,
     ids: RecentWindow<RequestId, Placed>,
 }
 
@@ -43,32 +42,29 @@ impl LogIndex {
     /// An empty log that remembers the last `window` request ids.
     pub fn new(window: usize) -> Self {
         LogIndex {
-            next: 0,
-            boundaries: Vec::new(),
+            positions: Positions::new(),
             ids: RecentWindow::new(window),
         }
     }
 
     /// Number the next entry gets.
     pub fn next_number(&self) -> TransactionNumber {
-        self.next
+        self.positions.next_number()
     }
 
     /// The last entry's position.
     pub fn last(&self) -> Option<LogPosition> {
-        self.boundaries.last().copied()
+        self.positions.last()
     }
 
     /// The position of entry `number`, if the log has it.
     pub fn position(&self, number: TransactionNumber) -> Option<LogPosition> {
-        if number >= self.next {
-            return None;
-        }
-        let at = self.boundaries.partition_point(|b| b.number < number);
-        self.boundaries.get(at).map(|b| LogPosition {
-            epoch: b.epoch,
-            number,
-        })
+        self.positions.position(number)
+    }
+
+    /// The log's positions.
+    pub fn positions(&self) -> &Positions {
+        &self.positions
     }
 
     /// The epoch of entry `number`, if the log has it.
@@ -78,7 +74,7 @@ impl LogIndex {
 
     /// The last entry of each epoch, oldest first.
     pub fn boundaries(&self) -> &[LogPosition] {
-        &self.boundaries
+        self.positions.boundaries()
     }
 
     /// What `request_id` placed, if it is among the recent ids.
@@ -86,15 +82,11 @@ impl LogIndex {
         self.ids.get(request_id)
     }
 
-    /// Adds `entry`, which must be the next number; `false` (and nothing changes) otherwise.
+    /// Adds `entry`, which must be the next number, of an epoch no older than the last entry's;
+    /// `false` (and nothing changes) otherwise.
     pub fn append(&mut self, entry: &OrderEntry) -> bool {
-        if entry.number != self.next {
+        if !self.positions.append(entry.position()) {
             return false;
-        }
-        self.next += 1;
-        match self.boundaries.last_mut() {
-            Some(last) if last.epoch == entry.epoch => *last = entry.position(),
-            _ => self.boundaries.push(entry.position()),
         }
         self.ids.insert(
             entry.request_id.clone(),
@@ -110,19 +102,11 @@ impl LogIndex {
 
     /// Forgets every entry from `from` on.
     pub fn cut_from(&mut self, from: TransactionNumber) {
-        if from >= self.next {
+        if from >= self.next_number() {
             return;
         }
-        let kept_last = from.checked_sub(1).and_then(|n| self.position(n));
-        self.next = from;
+        self.positions.cut_from(from);
         self.ids.retain(|_, placed| placed.number < from);
-        self.boundaries.retain(|b| b.number < from);
-        // The epoch that held the last kept entry now ends there.
-        if let Some(last) = kept_last {
-            if self.boundaries.last() != Some(&last) {
-                self.boundaries.push(last);
-            }
-        }
     }
 }
 

@@ -25,6 +25,7 @@ use common::wire::{
     CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
     ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber, READ_LOG_MAX,
 };
+pub use common::wire::{MAX_BATCH as MAX_REQUESTS, MAX_KNOWN};
 use durability::waiters::DurableWaiters;
 
 use crate::log::EpochRecord;
@@ -36,10 +37,10 @@ pub use log_index::{LogIndex, Placed};
 
 pub use common::engine::{Answer, CallError, CallId, CallResult, Peer, Time, Token, WriteId};
 
-/// Most entries in one `Replicate` or `SyncUp` answer (well under the frame limit).
-pub const MAX_BATCH: u64 = 1_000;
-/// Most epoch boundaries a follower sends in `SyncUp`.
-pub const MAX_KNOWN: usize = 64;
+/// Most entries in one `Replicate`, `SyncUp` answer or `Replay` (well under the frame limit).
+pub const MAX_BATCH: u64 = common::wire::MAX_BATCH as u64;
+/// Tokens from here on name the requests of a `Batch`, which the engine answers together.
+const ITEM_TOKENS: Token = 1 << 62;
 /// Shortest and longest wait before retrying a follower or the leader.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// See [`MIN_BACKOFF`].
@@ -148,6 +149,15 @@ pub enum Outgoing {
     },
     /// To the catalog.
     Catalog(CatalogRequest),
+    /// `CatalogRequest::Replay` with the `count` entries from `from` on.
+    Replay {
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// First entry to send.
+        from: TransactionNumber,
+        /// How many.
+        count: u64,
+    },
 }
 
 /// What an [`Outgoing`] becomes once the entries it names are read: the request to send.
@@ -179,6 +189,10 @@ impl Outgoing {
                 epoch,
                 leader_id,
                 prev,
+                entries: entries(from, count)?,
+            }),
+            Outgoing::Replay { epoch, from, count } => Request::Catalog(CatalogRequest::Replay {
+                epoch,
                 entries: entries(from, count)?,
             }),
         })
@@ -215,6 +229,35 @@ pub enum ReplyBody {
         /// The last durable entry.
         last: Option<LogPosition>,
     },
+    /// `OrderResponse::Batch`: the answers of a batch's requests, in order.
+    Batch(Vec<ReplyBody>),
+}
+
+impl ReplyBody {
+    /// The answer, with `complete` reading what the log must supply (each runtime from its
+    /// own log).
+    pub fn complete(
+        self,
+        complete: &mut impl FnMut(ReplyBody) -> Reply<OrderResponse>,
+    ) -> Reply<OrderResponse> {
+        match self {
+            ReplyBody::Ready(answer) => answer,
+            ReplyBody::Batch(bodies) => Ok(OrderResponse::Batch(
+                bodies
+                    .into_iter()
+                    .map(|body| body.complete(complete))
+                    .collect(),
+            )),
+            other => complete(other),
+        }
+    }
+}
+
+/// A `Batch` being answered: one slot per request.
+#[derive(Debug)]
+struct BatchReply {
+    bodies: Vec<Option<ReplyBody>>,
+    missing: usize,
 }
 
 /// The engine's settings.
@@ -280,11 +323,13 @@ enum Write {
 /// What an outstanding call is for.
 #[derive(Debug)]
 enum Pending {
-    /// A placement's trade at the catalog.
-    Trade {
+    /// Placements' trades at the catalog, in the order sent.
+    Trades {
         term: u64,
-        request_id: common::wire::RequestId,
+        request_ids: Vec<common::wire::RequestId>,
     },
+    /// Entries the catalog's history lacks, replayed to it.
+    Replay { term: u64 },
     /// A batch to a follower.
     Replicate { term: u64, peer: ReplicaId },
     /// A change of the in-sync set.
@@ -333,10 +378,18 @@ pub struct Engine {
     next_call: CallId,
     /// Follower: `Replicate` answers waiting for their entries to reach the disk.
     durable_waiters: DurableWaiters<LogPosition>,
+    /// Follower: the newest entry it confirmed to the leader of this term (a `Replicate` that
+    /// fit its log); a sync-up answer given before does not set it aside.
+    confirmed: Option<TransactionNumber>,
     /// Entries set aside, by earlier lives too.
     set_aside: u64,
     /// Catch-ups begun since it started.
     catch_ups: u64,
+    /// `Batch` requests being answered, by token.
+    batches: IdMap<BatchReply>,
+    /// The batch and slot of each token of a batch's request.
+    items: IdMap<(Token, usize)>,
+    next_item: Token,
     out: Vec<Command>,
 }
 
@@ -372,8 +425,12 @@ impl Engine {
             calls: IdMap::default(),
             next_call: 1,
             durable_waiters: DurableWaiters::default(),
+            confirmed: None,
             set_aside: recovered.set_aside,
             catch_ups: 0,
+            batches: IdMap::default(),
+            items: IdMap::default(),
+            next_item: ITEM_TOKENS,
             out: Vec::new(),
             config,
         };
@@ -397,6 +454,8 @@ impl Engine {
             Input::StorageFailed(reason) => self.storage_failed(reason),
             Input::Tick => self.tick(),
         }
+        // The trades this input placed go to the catalog together.
+        self.send_trades();
         out.append(&mut self.out);
     }
 
@@ -444,6 +503,11 @@ impl Engine {
     /// The newest entry on disk.
     pub fn durable(&self) -> Option<TransactionNumber> {
         self.durable
+    }
+
+    /// Leader only: it acts for its epoch (replicates, reconciles), its epoch being stored.
+    pub fn in_office(&self) -> bool {
+        matches!(&self.state, State::Leading(leading) if leading.in_office)
     }
 
     /// Leader only: the newest committed entry of this term.
@@ -510,10 +574,63 @@ impl Engine {
     }
 
     fn reply(&mut self, token: Token, reply: Reply<OrderResponse>) {
-        self.out.push(Command::Reply {
+        self.respond(token, ReplyBody::Ready(reply));
+    }
+
+    /// Answers `token`: a request of its own, or one of a batch (which is answered once
+    /// each of its requests is).
+    fn respond(&mut self, token: Token, body: ReplyBody) {
+        let Some((batch, slot)) = self.items.remove(&token) else {
+            return self.out.push(Command::Reply { token, body });
+        };
+        let Some(reply) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        if let Some(empty @ None) = reply.bodies.get_mut(slot) {
+            *empty = Some(body);
+            reply.missing -= 1;
+        }
+        if reply.missing == 0 {
+            if let Some(reply) = self.batches.remove(&batch) {
+                let bodies = reply.bodies.into_iter().flatten().collect();
+                self.out.push(Command::Reply {
+                    token: batch,
+                    body: ReplyBody::Batch(bodies),
+                });
+            }
+        }
+    }
+
+    /// The request a token's answer goes to in the end: its batch, or itself.
+    fn owner(&self, token: Token) -> Token {
+        self.items.get(&token).map_or(token, |&(batch, _)| batch)
+    }
+
+    /// Answers each request of a batch in turn; the batch is answered once all are.
+    fn batch(&mut self, token: Token, requests: Vec<OrderRequest>) {
+        if requests.len() > MAX_REQUESTS
+            || requests.iter().any(|r| matches!(r, OrderRequest::Batch(_)))
+        {
+            let why = format!("a batch holds at most {MAX_REQUESTS} requests, none a batch");
+            return self.reply(token, Err(RemoteError::bad_request(why)));
+        }
+        self.batches.insert(
             token,
-            body: ReplyBody::Ready(reply),
-        });
+            BatchReply {
+                bodies: requests.iter().map(|_| None).collect(),
+                missing: requests.len(),
+            },
+        );
+        if requests.is_empty() {
+            self.batches.remove(&token);
+            return self.respond(token, ReplyBody::Batch(Vec::new()));
+        }
+        for (slot, request) in requests.into_iter().enumerate() {
+            let item = self.next_item;
+            self.next_item += 1;
+            self.items.insert(item, (token, slot));
+            self.request(item, request);
+        }
     }
 
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, pending: Pending) -> CallId {
@@ -595,6 +712,7 @@ impl Engine {
         }
         self.set_aside += self.log.next_number() - from;
         self.log.cut_from(from);
+        self.confirmed = self.confirmed.min(from.checked_sub(1));
         let write = self.write(Write::Cut(from));
         self.pending_cuts += 1;
         self.recompute_durable();
@@ -759,15 +877,17 @@ impl Engine {
                 let count = end
                     .saturating_sub(from)
                     .min(u64::from(max.min(READ_LOG_MAX)));
-                self.out.push(Command::Reply {
+                let last = self.durable.and_then(|n| self.log.position(n));
+                self.respond(
                     token,
-                    body: ReplyBody::Log {
+                    ReplyBody::Log {
                         start: from,
                         count,
-                        last: self.durable.and_then(|n| self.log.position(n)),
+                        last,
                     },
-                });
+                );
             }
+            OrderRequest::Batch(requests) => self.batch(token, requests),
         }
     }
 
@@ -776,7 +896,8 @@ impl Engine {
             return;
         };
         match pending {
-            Pending::Trade { term, request_id } => self.traded(term, request_id, answer),
+            Pending::Trades { term, request_ids } => self.traded(term, request_ids, answer),
+            Pending::Replay { term } if term == self.term => self.replayed(answer),
             Pending::Replicate { term, peer } if term == self.term => self.replicated(peer, answer),
             Pending::InSync { term } if term == self.term => self.in_sync_changed(answer),
             Pending::Reconcile { term } if term == self.term => self.reconciled(answer),
@@ -789,6 +910,7 @@ impl Engine {
                 entries,
             } => self.confirmed(token, epoch, leader, prev, entries, answer),
             Pending::Replicate { .. }
+            | Pending::Replay { .. }
             | Pending::InSync { .. }
             | Pending::Reconcile { .. }
             | Pending::SyncUp { .. } => {}
@@ -820,10 +942,7 @@ impl Engine {
         if Some(number) > visible {
             return self.reply(token, Ok(OrderResponse::OrderNotFound));
         }
-        self.out.push(Command::Reply {
-            token,
-            body: ReplyBody::Order { number },
-        });
+        self.respond(token, ReplyBody::Order { number });
     }
 }
 

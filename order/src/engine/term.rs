@@ -135,6 +135,7 @@ impl Engine {
     /// if it led, for [`Engine::retire`].
     pub(super) fn end_term(&mut self) -> Option<Box<Leading>> {
         self.term += 1;
+        self.confirmed = None;
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Leading(leading) => Some(leading),
             State::Idle | State::Syncing(_) | State::Following => None,
@@ -222,7 +223,7 @@ mod tests {
         assert!(calls.iter().any(|(_, to, r)| *to == Peer::Catalog
             && matches!(
                 r,
-                Outgoing::Catalog(CatalogRequest::AppliedSince { epoch: 3, .. })
+                Outgoing::Catalog(CatalogRequest::Reconcile { epoch: 3, .. })
             )));
     }
 
@@ -272,7 +273,7 @@ mod tests {
     #[test]
     fn a_follower_that_knows_a_newer_epoch_steps_the_leader_down_and_waiting_orders_learn_it() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let token = h.place_traded("o1", 1);
+        let token = h.place_traded("o1");
         let replicate = h.call_to(Peer::Replica(2), |r| {
             matches!(r, Outgoing::Replicate { count: 1, .. })
         });

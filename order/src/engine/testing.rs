@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::safety::Rules;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LogPosition, OrderEntry, OrderRequest,
-    OrderResponse, ReplicaId, Reply, RequestId, StockName, TradeKind, TradeRequest,
+    OrderResponse, ReplicaId, Reply, RequestId, StockName, TradeKind, TradeOutcome, TradeRequest,
 };
 
 use super::{
@@ -207,15 +207,15 @@ impl Harness {
         let calls = h.calls();
         for (call, to, request) in calls {
             match (to, request) {
-                (Peer::Catalog, Outgoing::Catalog(CatalogRequest::AppliedSince { .. })) => h
-                    .answer(
-                        call,
-                        Answer::Catalog(CatalogResponse::Applied {
-                            trades: vec![],
-                            last_seq: 0,
-                            complete: true,
-                        }),
-                    ),
+                (Peer::Catalog, Outgoing::Catalog(CatalogRequest::Reconcile { .. })) => h.answer(
+                    call,
+                    Answer::Catalog(CatalogResponse::Reconciled {
+                        meet: last,
+                        next: h.engine.log().next_number(),
+                        trades: vec![],
+                        complete: true,
+                    }),
+                ),
                 (Peer::Replica(_), Outgoing::Replicate { .. }) => {
                     h.answer(call, Answer::Order(OrderResponse::Replicated { last }))
                 }
@@ -227,22 +227,25 @@ impl Harness {
         h
     }
 
-    /// Places `id` through the catalog (answered as trade `seq`) and returns its token.
-    pub fn place_traded(&mut self, id: &str, seq: u64) -> Token {
+    /// Places `id` through the catalog (which numbers it as the log's next entry) and returns
+    /// its token.
+    pub fn place_traded(&mut self, id: &str) -> Token {
         let token = self.request(OrderRequest::PlaceOrder(order(id)));
-        let trade = self.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trade { .. }))
+        let number = self.engine.log().next_number();
+        let trades = self.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
         });
         self.answer(
-            trade,
-            Answer::Catalog(CatalogResponse::Traded {
+            trades,
+            Answer::Catalog(CatalogResponse::Traded(vec![TradeOutcome::Traded {
+                number,
+                epoch: self.engine.epoch(),
                 receipt: common::wire::TradeReceipt {
                     quantity: 1,
                     volume: 1,
-                    version: seq,
+                    version: number + 1,
                 },
-                seq,
-            }),
+            }])),
         );
         token
     }
