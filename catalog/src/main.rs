@@ -8,6 +8,11 @@ use catalog::config::CatalogArgs;
 use clap::{Parser, Subcommand};
 use durability::storage::{restart_in_place, Ended};
 
+/// jemalloc: the trade path allocates and frees small buffers per request, which glibc's
+/// allocator served at several times the cost (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "catalog",

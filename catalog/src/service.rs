@@ -78,6 +78,7 @@ impl Catalog {
     fn step(self: &Arc<Self>, input: Input, own: Option<Token>) -> Option<Outcome> {
         let mut sends = Vec::new();
         let mut calls = Vec::new();
+        let mut invalidated: Vec<(common::wire::StockName, u64)> = Vec::new();
         let mut mine = None;
         let mut waiting = None;
         {
@@ -95,12 +96,12 @@ impl Catalog {
                     } => {
                         // Without a queue the catalog is shutting down; what is not on disk
                         // is replayed from the order log at the next start.
-                        if let Some(log) = &inner.log {
+                        if let Some(log) = &mut inner.log {
                             let _ = log.append(&record, write, sync);
                         }
                     }
                     Command::Sync { write } => {
-                        if let Some(log) = &inner.log {
+                        if let Some(log) = &mut inner.log {
                             let _ = log.sync(write);
                         }
                     }
@@ -111,7 +112,7 @@ impl Catalog {
                         timeout,
                     } => calls.push((call, to, request, timeout)),
                     Command::StoreLeadership { write, record } => {
-                        if let Some(log) = &inner.log {
+                        if let Some(log) = &mut inner.log {
                             let _ = log.record_leadership(&record, write);
                         }
                     }
@@ -127,11 +128,20 @@ impl Catalog {
                         inner.broadcast(&CatalogResponse::Leadership(record), |_| true);
                     }
                     Command::Invalidate { name, version } => {
-                        debug!(stock = %name, version, "invalidation pushed");
-                        let message = CatalogResponse::Invalidate { name, version };
-                        inner.broadcast(&message, |invalidations| invalidations);
+                        // A batch of trades changes a stock many times: its newest version
+                        // says it all.
+                        match invalidated.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, newest)) => *newest = (*newest).max(version),
+                            None => invalidated.push((name, version)),
+                        }
                     }
                 }
+            }
+            // Pushed before any reply of this step leaves.
+            for (name, version) in invalidated {
+                debug!(stock = %name, version, "invalidation pushed");
+                let message = CatalogResponse::Invalidate { name, version };
+                inner.broadcast(&message, |invalidations| invalidations);
             }
             inner.commands = commands;
             if let (Some(token), None) = (own, &mine) {
@@ -197,8 +207,8 @@ impl Catalog {
     }
 
     /// Queues a snapshot of the book, taken on the commit thread.
-    fn snapshot(&self, inner: &Inner) {
-        if let Some(log) = &inner.log {
+    fn snapshot(&self, inner: &mut Inner) {
+        if let Some(log) = &mut inner.log {
             let shared = self.inner.clone();
             let _ = log.snapshot(move || lock(&shared).engine.book().snapshot(false));
         }
@@ -445,7 +455,7 @@ pub async fn run_with_metrics(
         let (serving, ready) = (!engine.rebuilding(), engine.ready());
         (inner.log.take(), serving, ready)
     };
-    if let (Some(log), true) = (log, serving) {
+    if let (Some(mut log), true) = (log, serving) {
         // A final snapshot, so the next start replays nothing. With everything on disk and
         // the history complete, it is a clean stop: the next start serves at once. A catalog
         // still waiting for the leader's replay stays so.

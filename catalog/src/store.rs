@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use durability::files;
-use durability::group_commit::{self, Job};
+use durability::group_commit::{self, Deferred, Job};
 
 use tracing::{error, info, warn};
 
@@ -331,6 +331,7 @@ impl Store {
         Ok((
             LogWriter {
                 jobs,
+                deferred: Deferred::default(),
                 dir: Arc::from(self.dir.as_path()),
                 _lock: Arc::new(self._lock),
             },
@@ -339,56 +340,71 @@ impl Store {
     }
 }
 
-/// The queue of the group-commit thread.
-#[derive(Clone)]
+/// The queue of the group-commit thread, and the appends kept for the next fsync.
 pub struct LogWriter {
     jobs: mpsc::Sender<Job<WriteId>>,
+    /// Applied trades, written with the next fsync something asks for: they need not be
+    /// durable at once (the order log holds them), and one hand-over wakes the thread once.
+    deferred: Deferred<WriteId>,
     dir: Arc<Path>,
     /// The state directory's lock, held as long as anything can still write.
     _lock: Arc<File>,
 }
 
+/// Most appends kept before they are handed over anyway.
+const MAX_DEFERRED: usize = 4_096;
+
 impl LogWriter {
-    /// Queues `record`; `write` is reported once its batch is fsynced. Fails when the writer
-    /// has stopped.
-    /// Queues `record`, written at once; `write` is reported once it is fsynced: now when
-    /// `sync`, else by the next fsync something asks for. Fails when the writer has stopped.
-    pub fn append(&self, record: &LogRecord, write: WriteId, sync: bool) -> Result<(), Error> {
+    /// Queues `record`; `write` is reported once it is fsynced: now when `sync`, else with the
+    /// next fsync something asks for. Fails when the writer has stopped.
+    pub fn append(&mut self, record: &LogRecord, write: WriteId, sync: bool) -> Result<(), Error> {
         let bytes = encode_record(record)?;
-        self.jobs
-            .send(Job::Append {
-                bytes,
-                item: write,
-                sync,
-            })
-            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
+        self.deferred.push(&bytes, write);
+        if sync || self.deferred.len() >= MAX_DEFERRED {
+            return self.hand_over(None);
+        }
+        Ok(())
     }
 
-    /// Fsyncs everything written; `write` is reported once it is done.
-    pub fn sync(&self, write: WriteId) -> Result<(), Error> {
+    /// Writes and fsyncs everything kept; `write` is reported once it is done.
+    pub fn sync(&mut self, write: WriteId) -> Result<(), Error> {
+        self.hand_over(Some(write))
+    }
+
+    fn hand_over(&mut self, item: Option<WriteId>) -> Result<(), Error> {
+        match self.deferred.take(item) {
+            Some(job) => self.send(job),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, job: Job<WriteId>) -> Result<(), Error> {
         self.jobs
-            .send(Job::Sync { item: write })
+            .send(job)
             .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
     }
 
     /// Queues a durable replacement of the leadership record, after every record queued
     /// before it; `write` is reported once it is on disk (never, if writing fails: the
     /// writer then stops and reports the failure).
-    pub fn record_leadership(&self, record: &Leadership, write: WriteId) -> Result<(), Error> {
+    pub fn record_leadership(&mut self, record: &Leadership, write: WriteId) -> Result<(), Error> {
         let bytes = encode_leadership(record)?;
         let dir = self.dir.clone();
-        self.jobs
-            .send(Job::Maintain {
-                work: Box::new(move |_wal| files::replace_file(&dir, LEADERSHIP_FILE, &bytes)),
-                item: Some(write),
-            })
-            .map_err(|_| Error::Io(io::Error::other("log writer stopped")))
+        self.hand_over(None)?;
+        self.send(Job::Maintain {
+            work: Box::new(move |_wal| files::replace_file(&dir, LEADERSHIP_FILE, &bytes)),
+            item: Some(write),
+        })
     }
 
     /// Queues a snapshot (taken by `take` on the commit thread) followed by emptying the log.
     /// Records queued before it may be older than the snapshot; replay skips them.
-    pub fn snapshot(&self, take: impl FnOnce() -> Snapshot + Send + 'static) -> Result<(), Error> {
+    pub fn snapshot(
+        &mut self,
+        take: impl FnOnce() -> Snapshot + Send + 'static,
+    ) -> Result<(), Error> {
         let dir = self.dir.clone();
+        self.hand_over(None)?;
         self.jobs
             .send(Job::Maintain {
                 work: Box::new(move |wal| {

@@ -1,9 +1,9 @@
 //! Group commit for an append-only file: one thread appends whatever is queued, fsyncs once
 //! for the whole batch, and reports the batch as durable. Concurrent writers share an fsync
-//! instead of paying one each. An append may also wait for a later fsync (a deferred append,
-//! written at once but made durable by the next append or [`Job::Sync`] that asks for one), for
-//! a file whose durability is not on anyone's critical path. Maintenance (snapshots,
-//! truncation) runs on the same thread between batches, so it never races an append.
+//! instead of paying one each. Maintenance (snapshots, truncation) runs on the same thread
+//! between batches, so it never races an append. A writer whose appends need not be durable at
+//! once keeps them in a [`Deferred`] buffer and hands them over together: one job, one wake-up
+//! of the thread, one fsync.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -14,7 +14,7 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Most appends in one batch; as many deferred appends wait at most for one fsync.
+/// Most appends in one batch.
 const MAX_BATCH: usize = 4096;
 
 /// Maintenance work run on the commit thread with the file (a snapshot, a truncation).
@@ -28,14 +28,6 @@ pub enum Job<T> {
         bytes: Vec<u8>,
         /// Reported back when durable.
         item: T,
-        /// Whether to fsync now; `false` writes them at once and leaves them for the next
-        /// fsync that something asks for.
-        sync: bool,
-    },
-    /// Fsync whatever was written; `item` is reported once it is on disk.
-    Sync {
-        /// Reported back when durable.
-        item: T,
     },
     /// Runs on the file after everything queued before it is durable and before anything
     /// queued after it is written; `item`, if any, is reported once it has run.
@@ -45,6 +37,57 @@ pub enum Job<T> {
         /// Reported back when the work is done.
         item: Option<T>,
     },
+}
+
+/// Appends kept by their writer until something asks for them to be durable, then handed to
+/// the commit thread as one job reported by the newest item (whoever waits for an older one
+/// takes the report of a newer one as covering it).
+#[derive(Debug)]
+pub struct Deferred<T> {
+    bytes: Vec<u8>,
+    newest: Option<T>,
+    count: usize,
+}
+
+impl<T> Default for Deferred<T> {
+    fn default() -> Self {
+        Deferred {
+            bytes: Vec::new(),
+            newest: None,
+            count: 0,
+        }
+    }
+}
+
+impl<T> Deferred<T> {
+    /// Keeps `bytes`, reported as part of `item`'s batch.
+    pub fn push(&mut self, bytes: &[u8], item: T) {
+        self.bytes.extend_from_slice(bytes);
+        self.newest = Some(item);
+        self.count += 1;
+    }
+
+    /// Appends kept.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Everything kept as one job reported by `item` (the newest kept one when `None`), or
+    /// nothing when there is nothing to report.
+    pub fn take(&mut self, item: Option<T>) -> Option<Job<T>> {
+        let item = item.or_else(|| self.newest.take())?;
+        self.newest = None;
+        self.count = 0;
+        Some(Job::Append {
+            bytes: std::mem::take(&mut self.bytes),
+            item,
+        })
+    }
 }
 
 /// What the group-commit thread measures: how long each batch's write and fsync took and
@@ -114,89 +157,52 @@ fn run<T>(
     metrics: &CommitMetrics,
     on_durable: &mut impl FnMut(Vec<T>),
 ) -> io::Result<()> {
-    let mut batch = Batch {
-        bytes: Vec::new(),
-        unsynced: Vec::new(),
-        wanted: false,
-    };
+    let mut bytes = Vec::new();
+    let mut next = None;
     loop {
-        let Ok(job) = receiver.recv() else {
-            // The last senders are gone: what was written is made durable.
-            return sync(file, &mut batch.unsynced, metrics, on_durable);
+        let job = match next.take() {
+            Some(job) => job,
+            None => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return Ok(()),
+            },
         };
-        batch.bytes.clear();
-        batch.wanted = false;
-        let mut maintain = batch.take(job);
-        while maintain.is_none() && batch.unsynced.len() < MAX_BATCH {
+        let (first_bytes, first_item) = match job {
+            Job::Maintain { work, item } => {
+                work(file)?;
+                if let Some(item) = item {
+                    on_durable(vec![item]);
+                }
+                continue;
+            }
+            Job::Append { bytes, item } => (bytes, item),
+        };
+        bytes.clear();
+        bytes.extend_from_slice(&first_bytes);
+        let mut items = vec![first_item];
+        while items.len() < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(job) => maintain = batch.take(job),
+                Ok(Job::Append { bytes: more, item }) => {
+                    bytes.extend_from_slice(&more);
+                    items.push(item);
+                }
+                Ok(maintain) => {
+                    // Runs after this batch is durable.
+                    next = Some(maintain);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        if !batch.bytes.is_empty() {
-            file.write_all(&batch.bytes)?;
-        }
-        if batch.wanted || maintain.is_some() || batch.unsynced.len() >= MAX_BATCH {
-            // Everything queued before maintenance is durable before it runs.
-            sync(file, &mut batch.unsynced, metrics, on_durable)?;
-        }
-        if let Some((work, item)) = maintain {
-            work(file)?;
-            if let Some(item) = item {
-                on_durable(vec![item]);
-            }
-        }
+        let started = Instant::now();
+        file.write_all(&bytes)?;
+        file.sync_data()?;
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(items.len() as f64);
+        on_durable(items);
     }
-}
-
-/// What the commit thread has gathered since its last write.
-struct Batch<T> {
-    /// Bytes to write.
-    bytes: Vec<u8>,
-    /// Items written (or about to be) and not yet fsynced, oldest first.
-    unsynced: Vec<T>,
-    /// Some item asks for an fsync now.
-    wanted: bool,
-}
-
-impl<T> Batch<T> {
-    /// Adds `job`; maintenance is handed back, to run once everything before it is durable.
-    fn take(&mut self, job: Job<T>) -> Option<(Maintenance, Option<T>)> {
-        match job {
-            Job::Append { bytes, item, sync } => {
-                self.bytes.extend_from_slice(&bytes);
-                self.unsynced.push(item);
-                self.wanted |= sync;
-                None
-            }
-            Job::Sync { item } => {
-                self.unsynced.push(item);
-                self.wanted = true;
-                None
-            }
-            Job::Maintain { work, item } => Some((work, item)),
-        }
-    }
-}
-
-/// Fsyncs what was written and reports every item waiting for it.
-fn sync<T>(
-    file: &mut File,
-    unsynced: &mut Vec<T>,
-    metrics: &CommitMetrics,
-    on_durable: &mut impl FnMut(Vec<T>),
-) -> io::Result<()> {
-    if unsynced.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    file.sync_data()?;
-    metrics
-        .fsync_seconds
-        .observe(started.elapsed().as_secs_f64());
-    metrics.batch_size.observe(unsynced.len() as f64);
-    on_durable(std::mem::take(unsynced));
-    Ok(())
 }
 
 #[cfg(test)]
@@ -235,7 +241,6 @@ mod tests {
                 .send(Job::Append {
                     bytes: format!("{i}\n").into_bytes(),
                     item: i,
-                    sync: i % 2 == 0,
                 })
                 .unwrap();
         }
@@ -254,7 +259,6 @@ mod tests {
             .send(Job::Append {
                 bytes: b"after\n".to_vec(),
                 item: 101,
-                sync: true,
             })
             .unwrap();
         drop(sender);
@@ -281,52 +285,21 @@ mod tests {
     }
 
     #[test]
-    fn a_deferred_append_is_written_at_once_and_durable_at_the_next_sync() {
-        let dir = tempfile_dir("deferred");
-        let path = dir.join("log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        let (durable, reports) = std::sync::mpsc::channel();
-        let (sender, handle) = start(
-            "test-deferred",
-            file,
-            CommitMetrics::default(),
-            move |items: Vec<u32>| durable.send(items).unwrap(),
-            |e| panic!("{e}"),
-        )
-        .unwrap();
-        let append = |item: u32| Job::Append {
-            bytes: format!("{item}\n").into_bytes(),
-            item,
-            sync: false,
-        };
-        sender.send(append(1)).unwrap();
-        sender.send(append(2)).unwrap();
-        // Written for anyone who reads the file (a process killed now loses nothing), not
-        // reported durable until something asks for an fsync.
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(&path).unwrap() != "1\n2\n" {
-            assert!(Instant::now() < deadline, "never written");
-            std::thread::yield_now();
+    fn deferred_appends_go_together_reported_by_the_newest() {
+        let mut deferred = Deferred::default();
+        assert!(deferred.take(None).is_none());
+        deferred.push(b"a\n", 1u32);
+        deferred.push(b"b\n", 2);
+        assert_eq!(deferred.len(), 2);
+        match deferred.take(None) {
+            Some(Job::Append { bytes, item }) => assert_eq!((bytes, item), (b"a\nb\n".to_vec(), 2)),
+            _ => panic!("one append"),
         }
-        assert!(reports.try_recv().is_err());
-        sender.send(Job::Sync { item: 3 }).unwrap();
-        assert_eq!(reports.recv().unwrap(), vec![1, 2, 3]);
-        sender.send(append(4)).unwrap();
-        drop(sender);
-        handle.join().unwrap();
-        // The last writes are made durable when the writer stops.
-        assert_eq!(reports.recv().unwrap(), vec![4]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn tempfile_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("group-commit-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        assert!(deferred.is_empty());
+        // A sync with nothing kept is still reported.
+        match deferred.take(Some(3)) {
+            Some(Job::Append { bytes, item }) => assert_eq!((bytes.len(), item), (0, 3)),
+            _ => panic!("one append"),
+        }
     }
 }

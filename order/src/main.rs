@@ -8,6 +8,11 @@ use common::wire::{OrderRequest, OrderResponse, ReplicaId};
 use order::audit::AuditArgs;
 use order::config::ReplicaArgs;
 
+/// jemalloc: the trade path allocates and frees small buffers per request, which glibc's
+/// allocator served at several times the cost (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "order",

@@ -333,11 +333,7 @@ fn execute(
                     }
                 }
             }
-            queue(Job::Append {
-                bytes,
-                item: write,
-                sync: true,
-            });
+            queue(Job::Append { bytes, item: write });
         }
         Command::Cut {
             write,
