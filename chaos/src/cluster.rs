@@ -344,8 +344,9 @@ impl Cluster {
             args.push(self.root.join(CATALOG).display().to_string());
             args.push("--seed".into());
             args.push(bins::seed_file().display().to_string());
-            args.push("--peers".into());
-            args.push(peers);
+            // Through the environment, so that older binaries (BAZAAR_BIN_DIR) without the
+            // flag start too.
+            env.push(("ORDER_PEERS".into(), peers.into()));
             args.push("--metrics-listen".into());
             args.push(self.metrics_addrs.get(name).cloned().unwrap_or_default());
         } else if let Some(id) = REPLICAS.iter().find(|&&id| order_name(id) == name) {
