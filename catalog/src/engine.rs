@@ -22,7 +22,7 @@ use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry,
     OrderRequest, OrderResponse, RemoteError, ReplicaId, ReplicaStatus, Reply, RequestId,
     StockName, StockQuote, TradeOutcome, TradeRejection, TradeRequest, TransactionNumber,
-    MAX_BATCH, READ_LOG_MAX,
+    MAX_BATCH, MAX_KNOWN, READ_LOG_MAX,
 };
 use durability::waiters::DurableWaiters;
 use tracing::{debug, error, info, warn};
@@ -134,6 +134,9 @@ pub struct EngineConfig {
     pub replicas: Vec<ReplicaId>,
     /// How long a call to a replica may take.
     pub call_timeout: Duration,
+    /// This life of the catalog: raised (durably) at every start, told with every number it
+    /// gives, so that a leader never mixes numbers of two lives.
+    pub incarnation: u64,
     /// The safety rules (all of them, but in the simulator's mutation runs).
     pub rules: Rules,
 }
@@ -568,7 +571,7 @@ impl CatalogEngine {
         }
         if missing == 0 {
             let outcomes = outcomes.into_iter().flatten().collect();
-            return self.reply(token, Ok(CatalogResponse::Traded(outcomes)));
+            return self.reply(token, Ok(self.traded(outcomes)));
         }
         self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
         self.pending.insert(token, Pending { outcomes, missing });
@@ -589,8 +592,17 @@ impl CatalogEngine {
         if let Some(pending) = self.pending.remove(&token) {
             if self.deadlines.take(token) {
                 let outcomes = pending.outcomes.into_iter().flatten().collect();
-                self.reply(token, Ok(CatalogResponse::Traded(outcomes)));
+                let answer = self.traded(outcomes);
+                self.reply(token, Ok(answer));
             }
+        }
+    }
+
+    /// The answer to a `Trades` request.
+    fn traded(&self, outcomes: Vec<TradeOutcome>) -> CatalogResponse {
+        CatalogResponse::Traded {
+            incarnation: self.config.incarnation,
+            outcomes,
         }
     }
 
@@ -690,6 +702,10 @@ impl CatalogEngine {
         if let Err(fenced) = self.leads(epoch) {
             return Ok(fenced);
         }
+        if known.len() > MAX_KNOWN {
+            let why = format!("at most {MAX_KNOWN} positions");
+            return Err(RemoteError::bad_request(why));
+        }
         if serving {
             self.lease = Some((epoch, self.now));
         }
@@ -707,6 +723,7 @@ impl CatalogEngine {
             self.mode = Mode::Serving { ready: true };
         }
         Ok(CatalogResponse::Reconciled {
+            incarnation: self.config.incarnation,
             meet,
             next,
             trades,
@@ -855,6 +872,12 @@ impl CatalogEngine {
         for token in self.deadlines.due(self.now) {
             self.changing.remove(&token);
             self.pending.remove(&token);
+            if let Mode::Rebuilding(rebuild) = &mut self.mode {
+                // The operator's choice did not answer in time: another may be made.
+                if rebuild.forced.is_some_and(|(_, t)| t == token) && rebuild.source.is_none() {
+                    rebuild.forced = None;
+                }
+            }
             due.push(token);
         }
         for token in due {

@@ -180,7 +180,7 @@ impl CatalogMetrics {
                 self.lookups[usize::from(!found)].inc();
             }
             Counted::Trades(count) => match reply {
-                Ok(CatalogResponse::Traded(outcomes)) => {
+                Ok(CatalogResponse::Traded { outcomes, .. }) => {
                     for outcome in outcomes {
                         let slot = match outcome {
                             TradeOutcome::Traded { .. } => 0,

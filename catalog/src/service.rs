@@ -313,7 +313,7 @@ impl Service for CatalogService {
                     .await;
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     match &reply {
-                        Ok(CatalogResponse::Traded(outcomes)) => {
+                        Ok(CatalogResponse::Traded { outcomes, .. }) => {
                             for outcome in outcomes {
                                 debug!(?outcome, "traded");
                             }
@@ -361,7 +361,7 @@ pub async fn run_with_metrics(
         config.seed.clone(),
         config.dedup_window,
     );
-    let (store, book, start) =
+    let (store, book, start, incarnation) =
         tokio::task::spawn_blocking(move || Store::open(&state_dir, &seed, window))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
@@ -381,6 +381,7 @@ pub async fn run_with_metrics(
             lease_length: config.leader_lease,
             replicas: config.replicas.keys().copied().collect(),
             call_timeout: config.client.call_timeout,
+            incarnation,
             rules: common::safety::Rules::ALL,
         },
         origin.elapsed(),

@@ -11,6 +11,8 @@
 //!   off at recovery, never read as a record.
 //! - `leadership`: `SBLEAD01`, a CRC-32 and a length, then the MessagePack leadership record;
 //!   replaced atomically, in order with the log's records, before a change is answered.
+//! - `incarnation`: how many times a catalog started on this directory (decimal), raised and
+//!   replaced atomically before it serves; a leader never mixes the numbers of two lives.
 //! - `LOCK`: held while a catalog runs, so two processes never share a state directory.
 
 use std::fs::{self, File, OpenOptions};
@@ -37,6 +39,7 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 const LEADERSHIP_MAGIC: &[u8; 8] = b"SBLEAD01";
 const LEADERSHIP_FILE: &str = "leadership";
 const WAL_FILE: &str = "wal.log";
+const INCARNATION_FILE: &str = "incarnation";
 /// A record bigger than this cannot be one of ours: its length field is garbage.
 const MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -209,6 +212,26 @@ pub fn decode_leadership(bytes: &[u8]) -> Result<Leadership, Error> {
     unseal(LEADERSHIP_MAGIC, LEADERSHIP_FILE, bytes)
 }
 
+/// Raises the count of starts kept in `dir` and returns it, once on disk.
+fn raise_incarnation(dir: &Path) -> Result<u64, Error> {
+    let path = dir.join(INCARNATION_FILE);
+    let previous = match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            Error::Corrupt(format!(
+                "{INCARNATION_FILE}: {:?} is not a count",
+                text.trim()
+            ))
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let incarnation = previous
+        .checked_add(1)
+        .ok_or_else(|| Error::Corrupt(format!("{INCARNATION_FILE}: cannot grow further")))?;
+    files::replace_file(dir, INCARNATION_FILE, format!("{incarnation}\n").as_bytes())?;
+    Ok(incarnation)
+}
+
 /// The opened state directory: recovered state and the log to append to.
 pub struct Store {
     dir: PathBuf,
@@ -220,9 +243,15 @@ pub struct Store {
 impl Store {
     /// Opens the state in `dir` (on first start, the seed file's stocks, not yet written),
     /// replays the log, and cuts a torn tail off it. A clean state is marked as used before it
-    /// is returned, so that a crash from now on is not mistaken for a clean stop.
-    pub fn open(dir: &Path, seed: &Path, window: usize) -> Result<(Store, Book, Start), Error> {
+    /// is returned, so that a crash from now on is not mistaken for a clean stop. Returns this
+    /// start's incarnation too (raised and on disk already).
+    pub fn open(
+        dir: &Path,
+        seed: &Path,
+        window: usize,
+    ) -> Result<(Store, Book, Start, u64), Error> {
         let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
+        let incarnation = raise_incarnation(dir)?;
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let wal_path = dir.join(WAL_FILE);
@@ -249,7 +278,7 @@ impl Store {
                 wal,
                 _lock: lock,
             };
-            return Ok((store, book, Start::Fresh));
+            return Ok((store, book, Start::Fresh, incarnation));
         }
         let snapshot = fs::read(&snapshot_path)?;
         let leadership_path = dir.join(LEADERSHIP_FILE);
@@ -301,6 +330,7 @@ impl Store {
             },
             book,
             start,
+            incarnation,
         ))
     }
 

@@ -118,17 +118,19 @@ impl CatalogClient {
             trades: trades.to_vec(),
         };
         match self.rpc.call(&request).await? {
-            CatalogResponse::Traded(outcomes) if outcomes.len() == trades.len() => Ok(outcomes
-                .into_iter()
-                .map(|outcome| match outcome {
-                    common::wire::TradeOutcome::Traded {
-                        number, receipt, ..
-                    } => TradeOutcome::Traded { receipt, number },
-                    common::wire::TradeOutcome::Rejected(rejection) => {
-                        TradeOutcome::Rejected(rejection)
-                    }
-                })
-                .collect()),
+            CatalogResponse::Traded { outcomes, .. } if outcomes.len() == trades.len() => {
+                Ok(outcomes
+                    .into_iter()
+                    .map(|outcome| match outcome {
+                        common::wire::TradeOutcome::Traded {
+                            number, receipt, ..
+                        } => TradeOutcome::Traded { receipt, number },
+                        common::wire::TradeOutcome::Rejected(rejection) => {
+                            TradeOutcome::Rejected(rejection)
+                        }
+                    })
+                    .collect())
+            }
             CatalogResponse::Fenced { current, .. } => Ok(trades
                 .iter()
                 .map(|_| TradeOutcome::Fenced {
@@ -200,6 +202,7 @@ impl CatalogClient {
                 next,
                 trades,
                 complete,
+                ..
             } => Ok(Ok(Reconciled {
                 meet,
                 next,

@@ -474,7 +474,12 @@ pub enum CatalogResponse {
     /// Answer to `Lookup` of an unknown name.
     NotFound,
     /// Answer to `Trades`: one outcome per trade, in order.
-    Traded(Vec<TradeOutcome>),
+    Traded {
+        /// Which life of the catalog numbered them (see `Reconciled::incarnation`).
+        incarnation: u64,
+        /// One per trade, in order.
+        outcomes: Vec<TradeOutcome>,
+    },
     /// First answer to `Subscribe`, with the leadership record as it is; pushes follow with
     /// the same id.
     Subscribed(Leadership),
@@ -492,6 +497,11 @@ pub enum CatalogResponse {
     },
     /// Answer to `Reconcile`.
     Reconciled {
+        /// Which life of the catalog answers: a count it raises, durably, every time it
+        /// starts. A catalog that restarted may have lost numbers it gave (to trades no log
+        /// recorded yet) and give them again, under the same epoch; a leader holds a number
+        /// only as long as the life that gave it, and never takes one from an older life.
+        incarnation: u64,
         /// The newest position the catalog's history and the leader's log both hold (`None`:
         /// they share nothing, or both are empty).
         meet: Option<LogPosition>,

@@ -140,7 +140,14 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
                 })
             ),
         Just(CatalogResponse::NotFound),
-        proptest::collection::vec(trade_outcome(), 0..4).prop_map(CatalogResponse::Traded),
+        (
+            any::<u64>(),
+            proptest::collection::vec(trade_outcome(), 0..4)
+        )
+            .prop_map(|(incarnation, outcomes)| CatalogResponse::Traded {
+                incarnation,
+                outcomes
+            }),
         leadership().prop_map(CatalogResponse::Subscribed),
         leadership().prop_map(CatalogResponse::Leadership),
         (leadership(), ".{0,40}")
@@ -153,6 +160,7 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
         )
             .prop_map(
                 |(meet, next, trades, complete)| CatalogResponse::Reconciled {
+                    incarnation: next / 2,
                     meet,
                     next,
                     trades,

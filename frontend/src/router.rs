@@ -475,19 +475,29 @@ impl Router {
                 queued.into_iter().partition(|&(_, l)| l == leader);
             queued = rest;
             for chunk in group.chunks(MAX_BATCH) {
-                let mut budget = attempt_timeout;
+                // As long as the request with the most time left may wait (at most one
+                // attempt): a request near its deadline does not cut the others' attempt short.
+                let mut budget = Duration::ZERO;
                 let mut requests = Vec::with_capacity(chunk.len());
                 let mut tokens = Vec::with_capacity(chunk.len());
                 for &(token, _) in chunk {
-                    if let Some(attempt) = self.attempts.get_mut(&token) {
-                        attempt.stage = Stage::Calling;
-                        budget = budget.min(attempt.deadline.saturating_sub(now));
-                        requests.push(Arc::clone(&attempt.request));
-                        tokens.push(token);
+                    let Some(attempt) = self.attempts.get_mut(&token) else {
+                        continue;
+                    };
+                    if attempt.deadline <= now {
+                        let problem = attempt.problem();
+                        self.reply(token, Err(OrderError::Unavailable(problem)));
+                        continue;
                     }
+                    attempt.stage = Stage::Calling;
+                    budget = budget.max(attempt.deadline.saturating_sub(now).min(attempt_timeout));
+                    requests.push(Arc::clone(&attempt.request));
+                    tokens.push(token);
+                    self.timers.insert((attempt.deadline, token));
                 }
                 let to = Peer::Replica(leader);
                 match tokens[..] {
+                    [] => {}
                     [token] => self.call(
                         to,
                         Outgoing::Order(Arc::clone(&requests[0])),
@@ -720,15 +730,17 @@ impl Router {
             let stage = self.attempts.get(&token).map(|a| (a.stage, a.deadline));
             match stage {
                 Some((Stage::Pausing(p), _)) if p <= now => due.push((token, Stage::Pausing(p))),
-                Some((Stage::Checking, deadline)) if deadline <= now => {
-                    due.push((token, Stage::Checking))
+                Some((stage @ (Stage::Checking | Stage::Calling), deadline)) if deadline <= now => {
+                    due.push((token, stage))
                 }
                 _ => {}
             }
         }
         for (token, stage) in due {
             match stage {
-                Stage::Checking => {
+                // At its deadline, whatever it waits for (a check, or a call made for others
+                // too that may wait longer): a late answer finds it gone.
+                Stage::Checking | Stage::Calling => {
                     if let Some(check) = &mut self.check {
                         check.waiters.retain(|&t| t != token);
                     }
@@ -738,7 +750,7 @@ impl Router {
                         Err(OrderError::Unavailable(problem.unwrap_or_default())),
                     );
                 }
-                Stage::Pausing(_) | Stage::Calling | Stage::Queued => self.advance(token),
+                Stage::Pausing(_) | Stage::Queued => self.advance(token),
             }
         }
         if now >= self.next_health {
@@ -1180,5 +1192,46 @@ mod tests {
             matches!(&calls[..], [(_, Peer::Replica(2), Outgoing::Order(r))] if matches!(&**r, OrderRequest::Batch(b) if b.len() == 2)),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn a_request_near_its_deadline_does_not_cut_short_the_attempt_of_the_batch() {
+        let mut h = harness(Rules::ALL);
+        h.feed(Input::Submit {
+            token: 1,
+            request: place_as("old"),
+        });
+        let calls = h.calls();
+        // Its attempt fails slowly, until 4.9 s of its 5 s are gone.
+        h.now += Duration::from_millis(4_900);
+        h.answer(
+            calls[0].0,
+            Err(CallError::Remote(RemoteError::unavailable("busy"))),
+        );
+        h.wait(RETRY_PAUSE);
+        h.feed(Input::Submit {
+            token: 2,
+            request: place_as("new"),
+        });
+        h.feed(Input::Flush);
+        let timeouts: Vec<Duration> = h
+            .out
+            .iter()
+            .filter_map(|c| match c {
+                Command::Call {
+                    timeout,
+                    request: Outgoing::Order(r),
+                    ..
+                } if matches!(**r, OrderRequest::Batch(_)) => Some(*timeout),
+                _ => None,
+            })
+            .collect();
+        // The batch waits a whole attempt for the new request; the old one is answered at
+        // its deadline.
+        assert_eq!(timeouts, vec![Duration::from_secs(1)]);
+        h.out.clear();
+        h.wait(Duration::from_millis(80));
+        assert!(matches!(h.reply(), Some(Err(OrderError::Unavailable(_)))));
+        assert_eq!(h.router.pending(), 1);
     }
 }

@@ -328,6 +328,7 @@ fn frames(c: &Corpus) -> Result<(), Error> {
     }));
     message(c, "reply_stock", 1, ok)?;
     let applied: Reply<CatalogResponse> = Ok(CatalogResponse::Reconciled {
+        incarnation: 3,
         meet: Some(LogPosition {
             epoch: 2,
             number: 40,

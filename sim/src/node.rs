@@ -668,6 +668,8 @@ pub enum CatalogWrite {
 /// The catalog's files on its disk.
 #[derive(Debug, Default, Clone)]
 pub struct CatalogFiles {
+    /// `incarnation`: how many times a catalog started on them.
+    pub incarnation: u64,
     /// `snapshot.bin`.
     pub snapshot: Vec<u8>,
     /// `wal.log`.
@@ -740,10 +742,13 @@ impl CatalogNode {
             (recovered.book, origin)
         };
         let snapshot_at = book.next_number() + snapshot_every;
+        // Raised and on disk before it serves, as the real store does.
+        files.incarnation += 1;
         let config = catalog_engine::EngineConfig {
             lease_length: LEASE,
             replicas: (1..=crate::plan::REPLICAS as ReplicaId).collect(),
             call_timeout: Duration::from_secs(1),
+            incarnation: files.incarnation,
             rules,
         };
         Ok(CatalogNode {
@@ -823,7 +828,7 @@ impl CatalogNode {
                     }
                 }
                 Command::Reply { token, reply } => {
-                    if let Ok(common::wire::CatalogResponse::Traded(outcomes)) = &reply {
+                    if let Ok(common::wire::CatalogResponse::Traded { outcomes, .. }) = &reply {
                         self.refusal_answered |= outcomes.iter().any(|o| {
                             matches!(
                                 o,

@@ -15,6 +15,7 @@ fn config(rules: Rules, replicas: &[ReplicaId]) -> EngineConfig {
         lease_length: Duration::from_millis(800),
         replicas: replicas.to_vec(),
         call_timeout: Duration::from_secs(1),
+        incarnation: 7,
         rules,
     }
 }
@@ -173,6 +174,13 @@ fn entry(number: u64, epoch: u64, id: &str, quantity: u64, kind: TradeKind) -> O
     }
 }
 
+fn traded_batch(outcomes: Vec<TradeOutcome>) -> CatalogResponse {
+    CatalogResponse::Traded {
+        incarnation: 7,
+        outcomes,
+    }
+}
+
 fn traded(number: u64, quantity: u64, volume: u64, version: u64) -> TradeOutcome {
     TradeOutcome::Traded {
         number,
@@ -207,7 +215,7 @@ fn trades_are_numbered_and_answered_at_once_with_their_invalidations_first() {
     );
     assert_eq!(
         h.reply(token),
-        Some(Ok(CatalogResponse::Traded(vec![
+        Some(Ok(traded_batch(vec![
             traded(0, 6, 4, 1),
             traded(1, 7, 5, 2)
         ])))
@@ -222,7 +230,7 @@ fn trades_are_numbered_and_answered_at_once_with_their_invalidations_first() {
     let again = h.request(trades(1, &[("a", 4, TradeKind::Buy)]));
     assert_eq!(
         h.reply(again),
-        Some(Ok(CatalogResponse::Traded(vec![traded(0, 6, 4, 1)])))
+        Some(Ok(traded_batch(vec![traded(0, 6, 4, 1)])))
     );
     assert_eq!(h.engine.book().next_number(), 2);
 }
@@ -298,22 +306,16 @@ fn a_refusal_is_answered_once_on_disk_and_repeated_to_a_late_attempt() {
     let refused = TradeOutcome::Rejected(TradeRejection::NotEnoughStock { available: 9 });
     assert_eq!(
         h.reply(first),
-        Some(Ok(CatalogResponse::Traded(vec![
-            traded(0, 9, 1, 1),
-            refused.clone()
-        ])))
+        Some(Ok(traded_batch(vec![traded(0, 9, 1, 1), refused.clone()])))
     );
     assert_eq!(
         h.reply(again),
-        Some(Ok(CatalogResponse::Traded(vec![refused.clone()])))
+        Some(Ok(traded_batch(vec![refused.clone()])))
     );
     // Stock comes back; a late attempt of the refused id still gets its refusal.
     h.request(trades(1, &[("sell", 100, TradeKind::Sell)]));
     let late = h.request(trades(1, &[("big", 50, TradeKind::Buy)]));
-    assert_eq!(
-        h.reply(late),
-        Some(Ok(CatalogResponse::Traded(vec![refused])))
-    );
+    assert_eq!(h.reply(late), Some(Ok(traded_batch(vec![refused]))));
     // With the rule off, a refusal is answered before it is on disk.
     let mut broken = harness(Rules::without(Rule::RefusalDurableBeforeAnswer));
     let early = broken.request(trades(1, &[("big", 50, TradeKind::Buy)]));
@@ -390,6 +392,7 @@ fn reconciliation_finds_where_the_histories_meet_and_lists_the_trades_after() {
             next,
             trades,
             complete,
+            ..
         })) => {
             assert_eq!((meet, next, complete), (Some(pos(0, 1)), 3, true));
             let ids: Vec<&str> = trades.iter().map(|t| t.request_id.as_str()).collect();
@@ -468,7 +471,7 @@ fn after_a_crash_the_catalog_serves_once_the_leader_replayed_what_it_lost() {
     let token = h.request(trades(1, &[("x", 1, TradeKind::Buy)]));
     assert!(matches!(
         h.reply(token),
-        Some(Ok(CatalogResponse::Traded(o))) if o == vec![traded(2, 6, 6, 3)]
+        Some(Ok(CatalogResponse::Traded { outcomes, incarnation: 7 })) if outcomes == vec![traded(2, 6, 6, 3)]
     ));
     // With the rule off, it serves at once.
     let broken = with(

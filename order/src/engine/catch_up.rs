@@ -494,6 +494,16 @@ mod tests {
     }
 
     #[test]
+    fn entries_whose_epochs_go_back_are_refused_whole() {
+        let mut h = following(vec![], 3);
+        // The second entry's epoch is older than the first's: no leader sends that.
+        let token = h.request(replicate(3, None, vec![entry(0, 3, "a"), entry(1, 2, "b")]));
+        assert!(matches!(h.reply(token), Some(Err(_))));
+        assert!(h.writes().is_empty());
+        assert_eq!(h.engine.log().next_number(), 0, "nothing was taken");
+    }
+
+    #[test]
     fn a_suffix_the_leader_does_not_hold_is_set_aside_before_its_entries_are_adopted() {
         // This replica holds 0..=2 of epoch 1; the leader of epoch 2 holds 0..=1 of epoch 1
         // and then its own entry 2.

@@ -66,6 +66,8 @@ struct Placement {
 struct Early {
     entry: OrderEntry,
     waiters: Vec<Token>,
+    /// The life of the catalog that gave the number.
+    incarnation: u64,
 }
 
 /// Reconciliation with the catalog.
@@ -113,6 +115,9 @@ pub(super) struct Leading {
     trading: usize,
     /// Orders numbered beyond the log's end, by number.
     early: BTreeMap<TransactionNumber, Early>,
+    /// The newest life of the catalog heard from in this term: numbers given by an older one
+    /// are not taken (it may have lost them, and its successor given them again).
+    catalog_incarnation: Option<u64>,
     pub(super) reconcile: Reconciliation,
     membership_in_flight: bool,
     membership_at: Option<Time>,
@@ -190,6 +195,7 @@ impl Leading {
             outbox_owner: None,
             trading: 0,
             early: BTreeMap::new(),
+            catalog_incarnation: None,
             reconcile: Reconciliation::default(),
             membership_in_flight: false,
             membership_at: None,
@@ -398,17 +404,28 @@ impl Engine {
             .iter()
             .map(|id| leading.placing.remove(id))
             .collect();
-        match answer {
-            Ok(Answer::Catalog(CatalogResponse::Traded(outcomes)))
-                if outcomes.len() == placements.len() =>
+        let answer = match answer {
+            Ok(Answer::Catalog(CatalogResponse::Traded { incarnation, .. }))
+                if !self.catalog_life(incarnation) =>
             {
+                Err(common::engine::CallError::Failed(
+                    "answered by a catalog that has restarted since".into(),
+                ))
+            }
+            other => other,
+        };
+        match answer {
+            Ok(Answer::Catalog(CatalogResponse::Traded {
+                incarnation,
+                outcomes,
+            })) if outcomes.len() == placements.len() => {
                 for (placement, outcome) in placements.into_iter().zip(outcomes) {
                     let Some(placement) = placement else {
                         continue;
                     };
                     match outcome {
                         TradeOutcome::Traded { number, epoch, .. } => {
-                            self.numbered(placement, number, epoch)
+                            self.numbered(placement, number, epoch, incarnation)
                         }
                         TradeOutcome::Rejected(rejection) => {
                             for token in placement.waiters {
@@ -472,9 +489,50 @@ impl Engine {
         }
     }
 
-    /// The catalog applied `placement` as entry `number` of its history, traded under
-    /// `epoch`: recorded there, now or once the entries before it are.
-    fn numbered(&mut self, placement: Placement, number: TransactionNumber, epoch: Epoch) {
+    /// Whether numbers given by life `incarnation` of the catalog may be taken: it is the
+    /// newest one heard from in this term. A newer one makes the numbers of older ones held
+    /// beyond the log worthless: it may have given them again.
+    fn catalog_life(&mut self, incarnation: u64) -> bool {
+        let Some(leading) = self.leading() else {
+            return false;
+        };
+        match leading.catalog_incarnation {
+            Some(known) if incarnation < known => return false,
+            Some(known) if incarnation == known => return true,
+            _ => leading.catalog_incarnation = Some(incarnation),
+        }
+        let stale: Vec<TransactionNumber> = leading
+            .early
+            .iter()
+            .filter(|(_, e)| e.incarnation < incarnation)
+            .map(|(&n, _)| n)
+            .collect();
+        let mut waiters = Vec::new();
+        for number in stale {
+            if let Some(early) = leading.early.remove(&number) {
+                waiters.extend(early.waiters);
+            }
+        }
+        for token in waiters {
+            self.reply(
+                token,
+                Err(RemoteError::unavailable(
+                    "the catalog restarted before the order was recorded; retry",
+                )),
+            );
+        }
+        true
+    }
+
+    /// The catalog (life `incarnation`) applied `placement` as entry `number` of its history,
+    /// traded under `epoch`: recorded there, now or once the entries before it are.
+    fn numbered(
+        &mut self,
+        placement: Placement,
+        number: TransactionNumber,
+        epoch: Epoch,
+        incarnation: u64,
+    ) {
         let Placement { order, waiters } = placement;
         if number < self.log.next_number() {
             // A retry of a trade recorded already (by this leader, by reconciliation, or by
@@ -511,15 +569,33 @@ impl Engine {
         let Some(leading) = self.leading() else {
             return;
         };
-        leading
-            .early
-            .entry(number)
-            .or_insert(Early {
-                entry,
-                waiters: Vec::new(),
-            })
-            .waiters
-            .extend(waiters);
+        match leading.early.get_mut(&number) {
+            Some(held) if held.entry.request_id == entry.request_id => held.waiters.extend(waiters),
+            Some(held) => {
+                // One life of the catalog gives each number once: a second trade at a number
+                // means the first came from a life whose numbers were not dropped in time.
+                warn!(number, held = %held.entry.request_id, now = %entry.request_id, "two trades numbered alike; retrying the later");
+                for token in waiters {
+                    self.reply(
+                        token,
+                        Err(RemoteError::unavailable(
+                            "the order log and the catalog disagree; reconciling, retry",
+                        )),
+                    );
+                }
+                self.reconcile_soon();
+            }
+            None => {
+                leading.early.insert(
+                    number,
+                    Early {
+                        entry,
+                        waiters,
+                        incarnation,
+                    },
+                );
+            }
+        }
     }
 
     /// Appends the orders numbered right after the log's end, and answers those the log
@@ -554,7 +630,9 @@ impl Engine {
         };
         if !entries.is_empty() {
             if let Err(e) = self.append(entries) {
-                for token in appended.into_iter().flat_map(|(_, w)| w) {
+                let waiting = appended.into_iter().flat_map(|(_, w)| w);
+                let settled = settled.into_iter().flat_map(|(_, held)| held.waiters);
+                for token in waiting.chain(settled) {
                     self.reply(token, Err(e.clone()));
                 }
                 return;
@@ -1107,11 +1185,19 @@ impl Engine {
         reconcile.next_at = Some(now + pause);
         match answer {
             Ok(Answer::Catalog(CatalogResponse::Reconciled {
+                incarnation,
                 meet,
                 next,
                 trades,
                 complete,
-            })) => self.meet_catalog(meet, next, trades, complete),
+            })) => {
+                if self.catalog_life(incarnation) {
+                    self.meet_catalog(meet, next, trades, complete);
+                } else if let Some(leading) = self.leading() {
+                    // From a catalog that has restarted since: ask the one there is now.
+                    leading.reconcile.next_at = Some(now);
+                }
+            }
             Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
                 self.observe_record(&current);
             }
@@ -1204,6 +1290,14 @@ impl Engine {
                 "the log goes on differently from the catalog's history; setting its entries aside"
             );
             leading.inherited = leading.inherited.min(agree.checked_sub(1));
+            // What followers said they hold from there on is of the entries set aside.
+            let kept = agree.checked_sub(1);
+            for progress in leading.progress.values_mut() {
+                progress.persisted = progress.persisted.min(kept);
+            }
+            for link in leading.links.values_mut() {
+                link.next = link.next.min(agree);
+            }
             self.cut_from(agree, "not in the catalog's history");
         }
         // The log is now a prefix of the catalog's history: what follows it is recorded.
@@ -1218,6 +1312,8 @@ impl Engine {
                     error!(ours, next, "the catalog no longer remembers the trades right after the log's end; they cannot be recorded (an operator must choose another leader)");
                 }
             }
+            // Nothing numbered beyond the gap can be recorded either.
+            self.discard_early();
             return;
         }
         let adopt = self.config.rules.holds(Rule::OrphanAdoption);
@@ -1404,6 +1500,7 @@ mod tests {
         for (call, to, _) in h.calls() {
             let answer = match to {
                 Peer::Catalog => Answer::Catalog(CatalogResponse::Reconciled {
+                    incarnation: 1,
                     meet: None,
                     next: 0,
                     trades: vec![],
@@ -1460,9 +1557,12 @@ mod tests {
         });
         h.answer(
             trade,
-            Answer::Catalog(CatalogResponse::Traded(vec![TradeOutcome::Rejected(
-                TradeRejection::NotEnoughStock { available: 0 },
-            )])),
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation: 1,
+                outcomes: vec![TradeOutcome::Rejected(TradeRejection::NotEnoughStock {
+                    available: 0,
+                })],
+            }),
         );
         let refused = Ok(OrderResponse::Rejected(TradeRejection::NotEnoughStock {
             available: 0,
@@ -1474,6 +1574,7 @@ mod tests {
 
     fn reconciled(meet: Option<LogPosition>, next: u64, trades: Vec<OrderEntry>) -> Answer {
         Answer::Catalog(CatalogResponse::Reconciled {
+            incarnation: 1,
             meet,
             next,
             trades,
@@ -1639,12 +1740,18 @@ mod tests {
         // The second call's answer comes first: held until entry 0 is there.
         h.answer(
             second_call,
-            Answer::Catalog(CatalogResponse::Traded(vec![traded(1), traded(2)])),
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation: 1,
+                outcomes: vec![traded(1), traded(2)],
+            }),
         );
         assert!(h.writes().is_empty());
         h.answer(
             first_call,
-            Answer::Catalog(CatalogResponse::Traded(vec![traded(0)])),
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation: 1,
+                outcomes: vec![traded(0)],
+            }),
         );
         assert_eq!(appended(&h), vec![0, 1, 2]);
         h.flush();
@@ -1691,7 +1798,10 @@ mod tests {
         let (first, first_call, batch, second_call) = two_calls(&mut h);
         h.answer(
             second_call,
-            Answer::Catalog(CatalogResponse::Traded(vec![traded(1), traded(2)])),
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation: 1,
+                outcomes: vec![traded(1), traded(2)],
+            }),
         );
         // The first call's answer is lost: the catalog may have restarted and given those
         // numbers away, so orders 1 and 2 are not appended on its earlier word.
@@ -1742,6 +1852,76 @@ mod tests {
                 number: 0,
                 epoch: 2
             }))
+        );
+    }
+
+    #[test]
+    fn numbers_of_a_catalog_that_restarted_since_are_never_taken() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        let (_, first_call, batch, second_call) = two_calls(&mut h);
+        let traded_by = |incarnation, numbers: &[u64]| {
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation,
+                outcomes: numbers.iter().map(|&n| traded(n)).collect(),
+            })
+        };
+        // Life 1 numbers o2, o3 as 1 and 2, then dies with them (and with 0) unflushed.
+        h.answer(second_call, traded_by(1, &[1, 2]));
+        // Life 2 answers the first call: it numbers o1 as 0 again. Orders 1 and 2 of life 1
+        // are worthless now (life 2 may give those numbers to other trades): their requests
+        // are retried, not appended.
+        h.answer(first_call, traded_by(2, &[0]));
+        assert_eq!(appended(&h), vec![0]);
+        let Some(Command::Reply {
+            body: super::ReplyBody::Batch(bodies),
+            ..
+        }) = h
+            .out
+            .iter()
+            .find(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
+            .cloned()
+        else {
+            panic!("the batch is answered: {:?}", h.out);
+        };
+        assert!(
+            matches!(&bodies[0], super::ReplyBody::Ready(Err(e)) if e.message.contains("restarted"))
+        );
+        // An answer of life 1 that arrives late is not taken either.
+        let late = h.request(OrderRequest::PlaceOrder(order("o9")));
+        let late_call = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
+        });
+        h.answer(late_call, traded_by(1, &[1]));
+        assert!(matches!(h.reply(late), Some(Err(e)) if e.message.contains("restarted")));
+        assert_eq!(appended(&h), vec![0]);
+    }
+
+    #[test]
+    fn a_leader_that_sets_its_log_aside_forgets_what_followers_held_of_it() {
+        let (mut h, round) = taking_office(vec![entry(0, 1, "a"), entry(1, 1, "lost")]);
+        // Both followers hold the inherited entry 1 of epoch 1...
+        for peer in [2, 3] {
+            replicated(&mut h, peer, Some(pos(1, 1)));
+        }
+        // ...which the catalog's history contradicts.
+        h.answer(
+            round,
+            reconciled(Some(pos(0, 1)), 2, vec![entry(1, 2, "other")]),
+        );
+        h.flush();
+        assert_eq!(
+            h.engine.commit(),
+            Some(0),
+            "entry 1 is committed only once the followers hold the catalog's"
+        );
+        let calls = h.calls();
+        assert!(
+            calls
+                .iter()
+                .filter(|(_, _, r)| matches!(r, Outgoing::Replicate { from: 1, .. }))
+                .count()
+                >= 1,
+            "{calls:?}"
         );
     }
 

@@ -684,15 +684,20 @@ impl Engine {
         let Some(last) = entries.last().map(|e| e.number) else {
             return Ok(());
         };
+        // All or nothing: entries that follow the log in number, their epochs never going back.
+        let mut check = self.log.positions().clone();
+        if let Some(entry) = entries.iter().find(|e| !check.append(e.position())) {
+            return Err(RemoteError::unavailable(format!(
+                "entry {} of epoch {} does not follow the log (next is {}, last {:?})",
+                entry.number,
+                entry.epoch,
+                self.log.next_number(),
+                self.log.last()
+            )));
+        }
         let was_idle = self.nothing_waiting();
         for entry in &entries {
-            if !self.log.append(entry) {
-                return Err(RemoteError::unavailable(format!(
-                    "entry {} does not follow the log (next is {})",
-                    entry.number,
-                    self.log.next_number()
-                )));
-            }
+            self.log.append(entry);
         }
         let write = self.write(Write::Append(last));
         self.out.push(Command::Append { write, entries });

@@ -210,6 +210,7 @@ impl Harness {
                 (Peer::Catalog, Outgoing::Catalog(CatalogRequest::Reconcile { .. })) => h.answer(
                     call,
                     Answer::Catalog(CatalogResponse::Reconciled {
+                        incarnation: 1,
                         meet: last,
                         next: h.engine.log().next_number(),
                         trades: vec![],
@@ -237,15 +238,18 @@ impl Harness {
         });
         self.answer(
             trades,
-            Answer::Catalog(CatalogResponse::Traded(vec![TradeOutcome::Traded {
-                number,
-                epoch: self.engine.epoch(),
-                receipt: common::wire::TradeReceipt {
-                    quantity: 1,
-                    volume: 1,
-                    version: number + 1,
-                },
-            }])),
+            Answer::Catalog(CatalogResponse::Traded {
+                incarnation: 1,
+                outcomes: vec![TradeOutcome::Traded {
+                    number,
+                    epoch: self.engine.epoch(),
+                    receipt: common::wire::TradeReceipt {
+                        quantity: 1,
+                        volume: 1,
+                        version: number + 1,
+                    },
+                }],
+            }),
         );
         token
     }
