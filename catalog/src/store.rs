@@ -126,6 +126,13 @@ fn seal<T: Serialize>(magic: &[u8; 8], value: &T) -> Result<Vec<u8>, Error> {
 /// Reads an image [`seal`] wrote; any damage is an error.
 fn unseal<T: DeserializeOwned>(magic: &[u8; 8], file: &str, bytes: &[u8]) -> Result<T, Error> {
     let corrupt = |why: &str| Error::Corrupt(format!("{file}: {why}"));
+    if bytes.len() >= 8 && bytes[..6] == magic[..6] && &bytes[..8] != magic {
+        let found = String::from_utf8_lossy(&bytes[..8]).into_owned();
+        let wanted = String::from_utf8_lossy(magic).into_owned();
+        return Err(corrupt(&format!(
+            "written by another version ({found}); this one reads {wanted}"
+        )));
+    }
     if bytes.len() < 20 || &bytes[..8] != magic {
         return Err(corrupt("not a file of this kind"));
     }
@@ -478,6 +485,16 @@ mod tests {
                 version: seq,
             },
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_version_is_refused_by_name() {
+        let mut image = seal(b"SBSNAP01", &0u8).unwrap();
+        let err = decode_snapshot(&image).unwrap_err().to_string();
+        assert!(err.contains("another version (SBSNAP01)"), "{err}");
+        image[..8].copy_from_slice(b"SBLEAD01");
+        let err = decode_snapshot(&image).unwrap_err().to_string();
+        assert!(err.contains("not a file of this kind"), "{err}");
     }
 
     #[test]

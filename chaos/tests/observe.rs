@@ -160,8 +160,8 @@ async fn every_service_is_observable_and_the_page_follows_a_failover() {
     let broken = text.replace("# EOF\n", "");
     assert!(observe::parse(&broken).unwrap().is_err());
     let broken = text.replacen(
-        "\nbazaar_catalog_durable_seq ",
-        "\nbazaar_catalog_durable_seq x",
+        "\nbazaar_catalog_history_next ",
+        "\nbazaar_catalog_history_next x",
         1,
     );
     assert_ne!(broken, text);
