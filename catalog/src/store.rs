@@ -18,7 +18,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -379,7 +379,7 @@ impl Store {
 
 /// The queue of the group-commit thread, and the appends kept for the next fsync.
 pub struct LogWriter {
-    jobs: mpsc::Sender<Job<WriteId>>,
+    jobs: group_commit::Committer<WriteId>,
     /// Applied trades, written with the next fsync something asks for: they need not be
     /// durable at once (the order log holds them), and one hand-over wakes the thread once.
     deferred: Deferred<WriteId>,

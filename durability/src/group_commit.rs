@@ -3,11 +3,14 @@
 //! instead of paying one each. Maintenance (snapshots, truncation) runs on the same thread
 //! between batches, so it never races an append. A writer whose appends need not be durable at
 //! once keeps them in a [`Deferred`] buffer and hands them over together: one job, one wake-up
-//! of the thread, one fsync.
+//! of the thread, one fsync. A writer with nothing else to do while its append reaches the disk
+//! (a follower replica) writes it itself when nothing is queued ([`Committer::write_now`]),
+//! sparing the two hand-overs between threads.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -129,32 +132,118 @@ impl CommitMetrics {
     }
 }
 
+/// The file, shared by the commit thread and [`Committer::write_now`].
+struct Shared {
+    file: Mutex<Disk>,
+    /// Jobs sent and not yet done (durable, or run).
+    queued: AtomicUsize,
+    metrics: CommitMetrics,
+}
+
+struct Disk {
+    file: File,
+    /// A write or fsync failed: nothing more is written.
+    failed: bool,
+}
+
+impl Shared {
+    fn disk(&self) -> std::sync::MutexGuard<'_, Disk> {
+        self.file.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, disk: &mut Disk, bytes: &[u8], appends: usize) -> io::Result<()> {
+        let started = Instant::now();
+        let written = disk
+            .file
+            .write_all(bytes)
+            .and_then(|()| disk.file.sync_data());
+        if written.is_err() {
+            disk.failed = true;
+        }
+        written?;
+        self.metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(appends as f64);
+        Ok(())
+    }
+}
+
+/// The way to the commit thread: jobs queued in order, or an append written at once.
+pub struct Committer<T> {
+    jobs: mpsc::Sender<Job<T>>,
+    shared: Arc<Shared>,
+}
+
+impl<T> Committer<T> {
+    /// Queues `job` behind everything queued before; fails when the thread has stopped.
+    pub fn send(&self, job: Job<T>) -> Result<(), mpsc::SendError<Job<T>>> {
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.jobs.send(job).inspect_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// Writes and fsyncs `bytes` on the caller's thread, if nothing queued before is still
+    /// undone (`None` otherwise: queue them). `Some(Ok)` means they are on disk, and with them
+    /// everything queued before; after `Some(Err)` nothing more is written. The caller waits
+    /// for the disk: for one that has nothing else to do meanwhile.
+    pub fn write_now(&self, bytes: &[u8]) -> Option<io::Result<()>> {
+        if self.shared.queued.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let mut disk = self.shared.disk();
+        // Only this writer queues: nothing can have been queued since.
+        if self.shared.queued.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        if disk.failed {
+            return Some(Err(io::Error::other("an earlier write failed")));
+        }
+        Some(self.shared.write(&mut disk, bytes, 1))
+    }
+}
+
 /// Starts the commit thread for `file` (opened for appending). After each batch
 /// `on_durable` gets its items in order; if the file fails, `on_failure` is called once and
-/// the thread stops. The thread ends when every sender of the returned channel is gone.
+/// the thread stops. The thread ends when the returned [`Committer`] is gone.
 pub fn start<T: Send + 'static>(
     name: &str,
-    mut file: File,
+    file: File,
     metrics: CommitMetrics,
     mut on_durable: impl FnMut(Vec<T>) + Send + 'static,
     on_failure: impl FnOnce(io::Error) + Send + 'static,
-) -> io::Result<(mpsc::Sender<Job<T>>, JoinHandle<()>)> {
+) -> io::Result<(Committer<T>, JoinHandle<()>)> {
     // Unbounded by type; callers bound it by bounding the requests that wait on it.
     let (sender, receiver) = mpsc::channel::<Job<T>>();
-    let handle = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            if let Err(e) = run(&mut file, &receiver, &metrics, &mut on_durable) {
+    let shared = Arc::new(Shared {
+        file: Mutex::new(Disk {
+            file,
+            failed: false,
+        }),
+        queued: AtomicUsize::new(0),
+        metrics,
+    });
+    let handle = std::thread::Builder::new().name(name.to_owned()).spawn({
+        let shared = shared.clone();
+        move || {
+            if let Err(e) = run(&shared, &receiver, &mut on_durable) {
                 on_failure(e);
             }
-        })?;
-    Ok((sender, handle))
+        }
+    })?;
+    Ok((
+        Committer {
+            jobs: sender,
+            shared,
+        },
+        handle,
+    ))
 }
 
 fn run<T>(
-    file: &mut File,
+    shared: &Shared,
     receiver: &mpsc::Receiver<Job<T>>,
-    metrics: &CommitMetrics,
     on_durable: &mut impl FnMut(Vec<T>),
 ) -> io::Result<()> {
     let mut bytes = Vec::new();
@@ -167,9 +256,18 @@ fn run<T>(
                 Err(_) => return Ok(()),
             },
         };
+        let mut disk = shared.disk();
+        if disk.failed {
+            // A write made at once failed; its writer was told.
+            return Ok(());
+        }
         let (first_bytes, first_item) = match job {
             Job::Maintain { work, item } => {
-                work(file)?;
+                let done = work(&mut disk.file);
+                disk.failed = done.is_err();
+                done?;
+                shared.queued.fetch_sub(1, Ordering::SeqCst);
+                drop(disk);
                 if let Some(item) = item {
                     on_durable(vec![item]);
                 }
@@ -194,13 +292,9 @@ fn run<T>(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        file.write_all(&bytes)?;
-        file.sync_data()?;
-        metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.observe(items.len() as f64);
+        shared.write(&mut disk, &bytes, items.len())?;
+        shared.queued.fetch_sub(items.len(), Ordering::SeqCst);
+        drop(disk);
         on_durable(items);
     }
 }
@@ -225,7 +319,7 @@ mod tests {
             .open(&path)
             .unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (sender, handle) = start(
+        let (committer, handle) = start(
             "test-commit",
             file,
             metrics.clone(),
@@ -237,7 +331,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..100u32 {
-            sender
+            committer
                 .send(Job::Append {
                     bytes: format!("{i}\n").into_bytes(),
                     item: i,
@@ -245,7 +339,7 @@ mod tests {
                 .unwrap();
         }
         let observed = seen.clone();
-        sender
+        committer
             .send(Job::Maintain {
                 work: Box::new(move |file| {
                     // Everything queued before is already reported durable.
@@ -255,13 +349,13 @@ mod tests {
                 item: Some(100),
             })
             .unwrap();
-        sender
+        committer
             .send(Job::Append {
                 bytes: b"after\n".to_vec(),
                 item: 101,
             })
             .unwrap();
-        drop(sender);
+        drop(committer);
         handle.join().unwrap();
         assert_eq!(*seen.lock().unwrap(), (0..=101).collect::<Vec<_>>());
         // Every append was counted in some batch, and each batch's fsync timed.
@@ -281,6 +375,58 @@ mod tests {
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "after\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_append_is_written_at_once_only_behind_nothing_undone() {
+        let dir = std::env::temp_dir().join(format!("write-now-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (done, reported) = mpsc::channel();
+        let (gate, held) = mpsc::channel::<()>();
+        let (committer, handle) = start(
+            "test-write-now",
+            file,
+            CommitMetrics::default(),
+            move |items: Vec<u32>| done.send(items).unwrap(),
+            |e| panic!("{e}"),
+        )
+        .unwrap();
+        assert!(matches!(committer.write_now(b"a\n"), Some(Ok(()))));
+        // A job the thread has not done yet: what comes after it must queue behind it.
+        let held = Mutex::new(held);
+        committer
+            .send(Job::Maintain {
+                work: Box::new(move |_| {
+                    held.lock().unwrap().recv().unwrap();
+                    Ok(())
+                }),
+                item: Some(1),
+            })
+            .unwrap();
+        assert!(committer.write_now(b"never\n").is_none());
+        committer
+            .send(Job::Append {
+                bytes: b"b\n".to_vec(),
+                item: 2,
+            })
+            .unwrap();
+        gate.send(()).unwrap();
+        assert_eq!(reported.recv().unwrap(), vec![1]);
+        assert_eq!(reported.recv().unwrap(), vec![2]);
+        // Everything done: at once again.
+        assert!(matches!(committer.write_now(b"c\n"), Some(Ok(()))));
+        drop(committer);
+        handle.join().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\nc\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

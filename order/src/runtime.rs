@@ -6,16 +6,17 @@
 //! tokio after it is released.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use clients::CatalogClient;
 use common::engine::{Backoff, IdMap};
 use common::server::{self, RequestContext, Service};
 use common::sync::lock;
-use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, Reply};
-use durability::group_commit::{self, Job};
+use common::wire::{CatalogResponse, OrderRequest, OrderResponse, RemoteError, Reply, Role};
+use durability::group_commit::{self, Committer, Job};
 use durability::storage::{Ended, Recovery};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +38,8 @@ const SUBSCRIPTION_BACKLOG: usize = 256;
 struct Inner {
     engine: Engine,
     log: OrderLog,
-    /// The group-commit queue; taken at shutdown so the writer drains and stops.
-    jobs: Option<mpsc::Sender<Job<WriteId>>>,
+    /// The way to the disk; taken at shutdown so the writer drains and stops.
+    jobs: Option<Writer>,
     /// Requests waiting for their answer, by token.
     replies: IdMap<oneshot::Sender<Reply<OrderResponse>>>,
     /// Reused for every step.
@@ -118,21 +119,22 @@ impl Node {
             engine.handle(now, input, commands);
             engine.drain_commit_waits(|waited| self.metrics.committed(waited));
             let token = own.map(|(token, _)| token);
+            // A follower has nothing to do while its entries reach the disk but wait: it
+            // writes them itself, without two hand-overs between threads.
+            let at_once = matches!(engine.role(), Role::Follower | Role::Syncing);
+            let disk = Disk {
+                writer: jobs.as_ref(),
+                at_once,
+            };
             for command in commands.drain(..) {
-                execute(
-                    command,
-                    log,
-                    jobs.as_ref(),
-                    &mut effects,
-                    &mut |t, reply| {
-                        if Some(t) == token {
-                            mine = Some(reply);
-                            None
-                        } else {
-                            replies.remove(&t).map(|sender| (sender, reply))
-                        }
-                    },
-                );
+                execute(command, log, &disk, &mut effects, &mut |t, reply| {
+                    if Some(t) == token {
+                        mine = Some(reply);
+                        None
+                    } else {
+                        replies.remove(&t).map(|sender| (sender, reply))
+                    }
+                });
             }
             if let Some((token, receiving)) = own {
                 if mine.is_some() {
@@ -300,26 +302,61 @@ impl Node {
     }
 }
 
-/// Executes one command under the engine's lock: writes are queued for the commit thread,
-/// requests and replies are completed from the log. `reply` routes an answer: it returns the
-/// waiting sender when one must be told after the lock is released.
+/// The commit thread's queue, and where a failed write made at once is reported (as the
+/// commit thread reports its own).
+struct Writer {
+    committer: Committer<WriteId>,
+    failures: UnboundedSender<Result<WriteId, String>>,
+}
+
+/// The way to the disk for one step's writes.
+struct Disk<'a> {
+    /// `None` once shutting down.
+    writer: Option<&'a Writer>,
+    /// Appends are written at once when nothing is queued before them.
+    at_once: bool,
+}
+
+impl Disk<'_> {
+    fn queue(&self, job: Job<WriteId>) {
+        // Without a queue the replica is shutting down: the write is dropped, and whoever
+        // waits for it is answered when the engine goes.
+        if let Some(writer) = self.writer {
+            let _ = writer.committer.send(job);
+        }
+    }
+
+    fn append(&self, bytes: Vec<u8>, write: WriteId, effects: &mut Vec<Effect>) {
+        let Some(writer) = self.writer else {
+            return;
+        };
+        match self.at_once.then(|| writer.committer.write_now(&bytes)) {
+            Some(Some(Ok(()))) => effects.push(Effect::Input(Input::Flushed(write))),
+            Some(Some(Err(e))) => {
+                error!(error = %e, "order log failed: acknowledging nothing; restarting from the log once the state directory takes writes again");
+                let _ = writer
+                    .failures
+                    .send(Err(format!("order log write failed: {e}")));
+            }
+            _ => self.queue(Job::Append { bytes, item: write }),
+        }
+    }
+}
+
+/// Executes one command under the engine's lock: writes go to the disk, requests and replies
+/// are completed from the log. `reply` routes an answer: it returns the waiting sender when
+/// one must be told after the lock is released.
 fn execute(
     command: Command,
     log: &mut OrderLog,
-    jobs: Option<&mpsc::Sender<Job<WriteId>>>,
+    disk: &Disk<'_>,
     effects: &mut Vec<Effect>,
     reply: &mut impl FnMut(
         Token,
         Reply<OrderResponse>,
     ) -> Option<(oneshot::Sender<Reply<OrderResponse>>, Reply<OrderResponse>)>,
 ) {
-    let queue = |job: Job<WriteId>| {
-        // Without a queue the replica is shutting down: the write is dropped, and whoever
-        // waits for it is answered when the engine goes.
-        if let Some(jobs) = jobs {
-            let _ = jobs.send(job);
-        }
-    };
+    let queue = |job: Job<WriteId>| disk.queue(job);
     match command {
         Command::Append { write, entries } => {
             let mut bytes = Vec::new();
@@ -333,7 +370,7 @@ fn execute(
                     }
                 }
             }
-            queue(Job::Append { bytes, item: write });
+            disk.append(bytes, write, effects);
         }
         Command::Cut {
             write,
@@ -542,6 +579,7 @@ pub async fn run_with_metrics(
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     let (events, mut flushes) = tokio::sync::mpsc::unbounded_channel::<Result<WriteId, String>>();
     let failures = events.clone();
+    let inline_failures = events.clone();
     let counters = ReplicaMetrics::default();
     let (jobs, writer) = group_commit::start(
         &format!("order-{}-log", config.id),
@@ -570,7 +608,10 @@ pub async fn run_with_metrics(
         inner: Mutex::new(Inner {
             engine,
             log,
-            jobs: Some(jobs),
+            jobs: Some(Writer {
+                committer: jobs,
+                failures: inline_failures,
+            }),
             replies: IdMap::default(),
             commands: Vec::new(),
             timer_at: None,
