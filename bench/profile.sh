@@ -61,7 +61,7 @@ wait "${perfs[@]}" "$wrk_pid"
 echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "load: $(awk '/Requests\/sec/ {print $2}' "$work/wrk.out") trades/s (wrk -t1 -c64 -d10s, POST /orders)"
 share() { # report symbol
-    awk -v s="$2" '$NF == s {print $1; found = 1; exit} END {if (!found) print "0%"}' <<<"$1"
+    awk -v s="$2" '$4 == s {print $1; found = 1; exit} END {if (!found) print "0%"}' <<<"$1"
 }
 for name in "${names[@]}"; do
     inclusive="$(perf report -i "$out/$name.data" --children --sort symbol --stdio -g none 2>/dev/null | grep -E "^ +[0-9]")"
