@@ -13,7 +13,7 @@ rounds="${3:-3}"
 work="$(mktemp -d)"
 base=$((30000 + RANDOM % 20000))
 env_of() { # base
-    echo "STATE_DIR=$work/state-$1 CATALOG_PORT=$1 ORDER_PORTS=$(($1 + 1)),$(($1 + 2)),$(($1 + 3)) FRONTEND_PORT=$(($1 + 4)) RUST_LOG=warn"
+    echo "STATE_DIR=$work/state-$1 CATALOG_PORT=$1 ORDER_PORTS=$(($1 + 1)),$(($1 + 2)),$(($1 + 3)) FRONTEND_PORT=$(($1 + 4)) METRICS_PORTS=$(($1 + 5)),$(($1 + 6)),$(($1 + 7)),$(($1 + 8)) RUST_LOG=warn"
 }
 run_in() { # dir base command...
     local dir="$1" port="$2"
