@@ -3,7 +3,8 @@
 //! - `snapshot.bin`: `SBSNAP02`, a CRC-32 and a length, then a MessagePack [`Snapshot`];
 //!   replaced atomically (write, fsync, rename, fsync the directory). The one written at a
 //!   clean shutdown says so; a catalog that starts from it rewrites it before serving.
-//! - `wal.log`: the write-ahead log since that snapshot; each record is a 4-byte big-endian
+//! - `wal.log`: the write-ahead log since that snapshot, written into space written ahead
+//!   with zeros ([`LogFile`]; a zero length ends the records); each record is a 4-byte big-endian
 //!   length, a CRC-32 of the payload, then a MessagePack [`TradeRecord`] (or a remembered
 //!   [`Refusal`], tagged `refused`). Records are written at once and fsynced in batches
 //!   (group commit): a refusal before it is answered, an applied trade within a few
@@ -15,8 +16,8 @@
 //!   replaced atomically before it serves; a leader never mixes the numbers of two lives.
 //! - `LOCK`: held while a catalog runs, so two processes never share a state directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,6 +25,7 @@ use std::time::Instant;
 
 use durability::files;
 use durability::group_commit::{self, Deferred, Job};
+use durability::log_file::LogFile;
 
 use tracing::{error, info, warn};
 
@@ -171,6 +173,11 @@ pub struct Recovered {
     pub clean: bool,
 }
 
+/// Whether a log image holds nothing: no records, only the zeros written ahead of its end.
+fn all_zeros(image: &[u8]) -> bool {
+    image.iter().all(|&b| b == 0)
+}
+
 /// Rebuilds the book from the files' images: the snapshot, the leadership record (if the
 /// file exists) and the write-ahead log.
 pub fn recover(
@@ -193,7 +200,7 @@ pub fn recover(
         book,
         intact,
         replayed: records.len(),
-        clean: clean && wal.is_empty(),
+        clean: clean && all_zeros(wal),
     })
 }
 
@@ -242,7 +249,7 @@ fn raise_incarnation(dir: &Path) -> Result<u64, Error> {
 /// The opened state directory: recovered state and the log to append to.
 pub struct Store {
     dir: PathBuf,
-    wal: File,
+    wal: LogFile,
     /// Held for the life of the process; dropping it releases the directory.
     _lock: File,
 }
@@ -262,15 +269,13 @@ impl Store {
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let wal_path = dir.join(WAL_FILE);
-        let mut wal = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&wal_path)?;
-        let mut image = Vec::new();
-        wal.read_to_end(&mut image)?;
+        let image = match fs::read(&wal_path) {
+            Ok(image) => image,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         if !snapshot_path.exists() {
-            if !image.is_empty() {
+            if !all_zeros(&image) {
                 return Err(Error::Corrupt(format!(
                     "{} has a log but no snapshot",
                     dir.display()
@@ -280,6 +285,7 @@ impl Store {
                 .map_err(|e| Error::Seed(format!("{}: {e}", seed.display())))?;
             let book = Book::new(Book::parse_seed(&text)?, window);
             info!(dir = %dir.display(), seed = %seed.display(), stocks = book.stocks().len(), "empty state directory");
+            let (wal, _) = LogFile::open(&wal_path, 0)?;
             let store = Store {
                 dir: dir.to_path_buf(),
                 wal,
@@ -300,14 +306,13 @@ impl Store {
             replayed,
             clean,
         } = recover(&snapshot, leadership.as_deref(), &image, window)?;
-        if intact < image.len() {
+        let (wal, tail) = LogFile::open(&wal_path, intact as u64)?;
+        if tail.discarded > 0 {
             warn!(
-                dropped_bytes = image.len() - intact,
+                dropped_bytes = tail.discarded,
                 offset = intact,
                 "write-ahead log has a torn or corrupt tail; dropping it"
             );
-            wal.set_len(intact as u64)?;
-            wal.sync_all()?;
         }
         if clean {
             // From now on the catalog answers trades before its log is on disk: a crash must
@@ -449,8 +454,7 @@ impl LogWriter {
                     let snapshot = take();
                     let bytes = encode_snapshot(&snapshot).map_err(io::Error::other)?;
                     files::replace_file(&dir, SNAPSHOT_FILE, &bytes)?;
-                    wal.set_len(0)?;
-                    wal.sync_all()?;
+                    wal.truncate(0)?;
                     info!(
                         next = snapshot.boundaries.last().map_or(0, |b| b.number + 1),
                         clean = snapshot.clean,

@@ -275,7 +275,8 @@ async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_w
     catalog.child.kill().unwrap();
     catalog.child.wait().unwrap();
     let wal = state.path().join("wal.log");
-    let intact = std::fs::metadata(&wal).unwrap().len();
+    let image = std::fs::read(&wal).unwrap();
+    let (records, intact) = catalog::store::decode_records(&image);
     let torn_record = TradeRecord {
         number: u64::MAX / 2,
         epoch: 1,
@@ -291,8 +292,10 @@ async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_w
     };
     let bytes =
         catalog::store::encode_record(&catalog::book::LogRecord::Traded(torn_record)).unwrap();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
-    std::io::Write::write_all(&mut file, &bytes[..bytes.len() - 3]).unwrap();
+    // Written where the records end, over the zeros the log keeps ahead of its end.
+    let file = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes[..bytes.len() - 3], intact as u64)
+        .unwrap();
     drop(file);
 
     let mut catalog = spawn(state.path());
@@ -301,7 +304,12 @@ async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_w
     for (stock, (after, before)) in STOCKS.iter().zip(quotes(&trader).await.iter().zip(&held)) {
         assert_eq!(after, before, "{stock} changed across a torn record");
     }
-    assert_eq!(std::fs::metadata(&wal).unwrap().len(), intact);
+    let after = std::fs::read(&wal).unwrap();
+    assert_eq!(catalog::store::decode_records(&after), (records, intact));
+    assert!(
+        after[intact..].iter().all(|&b| b == 0),
+        "the torn record is zeroed"
+    );
     catalog.child.kill().unwrap();
     catalog.child.wait().unwrap();
 }

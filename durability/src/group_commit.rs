@@ -7,8 +7,7 @@
 //! (a follower replica) writes it itself when nothing is queued ([`Committer::write_now`]),
 //! sparing the two hand-overs between threads.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -20,8 +19,10 @@ use prometheus_client::registry::Registry;
 /// Most appends in one batch.
 const MAX_BATCH: usize = 4096;
 
+use crate::log_file::LogFile;
+
 /// Maintenance work run on the commit thread with the file (a snapshot, a truncation).
-pub type Maintenance = Box<dyn FnOnce(&mut File) -> io::Result<()> + Send>;
+pub type Maintenance = Box<dyn FnOnce(&mut LogFile) -> io::Result<()> + Send>;
 
 /// Work for the commit thread.
 pub enum Job<T> {
@@ -141,7 +142,7 @@ struct Shared {
 }
 
 struct Disk {
-    file: File,
+    file: LogFile,
     /// A write or fsync failed: nothing more is written.
     failed: bool,
 }
@@ -153,10 +154,7 @@ impl Shared {
 
     fn write(&self, disk: &mut Disk, bytes: &[u8], appends: usize) -> io::Result<()> {
         let started = Instant::now();
-        let written = disk
-            .file
-            .write_all(bytes)
-            .and_then(|()| disk.file.sync_data());
+        let written = disk.file.append(bytes).and_then(|()| disk.file.sync());
         if written.is_err() {
             disk.failed = true;
         }
@@ -204,12 +202,12 @@ impl<T> Committer<T> {
     }
 }
 
-/// Starts the commit thread for `file` (opened for appending). After each batch
+/// Starts the commit thread for `file`. After each batch
 /// `on_durable` gets its items in order; if the file fails, `on_failure` is called once and
 /// the thread stops. The thread ends when the returned [`Committer`] is gone.
 pub fn start<T: Send + 'static>(
     name: &str,
-    file: File,
+    file: LogFile,
     metrics: CommitMetrics,
     mut on_durable: impl FnMut(Vec<T>) + Send + 'static,
     on_failure: impl FnOnce(io::Error) + Send + 'static,
@@ -302,8 +300,15 @@ fn run<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::sync::{Arc, Mutex};
+
+    /// The records of a log file: its bytes before the zeros written ahead.
+    fn records(path: &std::path::Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        bytes.truncate(end);
+        bytes
+    }
 
     #[test]
     fn appends_are_durable_in_order_and_maintenance_runs_between_batches() {
@@ -312,12 +317,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("group-commit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log");
-        std::fs::File::create(&path).unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
+        let (file, _) = LogFile::open(&path, 0).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (committer, handle) = start(
             "test-commit",
@@ -344,7 +344,7 @@ mod tests {
                 work: Box::new(move |file| {
                     // Everything queued before is already reported durable.
                     assert_eq!(observed.lock().unwrap().len(), 100);
-                    file.set_len(0)
+                    file.truncate(0)
                 }),
                 item: Some(100),
             })
@@ -369,12 +369,7 @@ mod tests {
             !exposition.contains("test_fsync_seconds_count 0"),
             "{exposition}"
         );
-        let mut text = String::new();
-        std::fs::File::open(&path)
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        assert_eq!(text, "after\n");
+        assert_eq!(records(&path), b"after\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -383,13 +378,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("write-now-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (file, _) = LogFile::open(&path, 0).unwrap();
         let (done, reported) = mpsc::channel();
         let (gate, held) = mpsc::channel::<()>();
         let (committer, handle) = start(
@@ -426,7 +415,7 @@ mod tests {
         assert!(matches!(committer.write_now(b"c\n"), Some(Ok(()))));
         drop(committer);
         handle.join().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\nc\n");
+        assert_eq!(records(&path), b"a\nb\nc\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

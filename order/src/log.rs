@@ -2,8 +2,10 @@
 //!
 //! - `orders.log`: one order per line, tab-separated, so that replicas can be compared with
 //!   `diff`: `number  name  type  quantity  epoch  request_id  crc32`, the checksum (8 hex
-//!   digits) covering everything before it. Lines are appended by the group-commit thread; a
-//!   torn last line after a crash fails its checksum (or lacks its newline) and is dropped.
+//!   digits) covering everything before it. Lines are appended by the group-commit thread
+//!   into space written ahead with zeros ([`LogFile`]: an fsync then writes no metadata), so
+//!   the file ends in up to 1 MiB of zero bytes after its last line; a torn last line after a
+//!   crash fails its checksum (or lacks its newline) and is zeroed.
 //! - `epoch`: the highest epoch seen and its leader, replaced atomically.
 //! - `diverged.log`: entries set aside because the leader's history replaced them.
 //!
@@ -23,6 +25,7 @@ use common::wire::{
 };
 use durability::files;
 use durability::group_commit::Maintenance;
+use durability::log_file::LogFile;
 
 use crate::engine::Recovered;
 use tracing::{error, warn};
@@ -187,20 +190,17 @@ impl OrderLog {
     /// Opens the log in `dir` (creating it), cutting a torn last line. Returns the log, the
     /// file handle the group-commit thread appends with, and what was recovered (the entries
     /// and the stored epoch) for the engine.
-    pub fn open(dir: &Path) -> Result<(OrderLog, File, Recovered), Error> {
+    pub fn open(dir: &Path) -> Result<(OrderLog, LogFile, Recovered), Error> {
         let lock = files::lock_dir(dir)?.ok_or_else(|| Error::Locked(dir.display().to_string()))?;
         let path = dir.join(LOG_FILE);
         let (entries, intact) = read_entries(&path)?;
-        let append = OpenOptions::new().create(true).append(true).open(&path)?;
-        let length = append.metadata()?.len();
-        if intact < length {
+        let (append, tail) = LogFile::open(&path, intact)?;
+        if tail.discarded > 0 {
             warn!(
-                dropped_bytes = length - intact,
+                dropped_bytes = tail.discarded,
                 offset = intact,
                 "order log has a torn last line; dropping it"
             );
-            append.set_len(intact)?;
-            append.sync_all()?;
         }
         files::sync_dir(dir)?;
         let mut log = OrderLog {
@@ -363,8 +363,7 @@ impl OrderLog {
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
             files::sync_dir(&dir)?;
-            log.set_len(cut_at)?;
-            log.sync_all()
+            log.truncate(cut_at)
         });
         Ok((removed, work))
     }
@@ -465,7 +464,17 @@ mod tests {
                 number: 2
             })
         );
-        assert_eq!(fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(), good);
+        let bytes = fs::read(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(&bytes[..good.len()], good.as_bytes());
+        assert!(
+            bytes[good.len()..].iter().all(|&b| b == 0),
+            "the torn line is zeroed"
+        );
+        drop(log);
+        // Reopened, the zeros read as the end, not as another torn line.
+        let (log, _, recovered) = OrderLog::open(dir.path()).unwrap();
+        assert_eq!(recovered.entries.len(), 3);
+        assert_eq!(log.next_number(), 3);
         drop(log);
 
         let broken = dir.path().join("broken");
@@ -493,7 +502,7 @@ mod tests {
         assert_eq!(recovered.epoch, EpochRecord::default());
         assert!(recovered.entries.is_empty());
         for (n, e) in [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)] {
-            file.write_all(&log.append(entry(n, e)).unwrap()).unwrap();
+            file.append(&log.append(entry(n, e)).unwrap()).unwrap();
         }
         assert!(log.append(entry(9, 2)).is_err());
         assert_eq!(log.get(3).unwrap(), Some(entry(3, 2)));
@@ -509,7 +518,7 @@ mod tests {
                 number: 2
             })
         );
-        file.write_all(&log.append(entry(3, 5)).unwrap()).unwrap();
+        file.append(&log.append(entry(3, 5)).unwrap()).unwrap();
         let side = fs::read_to_string(dir.path().join(SIDE_FILE)).unwrap();
         assert!(side.contains(&format_line(&entry(4, 2))), "{side}");
         let record = EpochRecord {
