@@ -83,13 +83,15 @@ const PROBE_BYTES: usize = 64 * 1024;
 /// Name of the probe file in the state directory.
 const PROBE_FILE: &str = ".storage-probe";
 
-/// Whether `dir` takes a write of some size and its fsync now (the probe file is removed).
+/// Whether `dir` takes a write of some size and its fsync now, with room for a log to go on
+/// ([`crate::log_file::ROOM`] free besides; the probe file is removed).
 pub fn writable(dir: &Path) -> bool {
     let path = dir.join(PROBE_FILE);
     let probe = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&path)?;
         file.write_all(&[0u8; PROBE_BYTES])?;
-        file.sync_all()
+        file.sync_all()?;
+        crate::log_file::check_room(&file)
     };
     let ok = probe();
     let _ = std::fs::remove_file(&path);
