@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the catalog binary from a separate process on loopback: sequential Lookup round
-# trips on one connection, and durable Trade throughput with 64 requests in flight on one
-# connection. Alongside, as a reference measured in the same run, the round trip of a Redis
+# trips on one connection, and the throughput of trades a leader has it apply (Apply requests
+# of 64 entries, one at a time). Alongside, as a reference measured in the same run, the round trip of a Redis
 # PING on one connection (redis-benchmark), which is the loopback floor plus a minimal server.
 #
 #   bench/catalog.sh [ROUNDS]        (default 5 rounds; the median is printed last)

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use common::history::Positions;
-use common::safety::{Rule, Rules};
+use common::safety::Rules;
+use common::trade::Level;
 use common::wire::{
-    Epoch, Leadership, LogPosition, OrderEntry, RequestId, StockName, StockQuote, TradeKind,
-    TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
+    ApplyStop, Epoch, Leadership, LogPosition, OrderEntry, RequestId, StockLevel, StockName,
+    StockQuote, TradeKind, TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
 };
 use durability::window::RecentWindow;
 use serde::{Deserialize, Serialize};
@@ -116,28 +117,17 @@ pub enum LogRecord {
     Refused(Refusal),
 }
 
-/// What a trade request came to.
+/// What a trade the leader refuses comes to at the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Applied now as the next entry of the history.
-    Applied(TradeRecord),
-    /// Refused now, in a way another state could not have: the refusal must be made durable
-    /// before answering.
-    Refused(Refusal),
-    /// The request id was applied before: the first outcome, from entry `number`.
-    Repeated {
-        /// The first application's entry.
-        number: TransactionNumber,
-        /// The epoch it was traded under.
-        epoch: Epoch,
-        /// Its outcome.
-        receipt: TradeReceipt,
-    },
-    /// Refused; nothing changed (a refusal remembered before, which may still be on its way
-    /// to disk, or one that no state could accept).
-    Rejected(TradeRejection),
-    /// Sent under another epoch than the recorded leader's; nothing changed.
-    Fenced,
+pub enum Refusing {
+    /// Refused now, in a way another state of the stock could not have been: remembered, and
+    /// to be made durable before it is answered.
+    Remember(Refusal),
+    /// Refused with this answer, already known (remembered before, perhaps still on its way
+    /// to disk) or one no state of the stock could accept; nothing to remember.
+    Answered(TradeRejection),
+    /// Not as the leader decided; nothing changed.
+    Stop(ApplyStop),
 }
 
 /// A consistent copy of the whole state, as the snapshot file holds it.
@@ -301,132 +291,66 @@ impl Book {
         (entries, complete)
     }
 
-    /// Decides and, when accepted, applies one trade as the next entry of the history.
-    pub fn trade(&mut self, epoch: Epoch, request: &TradeRequest) -> Decision {
-        if self.rules.holds(Rule::Fencing) && !crate::leadership::admits(&self.leadership, epoch) {
-            return Decision::Fenced;
-        }
-        if let Some(first) = self.recent.get(&request.request_id) {
-            let same = i64::try_from(first.quantity)
-                .is_ok_and(|quantity| request.same_trade(&first.name, first.kind, quantity));
-            return if same {
-                Decision::Repeated {
-                    number: first.number,
-                    epoch: first.epoch,
-                    receipt: first.after.clone(),
+    /// Applies an entry of the leader's log as the trade at its number, which must be the
+    /// next one, or confirms that the history holds it there already (`Ok(None)`). Returns the
+    /// record to log; on a stop nothing changed.
+    pub fn apply_entry(&mut self, entry: &OrderEntry) -> Result<Option<TradeRecord>, ApplyStop> {
+        let next = self.next_number();
+        if entry.number < next {
+            if let Some(number) = self.recent.get(&entry.request_id).map(|r| r.number) {
+                if number != entry.number {
+                    return Err(ApplyStop::Traded { number });
                 }
+            }
+            // The trade the history holds there, while the window remembers it.
+            let held = self
+                .recent
+                .values_from(|r| r.number < entry.number)
+                .next()
+                .filter(|r| r.number == entry.number);
+            let same = match held {
+                Some(held) => held.request_id == entry.request_id,
+                None => self.history.position(entry.number) == Some(entry.position()),
+            };
+            return if same {
+                Ok(None)
             } else {
-                Decision::Rejected(TradeRejection::RequestIdReused)
+                Err(ApplyStop::Conflict)
             };
         }
-        if let Some(first) = self.refused.get(&request.request_id) {
-            return if request.same_trade(&first.name, first.kind, first.quantity) {
-                Decision::Rejected(first.rejection.clone())
-            } else {
-                Decision::Rejected(TradeRejection::RequestIdReused)
-            };
+        if entry.number > next {
+            return Err(ApplyStop::Gap);
         }
-        let quantity = match u64::try_from(request.quantity) {
-            Ok(q) if q > 0 => q,
-            _ => return Decision::Rejected(TradeRejection::InvalidQuantity),
-        };
-        let after = match self.effect(&request.name, request.kind, quantity) {
-            Ok(after) => after,
-            Err(TradeRejection::StockNotFound) => {
-                return Decision::Rejected(TradeRejection::StockNotFound)
-            }
-            Err(rejection) => {
-                let refusal = Refusal {
-                    request_id: request.request_id.clone(),
-                    name: request.name.clone(),
-                    kind: request.kind,
-                    quantity: request.quantity,
-                    rejection,
-                };
-                self.remember_refusal(refusal.clone());
-                return Decision::Refused(refusal);
-            }
-        };
-        // Only the recorded leader's epoch trades, and epochs only grow; with fencing
-        // switched off (the simulator only) an older one is stamped with the newest, so that
-        // the history's epochs still never go back.
-        let epoch = self
-            .history
-            .last()
-            .map_or(epoch, |last| last.epoch.max(epoch));
-        let record = TradeRecord {
-            number: self.next_number(),
-            epoch,
-            request_id: request.request_id.clone(),
-            name: request.name.clone(),
-            kind: request.kind,
-            quantity,
-            after,
-        };
-        self.apply(&record);
-        Decision::Applied(record)
-    }
-
-    /// The stock `name` after trading `quantity` of it, or why it cannot be traded.
-    fn effect(
-        &self,
-        name: &StockName,
-        kind: TradeKind,
-        quantity: u64,
-    ) -> Result<TradeReceipt, TradeRejection> {
-        let stock = self.stocks.get(name).ok_or(TradeRejection::StockNotFound)?;
-        let left = match kind {
-            TradeKind::Buy if stock.quantity < quantity => {
-                return Err(TradeRejection::NotEnoughStock {
-                    available: stock.quantity,
-                })
-            }
-            TradeKind::Buy => stock.quantity - quantity,
-            TradeKind::Sell => stock
-                .quantity
-                .checked_add(quantity)
-                .ok_or(TradeRejection::Overflow)?,
-        };
-        let (Some(volume), Some(version)) = (
-            stock.volume.checked_add(quantity),
-            stock.version.checked_add(1),
-        ) else {
-            return Err(TradeRejection::Overflow);
-        };
-        Ok(TradeReceipt {
-            quantity: left,
-            volume,
-            version,
-        })
-    }
-
-    /// Applies an entry of the order log that the history lacks (it was lost with the tail of
-    /// the write-ahead log, or with the disk): it must be the next entry, and it must apply as
-    /// it did before. Returns the record to log.
-    pub fn replay_entry(&mut self, entry: &OrderEntry) -> Result<TradeRecord, Error> {
-        let inconsistent = |why: String| Error::Corrupt(format!("order {}: {why}", entry.number));
         if !self.history.follows(entry.position()) {
-            return Err(inconsistent(format!(
-                "does not follow the catalog's history (next {}, last {:?})",
-                self.next_number(),
-                self.history.last()
-            )));
+            // Its epoch is older than the history's last: not the leader's log.
+            return Err(ApplyStop::Conflict);
         }
         if let Some(first) = self.recent.get(&entry.request_id) {
-            return Err(inconsistent(format!(
-                "request {} was already traded as {}",
-                entry.request_id, first.number
-            )));
+            return Err(ApplyStop::Traded {
+                number: first.number,
+            });
         }
-        if self.refused.get(&entry.request_id).is_some() {
-            return Err(inconsistent(format!(
-                "request {} was refused here",
-                entry.request_id
-            )));
+        if let Some(first) = self.refused.get(&entry.request_id) {
+            let quantity = i64::try_from(entry.quantity).unwrap_or(i64::MAX);
+            let rejection = if first.name == entry.name
+                && first.kind == entry.kind
+                && first.quantity == quantity
+            {
+                first.rejection.clone()
+            } else {
+                TradeRejection::RequestIdReused
+            };
+            return Err(ApplyStop::Refused {
+                rejection,
+                remembered: true,
+            });
         }
         let after = self
             .effect(&entry.name, entry.kind, entry.quantity)
-            .map_err(|rejection| inconsistent(format!("cannot apply: {rejection}")))?;
+            .map_err(|rejection| ApplyStop::Refused {
+                rejection,
+                remembered: false,
+            })?;
         let record = TradeRecord {
             number: entry.number,
             epoch: entry.epoch,
@@ -437,7 +361,105 @@ impl Book {
             after,
         };
         self.apply(&record);
-        Ok(record)
+        Ok(Some(record))
+    }
+
+    /// A trade the leader refuses right before entry `before` of its log: the refusal to
+    /// answer (and remember), or why the catalog does not refuse it there.
+    pub fn refuse(&mut self, before: TransactionNumber, request: &TradeRequest) -> Refusing {
+        if let Some(first) = self.recent.get(&request.request_id) {
+            let same = i64::try_from(first.quantity)
+                .is_ok_and(|quantity| request.same_trade(&first.name, first.kind, quantity));
+            return if same {
+                Refusing::Stop(ApplyStop::Traded {
+                    number: first.number,
+                })
+            } else {
+                Refusing::Answered(TradeRejection::RequestIdReused)
+            };
+        }
+        if let Some(first) = self.refused.get(&request.request_id) {
+            return Refusing::Answered(
+                if request.same_trade(&first.name, first.kind, first.quantity) {
+                    first.rejection.clone()
+                } else {
+                    TradeRejection::RequestIdReused
+                },
+            );
+        }
+        let quantity = match u64::try_from(request.quantity) {
+            Ok(q) if q > 0 => q,
+            _ => return Refusing::Answered(TradeRejection::InvalidQuantity),
+        };
+        let next = self.next_number();
+        if before > next {
+            return Refusing::Stop(ApplyStop::Gap);
+        }
+        if before < next {
+            // Decided on a state the history has moved past.
+            return Refusing::Stop(ApplyStop::Conflict);
+        }
+        match self.effect(&request.name, request.kind, quantity) {
+            Ok(_) => Refusing::Stop(ApplyStop::WouldApply),
+            Err(rejection) if common::trade::depends_on_state(&rejection) => {
+                let refusal = Refusal {
+                    request_id: request.request_id.clone(),
+                    name: request.name.clone(),
+                    kind: request.kind,
+                    quantity: request.quantity,
+                    rejection,
+                };
+                self.remember_refusal(refusal.clone());
+                Refusing::Remember(refusal)
+            }
+            Err(rejection) => Refusing::Answered(rejection),
+        }
+    }
+
+    /// Every stock's level after the history, by name, from the first name after `after`,
+    /// at most `max`; and whether more follow.
+    pub fn levels(&self, after: Option<&StockName>, max: usize) -> (Vec<StockLevel>, bool) {
+        let stocks = self.stocks();
+        let from = after.map_or(0, |after| stocks.partition_point(|s| s.name <= *after));
+        let page: Vec<StockLevel> = stocks[from..]
+            .iter()
+            .take(max)
+            .map(|s| StockLevel {
+                name: s.name.clone(),
+                quantity: s.quantity,
+                volume: s.volume,
+            })
+            .collect();
+        let more = from + page.len() < stocks.len();
+        (page, more)
+    }
+
+    /// The stock `name` after trading `quantity` of it, or why it cannot be traded.
+    fn effect(
+        &self,
+        name: &StockName,
+        kind: TradeKind,
+        quantity: u64,
+    ) -> Result<TradeReceipt, TradeRejection> {
+        let stock = self.stocks.get(name).ok_or(TradeRejection::StockNotFound)?;
+        let level = common::trade::traded(
+            Level {
+                quantity: stock.quantity,
+                volume: stock.volume,
+            },
+            kind,
+            quantity,
+        )?;
+        // A version that cannot grow would take 2^64 trades of one stock.
+        let version = stock
+            .version
+            .checked_add(1)
+            .ok_or(TradeRejection::Overflow)?;
+        Ok(TradeReceipt {
+            quantity: level.quantity,
+            volume: level.volume,
+            version,
+        })
     }
 
     /// Applies a record read back from the log. Records below [`Book::next_number`] are
@@ -545,28 +567,40 @@ mod tests {
         }
     }
 
-    fn applied(decision: Decision) -> TradeRecord {
-        match decision {
-            Decision::Applied(record) => record,
-            other => panic!("expected an applied trade, got {other:?}"),
+    fn entry(number: u64, id: &str, name: &str, quantity: u64, kind: TradeKind) -> OrderEntry {
+        OrderEntry {
+            number,
+            epoch: 1,
+            request_id: RequestId::new(id).unwrap(),
+            name: StockName::new(name).unwrap(),
+            kind,
+            quantity,
         }
+    }
+
+    /// Applies the next entry, which must apply.
+    fn apply(book: &mut Book, id: &str, name: &str, quantity: u64, kind: TradeKind) -> TradeRecord {
+        let number = book.next_number();
+        book.apply_entry(&entry(number, id, name, quantity, kind))
+            .unwrap()
+            .expect("applied now")
     }
 
     #[test]
     fn buy_and_sell_move_quantity_volume_and_version() {
         let mut book = book();
-        let buy = applied(book.trade(1, &request("a", "GameStart", 30, TradeKind::Buy)));
+        let buy = apply(&mut book, "a", "GameStart", 30, TradeKind::Buy);
         assert_eq!((buy.number, buy.epoch), (0, 1));
         assert_eq!(
             (buy.after.quantity, buy.after.volume, buy.after.version),
             (70, 30, 1)
         );
-        let sell = applied(book.trade(1, &request("b", "GameStart", 5, TradeKind::Sell)));
+        let sell = apply(&mut book, "b", "GameStart", 5, TradeKind::Sell);
         assert_eq!(
             (sell.after.quantity, sell.after.volume, sell.after.version),
             (75, 35, 2)
         );
-        let exact = applied(book.trade(1, &request("c", "GameStart", 75, TradeKind::Buy)));
+        let exact = apply(&mut book, "c", "GameStart", 75, TradeKind::Buy);
         assert_eq!(exact.after.quantity, 0);
     }
 
@@ -602,15 +636,23 @@ mod tests {
         ];
         for (req, expected) in cases {
             let remembered = matches!(expected, TradeRejection::NotEnoughStock { .. });
-            match book.trade(1, &req) {
-                Decision::Refused(refusal) if remembered => {
+            match book.refuse(0, &req) {
+                Refusing::Remember(refusal) if remembered => {
                     assert_eq!(refusal.rejection, expected);
                     assert_eq!(refusal.request_id, req.request_id);
                 }
-                Decision::Rejected(rejection) if !remembered => assert_eq!(rejection, expected),
+                Refusing::Answered(rejection) if !remembered => assert_eq!(rejection, expected),
                 other => panic!("{req:?} came to {other:?}"),
             }
         }
+        // An entry the stock cannot take is not applied; it says why.
+        assert_eq!(
+            book.apply_entry(&entry(0, "g", "GameStart", 101, TradeKind::Buy)),
+            Err(ApplyStop::Refused {
+                rejection: TradeRejection::NotEnoughStock { available: 100 },
+                remembered: false
+            })
+        );
         let after = book.snapshot(false);
         assert_eq!(
             (after.stocks, after.boundaries, after.recent),
@@ -620,86 +662,105 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_the_stock_could_take_or_decided_elsewhere_in_the_history_is_not_made() {
+        let mut book = book();
+        let fits = request("a", "GameStart", 10, TradeKind::Buy);
+        assert_eq!(book.refuse(0, &fits), Refusing::Stop(ApplyStop::WouldApply));
+        let big = request("b", "GameStart", 500, TradeKind::Buy);
+        assert_eq!(book.refuse(1, &big), Refusing::Stop(ApplyStop::Gap));
+        apply(&mut book, "c", "GameStart", 1, TradeKind::Buy);
+        assert_eq!(book.refuse(0, &big), Refusing::Stop(ApplyStop::Conflict));
+        assert!(book.snapshot(false).refused.is_empty());
+    }
+
+    #[test]
     fn a_refused_request_id_gets_its_refusal_again_once_the_stock_is_back() {
         let mut book = book();
         let first = request("late", "GameStart", 150, TradeKind::Buy);
         let refused = TradeRejection::NotEnoughStock { available: 100 };
-        assert!(matches!(book.trade(1, &first), Decision::Refused(r) if r.rejection == refused));
-        applied(book.trade(1, &request("more", "GameStart", 60, TradeKind::Sell)));
-        // A late attempt of the same request (a retry delayed in the network, a deposed
-        // leader's) must not trade now that its client was told it did not.
-        assert_eq!(book.trade(1, &first), Decision::Rejected(refused.clone()));
+        assert!(matches!(book.refuse(0, &first), Refusing::Remember(r) if r.rejection == refused));
+        apply(&mut book, "more", "GameStart", 60, TradeKind::Sell);
+        // A late attempt of the same request (a retry delayed in the network, a leader that
+        // did not know) must not trade now that its client was told it did not.
+        assert_eq!(book.refuse(1, &first), Refusing::Answered(refused.clone()));
+        let as_entry = entry(1, "late", "GameStart", 150, TradeKind::Buy);
         assert_eq!(
-            book.trade(1, &request("late", "GameStart", 1, TradeKind::Buy)),
-            Decision::Rejected(TradeRejection::RequestIdReused)
+            book.apply_entry(&as_entry),
+            Err(ApplyStop::Refused {
+                rejection: refused.clone(),
+                remembered: true
+            })
+        );
+        assert_eq!(
+            book.refuse(1, &request("late", "GameStart", 1, TradeKind::Buy)),
+            Refusing::Answered(TradeRejection::RequestIdReused)
         );
         let mut again = Book::from_snapshot(book.snapshot(false), 3).unwrap();
         again.set_leadership(book.leadership().clone());
-        assert_eq!(again.trade(1, &first), Decision::Rejected(refused));
+        assert_eq!(again.refuse(1, &first), Refusing::Answered(refused));
         assert_eq!(again.stock(&first.name).unwrap().quantity, 160);
     }
 
     #[test]
     fn overflow_is_refused() {
         let mut book = book();
-        let huge = i64::MAX;
-        applied(book.trade(1, &request("a", "BoarCo", huge, TradeKind::Sell)));
-        applied(book.trade(1, &request("b", "BoarCo", huge, TradeKind::Sell)));
+        let huge = i64::MAX as u64;
+        apply(&mut book, "a", "BoarCo", huge, TradeKind::Sell);
+        apply(&mut book, "b", "BoarCo", huge, TradeKind::Sell);
         // Quantity is now 2^64 - 2; one more large sell overflows it.
         assert!(matches!(
-            book.trade(1, &request("c", "BoarCo", 2, TradeKind::Sell)),
-            Decision::Refused(r) if r.rejection == TradeRejection::Overflow
+            book.refuse(2, &request("c", "BoarCo", 2, TradeKind::Sell)),
+            Refusing::Remember(r) if r.rejection == TradeRejection::Overflow
         ));
     }
 
     #[test]
-    fn a_repeated_request_id_returns_the_first_outcome() {
+    fn an_entry_sent_again_changes_nothing_and_a_request_traded_elsewhere_says_where() {
         let mut book = book();
-        let first = applied(book.trade(1, &request("same", "GameStart", 10, TradeKind::Buy)));
-        let again = book.trade(1, &request("same", "GameStart", 10, TradeKind::Buy));
-        assert_eq!(
-            again,
-            Decision::Repeated {
-                number: first.number,
-                epoch: 1,
-                receipt: first.after.clone()
-            }
-        );
+        let first = apply(&mut book, "same", "GameStart", 10, TradeKind::Buy);
+        assert_eq!(book.apply_entry(&first.entry()), Ok(None));
         assert_eq!(book.stock(&first.name).unwrap().quantity, 90);
+        let elsewhere = entry(1, "same", "GameStart", 10, TradeKind::Buy);
         assert_eq!(
-            book.trade(1, &request("same", "GameStart", 11, TradeKind::Buy)),
-            Decision::Rejected(TradeRejection::RequestIdReused)
+            book.apply_entry(&elsewhere),
+            Err(ApplyStop::Traded { number: 0 })
+        );
+        assert_eq!(
+            book.refuse(1, &request("same", "GameStart", 10, TradeKind::Buy)),
+            Refusing::Stop(ApplyStop::Traded { number: 0 })
+        );
+        assert_eq!(
+            book.refuse(1, &request("same", "GameStart", 11, TradeKind::Buy)),
+            Refusing::Answered(TradeRejection::RequestIdReused)
+        );
+        // Another entry where the history holds this one.
+        assert_eq!(
+            book.apply_entry(&entry(0, "other", "GameStart", 1, TradeKind::Buy)),
+            Err(ApplyStop::Conflict)
         );
     }
 
     #[test]
-    fn only_the_recorded_epoch_trades() {
-        let mut book = book();
-        let stale = request("a", "GameStart", 1, TradeKind::Buy);
-        assert_eq!(book.trade(0, &stale), Decision::Fenced);
-        let applied = applied(book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)));
-        // A retry from a deposed leader is refused too, though the id was applied.
-        book.set_leadership(Leadership {
-            epoch: 2,
-            leader: Some(2),
-            in_sync: vec![2],
-        });
+    fn entries_apply_in_order_only_and_nothing_else_does() {
+        let mut live = book();
+        apply(&mut live, "a", "GameStart", 30, TradeKind::Buy);
+        // Beyond the next number, or an epoch going back: not applied.
         assert_eq!(
-            book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)),
-            Decision::Fenced
+            live.apply_entry(&entry(2, "x", "GameStart", 1, TradeKind::Buy)),
+            Err(ApplyStop::Gap)
         );
-        assert_eq!(book.stock(&applied.name).unwrap().quantity, 99);
-        let mut unled = Book::new(Book::parse_seed("A,1,1\n").unwrap(), 3);
-        unled.set_leadership(Leadership::default());
-        let first = request("b", "A", 1, TradeKind::Buy);
-        assert_eq!(unled.trade(0, &first), Decision::Fenced);
+        let mut older = entry(1, "x", "GameStart", 1, TradeKind::Buy);
+        older.epoch = 0;
+        assert_eq!(live.apply_entry(&older), Err(ApplyStop::Conflict));
+        assert_eq!(live.next_number(), 1);
+        assert_eq!(live.stock(&older.name).unwrap().quantity, 70);
     }
 
     #[test]
     fn entries_are_listed_after_a_position_within_the_window() {
         let mut book = book();
         for id in ["a", "b", "c", "d"] {
-            applied(book.trade(1, &request(id, "GameStart", 1, TradeKind::Buy)));
+            apply(&mut book, id, "GameStart", 1, TradeKind::Buy);
         }
         let ids = |(entries, complete): (Vec<OrderEntry>, bool)| {
             let ids: Vec<String> = entries.iter().map(|e| e.request_id.to_string()).collect();
@@ -730,48 +791,19 @@ mod tests {
     }
 
     #[test]
-    fn entries_of_the_order_log_replay_as_they_applied_and_nothing_else_does() {
-        let mut live = book();
-        let records: Vec<TradeRecord> = [("a", 30, TradeKind::Buy), ("b", 5, TradeKind::Sell)]
-            .into_iter()
-            .map(|(id, q, kind)| applied(live.trade(1, &request(id, "GameStart", q, kind))))
-            .collect();
-        let mut rebuilt = book();
-        for record in &records {
-            assert_eq!(&rebuilt.replay_entry(&record.entry()).unwrap(), record);
-        }
-        assert_eq!(rebuilt.snapshot(false), live.snapshot(false));
-        // Not the next entry, a request already traded, an epoch going back, a trade the
-        // stock cannot take: each means the histories differ, and changes nothing.
-        let mut wrong = records[0].entry();
-        assert!(rebuilt.replay_entry(&wrong).is_err());
-        wrong.number = 2;
-        assert!(rebuilt.replay_entry(&wrong).is_err());
-        wrong.request_id = RequestId::new("new").unwrap();
-        wrong.epoch = 0;
-        assert!(rebuilt.replay_entry(&wrong).is_err());
-        wrong.epoch = 1;
-        wrong.quantity = 1_000;
-        assert!(rebuilt.replay_entry(&wrong).is_err());
-        assert_eq!(rebuilt.snapshot(false), live.snapshot(false));
-        wrong.quantity = 1;
-        assert_eq!(rebuilt.replay_entry(&wrong).unwrap().after.quantity, 74);
-    }
-
-    #[test]
     fn the_window_forgets_the_oldest_ids() {
         let mut book = book();
         for id in ["a", "b", "c", "d"] {
-            applied(book.trade(1, &request(id, "GameStart", 1, TradeKind::Buy)));
+            apply(&mut book, id, "GameStart", 1, TradeKind::Buy);
         }
         // Window of 3: "a" is forgotten and would apply again; "b" is remembered.
+        assert_eq!(
+            book.apply_entry(&entry(4, "b", "GameStart", 1, TradeKind::Buy)),
+            Err(ApplyStop::Traded { number: 1 })
+        );
         assert!(matches!(
-            book.trade(1, &request("b", "GameStart", 1, TradeKind::Buy)),
-            Decision::Repeated { .. }
-        ));
-        assert!(matches!(
-            book.trade(1, &request("a", "GameStart", 1, TradeKind::Buy)),
-            Decision::Applied(_)
+            book.apply_entry(&entry(4, "a", "GameStart", 1, TradeKind::Buy)),
+            Ok(Some(_))
         ));
     }
 
@@ -783,9 +815,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            records.push(applied(
-                live.trade(1, &request(&format!("r{i}"), "GameStart", 7, kind)),
-            ));
+            records.push(apply(&mut live, &format!("r{i}"), "GameStart", 7, kind));
         }
         let mut recovered = Book::from_snapshot(book().snapshot(false), 3).unwrap();
         for record in records.iter().chain(records.iter()) {
@@ -794,6 +824,17 @@ mod tests {
         assert_eq!(recovered.snapshot(false), live.snapshot(false));
         let mut gap = book();
         assert!(gap.replay(&records[1]).is_err());
+    }
+
+    #[test]
+    fn levels_come_in_pages_by_name() {
+        let stocks = Book::parse_seed("C,1,3\nA,1,1\nB,1,2\n").unwrap();
+        let book = Book::new(stocks, 3);
+        let (page, more) = book.levels(None, 2);
+        let names: Vec<&str> = page.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!((names, more), (vec!["A", "B"], true));
+        let (page, more) = book.levels(Some(&StockName::new("B").unwrap()), 2);
+        assert_eq!((page.len(), page[0].quantity, more), (1, 3, false));
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! service ([`crate::service`]) executes them on the log, the network and the subscribers;
 //! the simulator on a simulated disk and network.
 //!
-//! An applied trade is answered at once: the order log, replicated before the trade's client
-//! hears of it, is what makes it durable, and a catalog that restarts after a crash serves
-//! nothing until the leader has replayed to it what its log lost. Its own log is made durable
-//! within [`LINGER`], or at once when a lookup, a refusal or the leadership record waits for it.
+//! The order leader decides and numbers every trade; the catalog applies the entries of its
+//! log in order (`Apply`), checking that each comes out as the leader decided, and stops at
+//! the first that does not. An applied trade is answered at once: the order log, replicated
+//! before the trade's client hears of it, is what makes it durable, and a catalog that
+//! restarts after a crash serves no lookup until the leader has brought its history back up
+//! to every order it may have acknowledged. Its own log is made durable within [`LINGER`], or
+//! at once when a lookup, a refusal or the leadership record waits for it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -19,15 +22,15 @@ use common::engine::{Deadlines, IdMap};
 use common::history::meeting_point;
 use common::safety::{Rule, Rules};
 use common::wire::{
-    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry,
-    OrderRequest, OrderResponse, RemoteError, ReplicaId, ReplicaStatus, Reply, RequestId,
-    StockName, StockQuote, TradeOutcome, TradeRejection, TradeRequest, TransactionNumber,
-    MAX_BATCH, MAX_KNOWN, READ_LOG_MAX,
+    ApplyItem, ApplyOutcome, ApplyStop, CatalogRequest, CatalogResponse, Epoch, Leadership,
+    LeadershipChange, LogEnd, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
+    ReplicaId, ReplicaStatus, Reply, RequestId, StockName, StockQuote, TradeRejection,
+    TransactionNumber, MAX_BATCH, MAX_KNOWN, MAX_LEVELS, READ_LOG_MAX,
 };
 use durability::waiters::DurableWaiters;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::book::{Book, Decision, LogRecord};
+use crate::book::{Book, LogRecord, Refusing};
 
 pub use common::engine::{Answer, CallError, CallId, CallResult, Time, Token, WriteId};
 
@@ -170,10 +173,11 @@ enum Write {
     Sync,
 }
 
-/// A `Trades` request some of whose refusals are on their way to disk.
+/// An `Apply` some of whose refusals are on their way to disk.
 #[derive(Debug)]
 struct Pending {
-    outcomes: Vec<Option<TradeOutcome>>,
+    outcomes: Vec<Option<ApplyOutcome>>,
+    stop: Option<ApplyStop>,
     missing: usize,
 }
 
@@ -226,14 +230,14 @@ pub struct CatalogEngine {
     unsynced: Option<(WriteId, Time)>,
     /// Lookups waiting for the change they show to reach the disk, by trade number.
     lookups: DurableWaiters<StockQuote>,
-    /// `Trades` requests, leadership changes and rebuild overrides waiting for the disk,
+    /// `Apply` requests, leadership changes and rebuild overrides waiting for the disk,
     /// until their deadline.
     deadlines: Deadlines,
     /// Leadership changes waiting for their file.
     changing: BTreeSet<Token>,
     /// Refusals on their way to disk, by request id: which request's outcome each decides.
     refusing: BTreeMap<RequestId, Vec<(Token, usize, TradeRejection)>>,
-    /// `Trades` requests waiting for refusals.
+    /// `Apply` requests waiting for refusals.
     pending: IdMap<Pending>,
     calls: IdMap<()>,
     next_call: CallId,
@@ -405,7 +409,7 @@ impl CatalogEngine {
         match &self.mode {
             Mode::Serving { ready: true } => None,
             Mode::Serving { ready: false } => Some(RemoteError::unavailable(
-                "the catalog restarted after a crash and waits for the order leader to replay \
+                "the catalog restarted after a crash and waits for the order leader to bring back \
                  what its log lost",
             )),
             Mode::Rebuilding(_) => Some(RemoteError::unavailable(
@@ -430,7 +434,11 @@ impl CatalogEngine {
         }
         match request {
             CatalogRequest::Lookup { name } => self.lookup(token, name),
-            CatalogRequest::Trades { epoch, trades } => self.trades(token, epoch, trades),
+            CatalogRequest::Apply { epoch, items, log } => self.apply(token, epoch, items, log),
+            CatalogRequest::Levels { epoch, after } => {
+                let reply = self.levels(epoch, after.as_ref());
+                self.reply(token, reply);
+            }
             CatalogRequest::ReadLeadership => {
                 let record = self.published.clone();
                 self.reply(token, Ok(CatalogResponse::Leadership(record)));
@@ -443,12 +451,9 @@ impl CatalogEngine {
                 known,
                 max,
                 serving,
+                log,
             } => {
-                let reply = self.reconcile(epoch, &known, max, serving);
-                self.reply(token, reply);
-            }
-            CatalogRequest::Replay { epoch, entries } => {
-                let reply = self.replay(epoch, &entries);
+                let reply = self.reconcile(epoch, &known, max, serving, log);
                 self.reply(token, reply);
             }
             CatalogRequest::Subscribe { .. } => self.reply(
@@ -461,9 +466,9 @@ impl CatalogEngine {
     }
 
     fn lookup(&mut self, token: Token, name: StockName) {
-        // A failed disk still shows what is on it; only a catalog that may lack trades of the
+        // A failed disk still shows what is on it; a catalog that may lack trades of the
         // order log shows nothing.
-        if self.failed.is_none() {
+        if !matches!(self.mode, Mode::Serving { ready: true }) {
             if let Some(why) = self.unavailable() {
                 return self.reply(token, Err(why));
             }
@@ -487,12 +492,15 @@ impl CatalogEngine {
         }
     }
 
-    fn trades(&mut self, token: Token, epoch: Epoch, trades: Vec<TradeRequest>) {
-        if let Some(why) = self.unavailable() {
-            return self.reply(token, Err(why));
+    /// The leader's `Apply`: its log's entries applied at their numbers, its refusals
+    /// remembered, in order, up to the first item that does not come out as it decided.
+    fn apply(&mut self, token: Token, epoch: Epoch, items: Vec<ApplyItem>, log: Option<LogEnd>) {
+        if let Some(reason) = &self.failed {
+            let why = format!("catalog storage failed: {reason}");
+            return self.reply(token, Err(RemoteError::unavailable(why)));
         }
-        if trades.len() > MAX_BATCH {
-            let why = format!("at most {MAX_BATCH} trades per request");
+        if items.len() > MAX_BATCH {
+            let why = format!("at most {MAX_BATCH} items per request");
             return self.reply(token, Err(RemoteError::bad_request(why)));
         }
         if self.book.rules().holds(Rule::Fencing)
@@ -503,78 +511,89 @@ impl CatalogEngine {
             let reason = format!("epoch {epoch} may not trade; the record is {current}");
             return self.reply(token, Ok(CatalogResponse::Fenced { current, reason }));
         }
-        let mut outcomes = Vec::with_capacity(trades.len());
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut stop = None;
         let mut missing = 0;
-        let mut fenced = false;
-        for (index, trade) in trades.into_iter().enumerate() {
-            let outcome = match self.book.trade(epoch, &trade) {
-                Decision::Applied(record) => {
-                    let outcome = TradeOutcome::Traded {
-                        number: record.number,
-                        epoch: record.epoch,
-                        receipt: record.after.clone(),
-                    };
-                    // Front ends drop the stock before any trade that changed it is answered.
-                    self.out.push(Command::Invalidate {
-                        name: record.name.clone(),
-                        version: record.after.version,
-                    });
-                    self.append(LogRecord::Traded(record));
-                    Some(outcome)
-                }
-                Decision::Repeated {
-                    number,
-                    epoch,
-                    receipt,
-                } => Some(TradeOutcome::Traded {
-                    number,
-                    epoch,
-                    receipt,
-                }),
-                Decision::Rejected(rejection) => match self.refusing.get_mut(&trade.request_id) {
-                    // Refused before; the refusal is still on its way to disk.
-                    Some(waiting) => {
-                        waiting.push((token, index, rejection));
-                        None
+        let before = self.book.next_number();
+        for (index, item) in items.into_iter().enumerate() {
+            let outcome = match item {
+                ApplyItem::Entry(entry) => match self.book.apply_entry(&entry) {
+                    Ok(Some(record)) => {
+                        // Front ends drop the stock before any trade that changed it is
+                        // answered.
+                        self.out.push(Command::Invalidate {
+                            name: record.name.clone(),
+                            version: record.after.version,
+                        });
+                        self.append(LogRecord::Traded(record));
+                        Some(ApplyOutcome::Applied)
                     }
-                    None => Some(TradeOutcome::Rejected(rejection)),
+                    Ok(None) => Some(ApplyOutcome::Applied),
+                    Err(why) => {
+                        debug!(number = entry.number, request_id = %entry.request_id, ?why, "entry not applied");
+                        stop = Some(why);
+                        break;
+                    }
                 },
-                Decision::Refused(refusal) => {
-                    debug!(request_id = %refusal.request_id, rejection = %refusal.rejection, "trade refused; remembered");
-                    let waiting = vec![(token, index, refusal.rejection.clone())];
-                    let request_id = refusal.request_id.clone();
-                    if self.book.rules().holds(Rule::RefusalDurableBeforeAnswer) {
-                        self.refusing.insert(request_id, waiting);
-                        self.append(LogRecord::Refused(refusal));
-                        None
-                    } else {
-                        // Broken on purpose (simulator only): answered before it is on disk.
-                        let rejection = refusal.rejection.clone();
-                        self.append(LogRecord::Refused(refusal));
-                        Some(TradeOutcome::Rejected(rejection))
+                ApplyItem::Refuse { before, trade } => match self.book.refuse(before, &trade) {
+                    Refusing::Answered(rejection) => {
+                        match self.refusing.get_mut(&trade.request_id) {
+                            // Refused before; the refusal is still on its way to disk.
+                            Some(waiting) => {
+                                waiting.push((token, index, rejection));
+                                None
+                            }
+                            None => Some(ApplyOutcome::Refused(rejection)),
+                        }
                     }
-                }
-                Decision::Fenced => {
-                    // Cannot happen: the epoch was admitted above, under the same record.
-                    fenced = true;
-                    break;
-                }
+                    Refusing::Remember(refusal) => {
+                        debug!(request_id = %refusal.request_id, rejection = %refusal.rejection, "trade refused; remembered");
+                        let rejection = refusal.rejection.clone();
+                        let request_id = refusal.request_id.clone();
+                        if self.book.rules().holds(Rule::RefusalDurableBeforeAnswer) {
+                            self.refusing
+                                .insert(request_id, vec![(token, index, rejection)]);
+                            self.append(LogRecord::Refused(refusal));
+                            None
+                        } else {
+                            // Broken on purpose (simulator only): answered before it is on
+                            // disk.
+                            self.append(LogRecord::Refused(refusal));
+                            Some(ApplyOutcome::Refused(rejection))
+                        }
+                    }
+                    Refusing::Stop(why) => {
+                        debug!(request_id = %trade.request_id, ?why, "refusal not made");
+                        stop = Some(why);
+                        break;
+                    }
+                },
             };
             missing += usize::from(outcome.is_none());
             outcomes.push(outcome);
         }
-        if fenced {
-            error!(epoch, "a trade of an admitted epoch was fenced");
-            // Whatever was applied is recorded by the leader's reconciliation.
-            let why = RemoteError::unavailable("the leadership record changed during the request");
-            return self.reply(token, Err(why));
+        // What it applied is the leader's log up to its next number.
+        let next = self.book.next_number();
+        if next > before && matches!(self.mode, Mode::Serving { ready: false }) {
+            info!(
+                brought_back = next - before,
+                next, "brought back orders the catalog's log had lost"
+            );
         }
+        self.serve_if_holding(log, |last| last < next);
         if missing == 0 {
             let outcomes = outcomes.into_iter().flatten().collect();
-            return self.reply(token, Ok(self.traded(outcomes)));
+            return self.reply(token, Ok(self.applied(outcomes, stop)));
         }
         self.deadlines.add(token, self.now + DURABILITY_TIMEOUT);
-        self.pending.insert(token, Pending { outcomes, missing });
+        self.pending.insert(
+            token,
+            Pending {
+                outcomes,
+                stop,
+                missing,
+            },
+        );
     }
 
     /// A refusal some request waited for is on disk.
@@ -583,7 +602,7 @@ impl CatalogEngine {
             return;
         };
         if let Some(slot @ None) = pending.outcomes.get_mut(index) {
-            *slot = Some(TradeOutcome::Rejected(rejection));
+            *slot = Some(ApplyOutcome::Refused(rejection));
             pending.missing -= 1;
         }
         if pending.missing > 0 {
@@ -592,17 +611,50 @@ impl CatalogEngine {
         if let Some(pending) = self.pending.remove(&token) {
             if self.deadlines.take(token) {
                 let outcomes = pending.outcomes.into_iter().flatten().collect();
-                let answer = self.traded(outcomes);
+                let answer = self.applied(outcomes, pending.stop);
                 self.reply(token, Ok(answer));
             }
         }
     }
 
-    /// The answer to a `Trades` request.
-    fn traded(&self, outcomes: Vec<TradeOutcome>) -> CatalogResponse {
-        CatalogResponse::Traded {
+    /// The answer to an `Apply`.
+    fn applied(&self, outcomes: Vec<ApplyOutcome>, stop: Option<ApplyStop>) -> CatalogResponse {
+        CatalogResponse::Applied {
             incarnation: self.config.incarnation,
             outcomes,
+            stop,
+            next: self.book.next_number(),
+        }
+    }
+
+    /// One page of the stocks' levels, for the leader.
+    fn levels(&self, epoch: Epoch, after: Option<&StockName>) -> Reply<CatalogResponse> {
+        if let Err(fenced) = self.leads(epoch) {
+            return Ok(fenced);
+        }
+        let (levels, more) = self.book.levels(after, MAX_LEVELS);
+        Ok(CatalogResponse::Levels {
+            incarnation: self.config.incarnation,
+            next: self.book.next_number(),
+            levels,
+            more,
+        })
+    }
+
+    /// A catalog that restarted after a crash serves again once its history holds the whole
+    /// log of a request the leader made to this life of it (`holds` says whether it holds
+    /// the entry given).
+    fn serve_if_holding(&mut self, log: Option<LogEnd>, holds: impl Fn(TransactionNumber) -> bool) {
+        let Some(log) = log else {
+            return;
+        };
+        let holds = log.incarnation == self.config.incarnation && log.last.is_none_or(holds);
+        if holds && matches!(self.mode, Mode::Serving { ready: false }) {
+            info!(
+                next = self.book.next_number(),
+                "the catalog's history holds the leader's whole log; serving again"
+            );
+            self.mode = Mode::Serving { ready: true };
         }
     }
 
@@ -698,6 +750,7 @@ impl CatalogEngine {
         known: &[LogPosition],
         max: u32,
         serving: bool,
+        log: Option<LogEnd>,
     ) -> Reply<CatalogResponse> {
         if let Err(fenced) = self.leads(epoch) {
             return Ok(fenced);
@@ -711,79 +764,17 @@ impl CatalogEngine {
         }
         let history = self.book.history();
         let meet = meeting_point(known, history.boundaries());
-        let in_step = known.last().copied() == history.last();
         let next = history.next_number();
         let max = (max as usize).clamp(1, MAX_BATCH);
         let (trades, complete) = self.book.entries_after(meet.map(|p| p.number), max);
-        if in_step && matches!(self.mode, Mode::Serving { ready: false }) {
-            info!(
-                next,
-                "the catalog's history equals the order log's; serving again"
-            );
-            self.mode = Mode::Serving { ready: true };
-        }
+        // Its history is the log's up to where they meet.
+        self.serve_if_holding(log, |last| meet.is_some_and(|m| m.number >= last));
         Ok(CatalogResponse::Reconciled {
             incarnation: self.config.incarnation,
             meet,
             next,
             trades,
             complete,
-        })
-    }
-
-    /// Entries of the leader's log that the catalog's history lacks, applied in order.
-    fn replay(&mut self, epoch: Epoch, entries: &[OrderEntry]) -> Reply<CatalogResponse> {
-        if let Err(fenced) = self.leads(epoch) {
-            return Ok(fenced);
-        }
-        if let Some(reason) = &self.failed {
-            let why = format!("catalog storage failed: {reason}");
-            return Err(RemoteError::unavailable(why));
-        }
-        if entries.len() > MAX_BATCH {
-            let why = format!("at most {MAX_BATCH} entries per replay");
-            return Err(RemoteError::bad_request(why));
-        }
-        let mut replayed = 0;
-        for entry in entries {
-            if entry.number < self.book.next_number() {
-                if self.book.history().position(entry.number) == Some(entry.position()) {
-                    continue;
-                }
-                let why = format!(
-                    "order {} of epoch {} is not the catalog's trade {} ({:?})",
-                    entry.number,
-                    entry.epoch,
-                    entry.number,
-                    self.book.history().position(entry.number)
-                );
-                error!(%why, "replay refused: the histories differ");
-                return Err(RemoteError::bad_request(why));
-            }
-            match self.book.replay_entry(entry) {
-                Ok(record) => {
-                    self.out.push(Command::Invalidate {
-                        name: record.name.clone(),
-                        version: record.after.version,
-                    });
-                    self.append(LogRecord::Traded(record));
-                    replayed += 1;
-                }
-                Err(e) => {
-                    error!(error = %e, "replay refused: the order log does not apply here");
-                    return Err(RemoteError::bad_request(e.to_string()));
-                }
-            }
-        }
-        if replayed > 0 {
-            info!(
-                replayed,
-                next = self.book.next_number(),
-                "replayed orders the catalog's log had lost"
-            );
-        }
-        Ok(CatalogResponse::Replayed {
-            next: self.book.next_number(),
         })
     }
 
@@ -1108,27 +1099,33 @@ impl CatalogEngine {
         if from != source {
             return;
         }
+        let mut stopped = false;
         for entry in &entries {
             if entry.number < self.book.next_number() {
                 continue;
             }
-            if let Err(e) = self.book.replay_entry(entry) {
-                error!(error = %e, source, "cannot rebuild from this replica's log; asking again");
-                if let Mode::Rebuilding(rebuild) = &mut self.mode {
-                    rebuild.retry_at = Some(self.now + REBUILD_RETRY);
-                }
-                return;
+            if let Err(why) = self.book.apply_entry(entry) {
+                // An order the stocks cannot take here was never applied, so never
+                // acknowledged (the leader acknowledges only what the catalog applied): the
+                // rebuild ends before it, and the new leader withdraws it and what follows.
+                warn!(number = entry.number, ?why, source, "the source's log goes on with an order the stocks cannot take; the rebuild ends before it");
+                stopped = true;
+                break;
             }
         }
-        let done =
-            last.is_none_or(|last| self.book.next_number() > last.number) || entries.is_empty();
+        let done = stopped
+            || last.is_none_or(|last| self.book.next_number() > last.number)
+            || entries.is_empty();
         if !done {
             if let Mode::Rebuilding(rebuild) = &mut self.mode {
                 rebuild.retry_at = Some(self.now);
             }
             return self.rebuild_tick();
         }
-        let forced = match std::mem::replace(&mut self.mode, Mode::Serving { ready: true }) {
+        // Its lookups wait, as after a crash, until the new leader has brought it up to the
+        // whole log (the source may have acknowledged entries not yet on its disk).
+        let ready = !self.config.rules.holds(Rule::ReplayBeforeServe);
+        let forced = match std::mem::replace(&mut self.mode, Mode::Serving { ready }) {
             Mode::Rebuilding(rebuild) => rebuild.forced.map(|(_, token)| token),
             Mode::Serving { .. } => None,
         };
@@ -1137,7 +1134,7 @@ impl CatalogEngine {
             source,
             next = self.book.next_number(),
             %record,
-            "catalog rebuilt from the order log; serving"
+            "catalog rebuilt from the order log; serving lookups once the new leader has brought it up to the whole log"
         );
         self.out.push(Command::Snapshot);
         self.lease = Some((record.epoch, self.now));

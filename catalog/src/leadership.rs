@@ -78,6 +78,19 @@ pub fn apply(
                 in_sync,
             })
         }
+        LeadershipChange::Renew { leader } => {
+            if current.leader != Some(*leader) {
+                return Err(format!(
+                    "replica {leader} does not lead epoch {}",
+                    current.epoch
+                ));
+            }
+            Ok(Leadership {
+                epoch: next_epoch()?,
+                leader: Some(*leader),
+                in_sync: current.in_sync.clone(),
+            })
+        }
         LeadershipChange::Unclean { leader } => {
             members(&[*leader])?;
             Ok(Leadership {
@@ -227,6 +240,7 @@ mod tests {
                 .prop_map(|(leader, in_sync)| LeadershipChange::Elect { leader, in_sync }),
             (0u32..6, ids)
                 .prop_map(|(leader, in_sync)| LeadershipChange::SetInSync { leader, in_sync }),
+            (0u32..6).prop_map(|leader| LeadershipChange::Renew { leader }),
         ]
     }
 
@@ -258,6 +272,11 @@ mod tests {
                     LeadershipChange::SetInSync { leader: asker, .. } => {
                         prop_assert_eq!(next.epoch, current.epoch);
                         prop_assert_eq!(current.leader, Some(*asker));
+                    }
+                    LeadershipChange::Renew { leader: asker } => {
+                        prop_assert_eq!(next.epoch, current.epoch + 1);
+                        prop_assert_eq!(current.leader, Some(*asker));
+                        prop_assert_eq!(&next.in_sync, &current.in_sync);
                     }
                     LeadershipChange::Unclean { .. } => {}
                 }

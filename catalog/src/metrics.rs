@@ -4,7 +4,7 @@
 //! it holds.
 
 use common::metrics::Format;
-use common::wire::{CatalogRequest, CatalogResponse, Leadership, Reply, TradeOutcome};
+use common::wire::{ApplyOutcome, CatalogRequest, CatalogResponse, Leadership, Reply};
 use durability::group_commit::CommitMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,7 +29,7 @@ struct SubscriberLabel {
 pub enum Counted {
     /// A lookup.
     Lookup,
-    /// A batch of this many trades.
+    /// An `Apply` of this many items (entries and refusals).
     Trades(usize),
     /// Anything else (not counted).
     Other,
@@ -40,7 +40,7 @@ impl Counted {
     pub fn of(request: &CatalogRequest) -> Self {
         match request {
             CatalogRequest::Lookup { .. } => Counted::Lookup,
-            CatalogRequest::Trades { trades, .. } => Counted::Trades(trades.len()),
+            CatalogRequest::Apply { items, .. } => Counted::Trades(items.len()),
             _ => Counted::Other,
         }
     }
@@ -180,14 +180,16 @@ impl CatalogMetrics {
                 self.lookups[usize::from(!found)].inc();
             }
             Counted::Trades(count) => match reply {
-                Ok(CatalogResponse::Traded { outcomes, .. }) => {
+                Ok(CatalogResponse::Applied { outcomes, .. }) => {
                     for outcome in outcomes {
                         let slot = match outcome {
-                            TradeOutcome::Traded { .. } => 0,
-                            TradeOutcome::Rejected(_) => 1,
+                            ApplyOutcome::Applied => 0,
+                            ApplyOutcome::Refused(_) => 1,
                         };
                         self.trades[slot].inc();
                     }
+                    // The items from the one that did not come out as the leader decided on.
+                    self.trades[3].inc_by(count.saturating_sub(outcomes.len()) as u64);
                 }
                 Ok(CatalogResponse::Fenced { .. }) => {
                     self.trades[2].inc_by(count as u64);
@@ -241,9 +243,10 @@ mod tests {
             leader: Some(3),
             in_sync: vec![2, 3],
         };
-        let trades = CatalogRequest::Trades {
+        let trades = CatalogRequest::Apply {
             epoch: 4,
-            trades: vec![],
+            items: vec![],
+            log: None,
         };
         metrics.answered(
             Counted::Trades(3),

@@ -15,7 +15,7 @@ use clients::ReplicaClient;
 use common::engine::{Answer, CallError, IdMap};
 use common::server::{self, Push, RequestContext, Service};
 use common::sync::lock;
-use common::wire::{CatalogRequest, CatalogResponse, RemoteError, ReplicaId, Reply};
+use common::wire::{ApplyItem, CatalogRequest, CatalogResponse, RemoteError, ReplicaId, Reply};
 use durability::storage::{Ended, Recovery};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
@@ -297,25 +297,47 @@ impl Service for CatalogService {
             CatalogRequest::Subscribe { invalidations } => {
                 self.0.subscribe(&context, invalidations)
             }
-            CatalogRequest::Trades { epoch, trades } => {
-                let count = trades.len();
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    for trade in &trades {
+            CatalogRequest::Apply { epoch, items, log } => {
+                let count = items.len();
+                let debug = tracing::enabled!(tracing::Level::DEBUG);
+                let ids: Vec<common::wire::RequestId> = if debug {
+                    items
+                        .iter()
+                        .map(|item| match item {
+                            ApplyItem::Entry(entry) => entry.request_id.clone(),
+                            ApplyItem::Refuse { trade, .. } => trade.request_id.clone(),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if debug {
+                    for item in &items {
                         // Named by its request id, as at the front end and the leader.
-                        tracing::debug_span!("trade", request = %trade.request_id).in_scope(
-                            || debug!(stock = %trade.name, quantity = trade.quantity, epoch, "trading"),
-                        );
+                        match item {
+                            ApplyItem::Entry(entry) => tracing::debug_span!("trade", request = %entry.request_id).in_scope(
+                                || debug!(stock = %entry.name, quantity = entry.quantity, number = entry.number, epoch, "applying"),
+                            ),
+                            ApplyItem::Refuse { trade, .. } => tracing::debug_span!("trade", request = %trade.request_id).in_scope(
+                                || debug!(stock = %trade.name, quantity = trade.quantity, epoch, "refusing"),
+                            ),
+                        }
                     }
                 }
                 let reply = self
                     .0
-                    .request(CatalogRequest::Trades { epoch, trades })
+                    .request(CatalogRequest::Apply { epoch, items, log })
                     .await;
-                if tracing::enabled!(tracing::Level::DEBUG) {
+                if debug {
                     match &reply {
-                        Ok(CatalogResponse::Traded { outcomes, .. }) => {
-                            for outcome in outcomes {
-                                debug!(?outcome, "traded");
+                        Ok(CatalogResponse::Applied { outcomes, stop, .. }) => {
+                            for (id, outcome) in ids.iter().zip(outcomes) {
+                                tracing::debug_span!("trade", request = %id)
+                                    .in_scope(|| debug!(?outcome, "traded"));
+                            }
+                            if let (Some(id), Some(stop)) = (ids.get(outcomes.len()), stop) {
+                                tracing::debug_span!("trade", request = %id)
+                                    .in_scope(|| debug!(?stop, "not as the leader decided"));
                             }
                         }
                         other => debug!(answer = ?other, "not traded"),

@@ -566,9 +566,6 @@ mod tests {
             "a log after the clean snapshot means it was used since"
         );
         assert!(recover(&snapshot, None, &[], 10).unwrap().clean);
-        book.set_rules(common::safety::Rules::without(
-            common::safety::Rule::Fencing,
-        ));
         let again = common::wire::TradeRequest {
             request_id: refusal.request_id.clone(),
             name: refusal.name.clone(),
@@ -576,8 +573,8 @@ mod tests {
             kind: refusal.kind,
         };
         assert_eq!(
-            book.trade(0, &again),
-            crate::book::Decision::Rejected(refusal.rejection)
+            book.refuse(2, &again),
+            crate::book::Refusing::Answered(refusal.rejection)
         );
     }
 

@@ -1,13 +1,13 @@
-//! The catalog binary killed with SIGKILL in the middle of concurrent trades and restarted: it
-//! serves nothing until the leader (the test, standing in) has replayed what its log lost;
-//! then every recorded trade is there, retried requests apply once (at the number they had),
+//! The catalog binary killed with SIGKILL in the middle of trades and restarted: it serves no
+//! lookup until the leader (the test, standing in) has brought back what its log lost; then
+//! every trade of the leader's log is there once, entries sent again change nothing,
 //! quantities and volumes add up, and a deliberately torn last log record is dropped.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
-use support::elect_stand_in;
+use support::{elect_stand_in, StandIn};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catalog::book::TradeRecord;
-use clients::{CatalogClient, TradeOutcome};
+use clients::{Applied, CatalogClient};
 use common::rpc::ClientConfig;
 use common::wire::{
-    CatalogRequest, CatalogResponse, LogPosition, OrderEntry, RequestId, StockName, StockQuote,
-    TradeKind, TradeReceipt, TradeRequest,
+    ApplyItem, ApplyOutcome, ApplyStop, LogEnd, LogPosition, OrderEntry, RequestId, StockName,
+    StockQuote, TradeKind, TradeReceipt, TradeRequest,
 };
 
 const STOCKS: [&str; 3] = ["GameStart", "BoarCo", "SkyRoute"];
@@ -72,10 +72,10 @@ fn spawn(state: &Path) -> Catalog {
     Catalog { child, addr }
 }
 
-fn request(worker: usize, i: usize) -> TradeRequest {
+fn request(i: usize) -> TradeRequest {
     TradeRequest {
-        request_id: RequestId::new(format!("crash-{worker}-{i}")).unwrap(),
-        name: StockName::new(STOCKS[(worker + i) % STOCKS.len()]).unwrap(),
+        request_id: RequestId::new(format!("crash-{i}")).unwrap(),
+        name: StockName::new(STOCKS[i % STOCKS.len()]).unwrap(),
         quantity: (i % 4 + 1) as i64,
         kind: if i.is_multiple_of(3) {
             TradeKind::Sell
@@ -93,25 +93,13 @@ fn client(addr: &str) -> CatalogClient {
     CatalogClient::new(addr, config)
 }
 
-/// What the test keeps as the order leader would: the catalog's trades it learnt, by number.
-/// Only the run from 0 without a gap counts as recorded (a leader appends in order, and
-/// answers nothing it could not append).
+/// The stand-in leader's log: every entry it numbered (it appends before it sends).
 #[derive(Default)]
 struct StandInLog {
     entries: Vec<OrderEntry>,
 }
 
 impl StandInLog {
-    fn from_answers(answers: &BTreeMap<u64, OrderEntry>) -> Self {
-        let entries = answers
-            .values()
-            .enumerate()
-            .take_while(|(at, e)| e.number == *at as u64)
-            .map(|(_, e)| e.clone())
-            .collect();
-        StandInLog { entries }
-    }
-
     fn known(&self) -> Vec<LogPosition> {
         self.entries
             .last()
@@ -120,41 +108,41 @@ impl StandInLog {
             .collect()
     }
 
-    /// Makes the catalog's history and this log equal, as a leader's reconciliation does:
-    /// replays what the catalog lost, records what it applied beyond the log.
-    async fn reconcile(&mut self, trader: &CatalogClient) -> usize {
-        let mut replayed = 0;
-        loop {
-            let seen = trader
-                .reconcile(1, &self.known(), 1_000, true)
+    /// Where the log ends, told to life `incarnation` of the catalog.
+    fn end(&self, incarnation: u64) -> Option<LogEnd> {
+        Some(LogEnd {
+            incarnation,
+            last: self.entries.last().map(|e| e.number),
+        })
+    }
+
+    /// Brings the catalog up to the log, as a leader does: the entries from where its history
+    /// ends. Returns how many it had lost.
+    async fn bring_back(&self, trader: &CatalogClient) -> usize {
+        let seen = trader
+            .reconcile(1, &self.known(), 1_000, true, None)
+            .await
+            .unwrap()
+            .expect("epoch 1 leads");
+        let lost = self.entries.len() - seen.next as usize;
+        for batch in self.entries[seen.next as usize..].chunks(1_000) {
+            let items: Vec<ApplyItem> = batch.iter().cloned().map(ApplyItem::Entry).collect();
+            let answer = trader
+                .apply(1, &items, self.end(seen.incarnation))
                 .await
-                .unwrap()
-                .expect("epoch 1 leads");
-            let ours = self.entries.len() as u64;
-            if seen.next < ours {
-                let from = seen.next as usize;
-                let entries = self.entries[from..(from + 1_000).min(self.entries.len())].to_vec();
-                replayed += entries.len();
-                let request = CatalogRequest::Replay { epoch: 1, entries };
-                let answer = trader
-                    .call_within(&request, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-                assert!(
-                    matches!(answer, CatalogResponse::Replayed { .. }),
-                    "{answer:?}"
-                );
-            } else if seen.next > ours {
-                assert!(seen.complete);
-                for entry in seen.trades.into_iter().filter(|t| t.number >= ours) {
-                    assert_eq!(entry.number, self.entries.len() as u64);
-                    self.entries.push(entry);
-                }
-            } else if self.known().last().copied() == seen.meet || ours == 0 {
-                // Equal, and the catalog was told so.
-                return replayed;
-            }
+                .unwrap();
+            assert!(
+                matches!(&answer, Applied::Done { stop: None, outcomes, .. } if outcomes.len() == items.len()),
+                "{answer:?}"
+            );
         }
+        // The next round tells this life where the log ends (as the leader's do).
+        trader
+            .reconcile(1, &self.known(), 1_000, true, self.end(seen.incarnation))
+            .await
+            .unwrap()
+            .expect("epoch 1 leads");
+        lost
     }
 
     fn expected(&self) -> HashMap<&str, (u64, u64)> {
@@ -182,90 +170,102 @@ async fn quotes(trader: &CatalogClient) -> Vec<StockQuote> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_what_it_lost() {
+async fn a_catalog_killed_under_trades_serves_again_only_once_the_leader_brought_back_what_it_lost()
+{
     let state = tempfile::tempdir().unwrap();
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
     elect_stand_in(&trader).await;
 
-    // Eight workers trade until the catalog dies under them; every answer is kept.
-    let answers: Arc<Mutex<BTreeMap<u64, OrderEntry>>> = Arc::default();
-    let sent: Arc<Mutex<Vec<TradeRequest>>> = Arc::default();
-    let workers: Vec<_> = (0..8)
-        .map(|worker| {
-            let (trader, answers, sent) = (trader.clone(), answers.clone(), sent.clone());
-            tokio::spawn(async move {
-                for i in 0..5_000 {
-                    let request = request(worker, i);
-                    sent.lock().unwrap().push(request.clone());
-                    match trader.trade(1, &request).await {
-                        Ok(TradeOutcome::Traded { number, .. }) => {
-                            answers
-                                .lock()
-                                .unwrap()
-                                .insert(number, entry(number, &request));
-                        }
-                        Ok(other) => panic!("{other:?}"),
-                        Err(_) => return,
+    // The stand-in numbers trades (none can be refused: small buys from 100,000) and has the
+    // catalog apply them in batches of 50, until the catalog dies under it.
+    let log: Arc<Mutex<StandInLog>> = Arc::default();
+    let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let feeder = tokio::spawn({
+        let (trader, log, applied) = (trader.clone(), log.clone(), applied.clone());
+        async move {
+            for batch in 0..1_000 {
+                let items: Vec<ApplyItem> = {
+                    let mut log = log.lock().unwrap();
+                    (0..50)
+                        .map(|i| {
+                            let number = log.entries.len() as u64;
+                            let entry = StandIn::entry(number, &request(batch * 50 + i));
+                            log.entries.push(entry.clone());
+                            ApplyItem::Entry(entry)
+                        })
+                        .collect()
+                };
+                match trader.apply(1, &items, None).await {
+                    Ok(Applied::Done { stop: None, .. }) => {
+                        applied.fetch_add(items.len(), std::sync::atomic::Ordering::SeqCst);
                     }
+                    Ok(other) => panic!("{other:?}"),
+                    Err(_) => return,
                 }
-            })
-        })
-        .collect();
+            }
+        }
+    });
 
-    // Kill once a good number of trades were answered and the workers are still going.
+    // Kill once a good number of trades were applied and the stand-in is still going.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while answers.lock().unwrap().len() < 1_500 {
+    while applied.load(std::sync::atomic::Ordering::SeqCst) < 1_500 {
         assert!(std::time::Instant::now() < deadline, "trades too slow");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     catalog.child.kill().unwrap();
     catalog.child.wait().unwrap();
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    let mut log = StandInLog::from_answers(&answers.lock().unwrap());
-    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    feeder.await.unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     assert!(
-        sent.len() > log.entries.len(),
+        log.entries.len() < 50_000,
         "the kill landed after all trades"
     );
 
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
-    // It may have lost the tail of its log: it shows and trades nothing until the leader
-    // has reconciled with it.
+    // It may have lost the tail of its log: it shows nothing until the leader has brought
+    // it back up to every order it may have acknowledged.
     let early = trader.lookup(&StockName::new("GameStart").unwrap()).await;
     assert!(
-        matches!(&early, Err(e) if e.to_string().contains("replay")),
+        matches!(&early, Err(e) if e.to_string().contains("bring back")),
         "{early:?}"
     );
-    assert!(trader.trade(1, &request(99, 0)).await.is_err());
-    let replayed = log.reconcile(&trader).await;
+    let lost = log.bring_back(&trader).await;
     eprintln!(
-        "recorded {} trades; the catalog had lost {replayed} of them",
+        "the log holds {} trades; the catalog had lost {lost} of them",
         log.entries.len()
     );
-    // Every recorded trade is in the catalog's stocks, once.
+    // Every trade of the log is in the catalog's stocks, once.
     let expected = log.expected();
     for (stock, quote) in STOCKS.iter().zip(quotes(&trader).await) {
         assert_eq!((quote.quantity, quote.volume), expected[stock], "{stock}");
     }
-    // Trades whose answer was lost are retried with their id: each lands exactly once, at
-    // the number it already had if it had one.
-    for request in &sent {
-        match trader.trade(1, request).await.unwrap() {
-            TradeOutcome::Traded { number, .. } => match log.entries.get(number as usize) {
-                Some(held) => assert_eq!(held.request_id, request.request_id),
-                None => {
-                    assert_eq!(number, log.entries.len() as u64);
-                    log.entries.push(entry(number, request));
-                }
-            },
-            other => panic!("{other:?}"),
-        }
+    // Sent again, the whole log changes nothing; a request at another number is not traded.
+    for batch in log.entries.chunks(1_000) {
+        let items: Vec<ApplyItem> = batch.iter().cloned().map(ApplyItem::Entry).collect();
+        let answer = trader.apply(1, &items, None).await.unwrap();
+        assert!(
+            matches!(&answer, Applied::Done { stop: None, outcomes, .. } if outcomes.iter().all(|o| *o == ApplyOutcome::Applied)),
+            "{answer:?}"
+        );
     }
-    let expected = log.expected();
+    let mut moved = log.entries[0].clone();
+    moved.number = log.entries.len() as u64;
+    let answer = trader
+        .apply(1, &[ApplyItem::Entry(moved)], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Applied::Done {
+                stop: Some(ApplyStop::Traded { number: 0 }),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
     let held = quotes(&trader).await;
     for (stock, quote) in STOCKS.iter().zip(&held) {
         assert_eq!((quote.quantity, quote.volume), expected[stock], "{stock}");
@@ -300,7 +300,7 @@ async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_w
 
     let mut catalog = spawn(state.path());
     let trader = client(&catalog.addr);
-    log.reconcile(&trader).await;
+    log.bring_back(&trader).await;
     for (stock, (after, before)) in STOCKS.iter().zip(quotes(&trader).await.iter().zip(&held)) {
         assert_eq!(after, before, "{stock} changed across a torn record");
     }
@@ -312,15 +312,4 @@ async fn a_catalog_killed_under_trades_serves_again_only_once_the_log_replayed_w
     );
     catalog.child.kill().unwrap();
     catalog.child.wait().unwrap();
-}
-
-fn entry(number: u64, request: &TradeRequest) -> OrderEntry {
-    OrderEntry {
-        number,
-        epoch: 1,
-        request_id: request.request_id.clone(),
-        name: request.name.clone(),
-        kind: request.kind,
-        quantity: request.quantity as u64,
-    }
 }

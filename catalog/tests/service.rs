@@ -3,16 +3,17 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
-use support::{elect_stand_in, Receipt};
+use support::{elect_stand_in, StandIn};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use catalog::CatalogConfig;
-use clients::CatalogClient;
+use clients::{Applied, CatalogClient};
 use common::rpc::ClientConfig;
 use common::wire::{
-    CatalogResponse, RequestId, StockName, TradeKind, TradeReceipt, TradeRejection, TradeRequest,
+    ApplyItem, ApplyOutcome, ApplyStop, CatalogResponse, RequestId, StockName, StockQuote,
+    TradeKind, TradeRejection, TradeRequest,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,11 @@ fn trade(id: &str, stock: &str, quantity: i64, kind: TradeKind) -> TradeRequest 
     }
 }
 
+fn level(quote: Option<StockQuote>) -> (u64, u64, u64) {
+    let quote = quote.expect("a stock");
+    (quote.quantity, quote.volume, quote.version)
+}
+
 #[tokio::test]
 async fn lookups_trades_and_refusals() {
     let state = tempfile::tempdir().unwrap();
@@ -83,64 +89,74 @@ async fn lookups_trades_and_refusals() {
     assert_eq!(client.lookup(&name("NoSuchCo")).await.unwrap(), None);
     assert_eq!(client.lookup(&name("gamestart")).await.unwrap(), None);
 
-    let bought = client
-        .trade(1, &trade("t1", "GameStart", 40, TradeKind::Buy))
-        .await
-        .unwrap()
-        .receipt();
+    let mut leader = StandIn::new(client.clone()).await;
+    let stock = name("GameStart");
+    let gamestart = || client.lookup(&stock);
     assert_eq!(
-        bought,
-        Ok(TradeReceipt {
-            quantity: 99_960,
-            volume: 40,
-            version: 1
-        })
+        leader
+            .trade(&trade("t1", "GameStart", 40, TradeKind::Buy))
+            .await,
+        Ok(0)
     );
-    let sold = client
-        .trade(1, &trade("t2", "GameStart", 15, TradeKind::Sell))
+    assert_eq!(level(gamestart().await.unwrap()), (99_960, 40, 1));
+    leader
+        .trade(&trade("t2", "GameStart", 15, TradeKind::Sell))
         .await
-        .unwrap()
-        .receipt()
         .unwrap();
-    assert_eq!((sold.quantity, sold.volume, sold.version), (99_975, 55, 2));
+    assert_eq!(level(gamestart().await.unwrap()), (99_975, 55, 2));
 
-    let refusals = [
-        (
-            trade("t3", "GameStart", 99_976, TradeKind::Buy),
-            TradeRejection::NotEnoughStock { available: 99_975 },
-        ),
-        (
-            trade("t4", "NoSuchCo", 1, TradeKind::Buy),
-            TradeRejection::StockNotFound,
-        ),
-        (
-            trade("t5", "GameStart", 0, TradeKind::Buy),
-            TradeRejection::InvalidQuantity,
-        ),
-        (
-            trade("t6", "GameStart", -5, TradeKind::Sell),
-            TradeRejection::InvalidQuantity,
-        ),
-    ];
-    for (request, expected) in refusals {
-        assert_eq!(
-            client.trade(1, &request).await.unwrap().receipt(),
-            Err(expected)
+    // Refused by the catalog, durably, at the place the leader decided.
+    assert_eq!(
+        leader
+            .trade(&trade("t3", "GameStart", 99_976, TradeKind::Buy))
+            .await,
+        Err(TradeRejection::NotEnoughStock { available: 99_975 })
+    );
+    // The catalog checks every entry as the leader decided it: one the stock cannot take is
+    // not applied, and neither is anything after it.
+    let too_big = StandIn::entry(2, &trade("t4", "GameStart", 99_976, TradeKind::Buy));
+    let after = StandIn::entry(3, &trade("t5", "GameStart", 1, TradeKind::Buy));
+    let answer = client
+        .apply(
+            1,
+            &[ApplyItem::Entry(too_big), ApplyItem::Entry(after)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        Applied::Done {
+            outcomes: vec![],
+            stop: Some(ApplyStop::Refused {
+                rejection: TradeRejection::NotEnoughStock { available: 99_975 },
+                remembered: false
+            }),
+            next: 2
+        }
+    );
+    // A refusal the stock could take is not made; one decided elsewhere in the log neither.
+    let takes = trade("t6", "GameStart", 5, TradeKind::Buy);
+    let refuse = |before, trade: &TradeRequest| ApplyItem::Refuse {
+        before,
+        trade: trade.clone(),
+    };
+    for (before, stop) in [(2, ApplyStop::WouldApply), (5, ApplyStop::Gap)] {
+        let answer = client
+            .apply(1, &[refuse(before, &takes)], None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&answer, Applied::Done { outcomes, stop: Some(s), .. } if outcomes.is_empty() && *s == stop),
+            "{answer:?}"
         );
     }
-    let all = client
-        .trade(1, &trade("t7", "GameStart", 99_975, TradeKind::Buy))
+    let all = leader
+        .trade(&trade("t7", "GameStart", 99_975, TradeKind::Buy))
         .await
-        .unwrap()
-        .receipt()
         .unwrap();
-    assert_eq!(all.quantity, 0);
-
-    let quote = client.lookup(&name("GameStart")).await.unwrap().unwrap();
-    assert_eq!(
-        (quote.quantity, quote.volume, quote.version),
-        (0, 99_975 + 55, 3)
-    );
+    assert_eq!(all, 2);
+    assert_eq!(level(gamestart().await.unwrap()), (0, 99_975 + 55, 3));
     catalog.stop().await;
 }
 
@@ -149,95 +165,100 @@ async fn a_request_id_is_applied_once_also_after_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let catalog = start(state.path(), |_| {}).await;
     let request = trade("same-id", "BoarCo", 7, TradeKind::Buy);
-    let first = catalog
-        .client
-        .trade(1, &request)
-        .await
-        .unwrap()
-        .receipt()
-        .unwrap();
-    let again = catalog
-        .client
-        .trade(1, &request)
-        .await
-        .unwrap()
-        .receipt()
-        .unwrap();
-    assert_eq!(first, again);
-    let reused = trade("same-id", "BoarCo", 8, TradeKind::Buy);
-    assert_eq!(
-        catalog.client.trade(1, &reused).await.unwrap().receipt(),
-        Err(TradeRejection::RequestIdReused)
-    );
+    let mut leader = StandIn::new(catalog.client.clone()).await;
+    assert_eq!(leader.trade(&request).await, Ok(0));
+    let refused = trade("refused", "BoarCo", 1_000_000, TradeKind::Buy);
+    let rejection = leader.trade(&refused).await.unwrap_err();
     catalog.stop().await;
 
     let catalog = start(state.path(), |_| {}).await;
-    assert_eq!(
-        catalog
-            .client
-            .trade(1, &request)
-            .await
-            .unwrap()
-            .receipt()
-            .unwrap(),
-        first
-    );
-    let quote = catalog
-        .client
-        .lookup(&name("BoarCo"))
+    let client = &catalog.client;
+    // The same entry again changes nothing; the same request at another number is not
+    // applied: the catalog says where it was.
+    let again = client
+        .apply(1, &[ApplyItem::Entry(StandIn::entry(0, &request))], None)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(
-        (quote.quantity, quote.volume, quote.version),
+        again,
+        Applied::Done {
+            outcomes: vec![ApplyOutcome::Applied],
+            stop: None,
+            next: 1
+        }
+    );
+    let elsewhere = client
+        .apply(1, &[ApplyItem::Entry(StandIn::entry(1, &request))], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            elsewhere,
+            Applied::Done {
+                stop: Some(ApplyStop::Traded { number: 0 }),
+                ..
+            }
+        ),
+        "{elsewhere:?}"
+    );
+    // A refused request stays refused, whatever the stock holds now; its id for another trade
+    // is a reuse.
+    let refused_entry = StandIn::entry(1, &refused);
+    let answer = client
+        .apply(1, &[ApplyItem::Entry(refused_entry)], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Applied::Done { stop: Some(ApplyStop::Refused { rejection: r, remembered: true }), .. } if *r == rejection),
+        "{answer:?}"
+    );
+    let mut reused = refused.clone();
+    reused.quantity = 2;
+    let answer = client
+        .apply(
+            1,
+            &[ApplyItem::Refuse {
+                before: 1,
+                trade: reused,
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Applied::Done { outcomes, .. } if outcomes == &[ApplyOutcome::Refused(TradeRejection::RequestIdReused)]),
+        "{answer:?}"
+    );
+    assert_eq!(
+        level(client.lookup(&name("BoarCo")).await.unwrap()),
         (99_993, 7, 1)
     );
     catalog.stop().await;
 }
 
 #[tokio::test]
-async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
+async fn trades_conserve_stock_across_snapshots_and_restarts() {
     let state = tempfile::tempdir().unwrap();
     // Snapshot every 50 records, so the 400 trades below cross several snapshots.
     let catalog = start(state.path(), |c| c.snapshot_every = 50).await;
-    let tasks = (0..8u64).map(|worker| {
-        let client = catalog.client.clone();
-        tokio::spawn(async move {
-            for i in 0..50u64 {
-                let kind = if (worker + i).is_multiple_of(3) {
-                    TradeKind::Sell
-                } else {
-                    TradeKind::Buy
-                };
-                let request = trade(
-                    &format!("w{worker}-{i}"),
-                    "FishCo",
-                    (i % 5 + 1) as i64,
-                    kind,
-                );
-                client.trade(1, &request).await.unwrap().receipt().unwrap();
-            }
-        })
-    });
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let mut leader = StandIn::new(catalog.client.clone()).await;
     let (mut bought, mut sold) = (0u64, 0u64);
     for worker in 0..8u64 {
         for i in 0..50u64 {
             let q = i % 5 + 1;
-            if (worker + i).is_multiple_of(3) {
-                sold += q
+            let kind = if (worker + i).is_multiple_of(3) {
+                sold += q;
+                TradeKind::Sell
             } else {
-                bought += q
-            }
+                bought += q;
+                TradeKind::Buy
+            };
+            let request = trade(&format!("w{worker}-{i}"), "FishCo", q as i64, kind);
+            leader.trade(&request).await.unwrap();
         }
     }
-    let expect = |quote: Option<common::wire::StockQuote>| {
-        let quote = quote.expect("FishCo missing");
-        assert_eq!(quote.quantity, 100_000 - bought + sold);
-        assert_eq!(quote.volume, bought + sold);
-        assert_eq!(quote.version, 400);
+    let expect = |quote: Option<StockQuote>| {
+        assert_eq!(level(quote), (100_000 - bought + sold, bought + sold, 400));
     };
     expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     catalog.stop().await;
@@ -246,13 +267,21 @@ async fn concurrent_trades_conserve_stock_across_snapshots_and_restarts() {
     expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     // Ids from before the restart are still recognised.
     let replay = trade("w3-7", "FishCo", 3, TradeKind::Buy);
-    assert!(catalog
+    let answer = catalog
         .client
-        .trade(1, &replay)
+        .apply(1, &[ApplyItem::Entry(StandIn::entry(400, &replay))], None)
         .await
-        .unwrap()
-        .receipt()
-        .is_ok());
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Applied::Done {
+                stop: Some(ApplyStop::Traded { .. }),
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
     expect(catalog.client.lookup(&name("FishCo")).await.unwrap());
     catalog.stop().await;
 }
@@ -265,15 +294,13 @@ async fn subscribers_see_every_change_before_its_trade_is_answered() {
     assert_eq!(record.epoch, 1);
     // A separate connection for trades, as a front end would have.
     let trader = CatalogClient::new(catalog.client_addr(), ClientConfig::new("trader"));
+    let mut leader = StandIn::new(trader).await;
     let mut seen = Vec::new();
     for i in 1..=5u64 {
-        let receipt = trader
-            .trade(1, &trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
+        leader
+            .trade(&trade(&format!("s{i}"), "StarCo", 1, TradeKind::Buy))
             .await
-            .unwrap()
-            .receipt()
             .unwrap();
-        assert_eq!(receipt.version, i);
         // The invalidation was queued before the answer; it arrives within a short deadline.
         loop {
             let message = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -327,12 +354,10 @@ async fn the_shipped_seed_file_is_never_written() {
     let before = std::fs::read(seed()).unwrap();
     let state = tempfile::tempdir().unwrap();
     let catalog = start(state.path(), |_| {}).await;
-    catalog
-        .client
-        .trade(1, &trade("x", "GameStart", 1, TradeKind::Buy))
+    let mut leader = StandIn::new(catalog.client.clone()).await;
+    leader
+        .trade(&trade("x", "GameStart", 1, TradeKind::Buy))
         .await
-        .unwrap()
-        .receipt()
         .unwrap();
     catalog.stop().await;
     assert_eq!(std::fs::read(seed()).unwrap(), before);
@@ -360,7 +385,7 @@ async fn a_leader_that_serves_is_not_deposed_until_its_lease_runs_out() {
         client.change_leadership(1, set, timeout).await.unwrap(),
         clients::LeadershipOutcome::Changed(_)
     ));
-    let renew = |serving| client.reconcile(1, &[], 10, serving);
+    let renew = |serving| client.reconcile(1, &[], 10, serving, None);
     assert!(renew(true).await.unwrap().is_ok());
     match client
         .change_leadership(1, elect(2), timeout)

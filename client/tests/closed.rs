@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    CatalogRequest, CatalogResponse, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
-    OrderResponse, ReplicaStatus, RequestId, StockName, TradeKind, TradeRequest,
+    ApplyItem, ApplyStop, CatalogRequest, CatalogResponse, LeadershipChange, LogPosition,
+    OrderEntry, OrderRequest, OrderResponse, ReplicaStatus, RequestId, StockName, TradeKind,
+    TradeRequest,
 };
 use common::Error;
 use support::{show, System};
@@ -80,6 +81,23 @@ fn refused<T: std::fmt::Debug>(what: &str, answer: Result<T, Error>) {
     }
 }
 
+/// The catalog applied nothing of an `Apply`: it stopped at its first item.
+fn not_applied(what: &str, answer: Result<CatalogResponse, Error>) {
+    match answer {
+        Ok(CatalogResponse::Applied {
+            outcomes,
+            stop: Some(stop),
+            ..
+        }) if outcomes.is_empty() => {
+            assert!(
+                matches!(stop, ApplyStop::Gap | ApplyStop::Refused { .. }),
+                "{what}: stopped for {stop:?}"
+            )
+        }
+        other => panic!("{what}: expected nothing applied, got {other:?}"),
+    }
+}
+
 fn bad_request<T: std::fmt::Debug>(what: &str, answer: Result<T, Error>) {
     assert!(
         matches!(answer, Err(Error::Remote(_))),
@@ -125,14 +143,18 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
         for (label, wrong) in [("no token", None), ("a wrong token", Some("0".repeat(64)))] {
             // A fresh client per request: a refused dial is not retried at once.
             let catalog = || Catalog::new(port(1), config(wrong.as_deref()));
-            let trade = CatalogRequest::Trades {
+            let trade = CatalogRequest::Apply {
                 epoch,
-                trades: vec![TradeRequest {
-                    request_id: id("forged-trade"),
-                    name: stock(),
-                    quantity: 777,
-                    kind: TradeKind::Buy,
+                items: vec![ApplyItem::Refuse {
+                    before: next,
+                    trade: TradeRequest {
+                        request_id: id("forged-trade"),
+                        name: stock(),
+                        quantity: 777,
+                        kind: TradeKind::Buy,
+                    },
                 }],
+                log: None,
             };
             refused(
                 &format!("catalog Trade with {label}"),
@@ -161,6 +183,7 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
             for i in 2..5 {
                 let replica = || Replica::new(port(i), config(wrong.as_deref()));
                 let replicate = OrderRequest::Replicate {
+                    cuts: 0,
                     epoch: epoch + 1,
                     leader_id: leader,
                     prev: follower_last,
@@ -189,6 +212,7 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
             "Replicate for epoch 2^64-1",
             target
                 .call(&OrderRequest::Replicate {
+                    cuts: 0,
                     epoch: u64::MAX,
                     leader_id: leader,
                     prev: follower_last,
@@ -200,6 +224,7 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
             "Replicate of an entry from a later epoch than its leader's",
             target
                 .call(&OrderRequest::Replicate {
+                    cuts: 0,
                     epoch,
                     leader_id: leader,
                     prev: follower_last,
@@ -211,6 +236,7 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
             "Replicate from a leader the record does not name",
             target
                 .call(&OrderRequest::Replicate {
+                    cuts: 0,
                     epoch: epoch + 1,
                     leader_id: leader,
                     prev: follower_last,
@@ -218,14 +244,10 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
                 })
                 .await,
         );
-        let absurd_trade = CatalogRequest::Trades {
+        let absurd_trade = CatalogRequest::Apply {
             epoch: u64::MAX,
-            trades: vec![TradeRequest {
-                request_id: id("absurd-trade"),
-                name: stock(),
-                quantity: 777,
-                kind: TradeKind::Buy,
-            }],
+            items: vec![ApplyItem::Entry(forged_entry(u64::MAX))],
+            log: None,
         };
         let answer = catalog.call(&absurd_trade).await.unwrap();
         assert!(
@@ -243,12 +265,13 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
         );
         let mut far = forged_entry(epoch);
         far.number = u64::MAX;
-        bad_request(
-            "Replay of an order numbered 2^64-1",
+        not_applied(
+            "Apply of an order numbered 2^64-1",
             catalog
-                .call(&CatalogRequest::Replay {
+                .call(&CatalogRequest::Apply {
                     epoch,
-                    entries: vec![far],
+                    items: vec![ApplyItem::Entry(far)],
+                    log: None,
                 })
                 .await,
         );
@@ -258,6 +281,7 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
                 known: vec![],
                 max: 1,
                 serving: false,
+                log: None,
             })
             .await
             .unwrap()
@@ -267,12 +291,13 @@ fn every_internal_port_refuses_forgeries_and_absurd_values_and_nothing_changes()
         let mut impossible = forged_entry(epoch);
         impossible.number = next;
         impossible.quantity = u64::MAX;
-        bad_request(
-            "Replay of a buy of 2^64-1 shares",
+        not_applied(
+            "Apply of a buy of 2^64-1 shares",
             catalog
-                .call(&CatalogRequest::Replay {
+                .call(&CatalogRequest::Apply {
                     epoch,
-                    entries: vec![impossible],
+                    items: vec![ApplyItem::Entry(impossible)],
+                    log: None,
                 })
                 .await,
         );

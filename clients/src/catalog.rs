@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use common::rpc::{ClientConfig, RpcClient};
 use common::wire::{
-    CatalogRequest, CatalogResponse, Epoch, Leadership, LeadershipChange, LogPosition, OrderEntry,
-    StockName, StockQuote, TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
-    MAX_BATCH,
+    ApplyItem, ApplyOutcome, ApplyStop, CatalogRequest, CatalogResponse, Epoch, Leadership,
+    LeadershipChange, LogEnd, LogPosition, OrderEntry, StockLevel, StockName, StockQuote,
+    TransactionNumber, MAX_BATCH,
 };
 use common::Error;
 use tokio::sync::mpsc;
@@ -23,18 +23,19 @@ fn unexpected(answer: CatalogResponse) -> Error {
     Error::Protocol(format!("unexpected catalog answer {answer:?}"))
 }
 
-/// What became of a trade.
+/// The catalog's answer to an `Apply`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TradeOutcome {
-    /// Applied now or before (the same request id).
-    Traded {
-        /// The stock after the trade.
-        receipt: TradeReceipt,
-        /// The trade's number in the catalog's history.
-        number: TransactionNumber,
+pub enum Applied {
+    /// One outcome per item up to the first that did not come out as the leader decided, and
+    /// why that one did not.
+    Done {
+        /// In the items' order.
+        outcomes: Vec<ApplyOutcome>,
+        /// Why the item after the last outcome did not come out as decided, if one did not.
+        stop: Option<ApplyStop>,
+        /// The number the catalog's next trade gets.
+        next: TransactionNumber,
     },
-    /// Refused by the rules of a trade; nothing changed.
-    Rejected(TradeRejection),
     /// Refused because the sender's epoch is not the recorded one; nothing changed.
     Fenced {
         /// The record as the catalog holds it.
@@ -59,6 +60,8 @@ pub enum LeadershipOutcome {
 /// Where the catalog's history meets a leader's log, for the leader's reconciliation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconciled {
+    /// The life of the catalog that answered.
+    pub incarnation: u64,
     /// The newest position both hold.
     pub meet: Option<LogPosition>,
     /// The number the catalog's next trade gets.
@@ -101,52 +104,65 @@ impl CatalogClient {
         }
     }
 
-    /// Applies `trades` in order (each once per request id, at most [`MAX_BATCH`]), if
-    /// `epoch` is the recorded leader's: one outcome per trade.
-    pub async fn trades(
+    /// As the leader of `epoch`: applies `items` in order (at most [`MAX_BATCH`]), telling
+    /// where its log ends.
+    pub async fn apply(
         &self,
         epoch: Epoch,
-        trades: &[TradeRequest],
-    ) -> Result<Vec<TradeOutcome>, Error> {
-        if trades.len() > MAX_BATCH {
+        items: &[ApplyItem],
+        log: Option<LogEnd>,
+    ) -> Result<Applied, Error> {
+        if items.len() > MAX_BATCH {
             return Err(Error::Protocol(format!(
-                "at most {MAX_BATCH} trades per request"
+                "at most {MAX_BATCH} items per request"
             )));
         }
-        let request = CatalogRequest::Trades {
+        let request = CatalogRequest::Apply {
             epoch,
-            trades: trades.to_vec(),
+            items: items.to_vec(),
+            log,
         };
         match self.rpc.call(&request).await? {
-            CatalogResponse::Traded { outcomes, .. } if outcomes.len() == trades.len() => {
-                Ok(outcomes
-                    .into_iter()
-                    .map(|outcome| match outcome {
-                        common::wire::TradeOutcome::Traded {
-                            number, receipt, ..
-                        } => TradeOutcome::Traded { receipt, number },
-                        common::wire::TradeOutcome::Rejected(rejection) => {
-                            TradeOutcome::Rejected(rejection)
-                        }
-                    })
-                    .collect())
-            }
-            CatalogResponse::Fenced { current, .. } => Ok(trades
-                .iter()
-                .map(|_| TradeOutcome::Fenced {
-                    current: current.clone(),
-                })
-                .collect()),
+            CatalogResponse::Applied {
+                outcomes,
+                stop,
+                next,
+                ..
+            } => Ok(Applied::Done {
+                outcomes,
+                stop,
+                next,
+            }),
+            CatalogResponse::Fenced { current, .. } => Ok(Applied::Fenced { current }),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Applies one trade (once per request id), if `epoch` is the recorded leader's.
-    pub async fn trade(&self, epoch: Epoch, trade: &TradeRequest) -> Result<TradeOutcome, Error> {
-        let mut outcomes = self.trades(epoch, std::slice::from_ref(trade)).await?;
-        outcomes
-            .pop()
-            .ok_or_else(|| Error::Protocol("no outcome for the trade".into()))
+    /// As the leader of `epoch`: every stock's level and the number of the catalog's next
+    /// trade they are the levels before, or the record when `epoch` does not lead.
+    pub async fn levels(
+        &self,
+        epoch: Epoch,
+    ) -> Result<Result<(TransactionNumber, Vec<StockLevel>), Leadership>, Error> {
+        let mut all: Vec<StockLevel> = Vec::new();
+        loop {
+            let request = CatalogRequest::Levels {
+                epoch,
+                after: all.last().map(|l| l.name.clone()),
+            };
+            match self.rpc.call(&request).await? {
+                CatalogResponse::Levels {
+                    next, levels, more, ..
+                } => {
+                    all.extend(levels);
+                    if !more {
+                        return Ok(Ok((next, all)));
+                    }
+                }
+                CatalogResponse::Fenced { current, .. } => return Ok(Err(current)),
+                other => return Err(unexpected(other)),
+            }
+        }
     }
 
     /// The durable leadership record, waiting at most `timeout`.
@@ -181,29 +197,32 @@ impl CatalogClient {
 
     /// Leader of `epoch`: says whether it can serve (renewing its lease) and learns where its
     /// log (the last entry of each epoch in it: `known`) meets the catalog's history, with up
-    /// to `max` of the catalog's trades after that point. `Ok(Err(record))` when `epoch` no
-    /// longer leads.
+    /// to `max` of the catalog's trades after that point, telling where its log ends.
+    /// `Ok(Err(record))` when `epoch` no longer leads.
     pub async fn reconcile(
         &self,
         epoch: Epoch,
         known: &[LogPosition],
         max: u32,
         serving: bool,
+        log: Option<LogEnd>,
     ) -> Result<Result<Reconciled, Leadership>, Error> {
         let request = CatalogRequest::Reconcile {
             epoch,
             known: known.to_vec(),
             max,
             serving,
+            log,
         };
         match self.rpc.call(&request).await? {
             CatalogResponse::Reconciled {
+                incarnation,
                 meet,
                 next,
                 trades,
                 complete,
-                ..
             } => Ok(Ok(Reconciled {
+                incarnation,
                 meet,
                 next,
                 trades,

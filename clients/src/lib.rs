@@ -9,7 +9,7 @@ pub mod catalog;
 pub mod election;
 pub mod peers;
 
-pub use catalog::{CatalogClient, LeadershipOutcome, Reconciled, Subscription, TradeOutcome};
+pub use catalog::{Applied, CatalogClient, LeadershipOutcome, Reconciled, Subscription};
 
 /// A client of one order replica.
 pub type ReplicaClient =

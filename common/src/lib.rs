@@ -17,6 +17,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
+pub mod trade;
 pub mod wire;
 
 pub use error::Error;

@@ -25,17 +25,24 @@ pub enum Rule {
     /// A leader takes office only once its epoch is stored, so that after a restart it never
     /// leads the same epoch twice.
     EpochBeforeOffice,
-    /// A catalog that restarts after a crash serves no lookup and no trade until the leader
-    /// has replayed to it the orders its log lost.
+    /// A catalog that restarts after a crash serves no lookup until the leader has brought
+    /// its history back up to every order it may have acknowledged.
     ReplayBeforeServe,
     /// The catalog answers a refusal only once it is on its disk, so that a later attempt of
     /// the same request gets the same refusal.
     RefusalDurableBeforeAnswer,
+    /// A leader counts an order committed only once the catalog has applied it as well, so
+    /// that nothing it acknowledges can still be refused by the catalog (and a lookup after
+    /// the answer shows it).
+    AppliedBeforeCommit,
+    /// A leader withdraws orders of its own epoch that the catalog would not apply only under
+    /// a new epoch, so that two entries never share a position.
+    WithdrawUnderNewEpoch,
 }
 
 impl Rule {
     /// Every rule, in the order `simulate --list-rules` prints them.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 10] = [
         Rule::Fencing,
         Rule::ShrinkBeforeGoingOn,
         Rule::InSyncElection,
@@ -44,6 +51,8 @@ impl Rule {
         Rule::EpochBeforeOffice,
         Rule::ReplayBeforeServe,
         Rule::RefusalDurableBeforeAnswer,
+        Rule::AppliedBeforeCommit,
+        Rule::WithdrawUnderNewEpoch,
     ];
 
     /// The rule's name on the command line.
@@ -57,6 +66,8 @@ impl Rule {
             Rule::EpochBeforeOffice => "epoch-before-office",
             Rule::ReplayBeforeServe => "replay-before-serve",
             Rule::RefusalDurableBeforeAnswer => "refusal-durable-before-answer",
+            Rule::AppliedBeforeCommit => "applied-before-commit",
+            Rule::WithdrawUnderNewEpoch => "withdraw-under-new-epoch",
         }
     }
 
@@ -72,13 +83,20 @@ impl Rule {
                 "a leader records every trade the catalog applied without an order"
             }
             Rule::ReplayBeforeServe => {
-                "a restarted catalog serves only once it holds every trade of the order log"
+                "a restarted catalog serves only once it holds every order the leader may have \
+                 acknowledged"
             }
             Rule::RefusalDurableBeforeAnswer => {
                 "the catalog answers a refusal only once it is on its disk"
             }
             Rule::DurableBeforeAck => "only entries on a replica's disk count towards a commit",
             Rule::EpochBeforeOffice => "a leader acts only once its epoch is stored",
+            Rule::AppliedBeforeCommit => {
+                "a leader commits an order only once the catalog has applied it"
+            }
+            Rule::WithdrawUnderNewEpoch => {
+                "a leader withdraws its own epoch's orders only under a new epoch"
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Version of the internal protocol; a hello with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest stock name, in bytes.
 pub const MAX_STOCK_NAME_BYTES: usize = 64;
@@ -246,16 +246,30 @@ pub enum CatalogRequest {
         /// The stock.
         name: StockName,
     },
-    /// Apply trades in order, each once per request id; refused unless `epoch` is the
-    /// recorded one. Each applied trade gets the next number of the catalog's history; an
-    /// applied trade is answered at once (the order log makes it durable), a refusal once it
-    /// is on the catalog's disk.
-    Trades {
-        /// The epoch of the leader that sends them; the catalog refuses any but the recorded
-        /// one, so that a deposed leader cannot trade.
+    /// Leader only: entries of its log to apply as the catalog's trades at their numbers, in
+    /// order, and the trades it refuses at their place among them (see [`ApplyItem`]). The
+    /// leader decides and numbers every trade; the catalog checks that each comes out as
+    /// the leader decided, applies it (answered before its own fsync: the order log makes
+    /// it durable) or remembers the refusal (durably, before answering), and stops at the
+    /// first item that does not come out so. Refused unless `epoch` is the recorded one, so
+    /// that a deposed leader cannot trade. The same request brings a catalog that lost the
+    /// tail of its history back up to the log.
+    Apply {
+        /// The epoch of the leader that sends them.
         epoch: Epoch,
-        /// The trades, as the leader was asked to place them, at most [`MAX_BATCH`].
-        trades: Vec<TradeRequest>,
+        /// At most [`MAX_BATCH`] items, in the order of the leader's log.
+        items: Vec<ApplyItem>,
+        /// Where the leader's log ends, once it has heard from this life of the catalog.
+        log: Option<LogEnd>,
+    },
+    /// Leader only: every stock's level (quantity and volume) as the catalog's history
+    /// leaves them, in pages of at most [`MAX_LEVELS`] by name, so that the leader can
+    /// decide trades itself.
+    Levels {
+        /// The caller's epoch; any other than the recorded one is refused.
+        epoch: Epoch,
+        /// The page starts after this name (`None`: the first page).
+        after: Option<StockName>,
     },
     /// Turn this connection's request into a stream: [`CatalogResponse::Invalidate`] for
     /// every change of a stock (when `invalidations`), [`CatalogResponse::Leadership`] for
@@ -291,21 +305,91 @@ pub enum CatalogRequest {
         /// Whether the leader can serve (it is not stalled). Each such call renews its lease:
         /// while the catalog hears from a leader that serves, no election deposes it.
         serving: bool,
-    },
-    /// Leader only: entries of its log that the catalog's history lacks (it lost them with
-    /// the tail of its write-ahead log, or with its disk), to apply in order from the
-    /// catalog's next number.
-    Replay {
-        /// The caller's epoch; any other than the recorded one is refused.
-        epoch: Epoch,
-        /// Consecutive entries, at most [`MAX_BATCH`].
-        entries: Vec<OrderEntry>,
+        /// Where the leader's log ends (see `Apply`).
+        log: Option<LogEnd>,
     },
 }
 
-/// Most trades in one `Trades` request, entries in one `Replay`, `Replicate` or `SyncUp`
-/// answer, and requests in one `Batch`: far below the frame limit even at the longest names
-/// and request ids.
+/// Where a leader's log ends, told with its requests: a catalog that restarted after a crash
+/// serves lookups again only once its history holds the whole log of a request made to it,
+/// this life of it (so after the leader could have learnt that an earlier life's confirmation
+/// of an entry is gone); every order the leader acknowledges later is then there too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEnd {
+    /// The life of the catalog the leader heard from last (see `Reconciled::incarnation`).
+    pub incarnation: u64,
+    /// The log's last entry (`None`: it is empty).
+    pub last: Option<TransactionNumber>,
+}
+
+/// One item of an `Apply`, in the order of the leader's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApplyItem {
+    /// Apply this entry as the catalog's trade at its number, which must be the next one
+    /// (or confirm that the history holds it there already).
+    Entry(OrderEntry),
+    /// A trade the leader found the stock cannot take right before entry `before` of its
+    /// log: refuse it there, remembering the refusal as its answer.
+    Refuse {
+        /// The log's next number when the leader decided (the catalog's must be the same).
+        before: TransactionNumber,
+        /// The trade.
+        trade: TradeRequest,
+    },
+}
+
+/// What became of one item of an `Apply` that came out as the leader decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// The entry is the catalog's trade at its number (applied now, or before).
+    Applied,
+    /// The trade is refused, durably: this is its answer.
+    Refused(TradeRejection),
+}
+
+/// Why an item of an `Apply` did not come out as the leader decided; nothing of it, or of
+/// the items after it, was applied or remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyStop {
+    /// The entry is beyond the catalog's next number: its history lacks the entries before
+    /// it (it lost them in a crash, or an earlier request did not arrive).
+    Gap,
+    /// The history holds another trade at the entry's number.
+    Conflict,
+    /// The request id was traded before, as the catalog's trade `number`.
+    Traded {
+        /// Where it was traded.
+        number: TransactionNumber,
+    },
+    /// The catalog refuses the entry. `remembered`: the request was refused before, and this
+    /// is its answer; otherwise the stock cannot take it here (the leader's copy of the
+    /// stocks is wrong).
+    Refused {
+        /// Why.
+        rejection: TradeRejection,
+        /// Whether it is the request's remembered answer.
+        remembered: bool,
+    },
+    /// The stock can take the trade the leader refuses.
+    WouldApply,
+}
+
+/// A stock's quantity and traded volume, as the catalog holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    /// The stock.
+    pub name: StockName,
+    /// Shares left.
+    pub quantity: u64,
+    /// Shares traded so far.
+    pub volume: u64,
+}
+
+/// Most stocks in one answer to `Levels`.
+pub const MAX_LEVELS: usize = 1_000;
+
+/// Most items in one `Apply`, entries in one `Replicate` or `SyncUp` answer, and requests in
+/// one `Batch`: far below the frame limit even at the longest names and request ids.
 pub const MAX_BATCH: usize = 1_000;
 
 /// Most epoch boundaries a history sends to find where it meets another.
@@ -357,6 +441,13 @@ pub enum LeadershipChange {
         leader: ReplicaId,
         /// The new set.
         in_sync: Vec<ReplicaId>,
+    },
+    /// The recorded leader asks for a new epoch of its own, with the same in-sync set: it
+    /// withdraws orders of its log that the catalog would not apply, and numbers again from
+    /// there under the new epoch, so that no two entries ever share a position.
+    Renew {
+        /// Who asks: the recorded leader.
+        leader: ReplicaId,
     },
     /// An operator's override: `leader` leads a new epoch alone, in sync or not. Orders only
     /// the others held may be lost.
@@ -449,23 +540,6 @@ impl fmt::Display for TradeRejection {
     }
 }
 
-/// What became of one trade of a `Trades` request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TradeOutcome {
-    /// Applied (now, or before under the same request id) as this entry of the catalog's
-    /// history.
-    Traded {
-        /// Its number: the transaction number of the order that records it.
-        number: TransactionNumber,
-        /// The epoch it was traded under.
-        epoch: Epoch,
-        /// The stock right after it.
-        receipt: TradeReceipt,
-    },
-    /// Refused; nothing changed.
-    Rejected(TradeRejection),
-}
-
 /// Answers of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CatalogResponse {
@@ -473,12 +547,30 @@ pub enum CatalogResponse {
     Stock(StockQuote),
     /// Answer to `Lookup` of an unknown name.
     NotFound,
-    /// Answer to `Trades`: one outcome per trade, in order.
-    Traded {
-        /// Which life of the catalog numbered them (see `Reconciled::incarnation`).
+    /// Answer to `Apply`.
+    Applied {
+        /// Which life of the catalog answers: a count it raises, durably, every time it
+        /// starts (see `Reconciled::incarnation`).
         incarnation: u64,
-        /// One per trade, in order.
-        outcomes: Vec<TradeOutcome>,
+        /// One per item, in order, up to the first that did not come out as the leader
+        /// decided.
+        outcomes: Vec<ApplyOutcome>,
+        /// Why the item after the last outcome did not, if one did not; the items after it
+        /// were not looked at.
+        stop: Option<ApplyStop>,
+        /// The number the catalog's next trade gets: its history holds every number below.
+        next: TransactionNumber,
+    },
+    /// Answer to `Levels`: one page of stocks, by name.
+    Levels {
+        /// Which life of the catalog answers.
+        incarnation: u64,
+        /// The levels are those after every trade numbered below this.
+        next: TransactionNumber,
+        /// The page, by name.
+        levels: Vec<StockLevel>,
+        /// Whether more pages follow (ask again after the last name).
+        more: bool,
     },
     /// First answer to `Subscribe`, with the leadership record as it is; pushes follow with
     /// the same id.
@@ -486,7 +578,7 @@ pub enum CatalogResponse {
     /// The leadership record: the answer to `ReadLeadership` and to a successful
     /// `ChangeLeadership`, and pushed to subscribers after every change.
     Leadership(Leadership),
-    /// A `Trades`, `Reconcile`, `Replay` or `ChangeLeadership` made under another epoch than
+    /// An `Apply`, `Levels`, `Reconcile` or `ChangeLeadership` made under another epoch than
     /// the recorded one (or a change the record's rules refuse): nothing changed; this is the
     /// record now.
     Fenced {
@@ -512,11 +604,6 @@ pub enum CatalogResponse {
         /// False when the catalog no longer remembers the trades right after `meet` (its
         /// window of recent trades has moved past them).
         complete: bool,
-    },
-    /// Answer to `Replay`: the number the catalog's next trade gets now.
-    Replayed {
-        /// Its history holds every number below.
-        next: TransactionNumber,
     },
     /// Pushed to subscribers every heartbeat interval.
     Heartbeat {
@@ -607,6 +694,11 @@ pub enum OrderRequest {
         prev: Option<LogPosition>,
         /// Consecutive entries.
         entries: Vec<OrderEntry>,
+        /// How many times the leader has set entries of its log aside in this epoch (at its
+        /// start, entries it inherited that the catalog would not apply). A follower that
+        /// sees the count grow catches up with `SyncUp`, setting aside what the leader no
+        /// longer holds; an older message (a lower count) is refused.
+        cuts: u32,
     },
     /// Follower to leader: the entries after the newest of `known` that the leader also
     /// holds.

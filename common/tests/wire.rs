@@ -25,9 +25,12 @@ fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
         stock_name().prop_map(|name| CatalogRequest::Lookup { name }),
         (
             any::<u64>(),
-            proptest::collection::vec(trade_request(), 0..4)
+            proptest::collection::vec(apply_item(), 0..4),
+            proptest::option::of(log_end())
         )
-            .prop_map(|(epoch, trades)| CatalogRequest::Trades { epoch, trades }),
+            .prop_map(|(epoch, items, log)| CatalogRequest::Apply { epoch, items, log }),
+        (any::<u64>(), proptest::option::of(stock_name()))
+            .prop_map(|(epoch, after)| CatalogRequest::Levels { epoch, after }),
         any::<bool>().prop_map(|invalidations| CatalogRequest::Subscribe { invalidations }),
         Just(CatalogRequest::ReadLeadership),
         (any::<u64>(), change())
@@ -36,16 +39,31 @@ fn catalog_request() -> impl Strategy<Value = CatalogRequest> {
             any::<u64>(),
             proptest::collection::vec(position(), 0..4),
             any::<u32>(),
-            any::<bool>()
+            any::<bool>(),
+            proptest::option::of(log_end())
         )
-            .prop_map(|(epoch, known, max, serving)| CatalogRequest::Reconcile {
-                epoch,
-                known,
-                max,
-                serving,
-            }),
-        (any::<u64>(), proptest::collection::vec(order_entry(), 0..4))
-            .prop_map(|(epoch, entries)| CatalogRequest::Replay { epoch, entries }),
+            .prop_map(
+                |(epoch, known, max, serving, log)| CatalogRequest::Reconcile {
+                    epoch,
+                    known,
+                    max,
+                    serving,
+                    log,
+                }
+            ),
+    ]
+}
+
+fn log_end() -> impl Strategy<Value = LogEnd> {
+    (any::<u64>(), proptest::option::of(any::<u64>()))
+        .prop_map(|(incarnation, last)| LogEnd { incarnation, last })
+}
+
+fn apply_item() -> impl Strategy<Value = ApplyItem> {
+    prop_oneof![
+        order_entry().prop_map(ApplyItem::Entry),
+        (any::<u64>(), trade_request())
+            .prop_map(|(before, trade)| ApplyItem::Refuse { before, trade }),
     ]
 }
 
@@ -60,27 +78,23 @@ fn trade_request() -> impl Strategy<Value = TradeRequest> {
     )
 }
 
-fn trade_outcome() -> impl Strategy<Value = TradeOutcome> {
+fn apply_outcome() -> impl Strategy<Value = ApplyOutcome> {
     prop_oneof![
-        (
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>()
-        )
-            .prop_map(
-                |(number, epoch, quantity, volume, version)| TradeOutcome::Traded {
-                    number,
-                    epoch,
-                    receipt: TradeReceipt {
-                        quantity,
-                        volume,
-                        version,
-                    },
-                }
-            ),
-        rejection().prop_map(TradeOutcome::Rejected),
+        Just(ApplyOutcome::Applied),
+        rejection().prop_map(ApplyOutcome::Refused),
+    ]
+}
+
+fn apply_stop() -> impl Strategy<Value = ApplyStop> {
+    prop_oneof![
+        Just(ApplyStop::Gap),
+        Just(ApplyStop::Conflict),
+        any::<u64>().prop_map(|number| ApplyStop::Traded { number }),
+        (rejection(), any::<bool>()).prop_map(|(rejection, remembered)| ApplyStop::Refused {
+            rejection,
+            remembered
+        }),
+        Just(ApplyStop::WouldApply),
     ]
 }
 
@@ -94,6 +108,7 @@ fn change() -> impl Strategy<Value = LeadershipChange> {
             .prop_map(|(leader, in_sync)| LeadershipChange::Elect { leader, in_sync }),
         (any::<u32>(), replica_ids())
             .prop_map(|(leader, in_sync)| LeadershipChange::SetInSync { leader, in_sync }),
+        any::<u32>().prop_map(|leader| LeadershipChange::Renew { leader }),
         any::<u32>().prop_map(|leader| LeadershipChange::Unclean { leader }),
     ]
 }
@@ -142,11 +157,37 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
         Just(CatalogResponse::NotFound),
         (
             any::<u64>(),
-            proptest::collection::vec(trade_outcome(), 0..4)
+            proptest::collection::vec(apply_outcome(), 0..4),
+            proptest::option::of(apply_stop()),
+            any::<u64>()
         )
-            .prop_map(|(incarnation, outcomes)| CatalogResponse::Traded {
-                incarnation,
-                outcomes
+            .prop_map(
+                |(incarnation, outcomes, stop, next)| CatalogResponse::Applied {
+                    incarnation,
+                    outcomes,
+                    stop,
+                    next
+                }
+            ),
+        (
+            any::<u64>(),
+            proptest::collection::vec(
+                (stock_name(), any::<u64>(), any::<u64>()).prop_map(|(name, quantity, volume)| {
+                    StockLevel {
+                        name,
+                        quantity,
+                        volume,
+                    }
+                }),
+                0..4
+            ),
+            any::<bool>()
+        )
+            .prop_map(|(next, levels, more)| CatalogResponse::Levels {
+                incarnation: next / 3,
+                next,
+                levels,
+                more
             }),
         leadership().prop_map(CatalogResponse::Subscribed),
         leadership().prop_map(CatalogResponse::Leadership),
@@ -167,7 +208,6 @@ fn catalog_response() -> impl Strategy<Value = CatalogResponse> {
                     complete,
                 }
             ),
-        any::<u64>().prop_map(|next| CatalogResponse::Replayed { next }),
         Just(CatalogResponse::Heartbeat {
             storage_failure: None
         }),
@@ -231,14 +271,16 @@ fn order_request() -> impl Strategy<Value = OrderRequest> {
             any::<u64>(),
             any::<u32>(),
             proptest::option::of(position()),
-            proptest::collection::vec(order_entry(), 0..4)
+            proptest::collection::vec(order_entry(), 0..4),
+            any::<u32>()
         )
             .prop_map(
-                |(epoch, leader_id, prev, entries)| OrderRequest::Replicate {
+                |(epoch, leader_id, prev, entries, cuts)| OrderRequest::Replicate {
                     epoch,
                     leader_id,
                     prev,
                     entries,
+                    cuts,
                 }
             ),
         (

@@ -69,6 +69,16 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
         self.order.range(start..).filter_map(|k| self.values.get(k))
     }
 
+    /// [`RecentWindow::values_from`], each value with its key.
+    pub fn entries_from(&self, before: impl Fn(&V) -> bool) -> impl Iterator<Item = (&K, &V)> {
+        let start = self
+            .order
+            .partition_point(|k| self.values.get(k).is_none_or(&before));
+        self.order
+            .range(start..)
+            .filter_map(|k| self.values.get(k).map(|v| (k, v)))
+    }
+
     /// How many keys are remembered.
     pub fn len(&self) -> usize {
         self.order.len()

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use catalog::book::{LogRecord, Refusal, TradeRecord};
 use common::frame;
 use common::wire::{
-    CatalogRequest, CatalogResponse, Envelope, Hello, HelloReply, Leadership, LeadershipChange,
-    LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError, Reply, RequestId, StockName,
-    StockQuote, TradeKind, TradeReceipt, TradeRequest,
+    ApplyItem, ApplyOutcome, ApplyStop, CatalogRequest, CatalogResponse, Envelope, Hello,
+    HelloReply, Leadership, LeadershipChange, LogEnd, LogPosition, OrderEntry, OrderRequest,
+    OrderResponse, RemoteError, Reply, RequestId, StockName, StockQuote, TradeKind, TradeReceipt,
+    TradeRejection, TradeRequest,
 };
 use serde::Serialize;
 use stock_bazaar_fuzz::{checksummed_line, DEFAULT_MAX_TRADE};
@@ -222,14 +223,21 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         c,
         "catalog_trade",
         2,
-        CatalogRequest::Trades {
+        CatalogRequest::Apply {
             epoch: 3,
-            trades: vec![TradeRequest {
-                request_id: id("key-abc"),
-                name: name("BoarCo"),
-                quantity: 5,
-                kind: TradeKind::Sell,
+            items: vec![ApplyItem::Refuse {
+                before: 7,
+                trade: TradeRequest {
+                    request_id: id("key-abc"),
+                    name: name("BoarCo"),
+                    quantity: 5,
+                    kind: TradeKind::Sell,
+                },
             }],
+            log: Some(LogEnd {
+                incarnation: 3,
+                last: Some(6),
+            }),
         },
     )?;
     message(
@@ -256,6 +264,10 @@ fn frames(c: &Corpus) -> Result<(), Error> {
             }],
             max: 1_000,
             serving: true,
+            log: Some(LogEnd {
+                incarnation: 3,
+                last: Some(40),
+            }),
         },
     )?;
     message(
@@ -282,6 +294,7 @@ fn frames(c: &Corpus) -> Result<(), Error> {
         "order_replicate",
         6,
         OrderRequest::Replicate {
+            cuts: 0,
             epoch: 2,
             leader_id: 1,
             prev: Some(LogPosition {
@@ -340,13 +353,33 @@ fn frames(c: &Corpus) -> Result<(), Error> {
     message(c, "reply_reconciled", 4, applied)?;
     message(
         c,
-        "catalog_replay",
+        "catalog_apply",
         9,
-        CatalogRequest::Replay {
+        CatalogRequest::Apply {
             epoch: 2,
-            entries: vec![entry.clone()],
+            items: vec![ApplyItem::Entry(entry.clone())],
+            log: None,
         },
     )?;
+    message(
+        c,
+        "catalog_levels",
+        11,
+        CatalogRequest::Levels {
+            epoch: 2,
+            after: Some(name("BoarCo")),
+        },
+    )?;
+    let answered: Reply<CatalogResponse> = Ok(CatalogResponse::Applied {
+        incarnation: 3,
+        outcomes: vec![ApplyOutcome::Applied],
+        stop: Some(ApplyStop::Refused {
+            rejection: TradeRejection::NotEnoughStock { available: 2 },
+            remembered: true,
+        }),
+        next: 43,
+    });
+    message(c, "reply_applied", 9, answered)?;
     message(
         c,
         "order_batch",

@@ -55,7 +55,6 @@ enum Effect {
         to: Peer,
         request: Request,
         timeout: std::time::Duration,
-        owner: Option<Token>,
     },
     Reply(oneshot::Sender<Reply<OrderResponse>>, Reply<OrderResponse>),
     Input(Input),
@@ -65,20 +64,8 @@ enum Effect {
 enum Outcome {
     /// Answered in this step.
     Replied(Reply<OrderResponse>),
-    /// Not yet: the answer comes on the receiver (given here unless the caller holds one),
-    /// perhaps after the call the request needs, which its own task makes.
-    Pending {
-        receiver: Option<oneshot::Receiver<Reply<OrderResponse>>>,
-        call: Option<OwnedCall>,
-    },
-}
-
-/// A call the engine made for one request alone, made from that request's task.
-struct OwnedCall {
-    call: CallId,
-    to: Peer,
-    request: Request,
-    timeout: std::time::Duration,
+    /// Not yet: the answer comes on the receiver.
+    Pending(oneshot::Receiver<Reply<OrderResponse>>),
 }
 
 struct Node {
@@ -97,13 +84,10 @@ impl Node {
     }
 
     /// Feeds `input` to the engine and executes its commands. For `own` (the request this
-    /// step is made for, if any) its reply is returned rather than sent, and a call made for it
-    /// alone is returned to be made from its task; `receiving` says whether its task already
-    /// holds a receiver for the reply.
-    fn step(self: &Arc<Self>, input: Input, own: Option<(Token, bool)>) -> Outcome {
+    /// step is made for, if any) its reply is returned rather than sent, or a receiver for it.
+    fn step(self: &Arc<Self>, input: Input, own: Option<Token>) -> Option<Outcome> {
         let mut effects = Vec::new();
         let mut mine = None;
-        let mut owned = None;
         let mut receiver = None;
         {
             let mut guard = lock(&self.inner);
@@ -118,7 +102,6 @@ impl Node {
             } = &mut *guard;
             engine.handle(now, input, commands);
             engine.drain_commit_waits(|waited| self.metrics.committed(waited));
-            let token = own.map(|(token, _)| token);
             // A follower has nothing to do while its entries reach the disk but wait: it
             // writes them itself, without two hand-overs between threads.
             let at_once = matches!(engine.role(), Role::Follower | Role::Syncing);
@@ -128,7 +111,7 @@ impl Node {
             };
             for command in commands.drain(..) {
                 execute(command, log, &disk, &mut effects, &mut |t, reply| {
-                    if Some(t) == token {
+                    if Some(t) == own {
                         mine = Some(reply);
                         None
                     } else {
@@ -136,47 +119,20 @@ impl Node {
                     }
                 });
             }
-            if let Some((token, receiving)) = own {
-                if mine.is_some() {
-                    replies.remove(&token);
-                } else {
-                    // The call made for this request alone is made from its task.
-                    let at = effects.iter().position(
-                        |e| matches!(e, Effect::Call { owner: Some(o), .. } if *o == token),
-                    );
-                    if let Some(Effect::Call {
-                        call,
-                        to,
-                        request,
-                        timeout,
-                        ..
-                    }) = at.map(|at| effects.remove(at))
-                    {
-                        owned = Some(OwnedCall {
-                            call,
-                            to,
-                            request,
-                            timeout,
-                        });
-                    }
-                    if !receiving {
-                        let (sender, waiting) = oneshot::channel();
-                        replies.insert(token, sender);
-                        receiver = Some(waiting);
-                    }
-                }
+            if let (Some(token), None) = (own, &mine) {
+                let (sender, waiting) = oneshot::channel();
+                replies.insert(token, sender);
+                receiver = Some(waiting);
             }
             if common::engine::wakes_timer(*timer_at, engine.next_timer()) {
                 self.timer.notify_one();
             }
         }
         self.run_effects(effects);
-        match mine {
-            Some(reply) => Outcome::Replied(reply),
-            None => Outcome::Pending {
-                receiver,
-                call: owned,
-            },
+        match (mine, receiver) {
+            (Some(reply), _) => Some(Outcome::Replied(reply)),
+            (None, Some(receiver)) => Some(Outcome::Pending(receiver)),
+            (None, None) => None,
         }
     }
 
@@ -191,7 +147,6 @@ impl Node {
                     to,
                     request,
                     timeout,
-                    ..
                 } => {
                     let node = self.clone();
                     tokio::spawn(async move {
@@ -214,35 +169,12 @@ impl Node {
         self.peers.call(to, request, timeout).await
     }
 
-    /// Answers one request through the engine. A call the engine makes for this request
-    /// alone (a placement's trade) is made from this task: no task of its own, no hand-over.
+    /// Answers one request through the engine.
     async fn request(self: &Arc<Self>, request: OrderRequest) -> Reply<OrderResponse> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let mut input = Input::Request { token, request };
-        let mut waiting = None;
-        loop {
-            match self.step(input, Some((token, waiting.is_some()))) {
-                Outcome::Replied(reply) => return reply,
-                Outcome::Pending { receiver, call } => {
-                    if receiver.is_some() {
-                        waiting = receiver;
-                    }
-                    let Some(OwnedCall {
-                        call,
-                        to,
-                        request,
-                        timeout,
-                    }) = call
-                    else {
-                        break;
-                    };
-                    let answer = self.call(to, request, timeout).await;
-                    input = Input::Answer { call, answer };
-                }
-            }
-        }
-        match waiting {
-            Some(receiver) => receiver
+        match self.step(Input::Request { token, request }, Some(token)) {
+            Some(Outcome::Replied(reply)) => reply,
+            Some(Outcome::Pending(receiver)) => receiver
                 .await
                 .unwrap_or_else(|_| Err(RemoteError::unavailable("replica is shutting down"))),
             None => Err(RemoteError::unavailable("replica is shutting down")),
@@ -392,7 +324,6 @@ fn execute(
             to,
             request,
             timeout,
-            owner,
         } => {
             let request = request
                 .into_request(|from, count| log.entries(from, count as usize))
@@ -403,7 +334,6 @@ fn execute(
                     to,
                     request,
                     timeout,
-                    owner,
                 }),
                 Err(e) => {
                     error!(error = %e, "cannot read entries to replicate");

@@ -136,6 +136,7 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
     // The leader's first (empty) `Replicate` tells the replica of the new epoch: it starts
     // syncing up; hold the leader's answer back.
     let probe = OrderRequest::Replicate {
+        cuts: 0,
         epoch: EPOCH,
         leader_id: 1,
         prev: None,
@@ -151,6 +152,7 @@ async fn entries_replicated_during_a_sync_up_are_kept_not_set_aside() {
 
     // Meanwhile the leader replicates entries 0 and 1; the replica persists and acknowledges.
     let replicate = OrderRequest::Replicate {
+        cuts: 0,
         epoch: EPOCH,
         leader_id: 1,
         prev: None,

@@ -1,7 +1,8 @@
 //! The invariants, checked as the run goes and once it has settled. As it goes: no two orders
-//! are ever acknowledged at one number, at most one replica leads an epoch, a new leader
-//! holds every order acknowledged before it, no log holds a request id twice, a retry is
-//! never refused as a reused id. Once settled: every acknowledged order is in the final
+//! are ever acknowledged at one number, an order is acknowledged only once the catalog has
+//! applied it, no two entries ever sit at one position (number and epoch), at most one replica
+//! leads an epoch, a new leader holds every order acknowledged before it, no log holds a
+//! request id twice, a retry is never refused as a reused id. Once settled: every acknowledged order is in the final
 //! history at its number with its content, no refused trade is, every request id is there at
 //! most once, the replicas hold one history, and the catalog's quantities and volumes equal
 //! the initial ones plus the history.
@@ -78,6 +79,8 @@ pub struct Checker {
     acknowledged: BTreeMap<u64, (Order, Epoch)>,
     /// Orders clients were told of, by number.
     told: BTreeMap<u64, Order>,
+    /// How many orders of each stock clients were told of.
+    told_of: HashMap<StockName, usize>,
     /// Trades clients were told were refused.
     refused: BTreeSet<RequestId>,
     /// Refusals the catalog remembered.
@@ -85,6 +88,11 @@ pub struct Checker {
     /// Those it remembered before it lost its disk: a refusal is remembered on the catalog's
     /// disk only, so a later attempt of one of them may trade.
     forgotten: BTreeSet<RequestId>,
+    /// Every entry the catalog ever applied (in any of its lives), by number: the request
+    /// ids applied there.
+    applied: BTreeMap<u64, BTreeSet<RequestId>>,
+    /// The first entry any replica appended at each position.
+    positions: HashMap<(Epoch, u64), RequestId>,
     /// The leader of each epoch.
     leaders: BTreeMap<Epoch, ReplicaId>,
     /// The life (incarnation) of each replica in which it first led each epoch.
@@ -118,6 +126,16 @@ impl Checker {
     ) {
         self.checks += 1;
         let order = Order::of(entry);
+        let applied = self
+            .applied
+            .get(&number)
+            .is_some_and(|ids| ids.contains(&entry.request_id));
+        if !applied {
+            let detail = format!(
+                "replica {by} acknowledged order {number} ({order}) before the catalog applied it"
+            );
+            self.fail("acknowledged-orders-applied", at, detail);
+        }
         match self.acknowledged.get(&number) {
             Some((first, _)) if *first != order => {
                 let detail = format!(
@@ -128,6 +146,34 @@ impl Checker {
             Some(_) => {}
             None => {
                 self.acknowledged.insert(number, (order, epoch));
+            }
+        }
+    }
+
+    /// The catalog applied `entry` as the trade at its number.
+    pub fn catalog_applied(&mut self, entry: &OrderEntry) {
+        self.applied
+            .entry(entry.number)
+            .or_default()
+            .insert(entry.request_id.clone());
+    }
+
+    /// Replica `by` appended `entry`: no other entry may ever sit at its position (number and
+    /// epoch), on any replica, or two logs holding one position would differ before it.
+    pub fn positioned(&mut self, at: Duration, by: ReplicaId, entry: &OrderEntry) {
+        self.checks += 1;
+        let key = (entry.epoch, entry.number);
+        match self.positions.get(&key) {
+            Some(first) if *first != entry.request_id => {
+                let detail = format!(
+                    "replica {by} appended {} at #{}@{}, where {first} was appended before",
+                    entry.request_id, entry.number, entry.epoch
+                );
+                self.fail("one-entry-per-position", at, detail);
+            }
+            Some(_) => {}
+            None => {
+                self.positions.insert(key, entry.request_id.clone());
             }
         }
     }
@@ -149,7 +195,27 @@ impl Checker {
                 return self.fail("one-order-per-number", at, detail);
             }
         }
+        *self.told_of.entry(order.name.clone()).or_default() += 1;
         self.told.insert(number, order);
+    }
+
+    /// How many orders of `stock` clients were told of so far.
+    pub fn told_of(&self, stock: &StockName) -> usize {
+        self.told_of.get(stock).copied().unwrap_or_default()
+    }
+
+    /// The catalog answered a lookup of `stock`, sent once clients had been told of `told`
+    /// orders of it, with the stock at `version`: every applied trade raises the version by
+    /// one, so it must be at least that (a lookup after a trade's answer shows the trade).
+    pub fn looked_up(&mut self, at: Duration, stock: &StockName, told: usize, version: u64) {
+        self.checks += 1;
+        if version < told as u64 {
+            let detail = format!(
+                "a lookup of {stock} showed version {version}, after clients were told of {told} \
+                 orders of it"
+            );
+            self.fail("lookups-show-acknowledged-trades", at, detail);
+        }
     }
 
     /// A client was told its trade was refused (nothing traded).

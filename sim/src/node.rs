@@ -415,6 +415,7 @@ impl ReplicaNode {
                     if let Some(&other) = self.ids.get(&entry.request_id) {
                         ctx.checker.recorded_twice(ctx.now, self.id, &entry, other);
                     }
+                    ctx.checker.positioned(ctx.now, self.id, &entry);
                     let line = order::log::format_line(&entry);
                     self.offsets.push(self.end);
                     self.end += line.len() as u64;
@@ -455,7 +456,7 @@ impl ReplicaNode {
                 let request = match ready {
                     Ok(replica_engine::Request::Order(request)) => Request::Order(request),
                     Ok(replica_engine::Request::Catalog(request)) => {
-                        self.traded += u32::from(matches!(request, CatalogRequest::Trades { .. }));
+                        self.traded += u32::from(matches!(request, CatalogRequest::Apply { .. }));
                         Request::Catalog(request)
                     }
                     Err(never) => match never {},
@@ -779,7 +780,19 @@ impl CatalogNode {
 
     fn feed(&mut self, ctx: &mut Ctx<'_>, input: catalog_engine::Input) {
         use catalog_engine::Command;
+        let before = self.engine.book().next_number();
         self.engine.handle(ctx.local, input, &mut self.commands);
+        // Every trade its history gained (by an `Apply`, or a rebuild from a replica's log).
+        let after = self.engine.book().next_number();
+        if after > before {
+            let (entries, _) = self
+                .engine
+                .book()
+                .entries_after(before.checked_sub(1), (after - before) as usize);
+            for entry in entries.iter().filter(|e| e.number >= before) {
+                ctx.checker.catalog_applied(entry);
+            }
+        }
         let commands = std::mem::take(&mut self.commands);
         for command in commands {
             match command {
@@ -828,11 +841,11 @@ impl CatalogNode {
                     }
                 }
                 Command::Reply { token, reply } => {
-                    if let Ok(common::wire::CatalogResponse::Traded { outcomes, .. }) = &reply {
+                    if let Ok(common::wire::CatalogResponse::Applied { outcomes, .. }) = &reply {
                         self.refusal_answered |= outcomes.iter().any(|o| {
                             matches!(
                                 o,
-                                common::wire::TradeOutcome::Rejected(
+                                common::wire::ApplyOutcome::Refused(
                                     TradeRejection::NotEnoughStock { .. }
                                         | TradeRejection::Overflow
                                 )
@@ -919,21 +932,34 @@ impl CatalogNode {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.inbound.insert(token, caller);
-                let trade = match &request {
-                    CatalogRequest::Trades { epoch, trades } => trades
-                        .first()
-                        .map(|trade| (*epoch, trade.request_id.clone())),
-                    _ => None,
+                // The entries an `Apply` brings, to see which the catalog applied.
+                let (epoch, entries) = match &request {
+                    CatalogRequest::Apply { epoch, items, .. } => (
+                        *epoch,
+                        items
+                            .iter()
+                            .filter_map(|item| match item {
+                                common::wire::ApplyItem::Entry(entry) => Some(entry.clone()),
+                                common::wire::ApplyItem::Refuse { .. } => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => (0, Vec::new()),
                 };
                 let record = self.engine.book().leadership().clone();
                 let before = self.engine.book().next_number();
                 self.feed(ctx, catalog_engine::Input::Request { token, request });
-                if let Some((epoch, request_id)) = trade {
-                    if self.engine.book().next_number() > before
-                        && (record.leader.is_none() || record.epoch != epoch)
-                    {
+                let history = self.engine.book().history();
+                let applied: Vec<&OrderEntry> = entries
+                    .iter()
+                    .filter(|e| {
+                        e.number >= before && history.position(e.number) == Some(e.position())
+                    })
+                    .collect();
+                if let Some(first) = applied.first() {
+                    if record.leader.is_none() || record.epoch != epoch {
                         ctx.checker
-                            .deposed_traded(ctx.now, epoch, &request_id, &record);
+                            .deposed_traded(ctx.now, epoch, &first.request_id, &record);
                     }
                 }
             }
@@ -1183,6 +1209,9 @@ pub struct ClientNode {
     rng: Rng,
     /// Longest pause between two orders, µs: the orders spread over the faults.
     pace: u64,
+    /// Lookups on their way to the catalog: the stock, and how many orders of it clients had
+    /// been told of when it was sent.
+    lookups: HashMap<CallId, (StockName, usize)>,
     /// Definite answers it got.
     pub answered: u64,
 }
@@ -1215,6 +1244,7 @@ impl ClientNode {
             at: Duration::ZERO,
             rng,
             pace: 2 * over.as_micros() as u64 / orders.max(1),
+            lookups: HashMap::new(),
             answered: 0,
         }
     }
@@ -1278,6 +1308,7 @@ impl ClientNode {
             return;
         };
         placing.tries += 1;
+        let stock = placing.order.name.clone();
         let call = self.next_call;
         self.next_call += 1;
         self.call = Some(call);
@@ -1288,10 +1319,37 @@ impl ClientNode {
             request: Request::Front(OrderRequest::PlaceOrder(placing.order.clone())),
             timeout: CLIENT_TIMEOUT,
         });
+        // It looks the stock up as it trades: what it shows must hold every order clients
+        // were told of.
+        self.look_up(ctx, stock);
+    }
+
+    /// Looks `stock` up at the catalog: what it shows must hold every order of it clients
+    /// were told of before.
+    fn look_up(&mut self, ctx: &mut Ctx<'_>, stock: StockName) {
+        let call = self.next_call;
+        self.next_call += 1;
+        let told = ctx.checker.told_of(&stock);
+        self.lookups.insert(call, (stock.clone(), told));
+        ctx.actions.push(Action::Call {
+            to: CATALOG,
+            call,
+            request: Request::Catalog(common::wire::CatalogRequest::Lookup { name: stock }),
+            timeout: CLIENT_TIMEOUT,
+        });
     }
 
     /// The front end's answer (or the call's failure).
     pub fn answer(&mut self, ctx: &mut Ctx<'_>, call: CallId, answer: Returned) {
+        if let Some((stock, told)) = self.lookups.remove(&call) {
+            if let Returned::Engine(Ok(Answer::Catalog(common::wire::CatalogResponse::Stock(
+                quote,
+            )))) = answer
+            {
+                ctx.checker.looked_up(ctx.now, &stock, told, quote.version);
+            }
+            return;
+        }
         if self.call != Some(call) {
             return;
         }
@@ -1309,6 +1367,7 @@ impl ClientNode {
                     quantity: order.quantity.unsigned_abs(),
                 };
                 ctx.checker.told(ctx.now, number, told);
+                self.look_up(ctx, order.name.clone());
                 true
             }
             Returned::Front(Ok(OrderResponse::Rejected(TradeRejection::RequestIdReused))) => {
@@ -1351,6 +1410,7 @@ impl ClientNode {
             self.placing = None;
             self.at = ctx.local + Duration::from_micros(self.rng.range(0, self.pace + 1));
         } else {
+            self.look_up(ctx, order.name.clone());
             if self.rng.chance(300) {
                 self.home += 1;
             }

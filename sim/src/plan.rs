@@ -67,7 +67,8 @@ pub enum Fault {
         down_for: Duration,
     },
     /// The catalog is killed as soon as it has answered a refusal it remembers (not enough
-    /// stock), and restarts after `down_for`.
+    /// stock), and the leader that asked for it (which remembers it too) a few network hops
+    /// later, once it may have told the refusal on; both restart after `down_for`.
     CrashAfterRefusal {
         /// How long it stays down.
         down_for: Duration,

@@ -145,8 +145,9 @@ pub fn request(request: &Request) -> String {
             leader_id,
             prev,
             entries,
+            cuts,
         }) => format!(
-            "Replicate epoch {epoch} from {leader_id} after {} with {} entries{}",
+            "Replicate epoch {epoch} from {leader_id} after {} with {} entries{} (cuts {cuts})",
             prev.map_or("the start".to_owned(), |p| p.to_string()),
             entries.len(),
             match (entries.first(), entries.last()) {

@@ -526,9 +526,24 @@ impl World {
     fn armed_faults(&mut self, proc: Proc) {
         if let Node::Catalog(catalog) = &mut self.procs[proc].node {
             let refused = std::mem::take(&mut catalog.refusal_answered);
+            let leader = catalog.engine.book().leadership().leader;
             if refused && self.faulty {
                 if let Some(down_for) = self.crash_after_refusal.take() {
                     self.schedule(self.now, Event::Kill { proc, down_for });
+                    // The leader that asked for it (and remembers it) goes down soon after,
+                    // once it may have told the refusal on.
+                    if let Some(leader) = leader {
+                        let hops = 4 * self.plan.network.delay_max;
+                        let at =
+                            self.now + Duration::from_micros(self.rng.range(hops / 2, hops + 1));
+                        self.schedule(
+                            at,
+                            Event::Kill {
+                                proc: leader as Proc,
+                                down_for,
+                            },
+                        );
+                    }
                 }
             }
             return;

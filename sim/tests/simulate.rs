@@ -107,8 +107,8 @@ fn switching_off_the_in_sync_check_at_election_is_caught() {
 
 #[test]
 fn switching_off_orphan_adoption_is_caught() {
-    // The catalog numbers the trades: a log that skips one cannot record the next, so the
-    // system stops (or its stocks stop adding up).
+    // A leader that leaves the catalog's trades unrecorded never finds the catalog's history
+    // a prefix of its log: it never places again (or the stocks stop adding up).
     let (_, invariant) = caught(Rule::OrphanAdoption);
     assert!(
         ["conservation", "settles-after-faults", "catalog-history"].contains(&invariant),
@@ -127,6 +127,7 @@ fn switching_off_replay_before_a_restarted_catalog_serves_is_caught() {
     let (_, invariant) = caught(Rule::ReplayBeforeServe);
     assert!(
         [
+            "lookups-show-acknowledged-trades",
             "catalog-history",
             "conservation",
             "acknowledged-orders-kept"
@@ -146,4 +147,19 @@ fn switching_off_durable_refusals_is_caught() {
 fn switching_off_durability_before_acknowledging_is_caught() {
     let (_, invariant) = caught(Rule::DurableBeforeAck);
     assert!(LOST_ORDER.contains(&invariant), "{invariant}");
+}
+
+#[test]
+fn switching_off_committing_only_what_the_catalog_applied_is_caught() {
+    let (_, invariant) = caught(Rule::AppliedBeforeCommit);
+    assert_eq!(invariant, "acknowledged-orders-applied");
+}
+
+#[test]
+fn switching_off_withdrawing_under_a_new_epoch_is_caught() {
+    let (_, invariant) = caught(Rule::WithdrawUnderNewEpoch);
+    assert!(
+        ["one-entry-per-position", "one-history"].contains(&invariant),
+        "{invariant}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The catalog engine's decisions, driven without a runtime.
 
 use super::*;
-use common::wire::{Role, TradeKind, TradeReceipt};
+use common::wire::{Role, TradeKind, TradeRequest};
 
 struct Harness {
     engine: CatalogEngine,
@@ -124,13 +124,44 @@ fn request(id: &str, quantity: i64, kind: TradeKind) -> TradeRequest {
     }
 }
 
-fn trades(epoch: Epoch, list: &[(&str, i64, TradeKind)]) -> CatalogRequest {
-    CatalogRequest::Trades {
+/// An `Apply` of epoch `epoch` of the entries listed, numbered from `from`.
+fn entries(epoch: Epoch, from: u64, list: &[(&str, u64, TradeKind)]) -> CatalogRequest {
+    apply(
         epoch,
-        trades: list
-            .iter()
-            .map(|&(id, quantity, kind)| request(id, quantity, kind))
+        list.iter()
+            .enumerate()
+            .map(|(i, &(id, quantity, kind))| {
+                ApplyItem::Entry(entry(from + i as u64, epoch, id, quantity, kind))
+            })
             .collect(),
+        None,
+    )
+}
+
+fn apply(epoch: Epoch, items: Vec<ApplyItem>, last: Option<u64>) -> CatalogRequest {
+    CatalogRequest::Apply {
+        epoch,
+        items,
+        log: last.map(|last| LogEnd {
+            incarnation: 7,
+            last: Some(last),
+        }),
+    }
+}
+
+fn refuse(before: u64, id: &str, quantity: i64) -> ApplyItem {
+    ApplyItem::Refuse {
+        before,
+        trade: request(id, quantity, TradeKind::Buy),
+    }
+}
+
+fn applied(outcomes: Vec<ApplyOutcome>, stop: Option<ApplyStop>, next: u64) -> CatalogResponse {
+    CatalogResponse::Applied {
+        incarnation: 7,
+        outcomes,
+        stop,
+        next,
     }
 }
 
@@ -156,6 +187,10 @@ fn reconcile(epoch: Epoch, known: &[LogPosition]) -> CatalogRequest {
         known: known.to_vec(),
         max: 100,
         serving: true,
+        log: Some(LogEnd {
+            incarnation: 7,
+            last: known.last().map(|p| p.number),
+        }),
     }
 }
 
@@ -174,30 +209,12 @@ fn entry(number: u64, epoch: u64, id: &str, quantity: u64, kind: TradeKind) -> O
     }
 }
 
-fn traded_batch(outcomes: Vec<TradeOutcome>) -> CatalogResponse {
-    CatalogResponse::Traded {
-        incarnation: 7,
-        outcomes,
-    }
-}
-
-fn traded(number: u64, quantity: u64, volume: u64, version: u64) -> TradeOutcome {
-    TradeOutcome::Traded {
-        number,
-        epoch: 1,
-        receipt: TradeReceipt {
-            quantity,
-            volume,
-            version,
-        },
-    }
-}
-
 #[test]
-fn trades_are_numbered_and_answered_at_once_with_their_invalidations_first() {
+fn entries_are_applied_and_answered_at_once_with_their_invalidations_first() {
     let mut h = harness(Rules::ALL);
-    let token = h.request(trades(
+    let token = h.request(entries(
         1,
+        0,
         &[("a", 4, TradeKind::Buy), ("b", 1, TradeKind::Sell)],
     ));
     let invalidated = h
@@ -215,10 +232,11 @@ fn trades_are_numbered_and_answered_at_once_with_their_invalidations_first() {
     );
     assert_eq!(
         h.reply(token),
-        Some(Ok(traded_batch(vec![
-            traded(0, 6, 4, 1),
-            traded(1, 7, 5, 2)
-        ])))
+        Some(Ok(applied(
+            vec![ApplyOutcome::Applied, ApplyOutcome::Applied],
+            None,
+            2
+        )))
     );
     // Written, not yet synced: the order log holds them meanwhile.
     assert!(h
@@ -226,19 +244,60 @@ fn trades_are_numbered_and_answered_at_once_with_their_invalidations_first() {
         .iter()
         .all(|c| !matches!(c, Command::Append { sync: true, .. } | Command::Sync { .. })));
     assert_eq!(h.engine.durable_next(), 0);
-    // A retry gets the first outcome, and trades nothing again.
-    let again = h.request(trades(1, &[("a", 4, TradeKind::Buy)]));
+    // Sent again, an entry is confirmed and applies nothing again.
+    let again = h.request(entries(1, 0, &[("a", 4, TradeKind::Buy)]));
     assert_eq!(
         h.reply(again),
-        Some(Ok(traded_batch(vec![traded(0, 6, 4, 1)])))
+        Some(Ok(applied(vec![ApplyOutcome::Applied], None, 2)))
     );
     assert_eq!(h.engine.book().next_number(), 2);
+    assert_eq!(
+        h.engine
+            .book()
+            .stock(&request("a", 1, TradeKind::Buy).name)
+            .unwrap()
+            .quantity,
+        7
+    );
+}
+
+#[test]
+fn the_first_item_not_as_the_leader_decided_stops_the_apply() {
+    let mut h = harness(Rules::ALL);
+    // Entry 1 wants more than is left; entry 2 after it is not looked at.
+    let token = h.request(entries(
+        1,
+        0,
+        &[
+            ("a", 4, TradeKind::Buy),
+            ("big", 50, TradeKind::Buy),
+            ("c", 1, TradeKind::Buy),
+        ],
+    ));
+    assert_eq!(
+        h.reply(token),
+        Some(Ok(applied(
+            vec![ApplyOutcome::Applied],
+            Some(ApplyStop::Refused {
+                rejection: TradeRejection::NotEnoughStock { available: 6 },
+                remembered: false
+            }),
+            1
+        )))
+    );
+    assert_eq!(h.engine.book().next_number(), 1);
+    // An entry beyond the history's end: it lacks the ones before.
+    let gap = h.request(entries(1, 5, &[("d", 1, TradeKind::Buy)]));
+    assert_eq!(
+        h.reply(gap),
+        Some(Ok(applied(vec![], Some(ApplyStop::Gap), 1)))
+    );
 }
 
 #[test]
 fn a_lookup_shows_only_what_is_on_disk_and_asks_for_it_to_get_there() {
     let mut h = harness(Rules::ALL);
-    let token = h.request(trades(1, &[("a", 4, TradeKind::Buy)]));
+    let token = h.request(entries(1, 0, &[("a", 4, TradeKind::Buy)]));
     assert!(h.reply(token).is_some());
     let early = h.request(lookup());
     assert_eq!(h.reply(early), None, "the trade is not on disk yet");
@@ -253,9 +312,9 @@ fn a_lookup_shows_only_what_is_on_disk_and_asks_for_it_to_get_there() {
 #[test]
 fn applied_trades_reach_the_disk_within_the_linger() {
     let mut h = harness(Rules::ALL);
-    h.request(trades(1, &[("a", 1, TradeKind::Buy)]));
+    h.request(entries(1, 0, &[("a", 1, TradeKind::Buy)]));
     h.wait(LINGER / 2);
-    h.request(trades(1, &[("b", 1, TradeKind::Buy)]));
+    h.request(entries(1, 1, &[("b", 1, TradeKind::Buy)]));
     assert!(!h.out.iter().any(|c| matches!(c, Command::Sync { .. })));
     assert_eq!(h.engine.next_timer(), Some(LINGER));
     h.wait(LINGER / 2);
@@ -273,26 +332,30 @@ fn applied_trades_reach_the_disk_within_the_linger() {
 #[test]
 fn trades_of_another_epoch_are_fenced_and_change_nothing() {
     let mut h = harness(Rules::ALL);
-    let token = h.request(trades(0, &[("a", 1, TradeKind::Buy)]));
+    let token = h.request(entries(0, 0, &[("a", 1, TradeKind::Buy)]));
     assert!(matches!(
         h.reply(token),
         Some(Ok(CatalogResponse::Fenced { .. }))
     ));
     assert_eq!(h.engine.book().next_number(), 0);
     let mut broken = harness(Rules::without(Rule::Fencing));
-    broken.request(trades(0, &[("a", 1, TradeKind::Buy)]));
+    broken.request(entries(0, 0, &[("a", 1, TradeKind::Buy)]));
     assert_eq!(broken.engine.book().next_number(), 1);
 }
 
 #[test]
 fn a_refusal_is_answered_once_on_disk_and_repeated_to_a_late_attempt() {
     let mut h = harness(Rules::ALL);
-    let first = h.request(trades(
+    let first = h.request(apply(
         1,
-        &[("ok", 1, TradeKind::Buy), ("big", 50, TradeKind::Buy)],
+        vec![
+            ApplyItem::Entry(entry(0, 1, "ok", 1, TradeKind::Buy)),
+            refuse(1, "big", 50),
+        ],
+        None,
     ));
     assert_eq!(h.reply(first), None, "the refusal is not on disk yet");
-    let again = h.request(trades(1, &[("big", 50, TradeKind::Buy)]));
+    let again = h.request(apply(1, vec![refuse(1, "big", 50)], None));
     assert_eq!(h.reply(again), None);
     assert!(h.out.iter().any(|c| matches!(
         c,
@@ -303,23 +366,67 @@ fn a_refusal_is_answered_once_on_disk_and_repeated_to_a_late_attempt() {
         }
     )));
     h.flush();
-    let refused = TradeOutcome::Rejected(TradeRejection::NotEnoughStock { available: 9 });
+    let refused = ApplyOutcome::Refused(TradeRejection::NotEnoughStock { available: 9 });
     assert_eq!(
         h.reply(first),
-        Some(Ok(traded_batch(vec![traded(0, 9, 1, 1), refused.clone()])))
+        Some(Ok(applied(
+            vec![ApplyOutcome::Applied, refused.clone()],
+            None,
+            1
+        )))
     );
     assert_eq!(
         h.reply(again),
-        Some(Ok(traded_batch(vec![refused.clone()])))
+        Some(Ok(applied(vec![refused.clone()], None, 1)))
     );
-    // Stock comes back; a late attempt of the refused id still gets its refusal.
-    h.request(trades(1, &[("sell", 100, TradeKind::Sell)]));
-    let late = h.request(trades(1, &[("big", 50, TradeKind::Buy)]));
-    assert_eq!(h.reply(late), Some(Ok(traded_batch(vec![refused]))));
+    // Stock comes back; a late attempt of the refused id still gets its refusal, and as an
+    // entry it is not applied.
+    h.request(entries(1, 1, &[("sell", 100, TradeKind::Sell)]));
+    let late = h.request(apply(1, vec![refuse(2, "big", 50)], None));
+    assert_eq!(h.reply(late), Some(Ok(applied(vec![refused], None, 2))));
+    let as_entry = h.request(entries(1, 2, &[("big", 50, TradeKind::Buy)]));
+    assert!(matches!(
+        h.reply(as_entry),
+        Some(Ok(CatalogResponse::Applied {
+            stop: Some(ApplyStop::Refused {
+                remembered: true,
+                ..
+            }),
+            ..
+        }))
+    ));
     // With the rule off, a refusal is answered before it is on disk.
     let mut broken = harness(Rules::without(Rule::RefusalDurableBeforeAnswer));
-    let early = broken.request(trades(1, &[("big", 50, TradeKind::Buy)]));
+    let early = broken.request(apply(1, vec![refuse(0, "big", 50)], None));
     assert!(broken.reply(early).is_some());
+}
+
+#[test]
+fn the_recorded_leader_renews_its_epoch_within_its_lease_and_nobody_else_does() {
+    let mut h = harness(Rules::ALL);
+    let renew = h.request(reconcile(1, &[]));
+    assert!(h.reply(renew).is_some());
+    let other = h.request(CatalogRequest::ChangeLeadership {
+        expected: 1,
+        change: LeadershipChange::Renew { leader: 2 },
+    });
+    assert!(matches!(
+        h.reply(other),
+        Some(Ok(CatalogResponse::Fenced { .. }))
+    ));
+    let own = h.request(CatalogRequest::ChangeLeadership {
+        expected: 1,
+        change: LeadershipChange::Renew { leader: 3 },
+    });
+    h.flush();
+    assert_eq!(
+        h.reply(own),
+        Some(Ok(CatalogResponse::Leadership(Leadership {
+            epoch: 2,
+            leader: Some(3),
+            in_sync: vec![1, 2, 3],
+        })))
+    );
 }
 
 #[test]
@@ -360,7 +467,7 @@ fn an_election_waits_for_the_lease_and_two_elections_never_both_win() {
 #[test]
 fn a_failed_disk_answers_every_waiting_request_and_refuses_trades() {
     let mut h = harness(Rules::ALL);
-    h.request(trades(1, &[("a", 1, TradeKind::Buy)]));
+    h.request(entries(1, 0, &[("a", 1, TradeKind::Buy)]));
     let waiting = h.request(lookup());
     h.engine.handle(
         h.now,
@@ -368,7 +475,7 @@ fn a_failed_disk_answers_every_waiting_request_and_refuses_trades() {
         &mut h.out,
     );
     assert!(matches!(h.reply(waiting), Some(Err(e)) if e.message.contains("No space")));
-    let refused = h.request(trades(1, &[("b", 1, TradeKind::Buy)]));
+    let refused = h.request(entries(1, 1, &[("b", 1, TradeKind::Buy)]));
     assert!(matches!(h.reply(refused), Some(Err(_))));
     assert_eq!(h.engine.storage_failure(), Some("No space left on device"));
 }
@@ -376,8 +483,9 @@ fn a_failed_disk_answers_every_waiting_request_and_refuses_trades() {
 #[test]
 fn reconciliation_finds_where_the_histories_meet_and_lists_the_trades_after() {
     let mut h = harness(Rules::ALL);
-    let token = h.request(trades(
+    let token = h.request(entries(
         1,
+        0,
         &[
             ("a", 1, TradeKind::Buy),
             ("b", 1, TradeKind::Buy),
@@ -416,12 +524,10 @@ fn reconciliation_finds_where_the_histories_meet_and_lists_the_trades_after() {
 }
 
 #[test]
-fn after_a_crash_the_catalog_serves_once_the_leader_replayed_what_it_lost() {
+fn after_a_crash_the_catalog_serves_once_it_holds_the_leaders_log_as_told_to_this_life() {
     let mut h = with(seeded(), Origin::Recovered, config(Rules::ALL, &[]));
-    let refused = h.request(trades(1, &[("x", 1, TradeKind::Buy)]));
-    assert!(matches!(h.reply(refused), Some(Err(e)) if e.message.contains("replay")));
     let look = h.request(lookup());
-    assert!(matches!(h.reply(look), Some(Err(_))));
+    assert!(matches!(h.reply(look), Some(Err(e)) if e.message.contains("bring")));
     // The leader's log holds two orders the catalog's lost tail had.
     let round = h.request(reconcile(1, &[pos(1, 1)]));
     assert!(matches!(
@@ -433,46 +539,34 @@ fn after_a_crash_the_catalog_serves_once_the_leader_replayed_what_it_lost() {
         }))
     ));
     assert!(!h.engine.ready(), "the log is ahead: not yet");
-    let replay = h.request(CatalogRequest::Replay {
-        epoch: 1,
-        entries: vec![
-            entry(0, 1, "a", 4, TradeKind::Buy),
-            entry(1, 1, "b", 1, TradeKind::Sell),
-        ],
-    });
-    assert_eq!(
-        h.reply(replay),
-        Some(Ok(CatalogResponse::Replayed { next: 2 }))
-    );
-    // Replaying again changes nothing; an entry that does not apply is refused.
-    let again = h.request(CatalogRequest::Replay {
-        epoch: 1,
-        entries: vec![entry(1, 1, "b", 1, TradeKind::Sell)],
-    });
-    assert_eq!(
-        h.reply(again),
-        Some(Ok(CatalogResponse::Replayed { next: 2 }))
-    );
-    let wrong = h.request(CatalogRequest::Replay {
-        epoch: 1,
-        entries: vec![entry(2, 1, "c", 500, TradeKind::Buy)],
-    });
-    assert!(matches!(h.reply(wrong), Some(Err(_))));
-    let round = h.request(reconcile(1, &[pos(1, 1)]));
-    assert!(matches!(
-        h.reply(round),
-        Some(Ok(CatalogResponse::Reconciled {
-            meet: Some(_),
-            next: 2,
-            ..
-        }))
+    let first = h.request(apply(
+        1,
+        vec![ApplyItem::Entry(entry(0, 1, "a", 4, TradeKind::Buy))],
+        Some(1),
     ));
+    assert!(h.reply(first).is_some());
+    assert!(!h.engine.ready(), "the leader's log goes on to order 1");
+    // A request that knows only an earlier life of the catalog proves nothing.
+    let earlier = h.request(CatalogRequest::Apply {
+        epoch: 1,
+        items: vec![],
+        log: Some(LogEnd {
+            incarnation: 6,
+            last: Some(0),
+        }),
+    });
+    assert!(h.reply(earlier).is_some());
+    assert!(!h.engine.ready());
+    let second = h.request(apply(
+        1,
+        vec![ApplyItem::Entry(entry(1, 1, "b", 1, TradeKind::Sell))],
+        Some(1),
+    ));
+    assert_eq!(
+        h.reply(second),
+        Some(Ok(applied(vec![ApplyOutcome::Applied], None, 2)))
+    );
     assert!(h.engine.ready());
-    let token = h.request(trades(1, &[("x", 1, TradeKind::Buy)]));
-    assert!(matches!(
-        h.reply(token),
-        Some(Ok(CatalogResponse::Traded { outcomes, incarnation: 7 })) if outcomes == vec![traded(2, 6, 6, 3)]
-    ));
     // With the rule off, it serves at once.
     let broken = with(
         seeded(),
@@ -552,6 +646,20 @@ fn a_lost_disk_is_rebuilt_from_the_longest_log_under_a_newer_epoch() {
         .any(|c| matches!(c, Command::StoreLeadership { record: r, .. } if *r == record)));
     h.flush();
     assert_eq!(h.engine.published(), &record);
+    // Lookups wait for the new leader to bring it up to its whole log (here: nothing more).
+    let look = h.request(lookup());
+    assert!(matches!(h.reply(look), Some(Err(_))));
+    let told = h.request(CatalogRequest::Reconcile {
+        epoch: 6,
+        known: vec![pos(2, 3)],
+        max: 100,
+        serving: true,
+        log: Some(LogEnd {
+            incarnation: 7,
+            last: Some(2),
+        }),
+    });
+    assert!(h.reply(told).is_some());
     let look = h.request(lookup());
     assert!(
         matches!(h.reply(look), Some(Ok(CatalogResponse::Stock(q))) if q.quantity == 5 && q.volume == 7 && q.version == 3)

@@ -1,11 +1,16 @@
 //! What the catalog's integration tests share: a stand-in order leader, so that trades are
-//! admitted, and a receipt-or-rejection view of a trade's outcome.
+//! admitted, which decides and numbers trades as the real one does.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use clients::{CatalogClient, LeadershipOutcome, TradeOutcome};
-use common::wire::{LeadershipChange, LogPosition, TradeReceipt, TradeRejection};
+use clients::{Applied, CatalogClient, LeadershipOutcome};
+use common::trade::Level;
+use common::wire::{
+    ApplyItem, ApplyOutcome, LeadershipChange, LogPosition, OrderEntry, RequestId, StockName,
+    TradeRejection, TradeRequest, TransactionNumber,
+};
 
 /// Records replica 1 as the leader of epoch 1 if nobody was ever elected, as the first
 /// election would, and reconciles as that leader would with a log equal to the catalog's
@@ -31,7 +36,7 @@ pub async fn elect_stand_in(client: &CatalogClient) {
 /// Reconciles as the leader of `epoch` whose log is the catalog's history as it is.
 pub async fn reconcile_stand_in(client: &CatalogClient, epoch: u64) {
     let seen = client
-        .reconcile(epoch, &[], 1_000, true)
+        .reconcile(epoch, &[], 1_000, true, None)
         .await
         .unwrap()
         .expect("the stand-in leads");
@@ -47,24 +52,110 @@ pub async fn reconcile_stand_in(client: &CatalogClient, epoch: u64) {
         "the tests keep the history within one answer"
     );
     client
-        .reconcile(epoch, &known, 1, true)
+        .reconcile(epoch, &known, 1, true, None)
         .await
         .unwrap()
         .expect("the stand-in leads");
 }
 
-/// A trade's outcome as a receipt or a rejection; a fenced trade fails the test.
-pub trait Receipt {
-    /// The receipt, or why the trade was refused.
-    fn receipt(self) -> Result<TradeReceipt, TradeRejection>;
+/// A stand-in order leader of epoch 1: it decides each trade on the levels it read, numbers
+/// an accepted one as its next entry, and has the catalog apply it (or make its refusal
+/// durable), one `Apply` at a time, as the real leader does.
+pub struct StandIn {
+    /// Its connection to the catalog.
+    pub client: CatalogClient,
+    /// Its log's next number.
+    pub next: TransactionNumber,
+    levels: HashMap<StockName, Level>,
+    placed: HashMap<RequestId, (TradeRequest, TransactionNumber)>,
 }
 
-impl Receipt for TradeOutcome {
-    fn receipt(self) -> Result<TradeReceipt, TradeRejection> {
-        match self {
-            TradeOutcome::Traded { receipt, .. } => Ok(receipt),
-            TradeOutcome::Rejected(rejection) => Err(rejection),
-            TradeOutcome::Fenced { current } => panic!("trade fenced; the record is {current}"),
+impl StandIn {
+    /// Elected (if nobody was), reconciled, the levels read.
+    pub async fn new(client: CatalogClient) -> Self {
+        elect_stand_in(&client).await;
+        let (next, levels) = client.levels(1).await.unwrap().expect("epoch 1 leads");
+        StandIn {
+            client,
+            next,
+            levels: levels
+                .into_iter()
+                .map(|l| {
+                    let level = Level {
+                        quantity: l.quantity,
+                        volume: l.volume,
+                    };
+                    (l.name, level)
+                })
+                .collect(),
+            placed: HashMap::new(),
+        }
+    }
+
+    /// The entry `request` becomes as entry `number` of epoch 1.
+    pub fn entry(number: TransactionNumber, request: &TradeRequest) -> OrderEntry {
+        OrderEntry {
+            number,
+            epoch: 1,
+            request_id: request.request_id.clone(),
+            name: request.name.clone(),
+            kind: request.kind,
+            quantity: request.quantity as u64,
+        }
+    }
+
+    /// Places `request`: its number, or why it is refused.
+    pub async fn trade(
+        &mut self,
+        request: &TradeRequest,
+    ) -> Result<TransactionNumber, TradeRejection> {
+        if let Some((first, number)) = self.placed.get(&request.request_id) {
+            return if first == request {
+                Ok(*number)
+            } else {
+                Err(TradeRejection::RequestIdReused)
+            };
+        }
+        let quantity = match u64::try_from(request.quantity) {
+            Ok(q) if q > 0 => q,
+            _ => return Err(TradeRejection::InvalidQuantity),
+        };
+        let level = *self
+            .levels
+            .get(&request.name)
+            .ok_or(TradeRejection::StockNotFound)?;
+        match common::trade::traded(level, request.kind, quantity) {
+            Ok(after) => {
+                let number = self.next;
+                let item = ApplyItem::Entry(Self::entry(number, request));
+                let answer = self.client.apply(1, &[item], None).await.unwrap();
+                assert!(
+                    matches!(&answer, Applied::Done { outcomes, stop: None, .. } if outcomes == &[ApplyOutcome::Applied]),
+                    "{answer:?}"
+                );
+                self.levels.insert(request.name.clone(), after);
+                self.next += 1;
+                self.placed
+                    .insert(request.request_id.clone(), (request.clone(), number));
+                Ok(number)
+            }
+            Err(rejection) => {
+                let item = ApplyItem::Refuse {
+                    before: self.next,
+                    trade: request.clone(),
+                };
+                match self.client.apply(1, &[item], None).await.unwrap() {
+                    Applied::Done {
+                        outcomes,
+                        stop: None,
+                        ..
+                    } => match &outcomes[..] {
+                        [ApplyOutcome::Refused(refused)] => Err(refused.clone()),
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{rejection:?} not refused: {other:?}"),
+                }
+            }
         }
     }
 }

@@ -17,6 +17,21 @@ use super::{
 };
 use crate::replication::{self, Fit};
 
+/// A `Replicate` as a follower handles it.
+#[derive(Debug)]
+pub(super) struct Replication {
+    /// The leader's epoch.
+    pub(super) epoch: Epoch,
+    /// The leader.
+    pub(super) leader: ReplicaId,
+    /// The entry before the first sent.
+    pub(super) prev: Option<LogPosition>,
+    /// The entries.
+    pub(super) entries: Vec<OrderEntry>,
+    /// How many times the leader had set entries aside in its term.
+    pub(super) cuts: u32,
+}
+
 /// A follower's catch-up with its leader.
 #[derive(Debug)]
 pub(super) struct CatchUp {
@@ -50,14 +65,13 @@ impl Engine {
     }
 
     /// Follower: persist entries the leader sent, or say where this log stands.
-    pub(super) fn replicate(
-        &mut self,
-        token: Token,
-        epoch: Epoch,
-        leader: ReplicaId,
-        prev: Option<LogPosition>,
-        entries: Vec<OrderEntry>,
-    ) {
+    pub(super) fn replicate(&mut self, token: Token, replication: Replication) {
+        let Replication {
+            epoch,
+            prev,
+            ref entries,
+            ..
+        } = replication;
         let first = prev.map_or(0, |p| p.number.saturating_add(1));
         let consecutive = entries
             .iter()
@@ -71,7 +85,7 @@ impl Engine {
                 )),
             );
         }
-        if let Err(e) = beyond_epoch(epoch, prev, &entries) {
+        if let Err(e) = beyond_epoch(epoch, prev, entries) {
             return self.reply(token, Err(e));
         }
         if epoch > self.epoch {
@@ -82,31 +96,18 @@ impl Engine {
                 Peer::Catalog,
                 Outgoing::Catalog(CatalogRequest::ReadLeadership),
                 timeout,
-                Pending::Confirm {
-                    token,
-                    epoch,
-                    leader,
-                    prev,
-                    entries,
-                },
+                Pending::Confirm { token, replication },
             );
             return;
         }
-        self.accept(token, epoch, leader, prev, entries);
+        self.accept(token, replication);
     }
 
     /// The catalog's record, read to confirm a `Replicate`'s newer epoch. An epoch or leader
     /// the record does not hold is refused and logged, never stored: even a peer with the
     /// cluster token cannot move this replica to an epoch nobody was elected for.
-    pub(super) fn confirmed(
-        &mut self,
-        token: Token,
-        epoch: Epoch,
-        leader: ReplicaId,
-        prev: Option<LogPosition>,
-        entries: Vec<OrderEntry>,
-        answer: CallResult,
-    ) {
+    pub(super) fn confirmed(&mut self, token: Token, replication: Replication, answer: CallResult) {
+        let (epoch, leader) = (replication.epoch, replication.leader);
         let record = match answer {
             Ok(Answer::Catalog(CatalogResponse::Leadership(record))) => record,
             Ok(other) => {
@@ -142,19 +143,19 @@ impl Engine {
             );
         }
         self.observe_record(&record);
-        self.accept(token, epoch, leader, prev, entries);
+        self.accept(token, replication);
     }
 
     /// Refuses an older leader, and a newer one the record does not hold yet; follows the
     /// current leader again after a pause; applies what fits.
-    fn accept(
-        &mut self,
-        token: Token,
-        epoch: Epoch,
-        leader: ReplicaId,
-        prev: Option<LogPosition>,
-        entries: Vec<OrderEntry>,
-    ) {
+    fn accept(&mut self, token: Token, replication: Replication) {
+        let Replication {
+            epoch,
+            leader,
+            prev,
+            entries,
+            cuts,
+        } = replication;
         if leader == self.id {
             return self.reply(
                 token,
@@ -177,6 +178,32 @@ impl Engine {
         }
         if self.leader.is_none() || matches!(self.state, State::Idle) {
             self.adopt(epoch, leader, &[]);
+        }
+        if cuts < self.leader_cuts {
+            // Sent before the leader set entries aside: it may bring some of them back.
+            return self.reply(
+                token,
+                Err(RemoteError::unavailable(
+                    "a Replicate from before the leader set entries aside",
+                )),
+            );
+        }
+        if cuts > self.leader_cuts {
+            // The leader set entries aside since this log last heard from it: what it
+            // confirmed before may be among them, so it catches up afresh, setting aside what
+            // the leader no longer holds.
+            self.leader_cuts = cuts;
+            self.confirmed = None;
+            let last = self.log.last();
+            info!(
+                epoch,
+                leader, cuts, "the leader set entries aside; catching up with it"
+            );
+            self.end_term();
+            self.catch_ups += 1;
+            self.state = State::Syncing(CatchUp::default());
+            self.send_sync_up();
+            return self.reply(token, Ok(OrderResponse::Behind { last }));
         }
         match self.apply_entries(prev, entries, "replaced by the leader's entries") {
             Ok(Some(Some(through))) => {
@@ -398,9 +425,54 @@ mod tests {
         OrderRequest::Replicate {
             epoch,
             leader_id: 1,
+            cuts: 0,
             prev,
             entries,
         }
+    }
+
+    #[test]
+    fn a_leader_that_set_entries_aside_is_caught_up_with_and_its_older_messages_refused() {
+        // Entries 1 and 2 of epoch 2 came from a leader that set them aside at the start of
+        // epoch 3 (the catalog would not apply them).
+        let mut h = following(
+            vec![entry(0, 2, "a"), entry(1, 2, "b"), entry(2, 2, "c")],
+            3,
+        );
+        let mut cut = replicate(3, Some(pos(0, 2)), vec![]);
+        if let OrderRequest::Replicate { cuts, .. } = &mut cut {
+            *cuts = 1;
+        }
+        let token = h.request(cut);
+        assert_eq!(
+            h.reply(token),
+            Some(Ok(OrderResponse::Behind {
+                last: Some(pos(2, 2))
+            }))
+        );
+        assert_eq!(h.engine.role(), Role::Syncing);
+        let sync = h.call_to(Peer::Replica(1), |r| {
+            matches!(r, Outgoing::Order(OrderRequest::SyncUp { .. }))
+        });
+        h.answer(
+            sync,
+            Answer::Order(OrderResponse::Entries {
+                from: Some(pos(0, 2)),
+                entries: vec![],
+                leader_last: Some(pos(0, 2)),
+            }),
+        );
+        assert!(h
+            .writes()
+            .iter()
+            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        h.flush();
+        assert_eq!(h.engine.role(), Role::Follower);
+        assert_eq!(h.engine.log().last(), Some(pos(0, 2)));
+        // A message from before the cut (a lower count) is refused: it could bring them back.
+        let stale = h.request(replicate(3, Some(pos(0, 2)), vec![entry(1, 2, "b")]));
+        assert!(matches!(h.reply(stale), Some(Err(_))));
+        assert_eq!(h.engine.log().last(), Some(pos(0, 2)));
     }
 
     #[test]

@@ -1,27 +1,29 @@
-//! The leader's path: orders are traded at the catalog under the leader's epoch, in batches
-//! (whatever one request or one input placed goes in one `Trades` call); the catalog numbers
-//! each applied trade as the next entry of its history, and the leader appends it at that
-//! number, replicates it to every follower (one batch in flight each), and answers once it is
-//! committed: on the leader's disk and on every member of the in-sync set. The leader keeps
-//! that set true at the catalog (a silent member is removed from the record before the
-//! leader goes on without it; a follower that caught up is taken back), and reconciles its log
-//! with the catalog's history both ways before it places or commits anything, and every
-//! [`RECONCILE_EVERY`] after: it records the trades the catalog applied that its log lacks,
-//! and replays to the catalog the orders its history lost. Each round renews its lease.
+//! The leader's path: it decides each order itself on its copy of the stocks ([`super::feed`]),
+//! numbers an accepted one as the next entry of its log, replicates it to every follower (one
+//! batch in flight each) while the catalog applies it, and answers once it is committed: on
+//! the leader's disk, on every member of the in-sync set, and applied by the catalog. A
+//! refusal is answered once the catalog has made it durable. The leader keeps the in-sync set
+//! true at the catalog (a silent member is removed from the record before the leader goes on
+//! without it; a follower that caught up is taken back), and reconciles its log with the
+//! catalog's history before it places or commits anything, and every [`RECONCILE_EVERY`]
+//! after: it records the trades the catalog applied that its log lacks, sets aside what the
+//! catalog's history contradicts, and brings the catalog up to the rest. Each round renews
+//! its lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use common::safety::Rule;
 use common::wire::{
     CatalogRequest, CatalogResponse, Epoch, LeadershipChange, LogPosition, OrderEntry,
-    OrderResponse, RemoteError, ReplicaId, RequestId, TradeOutcome, TradeRejection, TradeRequest,
+    OrderResponse, RemoteError, ReplicaId, RequestId, TradeRejection, TradeRequest,
     TransactionNumber,
 };
 use tracing::{debug, error, info, warn};
 
 use common::engine::{Backoff, Deadlines};
 
+use super::feed::{Feed, Learned};
 use super::{
     Answer, CallResult, Engine, Outgoing, Peer, Pending, ReplyBody, State, Time, Token,
     MAX_BACKOFF, MAX_BATCH, MAX_KNOWN, MIN_BACKOFF, PRUNE_COMMITTING_ABOVE,
@@ -33,6 +35,12 @@ use crate::replication::{commit_point, desired_in_sync, meeting_point, FollowerP
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(200);
 /// Most of the catalog's trades asked for in one reconciliation.
 pub const RECONCILE_BATCH: u32 = 1_000;
+/// `Replicate` batches on their way to one follower at a time. One: a follower writes and
+/// fsyncs a batch on its thread before it reads the next, so a second one on its way gains
+/// nothing; and with several threads, the tasks that send and handle each call may let the
+/// second overtake the first, which sends the follower to catch up (tried at two: followers
+/// caught up every few batches, and trades got no faster).
+pub const REPLICATE_WINDOW: u32 = 1;
 /// How often a leader re-checks its in-sync set when nothing woke it.
 pub const MEMBERSHIP_EVERY: Duration = Duration::from_millis(100);
 
@@ -43,8 +51,8 @@ struct Link {
     next: TransactionNumber,
     /// The next message asks where the follower stands, even with nothing to send.
     probe: bool,
-    /// A batch is on its way.
-    in_flight: bool,
+    /// Batches on their way (at most [`REPLICATE_WINDOW`]).
+    in_flight: u32,
     /// Wait before the next try after a failure.
     backoff: Backoff,
     /// When to try again, after a failure.
@@ -53,30 +61,29 @@ struct Link {
     caught_up_at: Time,
 }
 
-/// An order being traded at the catalog, and every request for it that waits.
+/// A trade this leader refuses, waiting for the catalog to make the refusal durable, and
+/// every request for it that waits.
 #[derive(Debug)]
-struct Placement {
-    order: TradeRequest,
-    waiters: Vec<Token>,
+pub(super) struct Placement {
+    pub(super) waiters: Vec<Token>,
 }
 
-/// An order the catalog numbered beyond the log's end, waiting for the entries before it
-/// (the answers of an earlier call, or the catalog's history when an answer was lost).
-#[derive(Debug)]
-struct Early {
-    entry: OrderEntry,
-    waiters: Vec<Token>,
-    /// The life of the catalog that gave the number.
-    incarnation: u64,
+/// The orders one input placed, appended together at its end.
+#[derive(Debug, Default)]
+struct Fresh {
+    /// The entries, in order, each with the requests waiting for it.
+    entries: Vec<(OrderEntry, Vec<Token>)>,
+    /// Where each request id is among them.
+    index: HashMap<RequestId, usize>,
 }
 
 /// Reconciliation with the catalog.
 #[derive(Debug, Default)]
 pub(super) struct Reconciliation {
-    /// The log and the catalog's history were equal once in this term: orders are placed
-    /// and committed.
+    /// The catalog's history was a prefix of the log once in this term: the catalog is
+    /// brought up to the rest, orders are committed (and placed, once the levels are read).
     pub(super) reconciled: bool,
-    /// A `Reconcile` or `Replay` is on its way.
+    /// A `Reconcile` is on its way.
     in_flight: bool,
     next_at: Option<Time>,
     warned: bool,
@@ -105,19 +112,15 @@ pub(super) struct Leading {
     /// to its commit (at most [`super::MAX_COMMIT_SAMPLES`] between two asks).
     pub(super) commit_waits: Vec<Duration>,
     commit_deadlines: Deadlines,
-    /// Orders at the catalog (or about to go there), by request id.
-    placing: BTreeMap<RequestId, Placement>,
-    /// Trades to send to the catalog at the end of the input that placed them, and the
-    /// request (or batch) whose task may send them.
-    outbox: Vec<TradeRequest>,
-    outbox_owner: Option<Token>,
-    /// `Trades` calls on their way.
-    trading: usize,
-    /// Orders numbered beyond the log's end, by number.
-    early: BTreeMap<TransactionNumber, Early>,
-    /// The newest life of the catalog heard from in this term: numbers given by an older one
-    /// are not taken (it may have lost them, and its successor given them again).
-    catalog_incarnation: Option<u64>,
+    /// Trades refused here whose refusal the catalog has not yet made durable, by request id.
+    pub(super) placing: BTreeMap<RequestId, Placement>,
+    /// The orders the input being handled placed.
+    fresh: Fresh,
+    /// The link to the catalog: the levels, what it has applied, what goes to it next.
+    pub(super) feed: Feed,
+    /// How many times it set entries of its log aside in this term (told with every
+    /// `Replicate`, so that followers set them aside too).
+    cuts: u32,
     pub(super) reconcile: Reconciliation,
     membership_in_flight: bool,
     membership_at: Option<Time>,
@@ -176,7 +179,7 @@ impl Leading {
                         Link {
                             next,
                             probe: true,
-                            in_flight: false,
+                            in_flight: 0,
                             backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
                             retry_at: None,
                             caught_up_at: now,
@@ -191,11 +194,9 @@ impl Leading {
             commit_waits: Vec::new(),
             commit_deadlines: Deadlines::default(),
             placing: BTreeMap::new(),
-            outbox: Vec::new(),
-            outbox_owner: None,
-            trading: 0,
-            early: BTreeMap::new(),
-            catalog_incarnation: None,
+            fresh: Fresh::default(),
+            feed: Feed::new(),
+            cuts: 0,
             reconcile: Reconciliation::default(),
             membership_in_flight: false,
             membership_at: None,
@@ -203,11 +204,17 @@ impl Leading {
     }
 
     pub(super) fn next_timer(&mut self) -> Option<Time> {
-        let retries = self.links.values().filter_map(|l| l.retry_at);
+        // A link with a batch on its way waits for that answer, not for its retry time.
+        let retries = self
+            .links
+            .values()
+            .filter(|l| l.in_flight == 0)
+            .filter_map(|l| l.retry_at);
         [
             self.commit_deadlines.earliest(),
             self.reconcile.next_at,
             self.membership_at,
+            self.feed.next_timer(),
         ]
         .into_iter()
         .flatten()
@@ -215,15 +222,15 @@ impl Leading {
         .min()
     }
 
-    /// Every request waiting on this term: orders waiting for their commit, for their
-    /// trade, or for the entries before theirs.
+    /// Every request waiting on this term: orders waiting for their commit, or for their
+    /// refusal to be durable.
     pub(super) fn waiting(&mut self) -> Vec<Token> {
         let mut tokens = self.waiting_for_commit();
         let placing = std::mem::take(&mut self.placing);
         tokens.extend(placing.into_values().flat_map(|p| p.waiters));
-        let early = std::mem::take(&mut self.early);
-        tokens.extend(early.into_values().flat_map(|e| e.waiters));
-        self.outbox.clear();
+        let fresh = std::mem::take(&mut self.fresh);
+        tokens.extend(fresh.entries.into_iter().flat_map(|(_, waiters)| waiters));
+        self.feed.clear();
         tokens
     }
 
@@ -231,6 +238,19 @@ impl Leading {
     pub(super) fn waiting_for_commit(&mut self) -> Vec<Token> {
         self.committing.clear();
         self.commit_deadlines.drain()
+    }
+
+    /// The requests waiting for entry `number` to commit, which no longer wait.
+    pub(super) fn take_committing(&mut self, number: TransactionNumber) -> Vec<Token> {
+        let tokens = self
+            .committing
+            .remove(&number)
+            .map(|(_, tokens)| tokens)
+            .unwrap_or_default();
+        tokens
+            .into_iter()
+            .filter(|&token| self.commit_deadlines.take(token))
+            .collect()
     }
 }
 
@@ -253,7 +273,7 @@ enum Report {
 }
 
 impl Engine {
-    fn leading(&mut self) -> Option<&mut Leading> {
+    pub(super) fn leading(&mut self) -> Option<&mut Leading> {
         match &mut self.state {
             State::Leading(leading) => Some(leading),
             _ => None,
@@ -294,31 +314,49 @@ impl Engine {
         self.send_reconcile();
     }
 
-    /// Leader: trade at the catalog (with whatever else this input places), record at the
-    /// number the catalog gives, replicate, answer once committed.
+    /// Leader: decides the order on its copy of the stocks. Accepted, it becomes the log's
+    /// next entry (appended with whatever else this input places) and is answered once
+    /// committed; refused, it is answered once the catalog has made the refusal durable.
     pub(super) fn place(&mut self, token: Token, order: TradeRequest) {
-        if order.quantity <= 0 {
-            return self.reply(
-                token,
-                Ok(OrderResponse::Rejected(TradeRejection::InvalidQuantity)),
-            );
-        }
+        let quantity = match u64::try_from(order.quantity) {
+            Ok(quantity) if quantity > 0 => quantity,
+            _ => {
+                return self.reply(
+                    token,
+                    Ok(OrderResponse::Rejected(TradeRejection::InvalidQuantity)),
+                )
+            }
+        };
         let min_in_sync = self.config.min_in_sync();
         let majority = self.config.write_quorum == crate::WriteQuorum::Majority;
-        let not_leader = self.not_leader();
-        let owner = self.owner(token);
+        let (epoch, not_leader) = (self.epoch, self.not_leader());
         let recorded = self
             .log
             .placed(&order.request_id)
             .map(|placed| (placed.number, placed.same_trade(&order)));
+        let learned = self.learned(&order.request_id).cloned();
+        // The entry the log holds where the catalog said a learnt request was traded.
+        let held_at = match &learned {
+            Some(Learned::Traded { number, .. }) => self.log.placed_at(*number),
+            _ => None,
+        };
+        let next = self.log.next_number();
         let Some(leading) = self.leading() else {
             return self.reply(token, Ok(not_leader));
         };
-        if !leading.in_office || !leading.reconcile.reconciled {
+        if !leading.in_office || !leading.reconcile.reconciled || leading.feed.levels.is_none() {
             return self.reply(
                 token,
                 Err(RemoteError::unavailable(
                     "the new leader is reconciling with the catalog; retry",
+                )),
+            );
+        }
+        if leading.feed.withdrawing {
+            return self.reply(
+                token,
+                Err(RemoteError::unavailable(
+                    "the leader withdraws orders the catalog would not apply; retry",
                 )),
             );
         }
@@ -332,6 +370,53 @@ impl Engine {
             }
             None => {}
         }
+        // Placed already in this input: the same order.
+        if let Some(&at) = leading.fresh.index.get(&order.request_id) {
+            let (entry, waiters) = &mut leading.fresh.entries[at];
+            let same = i64::try_from(entry.quantity)
+                .is_ok_and(|q| order.same_trade(&entry.name, entry.kind, q));
+            if same {
+                waiters.push(token);
+                return;
+            }
+            return self.reply(
+                token,
+                Ok(OrderResponse::Rejected(TradeRejection::RequestIdReused)),
+            );
+        }
+        // Being refused: it shares that outcome.
+        if let Some(placement) = leading.placing.get_mut(&order.request_id) {
+            placement.waiters.push(token);
+            return;
+        }
+        match learned {
+            Some(learned) if learned.trade() != &order => {
+                return self.reply(
+                    token,
+                    Ok(OrderResponse::Rejected(TradeRejection::RequestIdReused)),
+                )
+            }
+            Some(Learned::Refused { rejection, .. }) => {
+                return self.reply(token, Ok(OrderResponse::Rejected(rejection)))
+            }
+            Some(Learned::Traded { number, .. })
+                if number < next
+                    && held_at
+                        .as_ref()
+                        .is_none_or(|t| t.request_id == order.request_id) =>
+            {
+                return self.answer_when_committed(token, number)
+            }
+            Some(Learned::Traded { .. }) => {
+                return self.reply(
+                    token,
+                    Err(RemoteError::unavailable(
+                        "the order log and the catalog disagree; retry",
+                    )),
+                )
+            }
+            None => {}
+        }
         if majority && leading.in_sync.len() < min_in_sync {
             let up = leading.progress.values().filter(|f| f.up).count() + 1;
             let why = format!(
@@ -340,330 +425,104 @@ impl Engine {
             );
             return self.reply(token, Err(RemoteError::unavailable(why)));
         }
-        // Numbered already, waiting for the entries before it.
-        if let Some(early) = leading
-            .early
-            .values_mut()
-            .find(|e| e.entry.request_id == order.request_id)
-        {
-            early.waiters.push(token);
-            return;
-        }
-        // One attempt per request id at a time; a duplicate shares the first one's outcome.
-        if let Some(placement) = leading.placing.get_mut(&order.request_id) {
-            placement.waiters.push(token);
-            return;
-        }
-        leading.outbox.push(order.clone());
-        leading.outbox_owner.get_or_insert(owner);
-        leading.placing.insert(
-            order.request_id.clone(),
-            Placement {
-                order,
-                waiters: vec![token],
-            },
-        );
-    }
-
-    /// Sends the trades placed by the input just handled to the catalog, in one call.
-    pub(super) fn send_trades(&mut self) {
-        let (epoch, term, timeout) = (self.epoch, self.term, self.config.call_timeout);
-        let Some(leading) = self.leading() else {
+        let number = next + leading.fresh.entries.len() as u64;
+        let Some(levels) = leading.feed.levels.as_mut() else {
             return;
         };
-        if leading.outbox.is_empty() {
-            return;
-        }
-        let trades = std::mem::take(&mut leading.outbox);
-        let owner = leading.outbox_owner.take();
-        leading.trading += 1;
-        let request_ids = trades.iter().map(|t| t.request_id.clone()).collect();
-        self.call_for(
-            owner,
-            Peer::Catalog,
-            Outgoing::Catalog(CatalogRequest::Trades { epoch, trades }),
-            timeout,
-            Pending::Trades { term, request_ids },
-        );
-    }
-
-    /// The catalog's answer to a `Trades` call: each applied trade is recorded at the number
-    /// the catalog gave it.
-    pub(super) fn traded(&mut self, term: u64, request_ids: Vec<RequestId>, answer: CallResult) {
-        if term != self.term {
-            // The term ended; its waiters were told this replica no longer leads. Traded
-            // but not recorded here: a retry at the new leader records it once (the catalog
-            // remembers the request id), and reconciliation does if nobody retries.
-            return;
-        }
-        let Some(leading) = self.leading() else {
-            return;
-        };
-        leading.trading = leading.trading.saturating_sub(1);
-        let placements: Vec<Option<Placement>> = request_ids
-            .iter()
-            .map(|id| leading.placing.remove(id))
-            .collect();
-        let answer = match answer {
-            Ok(Answer::Catalog(CatalogResponse::Traded { incarnation, .. }))
-                if !self.catalog_life(incarnation) =>
-            {
-                Err(common::engine::CallError::Failed(
-                    "answered by a catalog that has restarted since".into(),
-                ))
-            }
-            other => other,
-        };
-        match answer {
-            Ok(Answer::Catalog(CatalogResponse::Traded {
-                incarnation,
-                outcomes,
-            })) if outcomes.len() == placements.len() => {
-                for (placement, outcome) in placements.into_iter().zip(outcomes) {
-                    let Some(placement) = placement else {
-                        continue;
-                    };
-                    match outcome {
-                        TradeOutcome::Traded { number, epoch, .. } => {
-                            self.numbered(placement, number, epoch, incarnation)
-                        }
-                        TradeOutcome::Rejected(rejection) => {
-                            for token in placement.waiters {
-                                self.reply(token, Ok(OrderResponse::Rejected(rejection.clone())));
-                            }
-                        }
-                    }
-                }
-                self.append_early();
-            }
-            Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
-                warn!(epoch = self.epoch, %current, "the catalog refused trades of this epoch");
-                let outcome = if current.epoch > self.epoch {
-                    Ok(self.not_leader())
-                } else {
-                    Err(RemoteError::unavailable(
-                        "the catalog is changing the leadership record; retry",
-                    ))
-                };
-                for token in placements.into_iter().flatten().flat_map(|p| p.waiters) {
-                    self.reply(token, outcome.clone());
-                }
-                self.observe_record(&current);
-            }
-            other => {
-                let why = match other {
-                    Ok(answer) => format!("unexpected catalog answer {answer:?}"),
-                    Err(e) => format!("catalog: {e}"),
-                };
-                let outcome = Err(RemoteError::unavailable(format!(
-                    "{why} (the trade may have been applied; a retry with the same request id \
-                     tells)"
-                )));
-                for token in placements.into_iter().flatten().flat_map(|p| p.waiters) {
-                    self.reply(token, outcome.clone());
-                }
-                // The catalog may have restarted and lost the numbers it gave beyond the log.
-                self.discard_early();
-                // Whatever it applied is in its history: recorded by the next round, which
-                // also finds a catalog that restarted and must be replayed to.
-                self.reconcile_soon();
-            }
-        }
-    }
-
-    /// Forgets the orders numbered beyond the log's end: a catalog that lost the tail of its
-    /// history may give those numbers to other trades. Their requests are retried (a retry
-    /// is numbered again, or found recorded).
-    fn discard_early(&mut self) {
-        let Some(leading) = self.leading() else {
-            return;
-        };
-        let early = std::mem::take(&mut leading.early);
-        for token in early.into_values().flat_map(|e| e.waiters) {
-            self.reply(
+        let Some(level) = levels.get_mut(&order.name) else {
+            return self.reply(
                 token,
-                Err(RemoteError::unavailable(
-                    "the catalog may have restarted before the order was recorded; retry",
-                )),
+                Ok(OrderResponse::Rejected(TradeRejection::StockNotFound)),
             );
-        }
-    }
-
-    /// Whether numbers given by life `incarnation` of the catalog may be taken: it is the
-    /// newest one heard from in this term. A newer one makes the numbers of older ones held
-    /// beyond the log worthless: it may have given them again.
-    fn catalog_life(&mut self, incarnation: u64) -> bool {
-        let Some(leading) = self.leading() else {
-            return false;
         };
-        match leading.catalog_incarnation {
-            Some(known) if incarnation < known => return false,
-            Some(known) if incarnation == known => return true,
-            _ => leading.catalog_incarnation = Some(incarnation),
-        }
-        let stale: Vec<TransactionNumber> = leading
-            .early
-            .iter()
-            .filter(|(_, e)| e.incarnation < incarnation)
-            .map(|(&n, _)| n)
-            .collect();
-        let mut waiters = Vec::new();
-        for number in stale {
-            if let Some(early) = leading.early.remove(&number) {
-                waiters.extend(early.waiters);
-            }
-        }
-        for token in waiters {
-            self.reply(
-                token,
-                Err(RemoteError::unavailable(
-                    "the catalog restarted before the order was recorded; retry",
-                )),
-            );
-        }
-        true
-    }
-
-    /// The catalog (life `incarnation`) applied `placement` as entry `number` of its history,
-    /// traded under `epoch`: recorded there, now or once the entries before it are.
-    fn numbered(
-        &mut self,
-        placement: Placement,
-        number: TransactionNumber,
-        epoch: Epoch,
-        incarnation: u64,
-    ) {
-        let Placement { order, waiters } = placement;
-        if number < self.log.next_number() {
-            // A retry of a trade recorded already (by this leader, by reconciliation, or by
-            // an earlier leader).
-            match self.log.placed(&order.request_id) {
-                Some(placed) if placed.number == number => {
-                    for token in waiters {
-                        self.answer_when_committed(token, number);
-                    }
-                }
-                other => {
-                    warn!(number, request_id = %order.request_id, held = ?other.map(|p| p.number), "the catalog numbered a trade where the log holds another; reconciling");
-                    for token in waiters {
-                        self.reply(
-                            token,
-                            Err(RemoteError::unavailable(
-                                "the order log and the catalog disagree; reconciling, retry",
-                            )),
-                        );
-                    }
-                    self.reconcile_soon();
-                }
-            }
-            return;
-        }
-        let entry = OrderEntry {
-            number,
-            epoch,
-            request_id: order.request_id,
-            name: order.name,
-            kind: order.kind,
-            quantity: order.quantity.unsigned_abs(),
-        };
-        let Some(leading) = self.leading() else {
-            return;
-        };
-        match leading.early.get_mut(&number) {
-            Some(held) if held.entry.request_id == entry.request_id => held.waiters.extend(waiters),
-            Some(held) => {
-                // One life of the catalog gives each number once: a second trade at a number
-                // means the first came from a life whose numbers were not dropped in time.
-                warn!(number, held = %held.entry.request_id, now = %entry.request_id, "two trades numbered alike; retrying the later");
-                for token in waiters {
-                    self.reply(
-                        token,
-                        Err(RemoteError::unavailable(
-                            "the order log and the catalog disagree; reconciling, retry",
-                        )),
-                    );
-                }
-                self.reconcile_soon();
-            }
-            None => {
-                leading.early.insert(
+        match common::trade::traded(*level, order.kind, quantity) {
+            Ok(after) => {
+                *level = after;
+                let entry = OrderEntry {
                     number,
-                    Early {
-                        entry,
-                        waiters,
-                        incarnation,
+                    epoch,
+                    request_id: order.request_id.clone(),
+                    name: order.name,
+                    kind: order.kind,
+                    quantity,
+                };
+                let fresh = &mut leading.fresh;
+                fresh.index.insert(order.request_id, fresh.entries.len());
+                fresh.entries.push((entry, vec![token]));
+            }
+            Err(rejection) if common::trade::depends_on_state(&rejection) => {
+                // Made durable by the catalog, at this point of the log, before it is told.
+                leading.feed.refuse(number, order.clone());
+                leading.placing.insert(
+                    order.request_id,
+                    Placement {
+                        waiters: vec![token],
                     },
                 );
             }
+            Err(rejection) => self.reply(token, Ok(OrderResponse::Rejected(rejection))),
         }
     }
 
-    /// Appends the orders numbered right after the log's end, and answers those the log
-    /// holds already. A gap no call on its way can fill is filled from the catalog's history.
-    fn append_early(&mut self) {
+    /// Appends the orders the input just handled placed, and has each answered once
+    /// committed.
+    pub(super) fn place_fresh(&mut self) {
         let Some(leading) = self.leading() else {
             return;
         };
-        let mut early = std::mem::take(&mut leading.early);
-        let next = self.log.next_number();
-        let mut settled = Vec::new();
-        let mut entries = Vec::new();
-        let mut appended = Vec::new();
-        // Recorded meanwhile (by reconciliation): those waiting learn their number.
-        let later = early.split_off(&next);
-        for (number, held) in std::mem::replace(&mut early, later) {
-            settled.push((number, held));
+        let fresh = std::mem::take(&mut leading.fresh);
+        if fresh.entries.is_empty() {
+            return;
         }
-        let mut at = next;
-        while let Some(held) = early.remove(&at) {
-            entries.push(held.entry);
-            appended.push((at, held.waiters));
-            at += 1;
-        }
-        let gap = !early.is_empty();
-        let trading = match self.leading() {
-            Some(leading) => {
-                leading.early = early;
-                leading.trading
+        let (entries, waiters): (Vec<OrderEntry>, Vec<Vec<Token>>) =
+            fresh.entries.into_iter().unzip();
+        let numbers: Vec<TransactionNumber> = entries.iter().map(|e| e.number).collect();
+        if let Err(e) = self.append(entries) {
+            // The levels counted them: they are read again once the log takes writes.
+            if let Some(leading) = self.leading() {
+                leading.feed.levels = None;
             }
-            None => return,
-        };
-        if !entries.is_empty() {
-            if let Err(e) = self.append(entries) {
-                let waiting = appended.into_iter().flat_map(|(_, w)| w);
-                let settled = settled.into_iter().flat_map(|(_, held)| held.waiters);
-                for token in waiting.chain(settled) {
-                    self.reply(token, Err(e.clone()));
-                }
-                return;
+            for token in waiters.into_iter().flatten() {
+                self.reply(token, Err(e.clone()));
             }
+            return;
         }
-        for (number, held) in settled {
-            let same = self
-                .log
-                .placed(&held.entry.request_id)
-                .is_some_and(|p| p.number == number);
-            for token in held.waiters {
-                if same {
-                    self.answer_when_committed(token, number);
-                } else {
-                    self.reply(
-                        token,
-                        Err(RemoteError::unavailable(
-                            "the order log and the catalog disagree; reconciling, retry",
-                        )),
-                    );
-                }
-            }
-        }
-        for (number, waiters) in appended {
-            for token in waiters {
+        for (number, tokens) in numbers.into_iter().zip(waiters) {
+            for token in tokens {
                 self.answer_when_committed(token, number);
             }
         }
-        if gap && trading == 0 {
-            // An answer was lost on the way: the catalog's history has what is missing.
-            self.reconcile_soon();
+    }
+
+    /// Sets aside every entry from `from` on (none of them committed in this term), and
+    /// forgets what followers held of them.
+    pub(super) fn set_aside_from(&mut self, from: TransactionNumber, reason: &str) {
+        let Some(leading) = self.leading() else {
+            return;
+        };
+        leading.inherited = leading.inherited.min(from.checked_sub(1));
+        leading.cuts += 1;
+        let kept = from.checked_sub(1);
+        for progress in leading.progress.values_mut() {
+            progress.persisted = progress.persisted.min(kept);
+        }
+        for link in leading.links.values_mut() {
+            link.next = link.next.min(from);
+        }
+        self.cut_from(from, reason);
+        // Followers that hold what was set aside learn where the log ends now (those with a
+        // batch on its way learn it from the next one).
+        let idle: Vec<ReplicaId> = match self.leading() {
+            Some(leading) if leading.in_office => leading
+                .links
+                .iter()
+                .filter(|(_, l)| l.in_flight == 0 && l.retry_at.is_none())
+                .map(|(&id, _)| id)
+                .collect(),
+            _ => Vec::new(),
+        };
+        for peer in idle {
+            self.send_replicate(peer);
         }
     }
 
@@ -717,6 +576,7 @@ impl Engine {
         let durable = self.durable;
         let min_in_sync = self.config.min_in_sync();
         let shrink_first = self.config.rules.holds(Rule::ShrinkBeforeGoingOn);
+        let applied_first = self.config.rules.holds(Rule::AppliedBeforeCommit);
         let now = self.now;
         let Some(leading) = self.leading() else {
             return;
@@ -730,7 +590,15 @@ impl Engine {
             .filter(|(_, f)| shrink_first || !f.silent)
             .map(|(_, f)| f.persisted)
             .collect();
-        let point = commit_point(durable, &waited_for, leading.in_sync.len(), min_in_sync);
+        let mut point = commit_point(durable, &waited_for, leading.in_sync.len(), min_in_sync);
+        if applied_first {
+            // Only what a life of the catalog that still answers has applied: nothing
+            // acknowledged can still be refused there, and a lookup after the answer shows it.
+            point = match leading.feed.incarnation {
+                Some(_) => point.min(leading.feed.applied.checked_sub(1)),
+                None => leading.commit,
+            };
+        }
         if point <= leading.commit {
             return;
         }
@@ -781,7 +649,9 @@ impl Engine {
                 leading
                     .links
                     .iter()
-                    .filter(|(_, l)| !l.in_flight && !l.probe && l.retry_at.is_none())
+                    .filter(|(_, l)| {
+                        l.in_flight < REPLICATE_WINDOW && !l.probe && l.retry_at.is_none()
+                    })
                     .map(|(&id, _)| id)
                     .collect()
             }
@@ -805,17 +675,21 @@ impl Engine {
             return;
         };
         link.next = link.next.min(next_number);
-        link.in_flight = true;
+        link.in_flight += 1;
         link.retry_at = None;
         let from = link.next;
         let count = (next_number - from).min(MAX_BATCH);
+        // The next batch starts after this one: it may go before this one is answered.
+        link.next = from + count;
         let prev = from.checked_sub(1).and_then(|n| self.log.position(n));
+        let cuts = self.leading().map_or(0, |leading| leading.cuts);
         self.call(
             Peer::Replica(peer),
             Outgoing::Replicate {
                 epoch,
                 leader_id: id,
                 prev,
+                cuts,
                 from,
                 count,
             },
@@ -869,22 +743,30 @@ impl Engine {
         };
         let now = self.now;
         let persisted = matches!(report, Report::Persisted(_));
-        let Some(link) = self.leading().and_then(|l| l.links.get_mut(&peer)) else {
+        let Some(leading) = self.leading() else {
             return;
         };
-        link.in_flight = false;
+        let held = leading
+            .progress
+            .get(&peer)
+            .and_then(|p| p.persisted)
+            .map_or(0, |n| n + 1);
+        let Some(link) = leading.links.get_mut(&peer) else {
+            return;
+        };
+        link.in_flight = link.in_flight.saturating_sub(1);
         if persisted {
-            link.next = next.unwrap_or(0);
+            // Batches sent after the one answered may be on their way still.
+            link.next = link.next.max(next.unwrap_or(0));
             link.probe = false;
             link.backoff.reset();
         } else {
-            if let Some(next) = next {
-                link.next = link.next.min(next);
-            }
+            // From where it stands (or from what it was known to hold), once it answers again.
+            link.next = link.next.min(next.unwrap_or(held));
             link.probe = true;
             link.retry_at = Some(now + link.backoff.next_wait());
         }
-        let more = persisted && link.next < next_number;
+        let more = persisted && link.next < next_number && link.in_flight < REPLICATE_WINDOW;
         self.report(peer, report);
         if more {
             self.send_replicate(peer);
@@ -985,7 +867,7 @@ impl Engine {
             }
             if let Some(link) = leading.links.get_mut(&follower) {
                 link.backoff.reset();
-                if !link.in_flight {
+                if link.in_flight == 0 {
                     link.retry_at = Some(now);
                 }
             }
@@ -1013,7 +895,7 @@ impl Engine {
                 let retry: Vec<ReplicaId> = leading
                     .links
                     .iter()
-                    .filter(|(_, l)| !l.in_flight && l.retry_at.is_some_and(|at| at <= now))
+                    .filter(|(_, l)| l.in_flight == 0 && l.retry_at.is_some_and(|at| at <= now))
                     .map(|(&id, _)| id)
                     .collect();
                 let membership = leading.membership_at.is_some_and(|at| at <= now);
@@ -1039,6 +921,7 @@ impl Engine {
         if reconcile {
             self.send_reconcile();
         }
+        self.feed_tick();
     }
 
     /// Keeps the recorded in-sync set true: drops members that went silent before going on
@@ -1123,16 +1006,6 @@ impl Engine {
         }
     }
 
-    /// Asks for the next reconciliation round now.
-    fn reconcile_soon(&mut self) {
-        let now = self.now;
-        if let Some(leading) = self.leading() {
-            if !leading.reconcile.in_flight {
-                leading.reconcile.next_at = Some(now);
-            }
-        }
-    }
-
     /// One reconciliation round: where the log meets the catalog's history, and the
     /// catalog's trades after that point (renewing the lease if this leader serves).
     fn send_reconcile(&mut self) {
@@ -1157,6 +1030,7 @@ impl Engine {
             known,
             max: RECONCILE_BATCH,
             serving,
+            log: self.log_end(),
         };
         self.call(
             Peer::Catalog,
@@ -1167,9 +1041,9 @@ impl Engine {
     }
 
     /// The catalog's answer to a reconciliation round: the log and the catalog's history are
-    /// made equal. Whatever the log holds beyond where they meet is replayed to a catalog
-    /// that lacks it, or (when the catalog's history goes on differently) set aside; the
-    /// catalog's trades beyond it are recorded.
+    /// made equal where they differ (the catalog's trades the log lacks are recorded, what
+    /// the log holds that the catalog's history contradicts is set aside), and the catalog is
+    /// brought up to the rest of the log.
     pub(super) fn reconciled(&mut self, answer: CallResult) {
         let now = self.now;
         let Some(leading) = self.leading() else {
@@ -1191,10 +1065,15 @@ impl Engine {
                 trades,
                 complete,
             })) => {
-                if self.catalog_life(incarnation) {
+                let current = self
+                    .leading()
+                    .is_some_and(|leading| leading.feed.life(incarnation, next));
+                if current {
                     self.meet_catalog(meet, next, trades, complete);
+                    // A catalog that answers again lets what it holds commit.
+                    self.advance_commit();
                 } else if let Some(leading) = self.leading() {
-                    // From a catalog that has restarted since: ask the one there is now.
+                    // From a life of the catalog that has restarted since: ask the one there is.
                     leading.reconcile.next_at = Some(now);
                 }
             }
@@ -1202,7 +1081,10 @@ impl Engine {
                 self.observe_record(&current);
             }
             Ok(other) => debug!(?other, "unexpected answer to a reconciliation"),
-            Err(e) => debug!(error = %e, "reconciliation failed; retrying"),
+            Err(e) => {
+                debug!(error = %e, "reconciliation failed; retrying");
+                self.catalog_lost();
+            }
         }
     }
 
@@ -1217,7 +1099,7 @@ impl Engine {
         let epoch = self.epoch;
         let ours = self.log.next_number();
         // Every entry below `agree` is the same in both (the log may have grown since the
-        // round was asked for, by trades the catalog numbered: those agree too).
+        // round was asked for, by entries the catalog applied since: those agree too).
         let mut agree = meet.map_or(0, |p| p.number + 1);
         let mut listed = trades.iter().peekable();
         while agree < ours {
@@ -1232,34 +1114,29 @@ impl Engine {
                 _ => break,
             }
         }
-        if agree < ours {
-            if next == agree {
-                // The catalog lost what the log holds from here on (the tail of its log, or
-                // its disk): it is replayed to it, in order. Numbers it gave beyond the log
-                // are lost with it.
-                self.discard_early();
-                let count = (ours - agree).min(MAX_BATCH);
-                let (term, timeout) = (self.term, self.config.call_timeout);
-                if let Some(leading) = self.leading() {
-                    leading.reconcile.in_flight = true;
-                    leading.reconcile.next_at = None;
-                }
-                info!(
-                    from = agree,
-                    count, "replaying orders to the catalog, whose history lacks them"
+        let reconciled = match &self.state {
+            State::Leading(leading) => leading.reconcile.reconciled,
+            _ => return,
+        };
+        if reconciled {
+            // In its term the catalog only ever holds this log, up to some entry: it may lag
+            // behind (the answer may list only part of what it applied since the round was
+            // asked for), but never hold another entry.
+            let differs = agree < next.min(ours) && trades.iter().any(|t| t.number == agree);
+            if next > ours || differs {
+                error!(
+                    agree,
+                    next, ours, "the catalog's history is no longer a prefix of the order log"
                 );
-                self.call(
-                    Peer::Catalog,
-                    Outgoing::Replay {
-                        epoch,
-                        from: agree,
-                        count,
-                    },
-                    timeout,
-                    Pending::Replay { term },
-                );
-                return;
+                return self.withdraw();
             }
+            // A catalog that lost the tail of its history (it restarted) gets it again.
+            if let Some(leading) = self.leading() {
+                leading.feed.fell_back(next);
+            }
+            return self.send_feed();
+        }
+        if agree < ours && next != agree {
             if !trades.iter().any(|t| t.number == agree) {
                 // The answer does not show the catalog's trade there: ask again.
                 if let Some(leading) = self.leading() {
@@ -1268,12 +1145,12 @@ impl Engine {
                 return;
             }
             // Both go on differently from `agree`. Nothing from there on can have been
-            // acknowledged (a leader commits only what the catalog's history holds), so the
-            // log's version is set aside and the catalog's recorded.
+            // acknowledged (a leader commits only what the catalog applied), so the log's
+            // version is set aside and the catalog's recorded.
             let Some(leading) = self.leading() else {
                 return;
             };
-            if leading.reconcile.reconciled || leading.commit >= Some(agree) {
+            if leading.commit >= Some(agree) {
                 error!(
                     agree,
                     next,
@@ -1289,18 +1166,10 @@ impl Engine {
                 next,
                 "the log goes on differently from the catalog's history; setting its entries aside"
             );
-            leading.inherited = leading.inherited.min(agree.checked_sub(1));
-            // What followers said they hold from there on is of the entries set aside.
-            let kept = agree.checked_sub(1);
-            for progress in leading.progress.values_mut() {
-                progress.persisted = progress.persisted.min(kept);
-            }
-            for link in leading.links.values_mut() {
-                link.next = link.next.min(agree);
-            }
-            self.cut_from(agree, "not in the catalog's history");
+            self.set_aside_from(agree, "not in the catalog's history");
         }
-        // The log is now a prefix of the catalog's history: what follows it is recorded.
+        // The log is now a prefix of the catalog's history, or the other way round: the
+        // catalog's trades after it are recorded.
         let ours = self.log.next_number();
         let mut entries: Vec<OrderEntry> =
             trades.into_iter().filter(|t| t.number >= ours).collect();
@@ -1312,8 +1181,6 @@ impl Engine {
                     error!(ours, next, "the catalog no longer remembers the trades right after the log's end; they cannot be recorded (an operator must choose another leader)");
                 }
             }
-            // Nothing numbered beyond the gap can be recorded either.
-            self.discard_early();
             return;
         }
         let adopt = self.config.rules.holds(Rule::OrphanAdoption);
@@ -1333,48 +1200,28 @@ impl Engine {
                 "recorded trades the catalog applied without an order"
             );
         }
-        self.append_early();
-        let in_step = self.log.next_number() == next || !adopt;
+        let ours = self.log.next_number();
+        let prefix = next <= ours || !adopt;
         let Some(leading) = self.leading() else {
             return;
         };
-        if !in_step {
+        if !prefix {
             // More to record: the next round at once.
             leading.reconcile.next_at = Some(now);
             return;
         }
-        if !leading.reconcile.reconciled {
-            leading.reconcile.reconciled = true;
-            leading.commit_moved = now;
-            info!(
-                epoch,
-                next, "the log equals the catalog's history; placing orders"
-            );
-            self.advance_commit();
-        }
-    }
-
-    /// The catalog's answer to a replay: the next round finds where they stand now.
-    pub(super) fn replayed(&mut self, answer: CallResult) {
-        let now = self.now;
-        let Some(leading) = self.leading() else {
-            return;
-        };
-        leading.reconcile.in_flight = false;
-        match answer {
-            Ok(Answer::Catalog(CatalogResponse::Replayed { next })) => {
-                debug!(next, "replayed to the catalog");
-                leading.reconcile.next_at = Some(now);
-            }
-            Ok(Answer::Catalog(CatalogResponse::Fenced { current, .. })) => {
-                leading.reconcile.next_at = Some(now + MIN_BACKOFF);
-                self.observe_record(&current);
-            }
-            other => {
-                warn!(answer = ?other, "replay to the catalog failed; retrying");
-                leading.reconcile.next_at = Some(now + MIN_BACKOFF * 5);
-            }
-        }
+        leading.reconcile.reconciled = true;
+        leading.commit_moved = now;
+        // The catalog holds the log up to `next`; the feed brings it the rest.
+        leading.feed.start_at(next.min(ours));
+        info!(
+            epoch,
+            next,
+            last = ours,
+            "the catalog's history is a prefix of the log; bringing the catalog up to it"
+        );
+        self.advance_commit();
+        self.send_feed();
     }
 }
 
@@ -1384,19 +1231,34 @@ mod tests {
 
     use common::safety::{Rule, Rules};
     use common::wire::{
-        CatalogRequest, CatalogResponse, LeadershipChange, LogPosition, OrderEntry, OrderRequest,
-        OrderResponse, TradeOutcome, TradeRejection,
+        ApplyOutcome, ApplyStop, CatalogRequest, CatalogResponse, LeadershipChange, LogPosition,
+        OrderEntry, OrderRequest, OrderResponse, TradeKind, TradeRejection,
     };
 
-    use crate::engine::testing::{config, entry, order, pos, record, Harness};
-    use crate::engine::{Answer, CallError, CallId, Command, Input, Outgoing, Peer};
+    use crate::engine::testing::{config, entry, order, pos, record, Harness, STOCK};
+    use crate::engine::{Answer, ApplyPart, CallError, CallId, Command, Input, Outgoing, Peer};
     use crate::log::EpochRecord;
 
+    /// Answers every `Replicate` on its way to `peer` (a window of them may be): it holds
+    /// everything through `last`.
     fn replicated(h: &mut Harness, peer: u32, last: Option<common::wire::LogPosition>) {
-        let call = h.call_to(Peer::Replica(peer), |r| {
-            matches!(r, Outgoing::Replicate { .. })
+        let mut calls = Vec::new();
+        h.out.retain(|c| match c {
+            Command::Call {
+                call,
+                to,
+                request: Outgoing::Replicate { .. },
+                ..
+            } if *to == Peer::Replica(peer) => {
+                calls.push(*call);
+                false
+            }
+            _ => true,
         });
-        h.answer(call, Answer::Order(OrderResponse::Replicated { last }));
+        assert!(!calls.is_empty(), "no Replicate to {peer}");
+        for call in calls {
+            h.answer(call, Answer::Order(OrderResponse::Replicated { last }));
+        }
     }
 
     #[test]
@@ -1510,6 +1372,7 @@ mod tests {
             };
             h.answer(call, answer);
         }
+        h.read_levels(STOCK);
         h.take();
         let token = h.place_traded("o1");
         h.flush();
@@ -1548,28 +1411,65 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_requests_for_one_id_share_one_trade() {
+    fn concurrent_requests_for_one_id_share_one_order_or_one_refusal() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let a = h.request(OrderRequest::PlaceOrder(order("o1")));
-        let b = h.request(OrderRequest::PlaceOrder(order("o1")));
-        let trade = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { trades, .. }) if trades.len() == 1)
-        });
-        h.answer(
-            trade,
-            Answer::Catalog(CatalogResponse::Traded {
-                incarnation: 1,
-                outcomes: vec![TradeOutcome::Rejected(TradeRejection::NotEnoughStock {
-                    available: 0,
-                })],
-            }),
+        // Two requests for one order in one batch: one entry, both answered from it.
+        let batch = h.request(OrderRequest::Batch(vec![
+            OrderRequest::PlaceOrder(order("o1")),
+            OrderRequest::PlaceOrder(order("o1")),
+        ]));
+        assert_eq!(appended(&h), vec![0]);
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 0, count: 1 }]);
+        h.answer(call, applied(vec![ApplyOutcome::Applied], None, 1));
+        h.flush();
+        both_replicate(&mut h, 0, 2);
+        let Some(Command::Reply {
+            body: super::ReplyBody::Batch(bodies),
+            ..
+        }) = h
+            .out
+            .iter()
+            .find(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
+            .cloned()
+        else {
+            panic!("the batch is answered: {:?}", h.out);
+        };
+        assert!(bodies.iter().all(|b| matches!(
+            b,
+            super::ReplyBody::Ready(Ok(OrderResponse::Placed { number: 0, .. }))
+        )));
+        h.take();
+        // A buy the stock cannot take, asked twice: one refusal at the catalog, both told.
+        let mut huge = order("big");
+        huge.quantity = STOCK as i64 + 1;
+        let a = h.request(OrderRequest::PlaceOrder(huge.clone()));
+        let b = h.request(OrderRequest::PlaceOrder(huge));
+        assert!(h.writes().is_empty(), "a refusal is not an entry");
+        assert_eq!(
+            h.reply(a),
+            None,
+            "answered once the catalog made it durable"
         );
-        let refused = Ok(OrderResponse::Rejected(TradeRejection::NotEnoughStock {
-            available: 0,
-        }));
-        assert_eq!(h.reply(a), Some(refused.clone()));
-        assert_eq!(h.reply(b), Some(refused));
-        assert_eq!(h.engine.log().next_number(), 0);
+        let (call, parts) = h.apply_call();
+        assert!(
+            matches!(&parts[..], [ApplyPart::Refuse { before: 1, .. }]),
+            "{parts:?}"
+        );
+        let refused = TradeRejection::NotEnoughStock {
+            available: STOCK - 1,
+        };
+        h.answer(
+            call,
+            applied(vec![ApplyOutcome::Refused(refused.clone())], None, 1),
+        );
+        for token in [a, b] {
+            assert_eq!(
+                h.reply(token),
+                Some(Ok(OrderResponse::Rejected(refused.clone())))
+            );
+        }
+        assert_eq!(h.engine.log().next_number(), 1);
     }
 
     fn reconciled(meet: Option<LogPosition>, next: u64, trades: Vec<OrderEntry>) -> Answer {
@@ -1584,17 +1484,34 @@ mod tests {
 
     #[test]
     fn a_trade_applied_without_an_order_is_recorded_by_reconciliation() {
-        let mut h = Harness::leading(1, 2, vec![]);
-        h.wait(super::RECONCILE_EVERY);
-        let round = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
-        });
-        // Traded under epoch 1 by a leader that died before recording it.
+        let (mut h, round) = taking_office(vec![]);
+        h.take();
+        // Applied under epoch 1 by a leader that died before it reached any follower.
         h.answer(round, reconciled(None, 1, vec![entry(0, 1, "orphan")]));
         assert!(matches!(
             h.writes()[..],
             [Command::Append { entries, .. }] if entries == &vec![entry(0, 1, "orphan")]
         ));
+    }
+
+    #[test]
+    fn in_its_term_a_catalog_ahead_of_the_log_makes_the_leader_withdraw() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        h.wait(super::RECONCILE_EVERY);
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
+        });
+        h.answer(round, reconciled(None, 1, vec![entry(0, 2, "unknown")]));
+        assert!(h.writes().is_empty(), "nothing recorded mid-term");
+        h.call_to(Peer::Catalog, |r| {
+            matches!(
+                r,
+                Outgoing::Catalog(CatalogRequest::ChangeLeadership {
+                    change: LeadershipChange::Renew { .. },
+                    ..
+                })
+            )
+        });
     }
 
     /// A leader of epoch 3 that inherited `entries`, with its first reconciliation's call.
@@ -1624,6 +1541,8 @@ mod tests {
             round,
             reconciled(Some(pos(1, 2)), 3, vec![entry(2, 2, "orphan")]),
         );
+        assert!(!h.engine.status().placing, "not before the levels are read");
+        h.read_levels(STOCK);
         assert!(h.engine.status().placing);
         assert_eq!(h.engine.log().next_number(), 3);
         assert_eq!(
@@ -1634,32 +1553,49 @@ mod tests {
     }
 
     #[test]
-    fn orders_the_catalog_lost_are_replayed_to_it_before_placing() {
+    fn orders_the_catalog_lost_are_brought_to_it_before_placing() {
         let (mut h, round) =
             taking_office(vec![entry(0, 1, "a"), entry(1, 1, "b"), entry(2, 1, "c")]);
         // The catalog's history ends after the first: its log lost the other two.
         h.answer(round, reconciled(Some(pos(0, 1)), 1, vec![]));
-        let replay = h.call_to(Peer::Catalog, |r| {
-            matches!(
-                r,
-                Outgoing::Replay {
-                    epoch: 3,
-                    from: 1,
-                    count: 2
-                }
-            )
-        });
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 1, count: 2 }]);
         assert!(!h.engine.status().placing);
         h.answer(
-            replay,
-            Answer::Catalog(CatalogResponse::Replayed { next: 3 }),
+            call,
+            applied(vec![ApplyOutcome::Applied, ApplyOutcome::Applied], None, 3),
         );
-        h.wait(Duration::ZERO);
-        let round = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
-        });
-        h.answer(round, reconciled(Some(pos(2, 1)), 3, vec![]));
+        h.read_levels(STOCK);
         assert!(h.engine.status().placing);
+    }
+
+    #[test]
+    fn an_inherited_entry_the_catalog_will_not_apply_is_set_aside_with_what_follows() {
+        let (mut h, round) =
+            taking_office(vec![entry(0, 1, "a"), entry(1, 1, "b"), entry(2, 1, "c")]);
+        h.answer(round, reconciled(Some(pos(0, 1)), 1, vec![]));
+        let (call, _) = h.apply_call();
+        h.answer(
+            call,
+            applied(
+                vec![],
+                Some(ApplyStop::Refused {
+                    rejection: TradeRejection::NotEnoughStock { available: 0 },
+                    remembered: false,
+                }),
+                1,
+            ),
+        );
+        assert!(h
+            .writes()
+            .iter()
+            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        assert_eq!(h.engine.status().set_aside, 2);
+        h.flush();
+        h.read_levels(STOCK);
+        assert!(h.engine.status().placing);
+        h.request(OrderRequest::PlaceOrder(order("o1")));
+        assert_eq!(h.engine.log().last(), Some(pos(1, 3)));
     }
 
     #[test]
@@ -1676,6 +1612,7 @@ mod tests {
             matches!(writes[..], [Command::StoreEpoch { .. }, Command::Cut { from: 1, .. }, Command::Append { entries, .. }] if entries == &vec![entry(1, 2, "other")]),
             "{writes:?}"
         );
+        h.read_levels(STOCK);
         assert!(h.engine.status().placing);
         assert_eq!(h.engine.status().set_aside, 1);
     }
@@ -1690,20 +1627,9 @@ mod tests {
             matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
         });
         h.answer(round, reconciled(None, 1, vec![entry(0, 1, "orphan")]));
+        h.read_levels(STOCK);
         assert!(h.engine.status().placing);
         assert_eq!(h.engine.log().next_number(), 0);
-    }
-
-    fn traded(number: u64) -> TradeOutcome {
-        TradeOutcome::Traded {
-            number,
-            epoch: 2,
-            receipt: common::wire::TradeReceipt {
-                quantity: 1,
-                volume: 1,
-                version: 1,
-            },
-        }
     }
 
     fn appended(h: &Harness) -> Vec<u64> {
@@ -1716,162 +1642,246 @@ mod tests {
             .collect()
     }
 
-    /// A leader with one order at the catalog (call returned) and a batch of two behind it.
-    fn two_calls(h: &mut Harness) -> (super::Token, CallId, super::Token, CallId) {
+    fn applied(outcomes: Vec<ApplyOutcome>, stop: Option<ApplyStop>, next: u64) -> Answer {
+        Answer::Catalog(CatalogResponse::Applied {
+            incarnation: 1,
+            outcomes,
+            stop,
+            next,
+        })
+    }
+
+    /// Has both followers persist everything up to `last`.
+    fn both_replicate(h: &mut Harness, last: u64, epoch: u64) {
+        for peer in [2, 3] {
+            replicated(h, peer, Some(pos(last, epoch)));
+        }
+    }
+
+    #[test]
+    fn an_order_is_committed_only_once_the_catalog_applied_it_too() {
+        let mut h = Harness::leading(1, 2, vec![]);
+        let token = h.request(OrderRequest::PlaceOrder(order("o1")));
+        // Decided here, appended and sent to the followers and the catalog at once.
+        assert_eq!(appended(&h), vec![0]);
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 0, count: 1 }]);
+        h.flush();
+        both_replicate(&mut h, 0, 2);
+        assert_eq!(h.reply(token), None, "the catalog has not applied it yet");
+        assert_eq!(h.engine.commit(), None);
+        h.answer(call, applied(vec![ApplyOutcome::Applied], None, 1));
+        assert_eq!(
+            h.reply(token),
+            Some(Ok(OrderResponse::Placed {
+                number: 0,
+                epoch: 2
+            }))
+        );
+    }
+
+    #[test]
+    fn with_the_rule_off_an_order_commits_before_the_catalog_applied_it() {
+        let rules = Rules::without(Rule::AppliedBeforeCommit);
+        let mut h = Harness::with(config(1, rules), vec![], EpochRecord::default());
+        h.feed(Input::Record(record(2, 1, &[1, 2, 3])));
+        h.flush();
+        for (call, to, _) in h.calls() {
+            let answer = match to {
+                Peer::Catalog => reconciled(None, 0, vec![]),
+                Peer::Replica(_) => Answer::Order(OrderResponse::Replicated { last: None }),
+            };
+            h.answer(call, answer);
+        }
+        h.read_levels(STOCK);
+        let token = h.request(OrderRequest::PlaceOrder(order("o1")));
+        h.flush();
+        both_replicate(&mut h, 0, 2);
+        assert!(matches!(
+            h.reply(token),
+            Some(Ok(OrderResponse::Placed { .. }))
+        ));
+    }
+
+    #[test]
+    fn orders_are_decided_on_the_levels_and_what_comes_meanwhile_goes_in_the_next_apply() {
+        let mut h = Harness::leading(1, 2, vec![]);
         let first = h.request(OrderRequest::PlaceOrder(order("o1")));
-        let first_call = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
-        });
+        let (call, _) = h.apply_call();
+        // While that is on its way: a batch of two buys, a sell and a buy too big for what
+        // is left after them.
+        let mut sell = order("o3");
+        sell.kind = TradeKind::Sell;
+        let mut big = order("big");
+        big.quantity = STOCK as i64;
         let batch = h.request(OrderRequest::Batch(vec![
             OrderRequest::PlaceOrder(order("o2")),
-            OrderRequest::PlaceOrder(order("o3")),
-            OrderRequest::GetOrder { number: 9 },
+            OrderRequest::PlaceOrder(sell),
+            OrderRequest::PlaceOrder(big),
+            OrderRequest::PlaceOrder(order("o4")),
         ]));
-        let second_call = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { trades, .. }) if trades.len() == 2)
-        });
-        (first, first_call, batch, second_call)
-    }
-
-    #[test]
-    fn orders_numbered_out_of_order_are_appended_in_order_and_a_batch_is_answered_whole() {
-        let mut h = Harness::leading(1, 2, vec![]);
-        let (first, first_call, batch, second_call) = two_calls(&mut h);
-        // The second call's answer comes first: held until entry 0 is there.
-        h.answer(
-            second_call,
-            Answer::Catalog(CatalogResponse::Traded {
-                incarnation: 1,
-                outcomes: vec![traded(1), traded(2)],
-            }),
-        );
-        assert!(h.writes().is_empty());
-        h.answer(
-            first_call,
-            Answer::Catalog(CatalogResponse::Traded {
-                incarnation: 1,
-                outcomes: vec![traded(0)],
-            }),
-        );
-        assert_eq!(appended(&h), vec![0, 1, 2]);
-        h.flush();
-        replicated(&mut h, 2, Some(pos(2, 2)));
-        replicated(&mut h, 3, Some(pos(2, 2)));
-        assert_eq!(
-            h.reply(first),
-            Some(Ok(OrderResponse::Placed {
-                number: 0,
-                epoch: 2
-            }))
-        );
-        let at = h
-            .out
-            .iter()
-            .position(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
-            .expect("the batch is answered");
-        let Command::Reply {
-            body: super::ReplyBody::Batch(bodies),
-            ..
-        } = h.out.remove(at)
-        else {
-            panic!("not a batch reply");
-        };
-        assert_eq!(
-            bodies,
-            vec![
-                super::ReplyBody::Ready(Ok(OrderResponse::Placed {
-                    number: 1,
-                    epoch: 2
-                })),
-                super::ReplyBody::Ready(Ok(OrderResponse::Placed {
-                    number: 2,
-                    epoch: 2
-                })),
-                super::ReplyBody::Ready(Ok(OrderResponse::OrderNotFound)),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_lost_answer_drops_what_was_numbered_beyond_the_log_and_the_retries_find_it_recorded() {
-        let mut h = Harness::leading(1, 2, vec![]);
-        let (first, first_call, batch, second_call) = two_calls(&mut h);
-        h.answer(
-            second_call,
-            Answer::Catalog(CatalogResponse::Traded {
-                incarnation: 1,
-                outcomes: vec![traded(1), traded(2)],
-            }),
-        );
-        // The first call's answer is lost: the catalog may have restarted and given those
-        // numbers away, so orders 1 and 2 are not appended on its earlier word.
-        h.feed(Input::Answer {
-            call: first_call,
-            answer: Err(CallError::Failed("connection reset".into())),
-        });
+        assert_eq!(appended(&h), vec![0, 1, 2, 3], "one append per input");
         assert!(
-            matches!(h.reply(first), Some(Err(e)) if e.message.contains("may have been applied"))
+            !h.out.iter().any(|c| matches!(
+                c,
+                Command::Call {
+                    request: Outgoing::Apply { .. },
+                    ..
+                }
+            )),
+            "one Apply on its way at a time"
         );
-        assert!(h.writes().is_empty());
-        let Some(Command::Reply {
-            body: super::ReplyBody::Batch(bodies),
-            ..
-        }) = h
-            .out
-            .iter()
-            .find(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
-            .cloned()
-        else {
-            panic!("the batch is answered: {:?}", h.out);
-        };
+        h.answer(call, applied(vec![ApplyOutcome::Applied], None, 1));
+        let (next, parts) = h.apply_call();
+        // The refusal goes where it was decided: after o3 (entry 2), before o4 (entry 3).
         assert!(
-            matches!(&bodies[0], super::ReplyBody::Ready(Err(e)) if e.message.contains("retry"))
+            matches!(&parts[..], [
+                ApplyPart::Entries { from: 1, count: 2 },
+                ApplyPart::Refuse { before: 3, trade },
+                ApplyPart::Entries { from: 3, count: 1 },
+            ] if trade.request_id.as_str() == "big"),
+            "{parts:?}"
         );
-        // The next round records what the catalog's history holds.
-        h.wait(Duration::ZERO);
-        let round = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Reconcile { .. }))
-        });
+        let refused = TradeRejection::NotEnoughStock {
+            available: STOCK - 2,
+        };
         h.answer(
-            round,
-            reconciled(
+            next,
+            applied(
+                vec![
+                    ApplyOutcome::Applied,
+                    ApplyOutcome::Applied,
+                    ApplyOutcome::Refused(refused.clone()),
+                    ApplyOutcome::Applied,
+                ],
                 None,
-                3,
-                vec![entry(0, 2, "o1"), entry(1, 2, "o2"), entry(2, 2, "o3")],
+                4,
             ),
         );
-        assert_eq!(appended(&h), vec![0, 1, 2]);
         h.flush();
-        replicated(&mut h, 2, Some(pos(2, 2)));
-        replicated(&mut h, 3, Some(pos(2, 2)));
-        // The retry of the lost one finds it.
-        let retry = h.request(OrderRequest::PlaceOrder(order("o1")));
-        assert_eq!(
-            h.reply(retry),
-            Some(Ok(OrderResponse::Placed {
-                number: 0,
-                epoch: 2
-            }))
-        );
+        both_replicate(&mut h, 3, 2);
+        assert!(matches!(
+            h.reply(first),
+            Some(Ok(OrderResponse::Placed { number: 0, .. }))
+        ));
+        let Some(Command::Reply {
+            body: super::ReplyBody::Batch(bodies),
+            ..
+        }) = h
+            .out
+            .iter()
+            .find(|c| matches!(c, Command::Reply { token, .. } if *token == batch))
+            .cloned()
+        else {
+            panic!("the batch is answered whole: {:?}", h.out);
+        };
+        let numbers: Vec<_> = bodies
+            .iter()
+            .map(|b| match b {
+                super::ReplyBody::Ready(Ok(OrderResponse::Placed { number, .. })) => Ok(*number),
+                super::ReplyBody::Ready(Ok(OrderResponse::Rejected(r))) => Err(r.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(numbers, vec![Ok(1), Ok(2), Err(refused.clone()), Ok(3)]);
+        // Asked again, the refusal is answered as before, without the catalog.
+        let mut big = order("big");
+        big.quantity = STOCK as i64;
+        let again = h.request(OrderRequest::PlaceOrder(big));
+        assert_eq!(h.reply(again), Some(Ok(OrderResponse::Rejected(refused))));
     }
 
     #[test]
-    fn numbers_of_a_catalog_that_restarted_since_are_never_taken() {
+    fn a_lost_apply_is_sent_again_and_a_catalog_that_lost_entries_gets_them_again() {
         let mut h = Harness::leading(1, 2, vec![]);
-        let (_, first_call, batch, second_call) = two_calls(&mut h);
-        let traded_by = |incarnation, numbers: &[u64]| {
-            Answer::Catalog(CatalogResponse::Traded {
-                incarnation,
-                outcomes: numbers.iter().map(|&n| traded(n)).collect(),
-            })
-        };
-        // Life 1 numbers o2, o3 as 1 and 2, then dies with them (and with 0) unflushed.
-        h.answer(second_call, traded_by(1, &[1, 2]));
-        // Life 2 answers the first call: it numbers o1 as 0 again. Orders 1 and 2 of life 1
-        // are worthless now (life 2 may give those numbers to other trades): their requests
-        // are retried, not appended.
-        h.answer(first_call, traded_by(2, &[0]));
-        assert_eq!(appended(&h), vec![0]);
+        let token = h.request(OrderRequest::PlaceOrder(order("o1")));
+        let (call, _) = h.apply_call();
+        h.request(OrderRequest::PlaceOrder(order("o2")));
+        h.feed(Input::Answer {
+            call,
+            answer: Err(CallError::Failed("connection reset".into())),
+        });
+        assert_eq!(
+            h.reply(token),
+            None,
+            "still waiting: the entry is in the log"
+        );
+        h.wait(super::MIN_BACKOFF);
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 0, count: 2 }]);
+        // A catalog that restarted and lost entry 0 says where its history ends.
+        h.answer(call, applied(vec![], Some(ApplyStop::Gap), 0));
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 0, count: 2 }]);
+        h.answer(
+            call,
+            applied(vec![ApplyOutcome::Applied, ApplyOutcome::Applied], None, 2),
+        );
+        h.flush();
+        both_replicate(&mut h, 1, 2);
+        assert!(matches!(
+            h.reply(token),
+            Some(Ok(OrderResponse::Placed { number: 0, .. }))
+        ));
+    }
+
+    /// A leader of epoch 2 whose entry 1 (o2) the catalog refuses as a request refused
+    /// before, with entry 0 applied.
+    fn refused_by_the_catalog(rules: Rules) -> (Harness, super::Token, super::Token) {
+        let mut h = Harness::with(config(1, rules), vec![], EpochRecord::default());
+        h.feed(Input::Record(record(2, 1, &[1, 2, 3])));
+        h.flush();
+        for (call, to, _) in h.calls() {
+            let answer = match to {
+                Peer::Catalog => reconciled(None, 0, vec![]),
+                Peer::Replica(_) => Answer::Order(OrderResponse::Replicated { last: None }),
+            };
+            h.answer(call, answer);
+        }
+        h.read_levels(STOCK);
+        h.take();
+        let batch = h.request(OrderRequest::Batch(vec![
+            OrderRequest::PlaceOrder(order("o1")),
+            OrderRequest::PlaceOrder(order("o2")),
+        ]));
+        let late = h.request(OrderRequest::PlaceOrder(order("o3")));
+        let (call, _) = h.apply_call();
+        h.answer(
+            call,
+            applied(
+                vec![ApplyOutcome::Applied],
+                Some(ApplyStop::Refused {
+                    rejection: TradeRejection::NotEnoughStock { available: 0 },
+                    remembered: true,
+                }),
+                1,
+            ),
+        );
+        (h, batch, late)
+    }
+
+    #[test]
+    fn an_order_the_catalog_will_not_apply_is_withdrawn_under_a_new_epoch() {
+        let (mut h, batch, _) = refused_by_the_catalog(Rules::ALL);
+        // The leader asks for an epoch of its own and places nothing meanwhile.
+        h.call_to(Peer::Catalog, |r| {
+            matches!(
+                r,
+                Outgoing::Catalog(CatalogRequest::ChangeLeadership {
+                    expected: 2,
+                    change: LeadershipChange::Renew { leader: 1 },
+                })
+            )
+        });
+        let meanwhile = h.request(OrderRequest::PlaceOrder(order("o9")));
+        assert!(matches!(h.reply(meanwhile), Some(Err(e)) if e.message.contains("withdraws")));
+        assert!(
+            !h.writes().iter().any(|c| matches!(c, Command::Cut { .. })),
+            "nothing is cut in epoch 2"
+        );
+        h.flush();
+        both_replicate(&mut h, 2, 2);
+        // Entry 0 commits; o2 learns its remembered refusal.
         let Some(Command::Reply {
             body: super::ReplyBody::Batch(bodies),
             ..
@@ -1883,17 +1893,70 @@ mod tests {
         else {
             panic!("the batch is answered: {:?}", h.out);
         };
-        assert!(
-            matches!(&bodies[0], super::ReplyBody::Ready(Err(e)) if e.message.contains("restarted"))
-        );
-        // An answer of life 1 that arrives late is not taken either.
-        let late = h.request(OrderRequest::PlaceOrder(order("o9")));
-        let late_call = h.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
+        assert!(matches!(
+            &bodies[..],
+            [
+                super::ReplyBody::Ready(Ok(OrderResponse::Placed { number: 0, .. })),
+                super::ReplyBody::Ready(Ok(OrderResponse::Rejected(_)))
+            ]
+        ));
+        // Epoch 3: the catalog's history ends after entry 0; it will not apply entry 1, which
+        // is set aside with what follows, and the log goes on under epoch 3.
+        h.feed(Input::Record(record(3, 1, &[1, 2, 3])));
+        h.flush();
+        let round = h.call_to(Peer::Catalog, |r| {
+            matches!(
+                r,
+                Outgoing::Catalog(CatalogRequest::Reconcile { epoch: 3, .. })
+            )
         });
-        h.answer(late_call, traded_by(1, &[1]));
-        assert!(matches!(h.reply(late), Some(Err(e)) if e.message.contains("restarted")));
-        assert_eq!(appended(&h), vec![0]);
+        h.answer(round, reconciled(Some(pos(0, 2)), 1, vec![]));
+        let (call, parts) = h.apply_call();
+        assert_eq!(parts, vec![ApplyPart::Entries { from: 1, count: 2 }]);
+        h.answer(
+            call,
+            applied(
+                vec![],
+                Some(ApplyStop::Refused {
+                    rejection: TradeRejection::NotEnoughStock { available: 0 },
+                    remembered: true,
+                }),
+                1,
+            ),
+        );
+        assert!(h
+            .writes()
+            .iter()
+            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        h.flush();
+        h.read_levels(STOCK);
+        assert!(h.engine.status().placing);
+        // The retry of o2 is refused from what the leader learnt; o3 is placed anew, under
+        // epoch 3.
+        let retry = h.request(OrderRequest::PlaceOrder(order("o2")));
+        assert!(matches!(
+            h.reply(retry),
+            Some(Ok(OrderResponse::Rejected(_)))
+        ));
+        h.request(OrderRequest::PlaceOrder(order("o3")));
+        assert_eq!(h.engine.log().last(), Some(pos(1, 3)));
+    }
+
+    #[test]
+    fn with_the_rule_off_the_leader_numbers_again_in_the_same_epoch() {
+        let (mut h, _, _) = refused_by_the_catalog(Rules::without(Rule::WithdrawUnderNewEpoch));
+        assert!(h
+            .writes()
+            .iter()
+            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        h.flush();
+        h.read_levels(STOCK);
+        h.request(OrderRequest::PlaceOrder(order("o9")));
+        assert_eq!(
+            h.engine.log().last(),
+            Some(pos(1, 2)),
+            "position #1@2 again"
+        );
     }
 
     #[test]

@@ -82,6 +82,17 @@ impl LogIndex {
         self.ids.get(request_id)
     }
 
+    /// The trade entry `number` records, if its request id is among the recent ids.
+    pub fn placed_at(&self, number: TransactionNumber) -> Option<TradeRequest> {
+        let (request_id, placed) = self.ids.entries_from(|p| p.number < number).next()?;
+        (placed.number == number).then(|| TradeRequest {
+            request_id: request_id.clone(),
+            name: placed.name.clone(),
+            quantity: i64::try_from(placed.quantity).unwrap_or(i64::MAX),
+            kind: placed.kind,
+        })
+    }
+
     /// Adds `entry`, which must be the next number, of an epoch no older than the last entry's;
     /// `false` (and nothing changes) otherwise.
     pub fn append(&mut self, entry: &OrderEntry) -> bool {
@@ -146,6 +157,12 @@ mod tests {
             Some(4)
         );
         assert_eq!(index.placed(&entry(1, 1).request_id), None);
+        assert_eq!(
+            index.placed_at(3).map(|t| (t.request_id, t.quantity)),
+            Some((entry(3, 2).request_id, 4))
+        );
+        assert_eq!(index.placed_at(1), None, "forgotten");
+        assert_eq!(index.placed_at(5), None);
 
         index.cut_from(3);
         assert_eq!(index.last(), Some(pos(2, 2)));

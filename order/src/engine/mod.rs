@@ -7,11 +7,14 @@
 //!
 //! The parts, each in the file named after it: [`term`] (term changes: the leadership record,
 //! elections, stepping down), [`leader`] (placing, committing, replicating, the in-sync set,
-//! reconciliation with the catalog), [`catch_up`] (the follower: `Replicate`, epoch
-//! confirmation, `SyncUp`), [`log_index`] (the log's shape), and here the inputs, commands,
-//! durability accounting and queries they share.
+//! reconciliation with the catalog), [`feed`] (the leader's link to the catalog: its copy of
+//! the stocks, the entries and refusals it has the catalog apply, withdrawal under a new
+//! epoch), [`catch_up`] (the follower: `Replicate`, epoch confirmation, `SyncUp`),
+//! [`log_index`] (the log's shape), and here the inputs, commands, durability accounting and
+//! queries they share.
 
 pub mod catch_up;
+pub mod feed;
 pub mod leader;
 pub mod log_index;
 pub mod term;
@@ -22,22 +25,25 @@ use std::time::Duration;
 use common::engine::IdMap;
 use common::safety::{Rule, Rules};
 use common::wire::{
-    CatalogRequest, Epoch, LogPosition, OrderEntry, OrderRequest, OrderResponse, RemoteError,
-    ReplicaId, ReplicaStatus, Reply, Role, TransactionNumber, READ_LOG_MAX,
+    ApplyItem, CatalogRequest, Epoch, LogEnd, LogPosition, OrderEntry, OrderRequest, OrderResponse,
+    RemoteError, ReplicaId, ReplicaStatus, Reply, RequestId, Role, TradeRequest, TransactionNumber,
+    READ_LOG_MAX,
 };
 pub use common::wire::{MAX_BATCH as MAX_REQUESTS, MAX_KNOWN};
 use durability::waiters::DurableWaiters;
+use durability::window::RecentWindow;
 
 use crate::log::EpochRecord;
 use crate::replication::WriteQuorum;
 
 use catch_up::CatchUp;
+use feed::Learned;
 use leader::Leading;
 pub use log_index::{LogIndex, Placed};
 
 pub use common::engine::{Answer, CallError, CallId, CallResult, Peer, Time, Token, WriteId};
 
-/// Most entries in one `Replicate`, `SyncUp` answer or `Replay` (well under the frame limit).
+/// Most entries in one `Replicate`, `SyncUp` answer or `Apply` (well under the frame limit).
 pub const MAX_BATCH: u64 = common::wire::MAX_BATCH as u64;
 /// Tokens from here on name the requests of a `Batch`, which the engine answers together.
 const ITEM_TOKENS: Token = 1 << 62;
@@ -49,6 +55,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 pub const DURABILITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Above this many waiting orders, those already answered are pruned.
 const PRUNE_COMMITTING_ABOVE: usize = 10_000;
+/// Requests whose outcome the catalog's answers taught a leader (see [`feed::Learned`]).
+const LEARNED_WINDOW: usize = 100_000;
 
 /// What happens to the engine.
 #[derive(Debug, Clone)]
@@ -115,9 +123,6 @@ pub enum Command {
         request: Outgoing,
         /// How long to wait for the answer.
         timeout: Duration,
-        /// The request this call is made for, if it is one request's own: a runtime may make
-        /// it from that request's task instead of a task of its own.
-        owner: Option<Token>,
     },
     /// Answer a request.
     Reply {
@@ -142,6 +147,8 @@ pub enum Outgoing {
         leader_id: ReplicaId,
         /// The entry before `from`.
         prev: Option<LogPosition>,
+        /// How many times the leader set entries aside in its term.
+        cuts: u32,
         /// First entry to send.
         from: TransactionNumber,
         /// How many.
@@ -149,14 +156,33 @@ pub enum Outgoing {
     },
     /// To the catalog.
     Catalog(CatalogRequest),
-    /// `CatalogRequest::Replay` with the `count` entries from `from` on.
-    Replay {
+    /// `CatalogRequest::Apply` with the entries and refusals `parts` name, in order.
+    Apply {
         /// The leader's epoch.
         epoch: Epoch,
-        /// First entry to send.
+        /// Where its log ends.
+        log: Option<LogEnd>,
+        /// What to send.
+        parts: Vec<ApplyPart>,
+    },
+}
+
+/// Part of an [`Outgoing::Apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyPart {
+    /// The `count` entries of the log from `from` on.
+    Entries {
+        /// First entry.
         from: TransactionNumber,
         /// How many.
         count: u64,
+    },
+    /// A refusal, right before entry `before`.
+    Refuse {
+        /// Where it goes.
+        before: TransactionNumber,
+        /// The trade.
+        trade: TradeRequest,
     },
 }
 
@@ -174,7 +200,7 @@ impl Outgoing {
     /// names (each runtime from its own log).
     pub fn into_request<E>(
         self,
-        entries: impl FnOnce(TransactionNumber, u64) -> Result<Vec<OrderEntry>, E>,
+        mut entries: impl FnMut(TransactionNumber, u64) -> Result<Vec<OrderEntry>, E>,
     ) -> Result<Request, E> {
         Ok(match self {
             Outgoing::Order(request) => Request::Order(request),
@@ -183,6 +209,7 @@ impl Outgoing {
                 epoch,
                 leader_id,
                 prev,
+                cuts,
                 from,
                 count,
             } => Request::Order(OrderRequest::Replicate {
@@ -190,11 +217,22 @@ impl Outgoing {
                 leader_id,
                 prev,
                 entries: entries(from, count)?,
+                cuts,
             }),
-            Outgoing::Replay { epoch, from, count } => Request::Catalog(CatalogRequest::Replay {
-                epoch,
-                entries: entries(from, count)?,
-            }),
+            Outgoing::Apply { epoch, log, parts } => {
+                let mut items = Vec::new();
+                for part in parts {
+                    match part {
+                        ApplyPart::Entries { from, count } => {
+                            items.extend(entries(from, count)?.into_iter().map(ApplyItem::Entry))
+                        }
+                        ApplyPart::Refuse { before, trade } => {
+                            items.push(ApplyItem::Refuse { before, trade })
+                        }
+                    }
+                }
+                Request::Catalog(CatalogRequest::Apply { epoch, items, log })
+            }
         })
     }
 }
@@ -323,13 +361,12 @@ enum Write {
 /// What an outstanding call is for.
 #[derive(Debug)]
 enum Pending {
-    /// Placements' trades at the catalog, in the order sent.
-    Trades {
-        term: u64,
-        request_ids: Vec<common::wire::RequestId>,
-    },
-    /// Entries the catalog's history lacks, replayed to it.
-    Replay { term: u64 },
+    /// Entries and refusals for the catalog to apply.
+    Apply { term: u64 },
+    /// A page of the stocks' levels.
+    Levels { term: u64 },
+    /// A new epoch of this leader's own.
+    Renew { term: u64 },
     /// A batch to a follower.
     Replicate { term: u64, peer: ReplicaId },
     /// A change of the in-sync set.
@@ -341,10 +378,7 @@ enum Pending {
     /// A `Replicate` from a newer epoch, waiting for the catalog to confirm it.
     Confirm {
         token: Token,
-        epoch: Epoch,
-        leader: ReplicaId,
-        prev: Option<LogPosition>,
-        entries: Vec<OrderEntry>,
+        replication: catch_up::Replication,
     },
 }
 
@@ -381,10 +415,15 @@ pub struct Engine {
     /// Follower: the newest entry it confirmed to the leader of this term (a `Replicate` that
     /// fit its log); a sync-up answer given before does not set it aside.
     confirmed: Option<TransactionNumber>,
+    /// Follower: how many times the leader of its epoch set entries aside, as far as its
+    /// messages showed.
+    leader_cuts: u32,
     /// Entries set aside, by earlier lives too.
     set_aside: u64,
     /// Catch-ups begun since it started.
     catch_ups: u64,
+    /// What the catalog's answers taught this replica of requests, kept across its terms.
+    learned: RecentWindow<RequestId, Learned>,
     /// `Batch` requests being answered, by token.
     batches: IdMap<BatchReply>,
     /// The batch and slot of each token of a batch's request.
@@ -426,8 +465,10 @@ impl Engine {
             next_call: 1,
             durable_waiters: DurableWaiters::default(),
             confirmed: None,
+            leader_cuts: 0,
             set_aside: recovered.set_aside,
             catch_ups: 0,
+            learned: RecentWindow::new(LEARNED_WINDOW),
             batches: IdMap::default(),
             items: IdMap::default(),
             next_item: ITEM_TOKENS,
@@ -449,13 +490,20 @@ impl Engine {
             Input::Request { token, request } => self.request(token, request),
             Input::Answer { call, answer } => self.answer(call, answer),
             Input::Record(record) => self.observe_record(&record),
-            Input::CatalogLink(up) => self.catalog_link = up,
+            Input::CatalogLink(up) => {
+                self.catalog_link = up;
+                if !up {
+                    self.catalog_lost();
+                }
+            }
             Input::Flushed(write) => self.flushed(write),
             Input::StorageFailed(reason) => self.storage_failed(reason),
             Input::Tick => self.tick(),
         }
-        // The trades this input placed go to the catalog together.
-        self.send_trades();
+        // The orders this input placed are appended and go to the followers, then to the
+        // catalog (off the commit's path: it answers sooner than a follower's disk), together.
+        self.place_fresh();
+        self.send_feed();
         out.append(&mut self.out);
     }
 
@@ -538,7 +586,10 @@ impl Engine {
     pub fn status(&self) -> ReplicaStatus {
         let (placing, stalled) = match &self.state {
             State::Leading(leading) => (
-                leading.in_office && leading.reconcile.reconciled,
+                leading.in_office
+                    && leading.reconcile.reconciled
+                    && leading.feed.levels.is_some()
+                    && !leading.feed.withdrawing,
                 self.stalled(leading),
             ),
             _ => (false, false),
@@ -601,11 +652,6 @@ impl Engine {
         }
     }
 
-    /// The request a token's answer goes to in the end: its batch, or itself.
-    fn owner(&self, token: Token) -> Token {
-        self.items.get(&token).map_or(token, |&(batch, _)| batch)
-    }
-
     /// Answers each request of a batch in turn; the batch is answered once all are.
     fn batch(&mut self, token: Token, requests: Vec<OrderRequest>) {
         if requests.len() > MAX_REQUESTS
@@ -634,19 +680,6 @@ impl Engine {
     }
 
     fn call(&mut self, to: Peer, request: Outgoing, timeout: Duration, pending: Pending) -> CallId {
-        self.call_for(None, to, request, timeout, pending)
-    }
-
-    /// A call made for request `owner` alone (its answer decides that request's reply), which
-    /// a runtime may make from the request's own task.
-    fn call_for(
-        &mut self,
-        owner: Option<Token>,
-        to: Peer,
-        request: Outgoing,
-        timeout: Duration,
-        pending: Pending,
-    ) -> CallId {
         let call = self.next_call;
         self.next_call += 1;
         self.calls.insert(call, pending);
@@ -655,7 +688,6 @@ impl Engine {
             to,
             request,
             timeout,
-            owner,
         });
         call
     }
@@ -871,7 +903,17 @@ impl Engine {
                 leader_id,
                 prev,
                 entries,
-            } => self.replicate(token, epoch, leader_id, prev, entries),
+                cuts,
+            } => self.replicate(
+                token,
+                catch_up::Replication {
+                    epoch,
+                    leader: leader_id,
+                    prev,
+                    entries,
+                    cuts,
+                },
+            ),
             OrderRequest::SyncUp {
                 epoch,
                 follower_id,
@@ -901,21 +943,18 @@ impl Engine {
             return;
         };
         match pending {
-            Pending::Trades { term, request_ids } => self.traded(term, request_ids, answer),
-            Pending::Replay { term } if term == self.term => self.replayed(answer),
+            Pending::Apply { term } if term == self.term => self.applied_by_catalog(answer),
+            Pending::Levels { term } if term == self.term => self.levels_read(answer),
+            Pending::Renew { term } if term == self.term => self.renewed(answer),
             Pending::Replicate { term, peer } if term == self.term => self.replicated(peer, answer),
             Pending::InSync { term } if term == self.term => self.in_sync_changed(answer),
             Pending::Reconcile { term } if term == self.term => self.reconciled(answer),
             Pending::SyncUp { term } if term == self.term => self.synced(answer),
-            Pending::Confirm {
-                token,
-                epoch,
-                leader,
-                prev,
-                entries,
-            } => self.confirmed(token, epoch, leader, prev, entries, answer),
+            Pending::Confirm { token, replication } => self.confirmed(token, replication, answer),
             Pending::Replicate { .. }
-            | Pending::Replay { .. }
+            | Pending::Apply { .. }
+            | Pending::Levels { .. }
+            | Pending::Renew { .. }
             | Pending::InSync { .. }
             | Pending::Reconcile { .. }
             | Pending::SyncUp { .. } => {}

@@ -58,6 +58,9 @@ impl Engine {
         });
         let old = self.end_term();
         let was_leader = old.is_some();
+        if epoch != self.epoch {
+            self.leader_cuts = 0;
+        }
         self.epoch = epoch;
         self.leader = Some(leader);
         if let Some(old) = old {

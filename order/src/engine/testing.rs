@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use common::safety::Rules;
 use common::wire::{
-    CatalogRequest, CatalogResponse, Epoch, Leadership, LogPosition, OrderEntry, OrderRequest,
-    OrderResponse, ReplicaId, Reply, RequestId, StockName, TradeKind, TradeOutcome, TradeRequest,
+    ApplyOutcome, CatalogRequest, CatalogResponse, Epoch, Leadership, LogPosition, OrderEntry,
+    OrderRequest, OrderResponse, ReplicaId, Reply, RequestId, StockLevel, StockName, TradeKind,
+    TradeRejection, TradeRequest,
 };
 
 use super::{
-    Answer, CallId, Command, Engine, EngineConfig, Input, Outgoing, Peer, Recovered, ReplyBody,
-    Token,
+    Answer, ApplyPart, CallId, Command, Engine, EngineConfig, Input, Outgoing, Peer, Recovered,
+    ReplyBody, Token,
 };
 use crate::log::EpochRecord;
 use crate::WriteQuorum;
@@ -22,6 +23,8 @@ pub(crate) struct Harness {
     next_token: Token,
     /// Every command given and not yet looked at.
     pub out: Vec<Command>,
+    /// What each `Apply` given carried.
+    sent: Vec<(CallId, Vec<ApplyPart>)>,
 }
 
 pub(crate) fn config(id: ReplicaId, rules: Rules) -> EngineConfig {
@@ -91,11 +94,23 @@ impl Harness {
             now: Duration::ZERO,
             next_token: 1,
             out,
+            sent: Vec::new(),
         }
     }
 
     pub fn feed(&mut self, input: Input) {
+        let before = self.out.len();
         self.engine.handle(self.now, input, &mut self.out);
+        for command in &self.out[before..] {
+            if let Command::Call {
+                call,
+                request: Outgoing::Apply { parts, .. },
+                ..
+            } = command
+            {
+                self.sent.push((*call, parts.clone()));
+            }
+        }
     }
 
     /// Moves the clock and ticks.
@@ -196,8 +211,9 @@ impl Harness {
             .collect()
     }
 
-    /// Leads `epoch` (stored, reconciled with an empty catalog), every follower probed and
-    /// answering that it holds `held`.
+    /// Leads `epoch` (stored, reconciled with a catalog whose history equals the log, the
+    /// levels read: [`STOCK`] shares of GameStart), every follower probed and answering that
+    /// it holds the log.
     pub fn leading(id: ReplicaId, epoch: Epoch, entries: Vec<OrderEntry>) -> Self {
         let mut h = Harness::new(id, entries, EpochRecord::default());
         h.feed(Input::CatalogLink(true));
@@ -223,34 +239,81 @@ impl Harness {
                 other => panic!("unexpected call {other:?}"),
             }
         }
+        h.read_levels(STOCK);
         h.take();
         assert!(h.engine.status().placing);
         h
     }
 
-    /// Places `id` through the catalog (which numbers it as the log's next entry) and returns
-    /// its token.
-    pub fn place_traded(&mut self, id: &str) -> Token {
-        let token = self.request(OrderRequest::PlaceOrder(order(id)));
-        let number = self.engine.log().next_number();
-        let trades = self.call_to(Peer::Catalog, |r| {
-            matches!(r, Outgoing::Catalog(CatalogRequest::Trades { .. }))
+    /// Answers the leader's reading of the levels: GameStart with `quantity` shares.
+    pub fn read_levels(&mut self, quantity: u64) {
+        let next = self.engine.log().next_number();
+        let read = self.call_to(Peer::Catalog, |r| {
+            matches!(r, Outgoing::Catalog(CatalogRequest::Levels { .. }))
         });
         self.answer(
-            trades,
-            Answer::Catalog(CatalogResponse::Traded {
+            read,
+            Answer::Catalog(CatalogResponse::Levels {
                 incarnation: 1,
-                outcomes: vec![TradeOutcome::Traded {
-                    number,
-                    epoch: self.engine.epoch(),
-                    receipt: common::wire::TradeReceipt {
-                        quantity: 1,
-                        volume: 1,
-                        version: number + 1,
-                    },
+                next,
+                levels: vec![StockLevel {
+                    name: StockName::new("GameStart").unwrap(),
+                    quantity,
+                    volume: 0,
                 }],
+                more: false,
             }),
         );
+    }
+
+    /// The one `Apply` on its way to the catalog, and what it carries.
+    pub fn apply_call(&mut self) -> (CallId, Vec<ApplyPart>) {
+        let call = self.call_to(Peer::Catalog, |r| matches!(r, Outgoing::Apply { .. }));
+        let parts = self
+            .sent
+            .iter()
+            .find(|(c, _)| *c == call)
+            .map(|(_, parts)| parts.clone())
+            .unwrap_or_default();
+        (call, parts)
+    }
+
+    /// Answers the `Apply` on its way as the leader decided: every entry applied, every
+    /// refusal made (not enough stock).
+    pub fn apply_all(&mut self) {
+        let (call, parts) = self.apply_call();
+        let mut outcomes = Vec::new();
+        for part in &parts {
+            match part {
+                ApplyPart::Entries { count, .. } => {
+                    outcomes.extend((0..*count).map(|_| ApplyOutcome::Applied))
+                }
+                ApplyPart::Refuse { .. } => {
+                    outcomes.push(ApplyOutcome::Refused(TradeRejection::NotEnoughStock {
+                        available: 0,
+                    }))
+                }
+            }
+        }
+        let next = self.engine.log().next_number();
+        self.answer(
+            call,
+            Answer::Catalog(CatalogResponse::Applied {
+                incarnation: 1,
+                outcomes,
+                stop: None,
+                next,
+            }),
+        );
+    }
+
+    /// Places `id` (a buy of one share) and has the catalog apply it; returns its token.
+    pub fn place_traded(&mut self, id: &str) -> Token {
+        let token = self.request(OrderRequest::PlaceOrder(order(id)));
+        self.apply_all();
         token
     }
 }
+
+/// Shares of GameStart in the catalog a [`Harness::leading`] leader reads.
+pub(crate) const STOCK: u64 = 1_000_000;
