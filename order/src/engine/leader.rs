@@ -1575,21 +1575,8 @@ mod tests {
             taking_office(vec![entry(0, 1, "a"), entry(1, 1, "b"), entry(2, 1, "c")]);
         h.answer(round, reconciled(Some(pos(0, 1)), 1, vec![]));
         let (call, _) = h.apply_call();
-        h.answer(
-            call,
-            applied(
-                vec![],
-                Some(ApplyStop::Refused {
-                    rejection: TradeRejection::NotEnoughStock { available: 0 },
-                    remembered: false,
-                }),
-                1,
-            ),
-        );
-        assert!(h
-            .writes()
-            .iter()
-            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        h.answer(call, refused_after(vec![], false, 1));
+        assert!(cuts_from(&h, 1));
         assert_eq!(h.engine.status().set_aside, 2);
         h.flush();
         h.read_levels(STOCK);
@@ -1649,6 +1636,27 @@ mod tests {
             stop,
             next,
         })
+    }
+
+    /// The catalog applied `outcomes`, then refused the next entry for want of stock; its
+    /// history's next number is `next`.
+    fn refused_after(outcomes: Vec<ApplyOutcome>, remembered: bool, next: u64) -> Answer {
+        let rejection = TradeRejection::NotEnoughStock { available: 0 };
+        applied(
+            outcomes,
+            Some(ApplyStop::Refused {
+                rejection,
+                remembered,
+            }),
+            next,
+        )
+    }
+
+    /// Whether the engine has asked to cut its log from entry `from` on.
+    fn cuts_from(h: &Harness, from: u64) -> bool {
+        h.writes()
+            .iter()
+            .any(|c| matches!(c, Command::Cut { from: f, .. } if *f == from))
     }
 
     /// Has both followers persist everything up to `last`.
@@ -1846,17 +1854,7 @@ mod tests {
         ]));
         let late = h.request(OrderRequest::PlaceOrder(order("o3")));
         let (call, _) = h.apply_call();
-        h.answer(
-            call,
-            applied(
-                vec![ApplyOutcome::Applied],
-                Some(ApplyStop::Refused {
-                    rejection: TradeRejection::NotEnoughStock { available: 0 },
-                    remembered: true,
-                }),
-                1,
-            ),
-        );
+        h.answer(call, refused_after(vec![ApplyOutcome::Applied], true, 1));
         (h, batch, late)
     }
 
@@ -1913,21 +1911,8 @@ mod tests {
         h.answer(round, reconciled(Some(pos(0, 2)), 1, vec![]));
         let (call, parts) = h.apply_call();
         assert_eq!(parts, vec![ApplyPart::Entries { from: 1, count: 2 }]);
-        h.answer(
-            call,
-            applied(
-                vec![],
-                Some(ApplyStop::Refused {
-                    rejection: TradeRejection::NotEnoughStock { available: 0 },
-                    remembered: true,
-                }),
-                1,
-            ),
-        );
-        assert!(h
-            .writes()
-            .iter()
-            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        h.answer(call, refused_after(vec![], true, 1));
+        assert!(cuts_from(&h, 1));
         h.flush();
         h.read_levels(STOCK);
         assert!(h.engine.status().placing);
@@ -1945,10 +1930,7 @@ mod tests {
     #[test]
     fn with_the_rule_off_the_leader_numbers_again_in_the_same_epoch() {
         let (mut h, _, _) = refused_by_the_catalog(Rules::without(Rule::WithdrawUnderNewEpoch));
-        assert!(h
-            .writes()
-            .iter()
-            .any(|c| matches!(c, Command::Cut { from: 1, .. })));
+        assert!(cuts_from(&h, 1));
         h.flush();
         h.read_levels(STOCK);
         h.request(OrderRequest::PlaceOrder(order("o9")));
