@@ -11,7 +11,7 @@ use common::wire::{
     ApplyStop, Epoch, Leadership, LogPosition, OrderEntry, RequestId, StockLevel, StockName,
     StockQuote, TradeKind, TradeReceipt, TradeRejection, TradeRequest, TransactionNumber,
 };
-use durability::window::RecentWindow;
+use durability::window::{Hasher, RecentWindow};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -149,7 +149,7 @@ pub struct Snapshot {
 /// The catalog's state.
 #[derive(Debug, Clone)]
 pub struct Book {
-    stocks: HashMap<StockName, Stock>,
+    stocks: HashMap<StockName, Stock, Hasher>,
     /// The positions of the history of trades.
     history: Positions,
     /// Recent applied trades by request id, for exactly-once and for the leader's

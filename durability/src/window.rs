@@ -1,92 +1,155 @@
 //! A bounded window of recent request ids and what each one came to: the memory behind
 //! exactly-once, kept to a fixed number of entries by forgetting the oldest.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash};
 
-/// The hasher of the window's map: foldhash, seeded at random per process. The keys are
+use hashbrown::HashTable;
+
+/// The hasher of the window's index: foldhash, seeded at random per process. The keys are
 /// request ids, which clients choose, so a fixed hash would let a client make them collide;
 /// SipHash resists that too but costs several times as much on every trade (5-11% of a
 /// replica's CPU under load, in `bench/profile.sh`).
-type Hasher = foldhash::fast::RandomState;
+pub type Hasher = foldhash::fast::RandomState;
 
 /// The last `capacity` keys inserted, each with its value.
+///
+/// The entries lie in insertion order in one ring, and the index holds only each entry's
+/// sequence number (4 bytes), hashed by its key: a window of a million request ids indexes in
+/// about 10 MB instead of a table of keys and values ten times that size, so that the insert
+/// and the eviction every trade makes touch little memory (a replica's index no longer
+/// misses the cache on every bucket it visits).
 #[derive(Debug, Clone)]
 pub struct RecentWindow<K, V> {
-    values: HashMap<K, V, Hasher>,
-    order: VecDeque<K>,
+    /// Oldest first; entry `i` has the sequence number `first + i` (wrapping).
+    entries: VecDeque<(K, V)>,
+    first: u32,
+    index: HashTable<u32>,
+    hasher: Hasher,
     capacity: usize,
 }
 
 impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
-    /// An empty window holding at most `capacity` keys (at least one).
+    /// An empty window holding at most `capacity` keys (at least one, at most `u32::MAX`).
     pub fn new(capacity: usize) -> Self {
         RecentWindow {
-            values: HashMap::with_hasher(Hasher::default()),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
+            entries: VecDeque::new(),
+            first: 0,
+            index: HashTable::new(),
+            hasher: Hasher::default(),
+            capacity: capacity.clamp(1, u32::MAX as usize - 1),
         }
     }
 
     /// Remembers `key`, forgetting the oldest keys beyond the capacity. A key inserted again
     /// takes the new value and the newest place.
     pub fn insert(&mut self, key: K, value: V) {
-        if self.values.insert(key.clone(), value).is_some() {
-            self.order.retain(|k| k != &key);
+        let hash = self.hasher.hash_one(&key);
+        if let Some(at) = self.position(hash, &key) {
+            // Rare (a request id is logged once): the ring closes up and the index is rebuilt.
+            self.entries.remove(at);
+            self.entries.push_back((key, value));
+            self.reindex();
+            return;
         }
-        self.order.push_back(key);
-        while self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.values.remove(&oldest);
-            }
+        let Self {
+            entries,
+            first,
+            index,
+            hasher,
+            ..
+        } = self;
+        let seq = first.wrapping_add(entries.len() as u32);
+        entries.push_back((key, value));
+        index.insert_unique(hash, seq, |&s| {
+            hasher.hash_one(&entries[s.wrapping_sub(*first) as usize].0)
+        });
+        while self.entries.len() > self.capacity {
+            self.evict_oldest();
         }
     }
 
     /// The value of `key`, if it is still remembered.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.values.get(key)
+        let at = self.position(self.hasher.hash_one(key), key)?;
+        Some(&self.entries[at].1)
     }
 
     /// Forgets the keys for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        self.values.retain(|k, v| keep(k, v));
-        let values = &self.values;
-        self.order.retain(|k| values.contains_key(k));
+        let before = self.entries.len();
+        self.entries.retain(|(k, v)| keep(k, v));
+        if self.entries.len() != before {
+            self.reindex();
+        }
     }
 
     /// The remembered values, oldest first.
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
-        self.order.iter().filter_map(|k| self.values.get(k))
+        self.entries.iter().map(|(_, v)| v)
     }
 
     /// The remembered values from the first one for which `before` is false on, oldest first.
     /// `before` must be true for a prefix of the values and false after it (values inserted in
     /// the order of what it tests); the start is found by bisection.
     pub fn values_from(&self, before: impl Fn(&V) -> bool) -> impl Iterator<Item = &V> {
-        let start = self
-            .order
-            .partition_point(|k| self.values.get(k).is_none_or(&before));
-        self.order.range(start..).filter_map(|k| self.values.get(k))
+        self.entries_from(before).map(|(_, v)| v)
     }
 
     /// [`RecentWindow::values_from`], each value with its key.
     pub fn entries_from(&self, before: impl Fn(&V) -> bool) -> impl Iterator<Item = (&K, &V)> {
-        let start = self
-            .order
-            .partition_point(|k| self.values.get(k).is_none_or(&before));
-        self.order
-            .range(start..)
-            .filter_map(|k| self.values.get(k).map(|v| (k, v)))
+        let start = self.entries.partition_point(|(_, v)| before(v));
+        self.entries.range(start..).map(|(k, v)| (k, v))
     }
 
     /// How many keys are remembered.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Where in the ring `key` (of hash `hash`) lies.
+    fn position(&self, hash: u64, key: &K) -> Option<usize> {
+        let at = |s: u32| s.wrapping_sub(self.first) as usize;
+        self.index
+            .find(hash, |&s| self.entries[at(s)].0 == *key)
+            .map(|&s| at(s))
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some((oldest, _)) = self.entries.pop_front() else {
+            return;
+        };
+        let seq = self.first;
+        if let Ok(found) = self
+            .index
+            .find_entry(self.hasher.hash_one(&oldest), |&s| s == seq)
+        {
+            found.remove();
+        }
+        self.first = seq.wrapping_add(1);
+    }
+
+    /// Indexes the ring anew, numbered from `first`.
+    fn reindex(&mut self) {
+        let Self {
+            entries,
+            first,
+            index,
+            hasher,
+            ..
+        } = self;
+        index.clear();
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let seq = first.wrapping_add(i as u32);
+            index.insert_unique(hasher.hash_one(key), seq, |&s| {
+                hasher.hash_one(&entries[s.wrapping_sub(*first) as usize].0)
+            });
+        }
     }
 }
 
@@ -126,5 +189,52 @@ mod tests {
         assert_eq!(from(40), vec![50, 60]);
         assert_eq!(from(45), vec![50, 60]);
         assert_eq!(from(60), Vec::<u64>::new());
+    }
+
+    /// The same operations on a plain list, oldest first: what the window must answer.
+    #[derive(Default)]
+    struct Model {
+        entries: Vec<(u8, u32)>,
+    }
+
+    impl Model {
+        fn insert(&mut self, key: u8, value: u32, capacity: usize) {
+            self.entries.retain(|(k, _)| *k != key);
+            self.entries.push((key, value));
+            let extra = self.entries.len().saturating_sub(capacity);
+            self.entries.drain(..extra);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn answers_as_a_plain_list_does(
+            capacity in 1usize..6,
+            start in proptest::prelude::any::<u32>(),
+            ops in proptest::collection::vec((0u8..10, 0u8..8), 0..200),
+        ) {
+            let mut window = RecentWindow::new(capacity);
+            // Sequence numbers from anywhere, so that they wrap within the run.
+            window.first = start;
+            let mut model = Model::default();
+            for (i, (key, op)) in ops.into_iter().enumerate() {
+                let value = i as u32;
+                if op == 0 {
+                    window.retain(|k, _| *k != key);
+                    model.entries.retain(|(k, _)| *k != key);
+                } else {
+                    window.insert(key, value);
+                    model.insert(key, value, capacity);
+                }
+                let values: Vec<u32> = window.values().copied().collect();
+                let expected: Vec<u32> = model.entries.iter().map(|(_, v)| *v).collect();
+                proptest::prop_assert_eq!(values, expected);
+                for k in 0..10u8 {
+                    let expected = model.entries.iter().find(|(m, _)| *m == k).map(|(_, v)| v);
+                    proptest::prop_assert_eq!(window.get(&k), expected);
+                }
+                proptest::prop_assert_eq!(window.len(), model.entries.len());
+            }
+        }
     }
 }

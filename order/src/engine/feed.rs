@@ -24,6 +24,7 @@ use common::wire::{
     OrderResponse, RemoteError, RequestId, StockLevel, StockName, TradeRejection, TradeRequest,
     TransactionNumber,
 };
+use durability::window::Hasher;
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -32,7 +33,7 @@ use super::{
 };
 
 /// The stocks' levels after every entry of the log.
-pub(super) type Levels = HashMap<StockName, Level>;
+pub(super) type Levels = HashMap<StockName, Level, Hasher>;
 
 /// What the leader learnt of a request from the catalog's answers, kept across its terms so
 /// that a request asked again is answered as before instead of being decided anew.

@@ -22,6 +22,7 @@ use common::wire::{
 use tracing::{debug, error, info, warn};
 
 use common::engine::{Backoff, Deadlines};
+use durability::window::Hasher;
 
 use super::feed::{Feed, Learned};
 use super::{
@@ -74,7 +75,7 @@ struct Fresh {
     /// The entries, in order, each with the requests waiting for it.
     entries: Vec<(OrderEntry, Vec<Token>)>,
     /// Where each request id is among them.
-    index: HashMap<RequestId, usize>,
+    index: HashMap<RequestId, usize, Hasher>,
 }
 
 /// Reconciliation with the catalog.
