@@ -14,19 +14,27 @@ pub type Hasher = foldhash::fast::RandomState;
 
 /// The last `capacity` keys inserted, each with its value.
 ///
-/// The entries lie in insertion order in one ring, and the index holds only each entry's
-/// sequence number (4 bytes), hashed by its key: a window of a million request ids indexes in
-/// about 10 MB instead of a table of keys and values ten times that size, so that the insert
-/// and the eviction every trade makes touch little memory (a replica's index no longer
-/// misses the cache on every bucket it visits).
+/// The entries lie in insertion order in one ring, each with its key's hash, and the index
+/// holds only each entry's sequence number (4 bytes): a window of a million request ids
+/// indexes in about 10 MB instead of a table of keys and values ten times that size, so that
+/// the insert and the eviction every trade makes touch little memory (a replica's index no
+/// longer misses the cache on every bucket it visits), and no key is hashed twice.
 #[derive(Debug, Clone)]
 pub struct RecentWindow<K, V> {
     /// Oldest first; entry `i` has the sequence number `first + i` (wrapping).
-    entries: VecDeque<(K, V)>,
+    entries: VecDeque<Slot<K, V>>,
     first: u32,
     index: HashTable<u32>,
     hasher: Hasher,
     capacity: usize,
+}
+
+/// One entry of the ring.
+#[derive(Debug, Clone)]
+struct Slot<K, V> {
+    hash: u64,
+    key: K,
+    value: V,
 }
 
 impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
@@ -48,7 +56,7 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
         if let Some(at) = self.position(hash, &key) {
             // Rare (a request id is logged once): the ring closes up and the index is rebuilt.
             self.entries.remove(at);
-            self.entries.push_back((key, value));
+            self.entries.push_back(Slot { hash, key, value });
             self.reindex();
             return;
         }
@@ -56,13 +64,12 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
             entries,
             first,
             index,
-            hasher,
             ..
         } = self;
         let seq = first.wrapping_add(entries.len() as u32);
-        entries.push_back((key, value));
+        entries.push_back(Slot { hash, key, value });
         index.insert_unique(hash, seq, |&s| {
-            hasher.hash_one(&entries[s.wrapping_sub(*first) as usize].0)
+            entries[s.wrapping_sub(*first) as usize].hash
         });
         while self.entries.len() > self.capacity {
             self.evict_oldest();
@@ -72,13 +79,13 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
     /// The value of `key`, if it is still remembered.
     pub fn get(&self, key: &K) -> Option<&V> {
         let at = self.position(self.hasher.hash_one(key), key)?;
-        Some(&self.entries[at].1)
+        Some(&self.entries[at].value)
     }
 
     /// Forgets the keys for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
         let before = self.entries.len();
-        self.entries.retain(|(k, v)| keep(k, v));
+        self.entries.retain(|slot| keep(&slot.key, &slot.value));
         if self.entries.len() != before {
             self.reindex();
         }
@@ -86,7 +93,7 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
 
     /// The remembered values, oldest first.
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> {
-        self.entries.iter().map(|(_, v)| v)
+        self.entries.iter().map(|slot| &slot.value)
     }
 
     /// The remembered values from the first one for which `before` is false on, oldest first.
@@ -98,8 +105,10 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
 
     /// [`RecentWindow::values_from`], each value with its key.
     pub fn entries_from(&self, before: impl Fn(&V) -> bool) -> impl Iterator<Item = (&K, &V)> {
-        let start = self.entries.partition_point(|(_, v)| before(v));
-        self.entries.range(start..).map(|(k, v)| (k, v))
+        let start = self.entries.partition_point(|slot| before(&slot.value));
+        self.entries
+            .range(start..)
+            .map(|slot| (&slot.key, &slot.value))
     }
 
     /// How many keys are remembered.
@@ -116,19 +125,19 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
     fn position(&self, hash: u64, key: &K) -> Option<usize> {
         let at = |s: u32| s.wrapping_sub(self.first) as usize;
         self.index
-            .find(hash, |&s| self.entries[at(s)].0 == *key)
+            .find(hash, |&s| {
+                let slot = &self.entries[at(s)];
+                slot.hash == hash && slot.key == *key
+            })
             .map(|&s| at(s))
     }
 
     fn evict_oldest(&mut self) {
-        let Some((oldest, _)) = self.entries.pop_front() else {
+        let Some(oldest) = self.entries.pop_front() else {
             return;
         };
         let seq = self.first;
-        if let Ok(found) = self
-            .index
-            .find_entry(self.hasher.hash_one(&oldest), |&s| s == seq)
-        {
+        if let Ok(found) = self.index.find_entry(oldest.hash, |&s| s == seq) {
             found.remove();
         }
         self.first = seq.wrapping_add(1);
@@ -140,14 +149,13 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
             entries,
             first,
             index,
-            hasher,
             ..
         } = self;
         index.clear();
-        for (i, (key, _)) in entries.iter().enumerate() {
+        for (i, slot) in entries.iter().enumerate() {
             let seq = first.wrapping_add(i as u32);
-            index.insert_unique(hasher.hash_one(key), seq, |&s| {
-                hasher.hash_one(&entries[s.wrapping_sub(*first) as usize].0)
+            index.insert_unique(slot.hash, seq, |&s| {
+                entries[s.wrapping_sub(*first) as usize].hash
             });
         }
     }

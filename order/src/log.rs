@@ -42,11 +42,23 @@ const MAX_LINE_BYTES: usize = 1024;
 
 /// Formats an entry as its line, newline included.
 pub fn format_line(entry: &OrderEntry) -> String {
-    let body = format!(
+    let mut line = Vec::new();
+    write_line(entry, &mut line);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Writes an entry's line, newline included, at the end of `out` (no allocation of its own:
+/// every append of a replica goes through here).
+pub fn write_line(entry: &OrderEntry, out: &mut Vec<u8>) {
+    let start = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
         "{}\t{}\t{}\t{}\t{}\t{}",
         entry.number, entry.name, entry.kind, entry.quantity, entry.epoch, entry.request_id
     );
-    format!("{body}\t{:08x}\n", crc32fast::hash(body.as_bytes()))
+    let crc = crc32fast::hash(&out[start..]);
+    let _ = writeln!(out, "\t{crc:08x}");
 }
 
 /// Parses one line (without its newline); `None` if it is not an intact entry.
@@ -217,7 +229,7 @@ impl OrderLog {
             _lock: lock,
         };
         for entry in &entries {
-            log.index(entry.clone());
+            log.index(entry.clone(), &mut Vec::new());
         }
         let epoch = read_epoch(dir)?;
         let set_aside = log.set_aside;
@@ -232,19 +244,20 @@ impl OrderLog {
         ))
     }
 
-    /// Records `entry` in the in-memory index and returns its line to append.
-    fn index(&mut self, entry: OrderEntry) -> String {
-        let line = format_line(&entry);
+    /// Records `entry` in the in-memory index and writes its line to append at the end of
+    /// `out`.
+    fn index(&mut self, entry: OrderEntry, out: &mut Vec<u8>) {
+        let start = out.len();
+        write_line(&entry, out);
         self.slots.push(Slot {
             epoch: entry.epoch,
             offset: self.end,
         });
-        self.end += line.len() as u64;
+        self.end += (out.len() - start) as u64;
         if self.tail.len() == TAIL_CAPACITY {
             self.tail.pop_front();
         }
         self.tail.push_back(entry);
-        line
     }
 
     /// Entries set aside in the side file so far.
@@ -271,8 +284,9 @@ impl OrderLog {
         })
     }
 
-    /// Appends `entry`, which must be the next number; returns the bytes for the commit thread.
-    pub fn append(&mut self, entry: OrderEntry) -> Result<Vec<u8>, Error> {
+    /// Appends `entry`, which must be the next number, writing its line for the commit thread
+    /// at the end of `out`.
+    pub fn append(&mut self, entry: OrderEntry, out: &mut Vec<u8>) -> Result<(), Error> {
         if entry.number != self.next_number() {
             return Err(Error::Corrupt(format!(
                 "entry {} appended where {} belongs",
@@ -280,7 +294,8 @@ impl OrderLog {
                 self.next_number()
             )));
         }
-        Ok(self.index(entry).into_bytes())
+        self.index(entry, out);
+        Ok(())
     }
 
     /// Up to `max` entries from `from` on.
@@ -342,12 +357,13 @@ impl OrderLog {
         self.tail.truncate(keep);
         self.set_aside += removed.len() as u64;
         let side = self.dir.join(SIDE_FILE);
-        let mut text = format!(
+        let text = format!(
             "# set aside {} entries from #{from}: {reason}\n",
             removed.len()
         );
+        let mut text = text.into_bytes();
         for entry in &removed {
-            text.push_str(&format_line(entry));
+            write_line(entry, &mut text);
         }
         error!(
             from,
@@ -360,7 +376,7 @@ impl OrderLog {
         let dir = self.dir.clone();
         let work: Maintenance = Box::new(move |log| {
             let mut file = OpenOptions::new().create(true).append(true).open(&side)?;
-            file.write_all(text.as_bytes())?;
+            file.write_all(&text)?;
             file.sync_all()?;
             files::sync_dir(&dir)?;
             log.truncate(cut_at)
@@ -502,9 +518,11 @@ mod tests {
         assert_eq!(recovered.epoch, EpochRecord::default());
         assert!(recovered.entries.is_empty());
         for (n, e) in [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)] {
-            file.append(&log.append(entry(n, e)).unwrap()).unwrap();
+            let mut line = Vec::new();
+            log.append(entry(n, e), &mut line).unwrap();
+            file.append(&line).unwrap();
         }
-        assert!(log.append(entry(9, 2)).is_err());
+        assert!(log.append(entry(9, 2), &mut Vec::new()).is_err());
         assert_eq!(log.get(3).unwrap(), Some(entry(3, 2)));
         assert_eq!(log.entries(1, 2).unwrap(), vec![entry(1, 1), entry(2, 2)]);
 
@@ -518,7 +536,9 @@ mod tests {
                 number: 2
             })
         );
-        file.append(&log.append(entry(3, 5)).unwrap()).unwrap();
+        let mut line = Vec::new();
+        log.append(entry(3, 5), &mut line).unwrap();
+        file.append(&line).unwrap();
         let side = fs::read_to_string(dir.path().join(SIDE_FILE)).unwrap();
         assert!(side.contains(&format_line(&entry(4, 2))), "{side}");
         let record = EpochRecord {
