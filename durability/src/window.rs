@@ -56,21 +56,11 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
         if let Some(at) = self.position(hash, &key) {
             // Rare (a request id is logged once): the ring closes up and the index is rebuilt.
             self.entries.remove(at);
-            self.entries.push_back(Slot { hash, key, value });
             self.reindex();
+            self.push(Slot { hash, key, value });
             return;
         }
-        let Self {
-            entries,
-            first,
-            index,
-            ..
-        } = self;
-        let seq = first.wrapping_add(entries.len() as u32);
-        entries.push_back(Slot { hash, key, value });
-        index.insert_unique(hash, seq, |&s| {
-            entries[s.wrapping_sub(*first) as usize].hash
-        });
+        self.push(Slot { hash, key, value });
         while self.entries.len() > self.capacity {
             self.evict_oldest();
         }
@@ -143,20 +133,28 @@ impl<K: Clone + Eq + Hash, V> RecentWindow<K, V> {
         self.first = seq.wrapping_add(1);
     }
 
-    /// Indexes the ring anew, numbered from `first`.
-    fn reindex(&mut self) {
+    /// Puts `slot` at the newest end of the ring and indexes it.
+    fn push(&mut self, slot: Slot<K, V>) {
         let Self {
             entries,
             first,
             index,
             ..
         } = self;
-        index.clear();
-        for (i, slot) in entries.iter().enumerate() {
-            let seq = first.wrapping_add(i as u32);
-            index.insert_unique(slot.hash, seq, |&s| {
-                entries[s.wrapping_sub(*first) as usize].hash
-            });
+        let seq = first.wrapping_add(entries.len() as u32);
+        let hash = slot.hash;
+        entries.push_back(slot);
+        index.insert_unique(hash, seq, |&s| {
+            entries[s.wrapping_sub(*first) as usize].hash
+        });
+    }
+
+    /// Indexes the ring anew, numbered from `first`.
+    fn reindex(&mut self) {
+        let entries = std::mem::take(&mut self.entries);
+        self.index.clear();
+        for slot in entries {
+            self.push(slot);
         }
     }
 }

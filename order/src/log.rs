@@ -228,8 +228,10 @@ impl OrderLog {
             }),
             _lock: lock,
         };
+        let mut line = Vec::new();
         for entry in &entries {
-            log.index(entry.clone(), &mut Vec::new());
+            line.clear();
+            log.index(entry.clone(), &mut line);
         }
         let epoch = read_epoch(dir)?;
         let set_aside = log.set_aside;
@@ -357,11 +359,11 @@ impl OrderLog {
         self.tail.truncate(keep);
         self.set_aside += removed.len() as u64;
         let side = self.dir.join(SIDE_FILE);
-        let text = format!(
+        let mut text = format!(
             "# set aside {} entries from #{from}: {reason}\n",
             removed.len()
-        );
-        let mut text = text.into_bytes();
+        )
+        .into_bytes();
         for entry in &removed {
             write_line(entry, &mut text);
         }
