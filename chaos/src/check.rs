@@ -739,6 +739,7 @@ mod tests {
             trade,
             outcome,
             attempts: 1,
+            failed_attempts: Vec::new(),
             frontend: 0,
             start: Duration::ZERO,
             end: Duration::ZERO,

@@ -181,12 +181,14 @@ impl ClusterOptions {
 }
 
 /// A front end's `GET /health` when it is 200.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
     /// The leader it names.
     pub leader: Option<u32>,
     /// Its epoch.
     pub epoch: Option<u64>,
+    /// The replicas in sync, as the record it holds says.
+    pub in_sync: Vec<u32>,
 }
 
 /// What `order audit` said.
@@ -432,6 +434,11 @@ impl Cluster {
         self.process(name)?.kill()
     }
 
+    /// SIGTERM, waiting up to `limit` for `name` to exit (see [`Process::terminate`]).
+    pub async fn terminate(&mut self, name: &str, limit: Duration) -> Result<Duration> {
+        self.process(name)?.terminate(limit).await
+    }
+
     /// SIGSTOP.
     pub fn freeze(&mut self, name: &str) -> Result<()> {
         self.process(name)?.freeze()
@@ -575,6 +582,14 @@ impl Cluster {
                 .and_then(|d| d["leader"].as_u64())
                 .and_then(|l| u32::try_from(l).ok()),
             epoch: data.and_then(|d| d["epoch"].as_u64()),
+            in_sync: data
+                .and_then(|d| d["in_sync"].as_array())
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -597,6 +612,22 @@ impl Cluster {
             limit,
             Duration::from_millis(50),
             || self.health(index),
+        )
+        .await
+    }
+
+    /// Waits until front end `index` answers `GET /health` with 200 and names all three
+    /// replicas in sync.
+    pub async fn wait_all_in_sync(&self, index: usize, limit: Duration) -> Result<Health> {
+        poll(
+            &format!("{} to report every replica in sync", frontend_name(index)),
+            limit,
+            Duration::from_millis(20),
+            || async {
+                self.health(index)
+                    .await
+                    .filter(|health| health.in_sync.len() == 3)
+            },
         )
         .await
     }

@@ -139,6 +139,9 @@ pub struct Operation {
     pub outcome: Outcome,
     /// Requests sent (1 unless keyed and retried).
     pub attempts: u32,
+    /// Each attempt before the last that failed, as `front end N: what it got`: what a
+    /// client that retries saw, which its user did not.
+    pub failed_attempts: Vec<String>,
     /// The front end of the last attempt.
     pub frontend: usize,
     /// When it began, since the history's start.
@@ -573,6 +576,7 @@ impl Worker {
             let began = Instant::now();
             let mut slot = (worker + i) % frontends.len();
             let mut attempts = 0u32;
+            let mut failed_attempts = Vec::new();
             // Bounded by the retry deadline, and in count.
             let most = load.retry_for.as_millis() / RETRY_PAUSE.as_millis() + 2;
             let (outcome, frontend) = loop {
@@ -608,6 +612,7 @@ impl Worker {
                 if !again {
                     break (outcome, frontend);
                 }
+                failed_attempts.push(format!("front end {frontend}: {outcome:?}"));
                 slot = (slot + 1) % frontends.len();
                 tokio::time::sleep(RETRY_PAUSE).await;
             };
@@ -618,6 +623,7 @@ impl Worker {
                 trade,
                 outcome,
                 attempts,
+                failed_attempts,
                 frontend,
                 start,
                 end: self.history.now(),
@@ -669,6 +675,7 @@ mod tests {
             },
             outcome: Outcome::Traded { number },
             attempts: 1,
+            failed_attempts: Vec::new(),
             frontend: 0,
             start: Duration::from_millis(end_ms.saturating_sub(5)),
             end: Duration::from_millis(end_ms),

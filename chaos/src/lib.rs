@@ -19,6 +19,7 @@ pub mod disk;
 pub mod docker;
 pub mod history;
 pub mod http;
+pub mod lookups;
 pub mod netns;
 pub mod observe;
 pub mod process;

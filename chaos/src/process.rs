@@ -14,6 +14,9 @@ use nix::unistd::Pid;
 
 use crate::{Error, Result};
 
+/// How often a terminated process is checked for having exited.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
 /// Runs `command` to completion with its output captured, killed if it takes longer than
 /// `limit`.
 pub fn output_within(command: Command, limit: Duration) -> Result<Output> {
@@ -216,6 +219,28 @@ impl Process {
         }
         self.frozen = false;
         Ok(())
+    }
+
+    /// SIGTERM (after SIGCONT if frozen), then waits up to `limit` for it to exit, as a
+    /// service manager's stop does: how long it took, or an error after a SIGKILL when it
+    /// did not end in time. Nothing happens if it is not running.
+    pub async fn terminate(&mut self, limit: Duration) -> Result<Duration> {
+        if !self.is_running() {
+            return Ok(Duration::ZERO);
+        }
+        if self.frozen {
+            self.thaw()?;
+        }
+        self.signal(Signal::SIGTERM)?;
+        let began = Instant::now();
+        while self.is_running() {
+            if began.elapsed() >= limit {
+                self.kill()?;
+                return Err(self.error(format!("still running {limit:?} after SIGTERM; killed")));
+            }
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+        Ok(began.elapsed())
     }
 
     /// SIGSTOP: it keeps its sockets and state but answers nothing.

@@ -23,6 +23,15 @@ fn unexpected(answer: CatalogResponse) -> Error {
     Error::Protocol(format!("unexpected catalog answer {answer:?}"))
 }
 
+/// A lookup's answer as a quote, or `None` for a stock the catalog does not have.
+fn quote(answer: CatalogResponse) -> Result<Option<StockQuote>, Error> {
+    match answer {
+        CatalogResponse::Stock(quote) => Ok(Some(quote)),
+        CatalogResponse::NotFound => Ok(None),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The catalog's answer to an `Apply`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -93,15 +102,21 @@ impl CatalogClient {
 
     /// The stock named `name`, or `None` when there is none.
     pub async fn lookup(&self, name: &StockName) -> Result<Option<StockQuote>, Error> {
-        match self
-            .rpc
-            .call(&CatalogRequest::Lookup { name: name.clone() })
-            .await?
-        {
-            CatalogResponse::Stock(quote) => Ok(Some(quote)),
-            CatalogResponse::NotFound => Ok(None),
-            other => Err(unexpected(other)),
-        }
+        quote(
+            self.rpc
+                .call(&CatalogRequest::Lookup { name: name.clone() })
+                .await?,
+        )
+    }
+
+    /// As [`CatalogClient::lookup`], waiting at most `timeout`.
+    pub async fn lookup_within(
+        &self,
+        name: &StockName,
+        timeout: Duration,
+    ) -> Result<Option<StockQuote>, Error> {
+        let request = CatalogRequest::Lookup { name: name.clone() };
+        quote(self.rpc.call_within(&request, timeout).await?)
     }
 
     /// As the leader of `epoch`: applies `items` in order (at most [`MAX_BATCH`]), telling

@@ -4,12 +4,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clients::CatalogClient;
 use common::sync::lock;
 use common::wire::{
-    OrderRequest, OrderResponse, RequestId, StockName, TradeKind, TradeRejection, TradeRequest,
+    OrderRequest, OrderResponse, RemoteErrorKind, RequestId, StockName, StockQuote, TradeKind,
+    TradeRejection, TradeRequest,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -20,6 +22,22 @@ use crate::http::{Request, Response};
 use crate::leader::{OrderError, OrderLeader};
 use crate::metrics::{Metrics, Route};
 use crate::status;
+
+/// The first pause before a lookup is asked again; each pause doubles, up to the most.
+const LOOKUP_PAUSE_MIN: Duration = Duration::from_millis(2);
+/// The longest pause between two attempts of one lookup.
+const LOOKUP_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// Whether a failed catalog call may succeed if made again soon: the catalog was down,
+/// closed the connection, or said it cannot serve yet. A call that timed out has used its
+/// time, and a refusal of the cluster token or a broken frame will not mend.
+fn passing(error: &common::Error) -> bool {
+    match error {
+        common::Error::Unavailable(_) => true,
+        common::Error::Remote(remote) => remote.kind == RemoteErrorKind::Unavailable,
+        _ => false,
+    }
+}
 
 /// Everything the handlers share.
 pub struct App {
@@ -33,6 +51,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Largest quantity one trade may ask for.
     pub max_trade: u64,
+    /// How long a lookup is retried while the catalog cannot answer (it restarts).
+    pub lookup_deadline: Duration,
     /// Whether the catalog's invalidation stream is up (the catalog is reachable).
     pub catalog_up: AtomicBool,
     /// Why the catalog cannot make trades durable, as its last heartbeat said.
@@ -56,6 +76,7 @@ impl App {
         orders: Arc<OrderLeader>,
         metrics: Arc<Metrics>,
         max_trade: u64,
+        lookup_deadline: Duration,
     ) -> Self {
         App {
             catalog,
@@ -63,6 +84,7 @@ impl App {
             orders,
             metrics,
             max_trade,
+            lookup_deadline,
             catalog_up: AtomicBool::new(false),
             catalog_storage: Mutex::new(None),
             nonce: format!("{:016x}", rand::random::<u64>()),
@@ -182,7 +204,7 @@ impl App {
             }
             cache.ticket(&name)
         };
-        match self.catalog.lookup(&name).await {
+        match self.look_up(&name).await {
             Ok(Some(quote)) => {
                 let body = data(&StockBody {
                     name: quote.name.as_str(),
@@ -194,6 +216,28 @@ impl App {
             }
             Ok(None) => Response::error(404, "stock not found"),
             Err(e) => Response::error(503, &format!("catalog unavailable: {e}")),
+        }
+    }
+
+    /// The catalog's quote of `name`, asked again while the catalog cannot answer (it closed
+    /// its connections to restart, or refuses them until it is back) for up to the lookup
+    /// deadline: a lookup is read-only, so asking twice is harmless, and a planned restart
+    /// of the catalog then costs lookups a few milliseconds, not an error.
+    async fn look_up(&self, name: &StockName) -> Result<Option<StockQuote>, common::Error> {
+        let deadline = Instant::now() + self.lookup_deadline;
+        let mut pause = LOOKUP_PAUSE_MIN;
+        loop {
+            let answer = self
+                .catalog
+                .lookup_within(name, deadline.saturating_duration_since(Instant::now()))
+                .await;
+            match &answer {
+                Err(e) if passing(e) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LOOKUP_PAUSE_MAX);
+                }
+                _ => return answer,
+            }
         }
     }
 

@@ -69,6 +69,7 @@ pub async fn run(
         orders.clone(),
         metrics,
         config.max_trade,
+        config.failover_deadline,
     ));
     let invalidations = tokio::spawn(follow_invalidations(app.clone(), shutdown.clone()));
     let health = tokio::spawn(orders.watch(shutdown.clone()));

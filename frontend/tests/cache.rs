@@ -120,10 +120,15 @@ async fn a_broken_invalidation_stream_empties_the_cache_until_it_is_back() {
         0
     );
     assert_eq!(get(addr, "/health").await.status, 503);
-    // No stale answer from the cache while the catalog is away.
+    // No stale answer from the cache while the catalog is away: a lookup waits for it for
+    // the failover deadline, then says it is unavailable.
     assert_eq!(get(addr, "/stocks/IronLeaf").await.status, 503);
 
+    // A lookup asked while the catalog is away is answered once it is back.
+    let waiting = tokio::spawn(async move { get(addr, "/stocks/IronLeaf").await });
     cluster.catalog.restart().await;
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
     eventually("the stream to be back", Duration::from_secs(10), || async {
         (get(addr, "/health").await.status == 200).then_some(())
     })
