@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clients::CatalogClient;
+use common::engine::Backoff;
 use common::sync::lock;
 use common::wire::{
-    OrderRequest, OrderResponse, RemoteErrorKind, RequestId, StockName, StockQuote, TradeKind,
-    TradeRejection, TradeRequest,
+    OrderRequest, OrderResponse, RequestId, StockName, StockQuote, TradeKind, TradeRejection,
+    TradeRequest,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -27,17 +28,6 @@ use crate::status;
 const LOOKUP_PAUSE_MIN: Duration = Duration::from_millis(2);
 /// The longest pause between two attempts of one lookup.
 const LOOKUP_PAUSE_MAX: Duration = Duration::from_millis(100);
-
-/// Whether a failed catalog call may succeed if made again soon: the catalog was down,
-/// closed the connection, or said it cannot serve yet. A call that timed out has used its
-/// time, and a refusal of the cluster token or a broken frame will not mend.
-fn passing(error: &common::Error) -> bool {
-    match error {
-        common::Error::Unavailable(_) => true,
-        common::Error::Remote(remote) => remote.kind == RemoteErrorKind::Unavailable,
-        _ => false,
-    }
-}
 
 /// Everything the handlers share.
 pub struct App {
@@ -225,16 +215,16 @@ impl App {
     /// of the catalog then costs lookups a few milliseconds, not an error.
     async fn look_up(&self, name: &StockName) -> Result<Option<StockQuote>, common::Error> {
         let deadline = Instant::now() + self.lookup_deadline;
-        let mut pause = LOOKUP_PAUSE_MIN;
+        let mut backoff = Backoff::new(LOOKUP_PAUSE_MIN, LOOKUP_PAUSE_MAX);
         loop {
             let answer = self
                 .catalog
                 .lookup_within(name, deadline.saturating_duration_since(Instant::now()))
                 .await;
+            let pause = backoff.next_wait();
             match &answer {
-                Err(e) if passing(e) && Instant::now() + pause < deadline => {
+                Err(e) if e.is_retryable() && Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(LOOKUP_PAUSE_MAX);
                 }
                 _ => return answer,
             }
